@@ -1,0 +1,218 @@
+//! Redlock: the same scripts on N independent Redis masters, granted when a
+//! majority agrees within the lease's validity.
+//!
+//! ## What Redlock's fencing tokens guarantee, and what they do not
+//! Each master keeps its own token counter; a grant carries the greatest
+//! token among the masters that granted it, and every extend and release
+//! writes that token back to all masters (`fence := max(fence, token)`).
+//! So when the previous holder renewed or released normally, the next token
+//! is strictly greater: the next quorum shares at least one master with the
+//! write-back. It is *not* guaranteed when a holder crashes right after its
+//! grant, before any write-back, and the masters' counters had drifted apart:
+//! the next quorum may then read smaller counters. As Martin Kleppmann
+//! argued, Redlock has no linearizable counter to offer; a majority vote over
+//! clocks and timeouts cannot make one. Turnstile therefore never trusts the
+//! token alone: the store behind the lock rejects any token not newer than
+//! the last it accepted, so a non-monotonic token can cost a retry, never a
+//! double write.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use redis::Client;
+use tokio::time::{Instant, timeout};
+
+use crate::{
+    Attempt, FencingToken, LockBackend, LockError, OwnerId,
+    backend::redis::{LeaseState, RedisLockConfig, RedisNode, ResourceKeys},
+    lease,
+};
+
+/// Settings for a Redlock backend.
+#[derive(Debug, Clone)]
+pub struct RedlockConfig {
+    /// Per-node connection settings and the key prefix.
+    pub node: RedisLockConfig,
+    /// How long one node may take to answer before it counts as failed.
+    /// Must be small against the ttl, or a slow node eats the validity.
+    pub node_timeout: Duration,
+}
+
+impl Default for RedlockConfig {
+    fn default() -> Self {
+        Self {
+            node: RedisLockConfig {
+                response_timeout: Duration::from_millis(200),
+                connection_timeout: Duration::from_millis(200),
+                ..RedisLockConfig::default()
+            },
+            node_timeout: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Locks granted by a majority of independent Redis masters.
+#[derive(Debug, Clone)]
+pub struct RedlockBackend {
+    nodes: Vec<RedisNode>,
+    prefix: String,
+    node_timeout: Duration,
+}
+
+/// How the nodes answered one round.
+#[derive(Debug, Default)]
+struct Tally {
+    ours: usize,
+    held_by_other: usize,
+    expired: usize,
+    failed: usize,
+}
+
+impl RedlockBackend {
+    /// Builds a backend over the masters at `urls`. Connections open on
+    /// first use, so a node that is down now does not prevent start-up; a
+    /// malformed URL or fewer than one node does.
+    pub fn new<I, S>(urls: I, config: RedlockConfig) -> Result<Self, LockError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes = urls
+            .into_iter()
+            .map(|url| {
+                let client = Client::open(url.as_ref()).map_err(|e| LockError::unavailable("redlock", e))?;
+                RedisNode::lazy(client, &config.node).map_err(|e| LockError::unavailable("redlock", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(LockError::InvalidRequest("redlock needs at least one node"));
+        }
+        Ok(Self {
+            nodes,
+            prefix: config.node.key_prefix,
+            node_timeout: config.node_timeout,
+        })
+    }
+
+    /// The number of masters.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn quorum(&self) -> usize {
+        lease::quorum(self.nodes.len())
+    }
+
+    fn no_quorum(&self, resource: &str, tally: &Tally) -> LockError {
+        LockError::NoQuorum {
+            resource: resource.to_owned(),
+            granted: tally.ours,
+            needed: self.quorum(),
+            failed: tally.failed,
+        }
+    }
+
+    /// Runs one script on every node at once, each bounded by the node timeout.
+    async fn on_all<'a, F, Fut>(&'a self, op: F) -> Tally
+    where
+        F: Fn(&'a RedisNode) -> Fut,
+        Fut: Future<Output = redis::RedisResult<LeaseState>>,
+    {
+        let replies = join_all(self.nodes.iter().map(|node| timeout(self.node_timeout, op(node)))).await;
+        let mut tally = Tally::default();
+        for reply in replies {
+            match reply {
+                Ok(Ok(LeaseState::Ours)) => tally.ours += 1,
+                Ok(Ok(LeaseState::HeldByOther)) => tally.held_by_other += 1,
+                Ok(Ok(LeaseState::Expired)) => tally.expired += 1,
+                Ok(Err(_)) | Err(_) => tally.failed += 1,
+            }
+        }
+        tally
+    }
+
+    /// Turns a round of extends or releases into the caller's answer.
+    fn settle(&self, resource: &str, tally: &Tally) -> Result<(), LockError> {
+        if tally.ours >= self.quorum() {
+            Ok(())
+        } else if tally.held_by_other > 0 {
+            Err(LockError::HeldByOther {
+                resource: resource.to_owned(),
+            })
+        } else if tally.failed > self.nodes.len() - self.quorum() {
+            Err(self.no_quorum(resource, tally))
+        } else {
+            Err(LockError::Expired {
+                resource: resource.to_owned(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for RedlockBackend {
+    fn name(&self) -> &'static str {
+        "redlock"
+    }
+
+    async fn try_acquire(&self, resource: &str, owner: &OwnerId, ttl: Duration) -> Result<Attempt, LockError> {
+        let keys = ResourceKeys::new(&self.prefix, resource);
+        let sent = Instant::now();
+        let replies = join_all(
+            self.nodes
+                .iter()
+                .map(|node| timeout(self.node_timeout, node.acquire(&keys, owner, ttl))),
+        )
+        .await;
+        let mut tally = Tally::default();
+        let mut token = FencingToken::new(0);
+        let mut retry_after: Option<Duration> = None;
+        for reply in replies {
+            match reply {
+                Ok(Ok(Attempt::Acquired { token: t, .. })) => {
+                    tally.ours += 1;
+                    token = token.max(t);
+                }
+                Ok(Ok(Attempt::Busy { retry_after: r })) => {
+                    tally.held_by_other += 1;
+                    retry_after = match (retry_after, r) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Ok(Err(_)) | Err(_) => tally.failed += 1,
+            }
+        }
+        if tally.ours >= self.quorum() {
+            if let Some(validity) = lease::validity(ttl, sent.elapsed()) {
+                return Ok(Attempt::Acquired { token, validity });
+            }
+        }
+        // Not enough for a lease: give back what we got, on every node, since
+        // a node that timed out may still have granted.
+        if tally.ours > 0 || tally.failed > 0 {
+            self.on_all(|node| node.release(&keys, owner, None)).await;
+        }
+        if tally.failed > self.nodes.len() - self.quorum() {
+            return Err(self.no_quorum(resource, &tally));
+        }
+        Ok(Attempt::Busy { retry_after })
+    }
+
+    async fn extend(&self, resource: &str, owner: &OwnerId, token: FencingToken, ttl: Duration) -> Result<Duration, LockError> {
+        let keys = ResourceKeys::new(&self.prefix, resource);
+        let sent = Instant::now();
+        let tally = self.on_all(|node| node.extend(&keys, owner, ttl, Some(token))).await;
+        self.settle(resource, &tally)?;
+        lease::validity(ttl, sent.elapsed()).ok_or_else(|| LockError::Expired {
+            resource: resource.to_owned(),
+        })
+    }
+
+    async fn release(&self, resource: &str, owner: &OwnerId, token: FencingToken) -> Result<(), LockError> {
+        let keys = ResourceKeys::new(&self.prefix, resource);
+        let tally = self.on_all(|node| node.release(&keys, owner, Some(token))).await;
+        self.settle(resource, &tally)
+    }
+}

@@ -1,0 +1,168 @@
+//! `turnstile-lock` on a single real Redis (from `scripts/stack`, or a
+//! private redis-server where a test must kill it).
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Result;
+use futures::FutureExt;
+use turnstile_lock::{
+    LockBackend, LockClient, LockError,
+    backend::redis::RedisLockBackend,
+    testsuite::{self, ContractEnv},
+};
+
+use support::{PrivateRedis, redis_url, unique};
+
+async fn backend() -> Arc<dyn LockBackend> {
+    Arc::new(RedisLockBackend::connect(&redis_url()).await.expect("redis from scripts/stack must be up"))
+}
+
+fn env(name: &str) -> ContractEnv {
+    ContractEnv {
+        connect: Arc::new(|| backend().boxed()),
+        vanish: Arc::new(|resource: String| {
+            async move {
+                let client = redis::Client::open(redis_url()).unwrap();
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let _: i64 = redis::cmd("DEL")
+                    .arg(format!("turnstile:{{{resource}}}:lock"))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            .boxed()
+        }),
+        namespace: unique(name),
+    }
+}
+
+#[tokio::test]
+async fn mutual_exclusion_under_contention() {
+    testsuite::mutual_exclusion_under_contention(&env("mutex")).await;
+}
+
+#[tokio::test]
+async fn tokens_strictly_increase() {
+    testsuite::tokens_strictly_increase(&env("monotonic")).await;
+}
+
+#[tokio::test]
+async fn busy_until_expiry_then_taken_over() {
+    testsuite::busy_until_expiry_then_taken_over(&env("expiry")).await;
+}
+
+#[tokio::test]
+async fn release_is_owner_checked() {
+    testsuite::release_is_owner_checked(&env("release")).await;
+}
+
+#[tokio::test]
+async fn extend_is_owner_checked() {
+    testsuite::extend_is_owner_checked(&env("extend")).await;
+}
+
+#[tokio::test]
+async fn keep_alive_outlives_ttl() {
+    testsuite::keep_alive_outlives_ttl(&env("keepalive")).await;
+}
+
+#[tokio::test]
+async fn lease_lost_fires_when_lease_vanishes() {
+    testsuite::lease_lost_fires_when_lease_vanishes(&env("vanish")).await;
+}
+
+#[tokio::test]
+async fn lost_fires_at_validity_without_renewal() {
+    testsuite::lost_fires_at_validity_without_renewal(&env("validity")).await;
+}
+
+#[tokio::test]
+async fn rejects_invalid_requests() {
+    testsuite::rejects_invalid_requests(&env("invalid")).await;
+}
+
+/// The fence counter lives in memory only; killing Redis loses it. The next
+/// token must still be greater than every token issued before the crash.
+#[tokio::test]
+async fn tokens_keep_increasing_across_a_redis_restart() -> Result<()> {
+    let mut server = PrivateRedis::start().await?;
+    let locks = LockClient::new(Arc::new(RedisLockBackend::connect(&server.url()).await?));
+    let resource = unique("restart");
+    let mut before = Vec::new();
+    for _ in 0..50 {
+        let lease = locks.try_acquire(&resource, Duration::from_secs(5)).await?;
+        before.push(lease.token());
+        lease.release().await?;
+    }
+    server.kill().await?;
+    server.restart().await?;
+    // The same client reconnects on its own; the wait absorbs the reconnect.
+    let after = locks.acquire(&resource, Duration::from_secs(5), Duration::from_secs(10)).await?;
+    let newest_before = before.iter().max().copied().expect("tokens were issued");
+    assert!(
+        after.token() > newest_before,
+        "token {} after restart is not above {newest_before}",
+        after.token()
+    );
+    after.release().await?;
+    Ok(())
+}
+
+/// A waiter subscribed to release wake-ups is woken by the release itself,
+/// not by its polling fallback: the notification is awaited directly.
+#[tokio::test]
+async fn release_publishes_a_wake_up() -> Result<()> {
+    let resource = unique("wakeup");
+    let backend = backend().await;
+    let locks = LockClient::new(Arc::clone(&backend));
+    let holder = locks.try_acquire(&resource, Duration::from_secs(30)).await?;
+    let subscription = backend.watch_releases(&resource).await?.expect("redis pushes release wake-ups");
+    let woken = subscription.notify().notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    holder.release().await?;
+    tokio::time::timeout(Duration::from_secs(5), woken).await.expect("release must wake the subscriber");
+    Ok(())
+}
+
+/// A waiter blocked behind a long lease gets it as soon as it is released,
+/// long before the holder's ttl would have freed it.
+#[tokio::test]
+async fn waiter_gets_the_lock_on_release() -> Result<()> {
+    let resource = unique("handoff");
+    let (a, b) = (LockClient::new(backend().await), LockClient::new(backend().await));
+    let holder = a.try_acquire(&resource, Duration::from_secs(60)).await?;
+    let token = holder.token();
+    let waiter = {
+        let resource = resource.clone();
+        tokio::spawn(async move { b.acquire(&resource, Duration::from_secs(5), Duration::from_secs(30)).await })
+    };
+    holder.release().await?;
+    let lease = waiter.await??;
+    assert!(lease.token() > token);
+    lease.release().await?;
+    Ok(())
+}
+
+/// A dropped guard releases in the background without blocking its caller.
+#[tokio::test]
+async fn dropped_guard_releases() -> Result<()> {
+    let resource = unique("drop");
+    let locks = LockClient::new(backend().await);
+    let lease = locks.try_acquire(&resource, Duration::from_secs(60)).await?;
+    drop(lease);
+    // Far shorter than the 60 s ttl: only the background release frees it.
+    let next = locks.acquire(&resource, Duration::from_secs(5), Duration::from_secs(10)).await?;
+    next.release().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_a_typed_error() {
+    // Port 1 on loopback: nothing listens there.
+    let err = RedisLockBackend::connect("redis://127.0.0.1:1").await.unwrap_err();
+    assert!(matches!(err, LockError::Unavailable { .. }), "got {err:?}");
+    assert!(err.is_retryable());
+}
