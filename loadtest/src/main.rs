@@ -1,1 +1,62 @@
-fn main(){}
+//! `loadtest`: benchmarks and load scenarios for Turnstile. See the library
+//! docs for what each subcommand measures.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use turnstile_loadtest::lock_bench::{self, LockBenchArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", about = "Benchmarks and load scenarios for Turnstile")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Acquire + tiny critical section + release on K keys from N clients.
+    LockBench(LockBenchArgs),
+    /// Print a lock script's source, e.g. for redis-benchmark comparisons.
+    RedisScript {
+        /// acquire, extend or release.
+        name: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+    ).init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::LockBench(args) => {
+            let report = lock_bench::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.table());
+            }
+            // A benchmark that broke mutual exclusion must not pass for a result.
+            Ok(if report.violations == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::RedisScript { name } => {
+            let source = turnstile_lock::backend::redis::script_source(&name)
+                .ok_or_else(|| anyhow::anyhow!("unknown script {name:?}: expected acquire, extend or release"))?;
+            println!("{source}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

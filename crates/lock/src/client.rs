@@ -3,14 +3,14 @@
 
 use std::{
     fmt,
-    sync::Arc,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
-use tokio::{
-    sync::watch,
-    time::{Instant, sleep_until, timeout_at},
-};
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -39,7 +39,7 @@ impl Default for LockConfig {
 pub struct LockClient {
     backend: Arc<dyn LockBackend>,
     config: LockConfig,
-    metrics: LockMetrics,
+    metrics: Arc<LockMetrics>,
 }
 
 impl fmt::Debug for LockClient {
@@ -63,7 +63,7 @@ impl LockClient {
         Self {
             backend,
             config,
-            metrics,
+            metrics: Arc::new(metrics),
         }
     }
 
@@ -171,19 +171,19 @@ impl LockClient {
 
     fn guard(&self, resource: &str, owner: OwnerId, token: FencingToken, ttl: Duration, validity: Duration) -> LeaseGuard {
         let granted_at = Instant::now();
-        let (deadline, _) = watch::channel(granted_at + validity);
         LeaseGuard {
             shared: Arc::new(LeaseShared {
                 resource: resource.to_owned(),
                 owner,
                 token,
                 ttl,
-                deadline,
-                lost: CancellationToken::new(),
+                granted_at,
+                deadline_nanos: AtomicU64::new(nanos(validity)),
+                lost: AtomicBool::new(false),
+                lost_signal: OnceLock::new(),
                 backend: Arc::clone(&self.backend),
-                metrics: self.metrics.clone(),
+                metrics: Arc::clone(&self.metrics),
             }),
-            granted_at,
             keeper: None,
             released: false,
         }
@@ -203,27 +203,60 @@ fn validate(resource: &str, ttl: Duration) -> Result<(), LockError> {
 /// How soon a failed renewal is tried again.
 const RENEWAL_RETRY: Duration = Duration::from_millis(10);
 
-/// What a guard and its keeper task share.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What a guard and its keeper task share. Kept allocation-light: a lease
+/// that nobody watches costs one `Arc` and no task.
 #[derive(Debug)]
 struct LeaseShared {
     resource: String,
     owner: OwnerId,
     token: FencingToken,
     ttl: Duration,
-    /// The instant after which the lease must not be relied on.
-    deadline: watch::Sender<Instant>,
-    /// Fired once, when the lease is known or presumed lost.
-    lost: CancellationToken,
+    granted_at: Instant,
+    /// The instant (as nanoseconds after `granted_at`) after which the lease
+    /// must not be relied on; moved forward by each successful renewal.
+    deadline_nanos: AtomicU64,
+    /// Set once, when the lease is known or presumed lost.
+    lost: AtomicBool,
+    /// The signal handed to holders, created on first request.
+    lost_signal: OnceLock<CancellationToken>,
     backend: Arc<dyn LockBackend>,
-    metrics: LockMetrics,
+    metrics: Arc<LockMetrics>,
 }
 
 impl LeaseShared {
+    fn deadline(&self) -> Instant {
+        self.granted_at + Duration::from_nanos(self.deadline_nanos.load(Ordering::Acquire))
+    }
+
+    fn renewed(&self, sent_at: Instant, validity: Duration) {
+        let until = nanos((sent_at + validity).saturating_duration_since(self.granted_at));
+        self.deadline_nanos.fetch_max(until, Ordering::AcqRel);
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    fn lost_signal(&self) -> CancellationToken {
+        let signal = self.lost_signal.get_or_init(CancellationToken::new);
+        // The lease may have been lost before anyone asked for the signal.
+        if self.is_lost() {
+            signal.cancel();
+        }
+        signal.child_token()
+    }
+
     fn mark_lost(&self, why: &str) {
-        if !self.lost.is_cancelled() {
+        if !self.lost.swap(true, Ordering::AcqRel) {
             warn!(resource = %self.resource, fence = self.token.get(), why, "lease lost");
             self.metrics.leases_lost.inc();
-            self.lost.cancel();
+        }
+        if let Some(signal) = self.lost_signal.get() {
+            signal.cancel();
         }
     }
 }
@@ -239,7 +272,6 @@ struct Keeper {
 #[must_use = "dropping a lease guard releases the lock"]
 pub struct LeaseGuard {
     shared: Arc<LeaseShared>,
-    granted_at: Instant,
     keeper: Option<Keeper>,
     released: bool,
 }
@@ -267,13 +299,13 @@ impl LeaseGuard {
 
     /// How much longer the lease may be relied on (zero once it may not).
     pub fn valid_for(&self) -> Duration {
-        self.shared.deadline.borrow().saturating_duration_since(Instant::now())
+        self.shared.deadline().saturating_duration_since(Instant::now())
     }
 
     /// Whether the lease is still believed held: not reported lost and not
     /// past its validity.
     pub fn is_valid(&self) -> bool {
-        !self.shared.lost.is_cancelled() && !self.valid_for().is_zero()
+        !self.shared.is_lost() && !self.valid_for().is_zero()
     }
 
     /// A signal that fires as soon as the lease is lost: a renewal found it
@@ -283,14 +315,14 @@ impl LeaseGuard {
     /// Cancelling the returned token yourself does not affect the lease.
     pub fn lost(&mut self) -> CancellationToken {
         self.start_keeper(false);
-        self.shared.lost.child_token()
+        self.shared.lost_signal()
     }
 
     /// Starts renewing the lease in the background every ttl/3 until it is
     /// released, dropped or lost. Returns the lease-lost signal.
     pub fn keep_alive(&mut self) -> CancellationToken {
         self.start_keeper(true);
-        self.shared.lost.child_token()
+        self.shared.lost_signal()
     }
 
     fn start_keeper(&mut self, renew: bool) {
@@ -320,7 +352,7 @@ impl LeaseGuard {
             keeper.stop.cancel();
         }
         let s = &self.shared;
-        s.metrics.hold_seconds.observe(self.granted_at.elapsed().as_secs_f64());
+        s.metrics.hold_seconds.observe(s.granted_at.elapsed().as_secs_f64());
         let result = s.backend.release(&s.resource, &s.owner, s.token).await;
         if let Err(e) = &result {
             if e.kind() == LockErrorKind::LeaseLost {
@@ -339,7 +371,7 @@ impl Drop for LeaseGuard {
         if let Some(keeper) = self.keeper.take() {
             keeper.stop.cancel();
         }
-        self.shared.metrics.hold_seconds.observe(self.granted_at.elapsed().as_secs_f64());
+        self.shared.metrics.hold_seconds.observe(self.shared.granted_at.elapsed().as_secs_f64());
         // Release off the caller's path; without a runtime the lease simply
         // expires at its ttl.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -354,11 +386,11 @@ impl Drop for LeaseGuard {
 }
 
 async fn extend_once(shared: &LeaseShared, ttl: Duration) -> Result<(), LockError> {
-    let started = Instant::now();
+    let sent_at = Instant::now();
     match shared.backend.extend(&shared.resource, &shared.owner, shared.token, ttl).await {
         Ok(validity) => {
             shared.metrics.renewals_ok.inc();
-            shared.deadline.send_replace(started + validity);
+            shared.renewed(sent_at, validity);
             Ok(())
         }
         Err(e) => {
@@ -374,19 +406,21 @@ async fn extend_once(shared: &LeaseShared, ttl: Duration) -> Result<(), LockErro
 /// Watches one lease: fires its lost signal at the validity deadline and,
 /// when `renew` is set, renews it every ttl/3 before that.
 async fn keep_lease(shared: Arc<LeaseShared>, renew: bool, stop: CancellationToken) {
-    let mut deadline_rx = shared.deadline.subscribe();
     let interval = lease::renew_interval(shared.ttl);
     let mut next_renewal = Instant::now() + interval;
     loop {
-        let deadline = *deadline_rx.borrow_and_update();
+        if shared.is_lost() {
+            return;
+        }
+        // Re-read on every turn: a manual extend may have moved it.
+        let deadline = shared.deadline();
         tokio::select! {
             () = stop.cancelled() => return,
-            changed = deadline_rx.changed() => {
-                if changed.is_err() { return; }
-            }
             () = sleep_until(deadline) => {
-                shared.mark_lost("validity ran out before a renewal succeeded");
-                return;
+                if Instant::now() >= shared.deadline() {
+                    shared.mark_lost("validity ran out before a renewal succeeded");
+                    return;
+                }
             }
             () = sleep_until(next_renewal), if renew => {
                 // A renewal that would answer after the deadline is useless:

@@ -38,9 +38,7 @@ use crate::{
 
 /// `KEYS`: lock, fence. `ARGV`: owner, ttl ms.
 /// Returns `{1, token}` when granted, `{0, holder's pttl}` when busy.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const ACQUIRE_LUA: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if redis.call('EXISTS', KEYS[2]) == 1 then
     return {1, redis.call('INCR', KEYS[2])}
@@ -51,15 +49,12 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, seed}
 end
 return {0, redis.call('PTTL', KEYS[1])}
-",
-    )
-});
+";
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
 
 /// `KEYS`: lock, fence. `ARGV`: owner, ttl ms, token to write back (`0`: none).
 /// Returns 1 extended, 0 expired, -1 held by another owner.
-static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const EXTEND_LUA: &str = r"
 if ARGV[3] ~= '0' then
   local f = redis.call('GET', KEYS[2])
   if (not f) or tonumber(f) < tonumber(ARGV[3]) then redis.call('SET', KEYS[2], ARGV[3]) end
@@ -72,15 +67,12 @@ elseif holder then
   return -1
 end
 return 0
-",
-    )
-});
+";
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_LUA));
 
 /// `KEYS`: lock, fence. `ARGV`: owner, token to write back (`0`: none),
 /// release channel. Returns 1 released, 0 expired, -1 held by another owner.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const RELEASE_LUA: &str = r"
 if ARGV[2] ~= '0' then
   local f = redis.call('GET', KEYS[2])
   if (not f) or tonumber(f) < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
@@ -94,9 +86,19 @@ elseif holder then
   return -1
 end
 return 0
-",
-    )
-});
+";
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+
+/// The Lua source of a lock script (`acquire`, `extend`, `release`), for
+/// comparisons with tools such as `redis-benchmark`.
+pub fn script_source(name: &str) -> Option<&'static str> {
+    match name {
+        "acquire" => Some(ACQUIRE_LUA),
+        "extend" => Some(EXTEND_LUA),
+        "release" => Some(RELEASE_LUA),
+        _ => None,
+    }
+}
 
 /// Connection settings for one Redis server.
 #[derive(Debug, Clone)]
@@ -124,7 +126,6 @@ impl Default for RedisLockConfig {
 pub(crate) struct ResourceKeys {
     pub(crate) lock: String,
     pub(crate) fence: String,
-    pub(crate) released: String,
 }
 
 impl ResourceKeys {
@@ -132,8 +133,12 @@ impl ResourceKeys {
         Self {
             lock: format!("{prefix}:{{{resource}}}:lock"),
             fence: format!("{prefix}:{{{resource}}}:fence"),
-            released: format!("{prefix}:{{{resource}}}:released"),
         }
+    }
+
+    /// The channel releases of this resource are announced on.
+    pub(crate) fn released_channel(prefix: &str, resource: &str) -> String {
+        format!("{prefix}:{{{resource}}}:released")
     }
 }
 
@@ -222,6 +227,7 @@ impl RedisNode {
     pub(crate) async fn release(
         &self,
         keys: &ResourceKeys,
+        channel: &str,
         owner: &OwnerId,
         write_back: Option<FencingToken>,
     ) -> redis::RedisResult<LeaseState> {
@@ -231,7 +237,7 @@ impl RedisNode {
             .key(&keys.fence)
             .arg(owner.as_str())
             .arg(write_back.map_or(0, FencingToken::get))
-            .arg(&keys.released)
+            .arg(channel)
             .invoke_async(&mut conn)
             .await?;
         Ok(LeaseState::from_reply(reply))
@@ -318,7 +324,8 @@ impl LockBackend for RedisLockBackend {
                 Some(validity) => Attempt::Acquired { token, validity },
                 // Granted too late to use: give it back and report it busy.
                 None => {
-                    let _ = self.node.release(&self.keys(resource), owner, None).await;
+                    let channel = ResourceKeys::released_channel(&self.prefix, resource);
+                    let _ = self.node.release(&self.keys(resource), &channel, owner, None).await;
                     Attempt::Busy { retry_after: None }
                 }
             },
@@ -342,16 +349,20 @@ impl LockBackend for RedisLockBackend {
     }
 
     async fn release(&self, resource: &str, owner: &OwnerId, _token: FencingToken) -> Result<(), LockError> {
+        let channel = ResourceKeys::released_channel(&self.prefix, resource);
         let state = self
             .node
-            .release(&self.keys(resource), owner, None)
+            .release(&self.keys(resource), &channel, owner, None)
             .await
             .map_err(|e| LockError::unavailable("redis", e))?;
         lease_error(state, resource).map_or(Ok(()), Err)
     }
 
     async fn watch_releases(&self, resource: &str) -> Result<Option<ReleaseSubscription>, LockError> {
-        self.releases.subscribe(self.keys(resource).released).await.map(Some)
+        self.releases
+            .subscribe(ResourceKeys::released_channel(&self.prefix, resource))
+            .await
+            .map(Some)
     }
 }
 

@@ -192,7 +192,8 @@ impl LockBackend for RedlockBackend {
         // Not enough for a lease: give back what we got, on every node, since
         // a node that timed out may still have granted.
         if tally.ours > 0 || tally.failed > 0 {
-            self.on_all(|node| node.release(&keys, owner, None)).await;
+            let channel = ResourceKeys::released_channel(&self.prefix, resource);
+            self.on_all(|node| node.release(&keys, &channel, owner, None)).await;
         }
         if tally.failed > self.nodes.len() - self.quorum() {
             return Err(self.no_quorum(resource, &tally));
@@ -212,7 +213,8 @@ impl LockBackend for RedlockBackend {
 
     async fn release(&self, resource: &str, owner: &OwnerId, token: FencingToken) -> Result<(), LockError> {
         let keys = ResourceKeys::new(&self.prefix, resource);
-        let tally = self.on_all(|node| node.release(&keys, owner, Some(token))).await;
+        let channel = ResourceKeys::released_channel(&self.prefix, resource);
+        let tally = self.on_all(|node| node.release(&keys, &channel, owner, Some(token))).await;
         self.settle(resource, &tally)
     }
 }
