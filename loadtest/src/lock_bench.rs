@@ -123,7 +123,13 @@ enum Locker {
 impl Locker {
     /// Acquires `key`, runs `section` with the fencing token (if the
     /// implementation has one), releases. Returns whether the cycle completed.
-    async fn cycle(&self, key: &str, ttl: Duration, deadline: Instant, section: impl FnOnce(Option<u64>)) -> Result<bool> {
+    async fn cycle(
+        &self,
+        key: &str,
+        ttl: Duration,
+        deadline: Instant,
+        section: impl FnOnce(Option<u64>),
+    ) -> Result<bool> {
         match self {
             Self::Turnstile(locks) => {
                 let wait = deadline.saturating_duration_since(Instant::now());
@@ -157,7 +163,9 @@ async fn lockers(args: &LockBenchArgs) -> Result<Vec<Locker>> {
     for _ in 0..args.connections.max(1) {
         lockers.push(match args.backend {
             BenchBackend::Redis => Locker::Turnstile(LockClient::new(Arc::new(
-                RedisLockBackend::connect(&args.redis_url).await.context("connecting to redis")?,
+                RedisLockBackend::connect(&args.redis_url)
+                    .await
+                    .context("connecting to redis")?,
             ))),
             BenchBackend::Redlock => Locker::Turnstile(LockClient::new(Arc::new(RedlockBackend::new(
                 &args.redlock_urls,
@@ -203,10 +211,10 @@ pub async fn run(args: &LockBenchArgs) -> Result<LockBenchReport> {
                     // reveal a second holder even if occupancy missed it.
                     let seen = key_state.counter.load(Ordering::SeqCst);
                     key_state.counter.store(seen + 1, Ordering::SeqCst);
-                    if let Some(token) = token {
-                        if key_state.last_token.fetch_max(token, Ordering::SeqCst) >= token {
-                            totals.token_regressions.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if let Some(token) = token
+                        && key_state.last_token.fetch_max(token, Ordering::SeqCst) >= token
+                    {
+                        totals.token_regressions.fetch_add(1, Ordering::Relaxed);
                     }
                     key_state.occupancy.fetch_sub(1, Ordering::SeqCst);
                 };
@@ -259,7 +267,10 @@ impl LockBenchReport {
         format!(
             "backend      clients keys   ops       ops/s     p50_us  p99_us  p999_us violations token_regr errors\n\
              {:<12} {:<7} {:<6} {:<9} {:<9.0} {:<7} {:<7} {:<7} {:<10} {:<10} {}",
-            serde_json::to_value(self.backend).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            serde_json::to_value(self.backend)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             self.clients,
             self.keys,
             self.ops,

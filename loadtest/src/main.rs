@@ -10,6 +10,9 @@ use turnstile_loadtest::lock_bench::{self, LockBenchArgs};
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", about = "Benchmarks and load scenarios for Turnstile")]
 struct Cli {
+    /// Runtime worker threads (default: one per core; 1 = single-threaded).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,12 +28,28 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
-    match run(Cli::parse()).await {
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("loadtest: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("loadtest: {e:#}");
@@ -50,7 +69,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", report.table());
             }
             // A benchmark that broke mutual exclusion must not pass for a result.
-            Ok(if report.violations == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.violations == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::RedisScript { name } => {
             let source = turnstile_lock::backend::redis::script_source(&name)

@@ -99,12 +99,7 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
     /// Tries once to take `resource` for `owner` for `ttl`. On success the
     /// token is strictly greater than any token issued before for `resource`
     /// (see each backend's docs for the conditions).
-    async fn try_acquire(
-        &self,
-        resource: &str,
-        owner: &OwnerId,
-        ttl: Duration,
-    ) -> Result<Attempt, LockError>;
+    async fn try_acquire(&self, resource: &str, owner: &OwnerId, ttl: Duration) -> Result<Attempt, LockError>;
 
     /// Pushes the expiry of `owner`'s lease to `ttl` from now, returning the
     /// new validity. Fails with [`LockError::Expired`] or
@@ -119,12 +114,7 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
 
     /// Releases `owner`'s lease. Never removes another owner's lease: fails
     /// with [`LockError::Expired`] or [`LockError::HeldByOther`] instead.
-    async fn release(
-        &self,
-        resource: &str,
-        owner: &OwnerId,
-        token: FencingToken,
-    ) -> Result<(), LockError>;
+    async fn release(&self, resource: &str, owner: &OwnerId, token: FencingToken) -> Result<(), LockError>;
 
     /// Subscribes to release wake-ups for `resource`, when the backend can
     /// push them. `None` means waiters fall back to jittered polling alone.

@@ -20,18 +20,10 @@ use crate::{
 };
 
 /// Settings shared by every lease a [`LockClient`] hands out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LockConfig {
     /// Delays between attempts on a busy lock when no release wake-up comes.
     pub poll: PollBackoff,
-}
-
-impl Default for LockConfig {
-    fn default() -> Self {
-        Self {
-            poll: PollBackoff::default(),
-        }
-    }
 }
 
 /// Takes leases from one backend. Cheap to clone; clones share the backend.
@@ -90,7 +82,9 @@ impl LockClient {
         loop {
             // Arm the wake-up before the attempt: a release that lands between
             // a refused attempt and the wait below must still wake us.
-            let notify = releases.as_ref().map(|s: &crate::ReleaseSubscription| Arc::clone(s.notify()));
+            let notify = releases
+                .as_ref()
+                .map(|s: &crate::ReleaseSubscription| Arc::clone(s.notify()));
             let notified = notify.as_ref().map(|n| n.notified());
             tokio::pin!(notified);
             if let Some(n) = notified.as_mut().as_pin_mut() {
@@ -169,7 +163,14 @@ impl LockClient {
         result
     }
 
-    fn guard(&self, resource: &str, owner: OwnerId, token: FencingToken, ttl: Duration, validity: Duration) -> LeaseGuard {
+    fn guard(
+        &self,
+        resource: &str,
+        owner: OwnerId,
+        token: FencingToken,
+        ttl: Duration,
+        validity: Duration,
+    ) -> LeaseGuard {
         let granted_at = Instant::now();
         LeaseGuard {
             shared: Arc::new(LeaseShared {
@@ -354,10 +355,10 @@ impl LeaseGuard {
         let s = &self.shared;
         s.metrics.hold_seconds.observe(s.granted_at.elapsed().as_secs_f64());
         let result = s.backend.release(&s.resource, &s.owner, s.token).await;
-        if let Err(e) = &result {
-            if e.kind() == LockErrorKind::LeaseLost {
-                s.mark_lost("release found the lease gone");
-            }
+        if let Err(e) = &result
+            && e.kind() == LockErrorKind::LeaseLost
+        {
+            s.mark_lost("release found the lease gone");
         }
         result
     }
@@ -371,13 +372,20 @@ impl Drop for LeaseGuard {
         if let Some(keeper) = self.keeper.take() {
             keeper.stop.cancel();
         }
-        self.shared.metrics.hold_seconds.observe(self.shared.granted_at.elapsed().as_secs_f64());
+        self.shared
+            .metrics
+            .hold_seconds
+            .observe(self.shared.granted_at.elapsed().as_secs_f64());
         // Release off the caller's path; without a runtime the lease simply
         // expires at its ttl.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let shared = Arc::clone(&self.shared);
             runtime.spawn(async move {
-                if let Err(e) = shared.backend.release(&shared.resource, &shared.owner, shared.token).await {
+                if let Err(e) = shared
+                    .backend
+                    .release(&shared.resource, &shared.owner, shared.token)
+                    .await
+                {
                     debug!(resource = %shared.resource, error = %e, "release of dropped lease failed");
                 }
             });
@@ -387,7 +395,11 @@ impl Drop for LeaseGuard {
 
 async fn extend_once(shared: &LeaseShared, ttl: Duration) -> Result<(), LockError> {
     let sent_at = Instant::now();
-    match shared.backend.extend(&shared.resource, &shared.owner, shared.token, ttl).await {
+    match shared
+        .backend
+        .extend(&shared.resource, &shared.owner, shared.token, ttl)
+        .await
+    {
         Ok(validity) => {
             shared.metrics.renewals_ok.inc();
             shared.renewed(sent_at, validity);

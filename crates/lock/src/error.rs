@@ -93,10 +93,7 @@ impl LockError {
         matches!(self.kind(), LockErrorKind::Contended | LockErrorKind::Unavailable)
     }
 
-    pub(crate) fn unavailable(
-        backend: &'static str,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    pub(crate) fn unavailable(backend: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Unavailable {
             backend,
             source: Box::new(source),

@@ -37,7 +37,9 @@ pub struct ContractEnv {
 
 impl std::fmt::Debug for ContractEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContractEnv").field("namespace", &self.namespace).finish_non_exhaustive()
+        f.debug_struct("ContractEnv")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,7 +98,11 @@ pub async fn mutual_exclusion_under_contention(env: &ContractEnv) {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(*counter.lock().unwrap(), (TASKS * ROUNDS) as u64, "lost updates: two holders at once");
+    assert_eq!(
+        *counter.lock().unwrap(),
+        (TASKS * ROUNDS) as u64,
+        "lost updates: two holders at once"
+    );
     let tokens = tokens.lock().unwrap();
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),
@@ -110,7 +116,10 @@ pub async fn tokens_strictly_increase(env: &ContractEnv) {
     let clients = [env.client().await, env.client().await];
     let mut last = None;
     for i in 0..20 {
-        let lease = clients[i % 2].try_acquire(&resource, Duration::from_secs(5)).await.unwrap();
+        let lease = clients[i % 2]
+            .try_acquire(&resource, Duration::from_secs(5))
+            .await
+            .unwrap();
         if let Some(prev) = last {
             assert!(lease.token() > prev, "token {} after {prev}", lease.token());
         }
@@ -135,11 +144,17 @@ pub async fn busy_until_expiry_then_taken_over(env: &ContractEnv) {
         }
         other => panic!("expected Busy while held, got {other:?}"),
     }
-    let second = b.acquire(&resource, Duration::from_secs(10), Duration::from_secs(10)).await.unwrap();
+    let second = b
+        .acquire(&resource, Duration::from_secs(10), Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(second.token() > first.token());
     let err = first.release().await.unwrap_err();
     assert!(matches!(err, LockError::HeldByOther { .. }), "got {err:?}");
-    assert!(matches!(a.try_acquire(&resource, ttl).await, Err(LockError::Busy { .. })), "release by a former holder must not free the lock");
+    assert!(
+        matches!(a.try_acquire(&resource, ttl).await, Err(LockError::Busy { .. })),
+        "release by a former holder must not free the lock"
+    );
     second.release().await.unwrap();
 }
 
@@ -150,12 +165,21 @@ pub async fn release_is_owner_checked(env: &ContractEnv) {
     let backend = (env.connect)().await;
     let locks = LockClient::new(Arc::clone(&backend));
     let mut lease = locks.try_acquire(&resource, Duration::from_millis(300)).await.unwrap();
-    let stranger = backend.release(&resource, &OwnerId::random(), lease.token()).await.unwrap_err();
+    let stranger = backend
+        .release(&resource, &OwnerId::random(), lease.token())
+        .await
+        .unwrap_err();
     assert!(matches!(stranger, LockError::HeldByOther { .. }), "got {stranger:?}");
-    assert!(matches!(locks.try_acquire(&resource, Duration::from_secs(1)).await, Err(LockError::Busy { .. })));
+    assert!(matches!(
+        locks.try_acquire(&resource, Duration::from_secs(1)).await,
+        Err(LockError::Busy { .. })
+    ));
     // Wait for the validity to end (the event), then for the store to free it.
     lease.lost().cancelled().await;
-    let next = locks.acquire(&resource, Duration::from_secs(5), Duration::from_secs(5)).await.unwrap();
+    let next = locks
+        .acquire(&resource, Duration::from_secs(5), Duration::from_secs(5))
+        .await
+        .unwrap();
     next.release().await.unwrap();
     let late = lease.release().await.unwrap_err();
     assert!(matches!(late, LockError::Expired { .. }), "got {late:?}");
@@ -177,7 +201,10 @@ pub async fn extend_is_owner_checked(env: &ContractEnv) {
     lease.extend(Duration::from_millis(300)).await.unwrap();
     assert!(lease.is_valid());
     let other = env.client().await;
-    let taker = other.acquire(&resource, Duration::from_secs(5), Duration::from_secs(5)).await.unwrap();
+    let taker = other
+        .acquire(&resource, Duration::from_secs(5), Duration::from_secs(5))
+        .await
+        .unwrap();
     let err = lease.extend(Duration::from_secs(5)).await.unwrap_err();
     assert!(matches!(err, LockError::HeldByOther { .. }), "got {err:?}");
     assert!(!lease.is_valid(), "a lease found taken must report itself invalid");
@@ -195,7 +222,10 @@ pub async fn keep_alive_outlives_ttl(env: &ContractEnv) {
     sleep(ttl * 4).await;
     assert!(!lost.is_cancelled(), "lease reported lost while renewed");
     assert!(lease.is_valid());
-    assert!(matches!(b.try_acquire(&resource, ttl).await, Err(LockError::Busy { .. })), "renewed lease was taken");
+    assert!(
+        matches!(b.try_acquire(&resource, ttl).await, Err(LockError::Busy { .. })),
+        "renewed lease was taken"
+    );
     lease.release().await.unwrap();
 }
 
@@ -225,7 +255,10 @@ pub async fn lost_fires_at_validity_without_renewal(env: &ContractEnv) {
     let lost = lease.lost();
     lost.cancelled().await;
     assert!(!lease.is_valid());
-    let next = b.acquire(&resource, Duration::from_secs(5), Duration::from_secs(5)).await.unwrap();
+    let next = b
+        .acquire(&resource, Duration::from_secs(5), Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(next.token() > lease.token());
     next.release().await.unwrap();
 }
@@ -235,6 +268,9 @@ pub async fn rejects_invalid_requests(env: &ContractEnv) {
     let locks = env.client().await;
     let empty = locks.try_acquire("", Duration::from_secs(1)).await.unwrap_err();
     assert_eq!(empty.kind(), LockErrorKind::InvalidRequest);
-    let zero = locks.acquire(&env.resource("zero"), Duration::ZERO, Duration::ZERO).await.unwrap_err();
+    let zero = locks
+        .acquire(&env.resource("zero"), Duration::ZERO, Duration::ZERO)
+        .await
+        .unwrap_err();
     assert_eq!(zero.kind(), LockErrorKind::InvalidRequest);
 }

@@ -1,6 +1,8 @@
 //! `turnstile-lock` on a single real Redis (from `scripts/stack`, or a
 //! private redis-server where a test must kill it).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::{sync::Arc, time::Duration};
@@ -16,7 +18,11 @@ use turnstile_lock::{
 use support::{PrivateRedis, redis_url, unique};
 
 async fn backend() -> Arc<dyn LockBackend> {
-    Arc::new(RedisLockBackend::connect(&redis_url()).await.expect("redis from scripts/stack must be up"))
+    Arc::new(
+        RedisLockBackend::connect(&redis_url())
+            .await
+            .expect("redis from scripts/stack must be up"),
+    )
 }
 
 fn env(name: &str) -> ContractEnv {
@@ -99,7 +105,9 @@ async fn tokens_keep_increasing_across_a_redis_restart() -> Result<()> {
     server.kill().await?;
     server.restart().await?;
     // The same client reconnects on its own; the wait absorbs the reconnect.
-    let after = locks.acquire(&resource, Duration::from_secs(5), Duration::from_secs(10)).await?;
+    let after = locks
+        .acquire(&resource, Duration::from_secs(5), Duration::from_secs(10))
+        .await?;
     let newest_before = before.iter().max().copied().expect("tokens were issued");
     assert!(
         after.token() > newest_before,
@@ -118,12 +126,17 @@ async fn release_publishes_a_wake_up() -> Result<()> {
     let backend = backend().await;
     let locks = LockClient::new(Arc::clone(&backend));
     let holder = locks.try_acquire(&resource, Duration::from_secs(30)).await?;
-    let subscription = backend.watch_releases(&resource).await?.expect("redis pushes release wake-ups");
+    let subscription = backend
+        .watch_releases(&resource)
+        .await?
+        .expect("redis pushes release wake-ups");
     let woken = subscription.notify().notified();
     tokio::pin!(woken);
     woken.as_mut().enable();
     holder.release().await?;
-    tokio::time::timeout(Duration::from_secs(5), woken).await.expect("release must wake the subscriber");
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("release must wake the subscriber");
     Ok(())
 }
 
@@ -137,7 +150,10 @@ async fn waiter_gets_the_lock_on_release() -> Result<()> {
     let token = holder.token();
     let waiter = {
         let resource = resource.clone();
-        tokio::spawn(async move { b.acquire(&resource, Duration::from_secs(5), Duration::from_secs(30)).await })
+        tokio::spawn(async move {
+            b.acquire(&resource, Duration::from_secs(5), Duration::from_secs(30))
+                .await
+        })
     };
     holder.release().await?;
     let lease = waiter.await??;
@@ -154,7 +170,9 @@ async fn dropped_guard_releases() -> Result<()> {
     let lease = locks.try_acquire(&resource, Duration::from_secs(60)).await?;
     drop(lease);
     // Far shorter than the 60 s ttl: only the background release frees it.
-    let next = locks.acquire(&resource, Duration::from_secs(5), Duration::from_secs(10)).await?;
+    let next = locks
+        .acquire(&resource, Duration::from_secs(5), Duration::from_secs(10))
+        .await?;
     next.release().await?;
     Ok(())
 }

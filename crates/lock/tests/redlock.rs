@@ -1,6 +1,8 @@
 //! `turnstile-lock` on Redlock over three real, independent Redis masters
 //! (from `scripts/stack`, or private redis-servers where a test stops nodes).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::{
@@ -106,11 +108,19 @@ async fn three_private_nodes() -> Result<(Vec<PrivateRedis>, Vec<String>)> {
 async fn works_with_one_of_three_nodes_down() -> Result<()> {
     let (mut nodes, urls) = three_private_nodes().await?;
     nodes[1].kill().await?;
-    let (a, b) = (LockClient::new(backend_over(&urls)), LockClient::new(backend_over(&urls)));
+    let (a, b) = (
+        LockClient::new(backend_over(&urls)),
+        LockClient::new(backend_over(&urls)),
+    );
     let resource = unique("one-down");
-    let lease = a.acquire(&resource, Duration::from_secs(5), Duration::from_secs(5)).await?;
+    let lease = a
+        .acquire(&resource, Duration::from_secs(5), Duration::from_secs(5))
+        .await?;
     let busy = b.try_acquire(&resource, Duration::from_secs(5)).await.unwrap_err();
-    assert!(matches!(busy, LockError::Busy { .. }), "second holder admitted: {busy:?}");
+    assert!(
+        matches!(busy, LockError::Busy { .. }),
+        "second holder admitted: {busy:?}"
+    );
     let token = lease.token();
     lease.release().await?;
     let next = b.try_acquire(&resource, Duration::from_secs(5)).await?;
@@ -131,7 +141,17 @@ async fn refuses_with_two_of_three_nodes_down() -> Result<()> {
         .acquire(&unique("two-down"), Duration::from_secs(5), Duration::from_millis(500))
         .await
         .unwrap_err();
-    assert!(matches!(err, LockError::NoQuorum { granted: 1, needed: 2, .. }), "got {err:?}");
+    assert!(
+        matches!(
+            err,
+            LockError::NoQuorum {
+                granted: 1,
+                needed: 2,
+                ..
+            }
+        ),
+        "got {err:?}"
+    );
     assert_eq!(err.kind(), LockErrorKind::Unavailable);
     Ok(())
 }
@@ -149,11 +169,18 @@ async fn never_two_holders_while_a_node_restarts() -> Result<()> {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let locks = LockClient::new(backend_over(&urls));
-        let (resource, inside, overlaps, granted) =
-            (resource.clone(), Arc::clone(&inside), Arc::clone(&overlaps), Arc::clone(&granted));
+        let (resource, inside, overlaps, granted) = (
+            resource.clone(),
+            Arc::clone(&inside),
+            Arc::clone(&overlaps),
+            Arc::clone(&granted),
+        );
         tasks.push(tokio::spawn(async move {
             for _ in 0..25 {
-                let Ok(lease) = locks.acquire(&resource, Duration::from_secs(2), Duration::from_secs(20)).await else {
+                let Ok(lease) = locks
+                    .acquire(&resource, Duration::from_secs(2), Duration::from_secs(20))
+                    .await
+                else {
                     continue;
                 };
                 if inside.fetch_add(1, Ordering::SeqCst) != 0 {
@@ -174,7 +201,11 @@ async fn never_two_holders_while_a_node_restarts() -> Result<()> {
     for task in tasks {
         task.await?;
     }
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders inside the critical section");
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "two holders inside the critical section"
+    );
     let total = *progress.borrow();
     assert!(total >= 150, "the lock kept working: {total} grants");
     Ok(())

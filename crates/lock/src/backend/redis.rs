@@ -24,25 +24,23 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
 use ::redis::{
     Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
+use async_trait::async_trait;
 use tokio::{sync::Notify, time::Instant};
 use tracing::debug;
 
-use crate::{
-    Attempt, FencingToken, LockBackend, LockError, OwnerId, ReleaseSubscription, lease,
-};
+use crate::{Attempt, FencingToken, LockBackend, LockError, OwnerId, ReleaseSubscription, lease};
 
 /// `KEYS`: lock, fence. `ARGV`: owner, ttl ms.
 /// Returns `{1, token}` when granted, `{0, holder's pttl}` when busy.
 const ACQUIRE_LUA: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    return {1, redis.call('INCR', KEYS[2])}
-  end
+  local token = redis.call('INCR', KEYS[2])
+  if token > 1 then return {1, token} end
+  -- No counter (first use or data loss): seed it from the server clock.
   local now = redis.call('TIME')
   local seed = now[1] .. string.format('%06d', tonumber(now[2]))
   redis.call('SET', KEYS[2], seed)
@@ -170,7 +168,9 @@ pub(crate) struct RedisNode {
 
 impl fmt::Debug for RedisNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisNode").field("address", &self.address).finish_non_exhaustive()
+        f.debug_struct("RedisNode")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
     }
 }
 
@@ -183,7 +183,12 @@ impl RedisNode {
         Ok(Self { conn, address })
     }
 
-    pub(crate) async fn acquire(&self, keys: &ResourceKeys, owner: &OwnerId, ttl: Duration) -> redis::RedisResult<Attempt> {
+    pub(crate) async fn acquire(
+        &self,
+        keys: &ResourceKeys,
+        owner: &OwnerId,
+        ttl: Duration,
+    ) -> redis::RedisResult<Attempt> {
         let mut conn = self.conn.clone();
         let (granted, value): (i64, i64) = ACQUIRE
             .key(&keys.lock)
@@ -292,7 +297,9 @@ impl RedisLockBackend {
         let mut conn = node.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
         // Pub/sub pushes need RESP3 on the dedicated wake-up connection.
-        let resp3 = info.clone().set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3));
+        let resp3 = info
+            .clone()
+            .set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3));
         let releases = ReleaseHub::new(Client::open(resp3).map_err(unavailable)?, manager_config(&config));
         Ok(Self {
             node,
@@ -333,7 +340,13 @@ impl LockBackend for RedisLockBackend {
         })
     }
 
-    async fn extend(&self, resource: &str, owner: &OwnerId, _token: FencingToken, ttl: Duration) -> Result<Duration, LockError> {
+    async fn extend(
+        &self,
+        resource: &str,
+        owner: &OwnerId,
+        _token: FencingToken,
+        ttl: Duration,
+    ) -> Result<Duration, LockError> {
         let sent = Instant::now();
         let state = self
             .node
@@ -460,12 +473,12 @@ fn wake(channels: &Mutex<HashMap<String, Channel>>, push: PushInfo) {
     let channels = channels.lock().unwrap_or_else(PoisonError::into_inner);
     match push.kind {
         PushKind::Message => {
-            if let Some(Value::BulkString(name)) = push.data.first() {
-                if let Some(channel) = std::str::from_utf8(name).ok().and_then(|n| channels.get(n)) {
-                    // One waiter per process per release: the others would
-                    // only lose the race to it.
-                    channel.notify.notify_one();
-                }
+            if let Some(Value::BulkString(name)) = push.data.first()
+                && let Some(channel) = std::str::from_utf8(name).ok().and_then(|n| channels.get(n))
+            {
+                // One waiter per process per release: the others would
+                // only lose the race to it.
+                channel.notify.notify_one();
             }
         }
         // Releases may have been missed while disconnected: everyone re-polls.
@@ -513,10 +526,10 @@ impl Drop for Unsubscribe {
             if hub.inner.lock_channels().contains_key(&channel) {
                 return;
             }
-            if let Some(conn) = hub.inner.conn.get() {
-                if let Err(e) = conn.clone().unsubscribe(&channel).await {
-                    debug!(channel, error = %e, "unsubscribe failed");
-                }
+            if let Some(conn) = hub.inner.conn.get()
+                && let Err(e) = conn.clone().unsubscribe(&channel).await
+            {
+                debug!(channel, error = %e, "unsubscribe failed");
             }
         });
     }

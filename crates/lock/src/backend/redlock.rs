@@ -184,10 +184,10 @@ impl LockBackend for RedlockBackend {
                 Ok(Err(_)) | Err(_) => tally.failed += 1,
             }
         }
-        if tally.ours >= self.quorum() {
-            if let Some(validity) = lease::validity(ttl, sent.elapsed()) {
-                return Ok(Attempt::Acquired { token, validity });
-            }
+        if tally.ours >= self.quorum()
+            && let Some(validity) = lease::validity(ttl, sent.elapsed())
+        {
+            return Ok(Attempt::Acquired { token, validity });
         }
         // Not enough for a lease: give back what we got, on every node, since
         // a node that timed out may still have granted.
@@ -201,7 +201,13 @@ impl LockBackend for RedlockBackend {
         Ok(Attempt::Busy { retry_after })
     }
 
-    async fn extend(&self, resource: &str, owner: &OwnerId, token: FencingToken, ttl: Duration) -> Result<Duration, LockError> {
+    async fn extend(
+        &self,
+        resource: &str,
+        owner: &OwnerId,
+        token: FencingToken,
+        ttl: Duration,
+    ) -> Result<Duration, LockError> {
         let keys = ResourceKeys::new(&self.prefix, resource);
         let sent = Instant::now();
         let tally = self.on_all(|node| node.extend(&keys, owner, ttl, Some(token))).await;
@@ -214,7 +220,9 @@ impl LockBackend for RedlockBackend {
     async fn release(&self, resource: &str, owner: &OwnerId, token: FencingToken) -> Result<(), LockError> {
         let keys = ResourceKeys::new(&self.prefix, resource);
         let channel = ResourceKeys::released_channel(&self.prefix, resource);
-        let tally = self.on_all(|node| node.release(&keys, &channel, owner, Some(token))).await;
+        let tally = self
+            .on_all(|node| node.release(&keys, &channel, owner, Some(token)))
+            .await;
         self.settle(resource, &tally)
     }
 }

@@ -32,7 +32,10 @@ pub fn redlock_urls() -> Vec<String> {
 
 /// A name no other test run uses, for resources and key prefixes.
 pub fn unique(name: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("test:{name}:{nanos:x}:{:x}", rand::random::<u32>())
 }
 
@@ -65,7 +68,16 @@ impl PrivateRedis {
             bail!("redis on port {} is already running", self.port);
         }
         let mut child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::piped())
