@@ -1,0 +1,462 @@
+//! The Postgres adapter: every statement the claim services run, checked at
+//! compile time against the schema in `migrations/` (offline data in `.sqlx`).
+//!
+//! Two writes matter:
+//! - [`reserve_claim`] (claim-api): the idempotency record and the pending
+//!   claim, in a transaction the caller commits only after Kafka acknowledged
+//!   the event. A concurrent request with the same key blocks on the unique
+//!   index until that commit, then replays its result: one claim, however
+//!   many copies of the request arrive at once.
+//! - [`decide_fenced`] (claim-worker): the batch decision, in one transaction
+//!   that first moves the resource's fence to the lease's token and is
+//!   refused, by the database itself, when the token is not newer.
+
+use std::{collections::HashMap, time::Duration};
+
+use sqlx::{PgPool, Postgres, Transaction, postgres::PgPoolOptions};
+use turnstile_lock::FencingToken;
+use uuid::Uuid;
+
+use crate::{
+    ClaimId, ClaimRequested, ClaimStatus, Decision, PendingClaim, RejectReason, ResourceKey, ResourceState,
+    decide_batch,
+};
+
+/// Migrations, embedded in the binaries and run at start-up.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// What went wrong talking to Postgres.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres could not be reached or is overloaded; retry later.
+    #[error("postgres is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A statement failed for another reason (a bug or a constraint).
+    #[error("postgres statement failed")]
+    Query(#[source] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migrations failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let transient = match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // Connection exceptions, serialization failures and
+                // deadlocks, shutdown, too many connections.
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || matches!(code.as_ref(), "40001" | "40P01" | "53300" | "55P03")
+            }),
+            _ => false,
+        };
+        if transient { Self::Unavailable(e) } else { Self::Query(e) }
+    }
+}
+
+/// Opens a bounded pool. `acquire_timeout` is the bulkhead's teeth: when
+/// every connection is busy, callers fail fast instead of queueing forever.
+pub async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(acquire_timeout)
+        .connect(url)
+        .await?)
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// A coupon or SKU as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRow {
+    /// Units it started with.
+    pub total: i64,
+    /// Units left.
+    pub remaining: i64,
+    /// Grants allowed per user.
+    pub per_user_limit: Option<i32>,
+    /// The newest fencing token accepted.
+    pub fence: i64,
+}
+
+/// Creates a coupon or SKU. Returns `false` if it already exists.
+pub async fn create_resource(
+    pool: &PgPool,
+    key: &ResourceKey,
+    total: i64,
+    per_user_limit: Option<i32>,
+) -> Result<bool, StoreError> {
+    let created = sqlx::query_scalar!(
+        "INSERT INTO resources (kind, id, total, remaining, per_user_limit)
+         VALUES ($1, $2, $3, $3, $4)
+         ON CONFLICT (kind, id) DO NOTHING
+         RETURNING true AS \"created!\"",
+        key.kind.as_str(),
+        key.id.as_str(),
+        total,
+        per_user_limit,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(created.is_some())
+}
+
+/// Reads a coupon or SKU.
+pub async fn resource(pool: &PgPool, key: &ResourceKey) -> Result<Option<ResourceRow>, StoreError> {
+    Ok(sqlx::query_as!(
+        ResourceRow,
+        "SELECT total, remaining, per_user_limit, fence FROM resources WHERE kind = $1 AND id = $2",
+        key.kind.as_str(),
+        key.id.as_str(),
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// A claim as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRow {
+    /// The claim.
+    pub claim_id: ClaimId,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// Pending, granted or rejected.
+    pub status: ClaimStatus,
+    /// Why, when rejected.
+    pub reason: Option<RejectReason>,
+    /// The fencing token of the decision.
+    pub fence: Option<i64>,
+}
+
+/// Reads a claim.
+pub async fn claim(pool: &PgPool, claim_id: ClaimId) -> Result<Option<ClaimRow>, StoreError> {
+    let row = sqlx::query!(
+        "SELECT tenant_id, status, reason, fence FROM claims WHERE claim_id = $1",
+        claim_id.as_uuid(),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| ClaimRow {
+        claim_id,
+        tenant_id: r.tenant_id,
+        // The CHECK constraints admit only the names these parse.
+        status: r.status.parse().unwrap_or(ClaimStatus::Pending),
+        reason: r.reason.and_then(|s| s.parse().ok()),
+        fence: r.fence,
+    }))
+}
+
+/// The result of [`reserve_claim`].
+#[derive(Debug)]
+pub enum Reservation {
+    /// A new claim: publish it, then commit the transaction. Dropping the
+    /// transaction instead rolls the reservation back.
+    New(Transaction<'static, Postgres>),
+    /// The key was used before with the same request: answer as before.
+    Replay(ClaimId),
+    /// The key was used before with a different request.
+    KeyReused,
+    /// No such coupon or SKU.
+    UnknownResource,
+}
+
+/// Records the idempotency key and the pending claim for `event`.
+pub async fn reserve_claim(
+    pool: &PgPool,
+    idempotency_key: &str,
+    fingerprint: &[u8; 32],
+    event: &ClaimRequested,
+) -> Result<Reservation, StoreError> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query_scalar!(
+        "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, claim_id)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant_id, key) DO NOTHING
+         RETURNING claim_id",
+        event.tenant_id.as_str(),
+        idempotency_key,
+        &fingerprint[..],
+        event.claim_id.as_uuid(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if inserted.is_none() {
+        // Reached only after any concurrent holder of this key committed.
+        let earlier = sqlx::query!(
+            "SELECT fingerprint, claim_id FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+            event.tenant_id.as_str(),
+            idempotency_key,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        return Ok(if earlier.fingerprint == fingerprint[..] {
+            Reservation::Replay(ClaimId::from_uuid(earlier.claim_id))
+        } else {
+            Reservation::KeyReused
+        });
+    }
+    let claimed = sqlx::query_scalar!(
+        "INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at)
+         SELECT $1, $2, r.kind, r.id, $5, $6, coalesce(r.per_user_limit = 1, false), to_timestamp($7::float8 / 1000)
+           FROM resources r WHERE r.kind = $3 AND r.id = $4
+         ON CONFLICT (claim_id) DO NOTHING
+         RETURNING true AS \"inserted!\"",
+        event.claim_id.as_uuid(),
+        event.tenant_id.as_str(),
+        event.resource.kind.as_str(),
+        event.resource.id.as_str(),
+        event.user_id.as_str(),
+        i32::try_from(event.quantity).unwrap_or(i32::MAX),
+        event.accepted_at_ms as f64,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if claimed.is_none() {
+        let exists = sqlx::query_scalar!(
+            "SELECT EXISTS (SELECT 1 FROM resources WHERE kind = $1 AND id = $2) AS \"exists!\"",
+            event.resource.kind.as_str(),
+            event.resource.id.as_str(),
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !exists {
+            return Ok(Reservation::UnknownResource);
+        }
+        // The claim row survived an earlier attempt whose key record was
+        // rolled back: the claim id is derived from the key, so it is ours.
+    }
+    Ok(Reservation::New(tx))
+}
+
+/// The result of [`decide_fenced`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FencedOutcome {
+    /// Decisions were written under the token.
+    Applied {
+        /// Decisions for the claims that were still pending, in order.
+        decisions: Vec<Decision>,
+        /// Units left afterwards.
+        remaining: i64,
+        /// Units the resource started with.
+        total: i64,
+    },
+    /// The database had already accepted a newer token: this writer's lease
+    /// is stale and nothing was written.
+    StaleFence {
+        /// The newest token the database accepted.
+        last_accepted: i64,
+    },
+    /// No such resource: the claims were rejected as `unknown_resource`.
+    UnknownResource {
+        /// The rejections written.
+        decisions: Vec<Decision>,
+    },
+}
+
+/// Decides `events` (one resource, arrival order) under `fence`, in one
+/// transaction. Claims already decided (a redelivery after a crash) are
+/// skipped, so running a batch twice is harmless.
+pub async fn decide_fenced(
+    pool: &PgPool,
+    resource: &ResourceKey,
+    fence: FencingToken,
+    events: &[ClaimRequested],
+) -> Result<FencedOutcome, StoreError> {
+    let mut tx = pool.begin().await?;
+    let kind = resource.kind.as_str();
+    let id = resource.id.as_str();
+    let token = fence.as_i64();
+
+    // The fence: this row lock orders every writer of the resource, and the
+    // predicate refuses a token that is not newer than the last accepted.
+    let fenced = sqlx::query!(
+        "UPDATE resources SET fence = $3 WHERE kind = $1 AND id = $2 AND fence < $3
+         RETURNING remaining, total, per_user_limit",
+        kind,
+        id,
+        token,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let state = match fenced {
+        Some(row) => Some(row),
+        None => {
+            let last = sqlx::query_scalar!("SELECT fence FROM resources WHERE kind = $1 AND id = $2", kind, id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(last_accepted) = last {
+                return Ok(FencedOutcome::StaleFence { last_accepted });
+            }
+            None
+        }
+    };
+
+    // Make sure every claim has a row: normally the API wrote it, but a
+    // claim whose acceptance transaction failed after publishing is decided
+    // from the event alone.
+    let ids: Vec<Uuid> = events.iter().map(|e| e.claim_id.as_uuid()).collect();
+    let tenants: Vec<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
+    let users: Vec<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
+    let quantities: Vec<i32> = events.iter().map(|e| i32::try_from(e.quantity).unwrap_or(i32::MAX)).collect();
+    let accepted: Vec<f64> = events.iter().map(|e| e.accepted_at_ms as f64).collect();
+    let one_per_user = state.as_ref().is_some_and(|s| s.per_user_limit == Some(1));
+    sqlx::query!(
+        "INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at)
+         SELECT c.claim_id, c.tenant_id, $1, $2, c.user_id, c.quantity, $3, to_timestamp(c.accepted_ms / 1000)
+           FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::int4[], $8::float8[])
+                AS c(claim_id, tenant_id, user_id, quantity, accepted_ms)
+         ON CONFLICT (claim_id) DO NOTHING",
+        kind,
+        id,
+        one_per_user,
+        &ids,
+        &tenants as &[&str],
+        &users as &[&str],
+        &quantities,
+        &accepted,
+    )
+    .execute(&mut *tx)
+    .await?;
+
+    let pending = sqlx::query!(
+        "SELECT claim_id, user_id, quantity FROM claims WHERE claim_id = ANY($1) AND status = 'pending'",
+        &ids,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut pending_by_id: HashMap<Uuid, (String, i32)> =
+        pending.into_iter().map(|r| (r.claim_id, (r.user_id, r.quantity))).collect();
+    // Arrival order decides, not the order rows came back in.
+    let claims: Vec<PendingClaim> = events
+        .iter()
+        .filter_map(|e| {
+            pending_by_id.remove(&e.claim_id.as_uuid()).map(|(user_id, quantity)| PendingClaim {
+                claim_id: e.claim_id,
+                user_id,
+                quantity: u32::try_from(quantity).unwrap_or(0),
+            })
+        })
+        .collect();
+
+    let Some(state) = state else {
+        let decisions: Vec<Decision> = claims
+            .iter()
+            .map(|c| Decision::Rejected(c.claim_id, RejectReason::UnknownResource))
+            .collect();
+        write_decisions(&mut tx, &decisions, None).await?;
+        tx.commit().await?;
+        return Ok(FencedOutcome::UnknownResource { decisions });
+    };
+
+    let granted_before: HashMap<String, u32> = if state.per_user_limit.is_some() && !claims.is_empty() {
+        let users: Vec<&str> = claims.iter().map(|c| c.user_id.as_str()).collect();
+        sqlx::query!(
+            "SELECT user_id, count(*) AS \"grants!\" FROM claims
+              WHERE kind = $1 AND resource_id = $2 AND status = 'granted' AND user_id = ANY($3)
+              GROUP BY user_id",
+            kind,
+            id,
+            &users as &[&str],
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| (r.user_id, u32::try_from(r.grants).unwrap_or(u32::MAX)))
+        .collect()
+    } else {
+        HashMap::new()
+    };
+
+    let outcome = decide_batch(
+        ResourceState {
+            remaining: state.remaining,
+            per_user_limit: state.per_user_limit.and_then(|l| u32::try_from(l).ok()),
+        },
+        &granted_before,
+        &claims,
+    );
+    write_decisions(&mut tx, &outcome.decisions, Some(token)).await?;
+    sqlx::query!(
+        "UPDATE resources SET remaining = $3 WHERE kind = $1 AND id = $2 AND fence = $4",
+        kind,
+        id,
+        outcome.remaining,
+        token,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(FencedOutcome::Applied {
+        decisions: outcome.decisions,
+        remaining: outcome.remaining,
+        total: state.total,
+    })
+}
+
+async fn write_decisions(
+    tx: &mut Transaction<'static, Postgres>,
+    decisions: &[Decision],
+    fence: Option<i64>,
+) -> Result<(), StoreError> {
+    if decisions.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = decisions.iter().map(|d| d.claim_id().as_uuid()).collect();
+    let statuses: Vec<&str> = decisions
+        .iter()
+        .map(|d| match d {
+            Decision::Granted(_) => ClaimStatus::Granted.as_str(),
+            Decision::Rejected(..) => ClaimStatus::Rejected.as_str(),
+        })
+        .collect();
+    let reasons: Vec<Option<&str>> = decisions
+        .iter()
+        .map(|d| match d {
+            Decision::Granted(_) => None,
+            Decision::Rejected(_, reason) => Some(reason.as_str()),
+        })
+        .collect();
+    sqlx::query!(
+        "UPDATE claims AS c SET status = d.status, reason = d.reason, fence = $4, decided_at = now()
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS d(claim_id, status, reason)
+          WHERE c.claim_id = d.claim_id AND c.status = 'pending'",
+        &ids,
+        &statuses as &[&str],
+        &reasons as &[Option<&str>],
+        fence,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Deletes idempotency records older than `retention`; returns how many.
+pub async fn purge_idempotency_keys(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
+    let secs = retention.as_secs_f64();
+    let done = sqlx::query!(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+        secs,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
