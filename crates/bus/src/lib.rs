@@ -1,1 +1,267 @@
-//! placeholder
+//! Kafka plumbing for Turnstile: how the claim services talk to the broker.
+//!
+//! claim-api produces [`ClaimRequested`](turnstile_claim::ClaimRequested)
+//! events keyed by resource, so one resource's claims share a partition and
+//! arrive in order; claim-worker consumes them in the `claim-workers` group
+//! and produces [`ClaimDecided`](turnstile_claim::ClaimDecided) events, which
+//! the API tails to answer `Prefer: wait`. Undecodable messages go to a
+//! dead-letter topic with the reason in a header. Everything here is
+//! configuration and encoding; the decisions live elsewhere.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig, ClientContext, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::RDKafkaLogLevel,
+    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Headers, OwnedHeaders},
+    producer::FutureProducer,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::{info, warn};
+
+/// Header naming the event type of a message.
+pub const EVENT_TYPE_HEADER: &str = "event-type";
+/// Header on dead-lettered messages saying why they could not be used.
+pub const DEAD_LETTER_REASON_HEADER: &str = "dead-letter-reason";
+
+/// Errors from the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The client library refused a setting or the broker failed.
+    #[error("kafka operation failed")]
+    Kafka(#[from] KafkaError),
+    /// Creating a topic failed.
+    #[error("creating topic {topic} failed: {code}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// The topics of one deployment. A prefix lets tests and tenants share a
+/// broker without sharing topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// `ClaimRequested` events, keyed by resource.
+    pub requested: String,
+    /// `ClaimDecided` events, keyed by resource.
+    pub decided: String,
+    /// Messages that could not be decoded.
+    pub dead_letter: String,
+}
+
+impl Topics {
+    /// The topics under `prefix` (`""` for the plain names).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            requested: format!("{prefix}claims.requested"),
+            decided: format!("{prefix}claims.decided"),
+            dead_letter: format!("{prefix}claims.requested.dlq"),
+        }
+    }
+}
+
+/// Producer tuning. Linger trades a few milliseconds of latency for batches,
+/// which is where a Kafka producer's throughput comes from.
+#[derive(Debug, Clone)]
+pub struct ProducerTuning {
+    /// How long to wait for more messages before sending a batch.
+    pub linger: Duration,
+    /// How long a message may take to be acknowledged before it fails.
+    pub delivery_timeout: Duration,
+    /// The most messages the local queue may hold.
+    pub queue_limit: u32,
+}
+
+impl Default for ProducerTuning {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(2),
+            delivery_timeout: Duration::from_secs(10),
+            queue_limit: 100_000,
+        }
+    }
+}
+
+/// A producer that waits for every in-sync replica (`acks=all`).
+pub fn producer(brokers: &str, tuning: &ProducerTuning) -> Result<FutureProducer, BusError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("linger.ms", tuning.linger.as_millis().to_string())
+        .set("message.timeout.ms", tuning.delivery_timeout.as_millis().to_string())
+        .set("queue.buffering.max.messages", tuning.queue_limit.to_string())
+        .set("compression.type", "lz4")
+        .set("socket.nagle.disable", "true")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create()?)
+}
+
+/// Consumer tuning.
+#[derive(Debug, Clone)]
+pub struct ConsumerTuning {
+    /// How long the group waits for a silent member before reassigning its
+    /// partitions. Short sessions hand over faster after a crash or a stall.
+    pub session_timeout: Duration,
+    /// Heartbeat cadence (a third of the session or less).
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for ConsumerTuning {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Counts rebalances and logs them; shared with the worker's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RebalanceCounter(Arc<AtomicU64>);
+
+impl RebalanceCounter {
+    /// Rebalances seen so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The consumer's context: logs assignment changes.
+#[derive(Debug, Clone, Default)]
+pub struct GroupContext {
+    /// Rebalances seen.
+    pub rebalances: RebalanceCounter,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.0.fetch_add(1, Ordering::Relaxed);
+        match rebalance {
+            Rebalance::Assign(tpl) => info!(partitions = ?partitions_of(tpl), "partitions assigned"),
+            Rebalance::Revoke(tpl) => info!(partitions = ?partitions_of(tpl), "partitions revoked"),
+            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// A group member with manual offset storing: offsets are stored by the
+/// application after its writes commit, and committed in the background.
+/// `cooperative-sticky` keeps untouched partitions flowing during a rebalance.
+pub fn group_consumer(
+    brokers: &str,
+    group_id: &str,
+    tuning: &ConsumerTuning,
+    context: GroupContext,
+) -> Result<StreamConsumer<GroupContext>, BusError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", tuning.session_timeout.as_millis().to_string())
+        .set("heartbeat.interval.ms", tuning.heartbeat_interval.as_millis().to_string())
+        .set("socket.nagle.disable", "true")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create_with_context(context)?)
+}
+
+/// A consumer outside any group that reads every partition of `topic` from
+/// its end: for following events live (no offsets, no rebalances).
+pub async fn tail_from_end(brokers: &str, topic: &str) -> Result<StreamConsumer, BusError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "turnstile-tail-unused")
+        .set("enable.auto.commit", "false")
+        .set("socket.nagle.disable", "true")
+        .set("fetch.wait.max.ms", "10")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create()?;
+    let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::End)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// Creates `topics` with `partitions` each, if they do not exist yet.
+pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(new.iter(), &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(BusError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// Encodes an event as JSON.
+pub fn encode<T: Serialize>(event: &T) -> Vec<u8> {
+    // Our event types serialize infallibly (no maps with non-string keys).
+    serde_json::to_vec(event).unwrap_or_default()
+}
+
+/// Decodes an event, saying why not when the payload is unusable.
+pub fn decode<T: DeserializeOwned>(payload: Option<&[u8]>) -> Result<T, String> {
+    let payload = payload.ok_or_else(|| "empty payload".to_owned())?;
+    serde_json::from_slice(payload).map_err(|e| format!("undecodable payload: {e}"))
+}
+
+/// Headers for an event of `event_type`.
+pub fn event_headers(event_type: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: EVENT_TYPE_HEADER,
+        value: Some(event_type),
+    })
+}
+
+/// Copies `headers` and adds the dead-letter reason.
+pub fn dead_letter_headers(headers: Option<&rdkafka::message::BorrowedHeaders>, reason: &str) -> OwnedHeaders {
+    let mut owned = headers.map(|h| h.detach()).unwrap_or_default();
+    owned = owned.insert(rdkafka::message::Header {
+        key: DEAD_LETTER_REASON_HEADER,
+        value: Some(reason),
+    });
+    owned
+}
+
+/// Reads a header's value as UTF-8.
+pub fn header<'a, H: Headers>(headers: &'a H, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}

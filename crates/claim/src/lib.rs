@@ -8,6 +8,7 @@
 //! I/O) and property-tested; [`store`] is the one adapter, over sqlx.
 
 pub mod decision;
+pub mod cache;
 pub mod events;
 pub mod model;
 pub mod request;

@@ -1,1 +1,105 @@
-//! placeholder
+//! One initialisation for the logs and metrics of every Turnstile service.
+//!
+//! Logs are JSON lines by default (one object per line, for machines), or
+//! human-readable with `LOG_FORMAT=pretty`; `RUST_LOG` filters them.
+//! Metrics live in one [`prometheus::Registry`] per process, rendered by
+//! [`render_metrics`] for the `/metrics` endpoint.
+
+use prometheus::{Encoder, Registry, TextEncoder};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+impl LogFormat {
+    /// Reads `LOG_FORMAT` (`json`, the default, or `pretty`).
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("LOG_FORMAT").as_deref() {
+            Err(_) | Ok("json") | Ok("") => Ok(Self::Json),
+            Ok("pretty") => Ok(Self::Pretty),
+            Ok(other) => Err(format!("LOG_FORMAT must be json or pretty, not {other:?}")),
+        }
+    }
+}
+
+/// Installs the global log subscriber. Call once, first thing in `main`.
+pub fn init_logs(service: &'static str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false))
+            .try_init(),
+        LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
+    };
+    if result.is_ok() {
+        tracing::info!(service, "logging initialised");
+    }
+}
+
+/// The Prometheus text exposition of `registry`.
+pub fn render_metrics(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    // Encoding gathered families into a Vec cannot fail.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buffer);
+    String::from_utf8(buffer).unwrap_or_default()
+}
+
+/// A setting read from the environment was malformed. The message names the
+/// variable, so a bad deployment fails at start-up with a clear cause.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}={value:?} is invalid: {problem}")]
+pub struct SettingError {
+    /// The variable.
+    pub name: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Reads `name`, parsing it as `T`, or `default` when unset or empty.
+pub fn setting<T>(name: &'static str, default: T) -> Result<T, SettingError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value.trim().parse().map_err(|e: T::Err| SettingError {
+            name,
+            problem: e.to_string(),
+            value,
+        }),
+        _ => Ok(default),
+    }
+}
+
+/// Reads a duration given in milliseconds.
+pub fn setting_millis(name: &'static str, default_ms: u64) -> Result<std::time::Duration, SettingError> {
+    setting(name, default_ms).map(std::time::Duration::from_millis)
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C, so services finish in-flight
+/// work and leave cleanly.
+pub async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

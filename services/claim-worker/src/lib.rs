@@ -1,1 +1,165 @@
-//! placeholder
+//! `claim-worker`: the consuming side of the claim pipeline.
+//!
+//! A member of the `claim-workers` consumer group. Each partition is one
+//! ordered stream of claims; the worker takes them in micro-batches (size and
+//! linger are configurable), and for every resource in a batch:
+//!
+//! 1. takes the resource's lease from `turnstile-lock` and its fencing token;
+//! 2. decides the claims in one Postgres transaction that first moves the
+//!    resource's fence to the token, which the database refuses if a newer
+//!    token was already accepted ([`turnstile_claim::store::decide_fenced`]);
+//! 3. updates the Redis cache (only if its fence is older) and publishes a
+//!    `ClaimDecided` event per claim;
+//! 4. stores the partition's offset, only after the commit.
+//!
+//! A worker that stalled past its lease and its group session (a zombie) has
+//! its writes refused by step 2; it counts the rejection, logs it, rewinds,
+//! and the partition's rightful owner decides those claims. Redelivered
+//! claims that were already decided are skipped, so replays are harmless.
+
+mod metrics;
+mod pipeline;
+pub mod settings;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use axum::{Router, routing::get};
+use prometheus::Registry;
+use rdkafka::consumer::Consumer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Topics};
+use turnstile_claim::{cache::ResourceCache, store};
+use turnstile_lock::{
+    LockBackend, LockClient, LockConfig, LockMetricFamilies,
+    backend::{
+        redis::RedisLockBackend,
+        redlock::{RedlockBackend, RedlockConfig},
+    },
+};
+
+pub use metrics::WorkerMetrics;
+use pipeline::Pipeline;
+pub use settings::{LockBackendKind, Settings};
+
+/// A worker, connected and ready to run.
+pub struct Worker {
+    pipeline: Pipeline,
+    registry: Registry,
+    metrics_listener: TcpListener,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Connects to every dependency, applies migrations, creates the topics
+    /// if needed, joins the group and binds the metrics endpoint.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let metrics = WorkerMetrics::register(&registry)?;
+        let lock_families = LockMetricFamilies::register(&registry)?;
+
+        let pool = store::connect(&settings.database_url, settings.pg_pool, std::time::Duration::from_secs(5))
+            .await
+            .context("connecting to postgres")?;
+        store::migrate(&pool).await.context("applying migrations")?;
+
+        let topics = Topics::with_prefix(&settings.topic_prefix);
+        turnstile_bus::ensure_topics(
+            &settings.brokers,
+            &[&topics.requested, &topics.decided, &topics.dead_letter],
+            settings.partitions,
+        )
+        .await
+        .context("creating topics")?;
+
+        let backend: Arc<dyn LockBackend> = match settings.lock_backend {
+            LockBackendKind::Redis => Arc::new(
+                RedisLockBackend::connect(&settings.lock_redis_url)
+                    .await
+                    .context("connecting to the lock redis")?,
+            ),
+            LockBackendKind::Redlock => Arc::new(RedlockBackend::new(&settings.redlock_urls, RedlockConfig::default())?),
+        };
+        let locks = LockClient::with_metrics(
+            Arc::clone(&backend),
+            LockConfig::default(),
+            lock_families.for_backend(backend.name()),
+        );
+
+        let cache_conn = redis::Client::open(settings.redis_url.as_str())?
+            .get_connection_manager()
+            .await
+            .context("connecting to the cache redis")?;
+        let cache = ResourceCache::new(cache_conn, "turnstile");
+
+        let context = GroupContext::default();
+        let rebalances = context.rebalances.clone();
+        let consumer = turnstile_bus::group_consumer(
+            &settings.brokers,
+            &settings.group_id,
+            &ConsumerTuning {
+                session_timeout: settings.session_timeout,
+                heartbeat_interval: settings.session_timeout / 3,
+            },
+            context,
+        )?;
+        consumer.subscribe(&[&topics.requested])?;
+        let producer = turnstile_bus::producer(&settings.brokers, &ProducerTuning::default())?;
+
+        let metrics_listener = TcpListener::bind(settings.metrics_addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {}", settings.metrics_addr))?;
+        info!(
+            group = %settings.group_id,
+            topic = %topics.requested,
+            lock_backend = backend.name(),
+            metrics = %settings.metrics_addr,
+            "claim-worker ready"
+        );
+        Ok(Self {
+            pipeline: Pipeline {
+                settings,
+                topics,
+                consumer,
+                producer,
+                pool,
+                locks,
+                cache,
+                metrics,
+                rebalances,
+            },
+            registry,
+            metrics_listener,
+        })
+    }
+
+    /// Where `/metrics` listens.
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.metrics_listener.local_addr()
+    }
+
+    /// Consumes until `shutdown` fires, then finishes the batch in hand,
+    /// commits stored offsets and leaves the group.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let registry = self.registry.clone();
+        let app = Router::new()
+            .route("/metrics", get(move || std::future::ready(turnstile_telemetry::render_metrics(&registry))))
+            .route("/healthz", get(|| std::future::ready("ok")));
+        let server_stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(self.metrics_listener, app)
+                .with_graceful_shutdown(async move { server_stop.cancelled().await })
+                .await
+        });
+        self.pipeline.run(shutdown).await;
+        server.await??;
+        Ok(())
+    }
+}

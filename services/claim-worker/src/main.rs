@@ -1,0 +1,19 @@
+//! `claim-worker`: configuration, telemetry, build, run until SIGTERM.
+
+use anyhow::Context;
+use claim_worker::{Settings, Worker};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    turnstile_telemetry::init_logs(
+        "claim-worker",
+        turnstile_telemetry::LogFormat::from_env().map_err(anyhow::Error::msg)?,
+    );
+    let _failpoints = fail::FailScenario::setup();
+    let settings = Settings::from_env().context("invalid configuration")?;
+    let worker = Worker::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(turnstile_telemetry::stop_on_signal(shutdown.clone()));
+    worker.run_until_stopped(shutdown).await
+}

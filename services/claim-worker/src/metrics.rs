@@ -1,0 +1,65 @@
+//! The worker's Prometheus instruments.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Instruments for the claim pipeline's consuming side.
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    pub(crate) batches: IntCounter,
+    pub(crate) batch_size: Histogram,
+    pub(crate) decided: IntCounterVec,
+    pub(crate) decide_latency: Histogram,
+    pub(crate) fence_rejections: IntCounter,
+    pub(crate) dead_lettered: IntCounter,
+    pub(crate) dependency_failures: IntCounterVec,
+    pub(crate) rebalances: IntGauge,
+}
+
+impl WorkerMetrics {
+    /// Creates the instruments and registers them.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            batches: IntCounter::new("turnstile_worker_batches_total", "Batches of claim events processed.")?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("turnstile_worker_batch_size", "Claim events per batch.")
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
+            )?,
+            decided: IntCounterVec::new(
+                Opts::new("turnstile_claims_decided_total", "Claims decided, by outcome."),
+                &["outcome"],
+            )?,
+            decide_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "turnstile_claim_decide_latency_seconds",
+                    "Time from the API accepting a claim to the worker committing its decision.",
+                )
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
+            )?,
+            fence_rejections: IntCounter::new(
+                "turnstile_fence_rejections_total",
+                "Batches the database refused because their fencing token was stale.",
+            )?,
+            dead_lettered: IntCounter::new(
+                "turnstile_dead_lettered_total",
+                "Messages sent to the dead-letter topic.",
+            )?,
+            dependency_failures: IntCounterVec::new(
+                Opts::new(
+                    "turnstile_worker_dependency_failures_total",
+                    "Batches abandoned (and retried later) because a dependency failed.",
+                ),
+                &["dependency"],
+            )?,
+            rebalances: IntGauge::new("turnstile_kafka_rebalances", "Consumer group rebalances seen by this worker.")?,
+        };
+        registry.register(Box::new(m.batches.clone()))?;
+        registry.register(Box::new(m.batch_size.clone()))?;
+        registry.register(Box::new(m.decided.clone()))?;
+        registry.register(Box::new(m.decide_latency.clone()))?;
+        registry.register(Box::new(m.fence_rejections.clone()))?;
+        registry.register(Box::new(m.dead_lettered.clone()))?;
+        registry.register(Box::new(m.dependency_failures.clone()))?;
+        registry.register(Box::new(m.rebalances.clone()))?;
+        Ok(m)
+    }
+}

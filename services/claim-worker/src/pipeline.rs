@@ -1,0 +1,361 @@
+//! The consume → lock → fenced write → cache → offset loop.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures::future::join_all;
+use rdkafka::{
+    Message, Offset,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::BorrowedMessage,
+    producer::{FutureProducer, FutureRecord},
+};
+use sqlx::PgPool;
+use tokio::time::{Instant, sleep, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use turnstile_bus::{GroupContext, RebalanceCounter, Topics};
+use turnstile_claim::{
+    ClaimDecided, ClaimRequested, ClaimStatus, Decision, ResourceKey,
+    cache::ResourceCache,
+    store::{self, FencedOutcome, StoreError},
+};
+use turnstile_lock::{FencingToken, LockClient};
+
+use crate::{WorkerMetrics, settings::Settings};
+
+/// The longest pause after a dependency failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub(crate) struct Pipeline {
+    pub(crate) settings: Settings,
+    pub(crate) topics: Topics,
+    pub(crate) consumer: StreamConsumer<GroupContext>,
+    pub(crate) producer: FutureProducer,
+    pub(crate) pool: PgPool,
+    pub(crate) locks: LockClient,
+    pub(crate) cache: ResourceCache,
+    pub(crate) metrics: WorkerMetrics,
+    pub(crate) rebalances: RebalanceCounter,
+}
+
+/// One consumed message, decoded or not.
+struct Incoming {
+    partition: i32,
+    offset: i64,
+    event: Result<ClaimRequested, DeadLetter>,
+}
+
+/// An undecodable message, kept whole for the dead-letter topic.
+struct DeadLetter {
+    reason: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: rdkafka::message::OwnedHeaders,
+}
+
+/// Why a partition's batch was not finished; it will be redelivered.
+#[derive(Debug, thiserror::Error)]
+enum BatchFailure {
+    #[error("lock unavailable")]
+    Lock(#[from] turnstile_lock::LockError),
+    #[error("postgres unavailable")]
+    Store(#[from] StoreError),
+    #[error("kafka produce failed")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("fencing token {fence} is stale: the database already accepted {last_accepted}")]
+    StaleFence { fence: u64, last_accepted: i64 },
+}
+
+impl BatchFailure {
+    fn dependency(&self) -> &'static str {
+        match self {
+            Self::Lock(_) => "lock",
+            Self::Store(_) => "postgres",
+            Self::Kafka(_) => "kafka",
+            Self::StaleFence { .. } => "fence",
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+impl Pipeline {
+    pub(crate) async fn run(&self, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        while let Some(batch) = self.next_batch(&shutdown).await {
+            self.metrics.rebalances.set(i64::try_from(self.rebalances.get()).unwrap_or(i64::MAX));
+            if batch.is_empty() {
+                continue;
+            }
+            if self.process_batch(batch).await {
+                failures = 0;
+            } else {
+                failures = failures.saturating_add(1);
+                self.back_off(failures, &shutdown).await;
+            }
+        }
+        info!("shutting down: committing stored offsets and leaving the group");
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last commit is the usual reason.
+            debug!(error = %e, "final offset commit");
+        }
+        self.consumer.unsubscribe();
+    }
+
+    /// Waits for the first message (or shutdown), then gathers more until the
+    /// batch is full or the linger time has passed.
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<Incoming>> {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            first = self.consumer.recv() => first,
+        };
+        let mut batch = Vec::with_capacity(self.settings.batch_size.min(1024));
+        match first {
+            Ok(message) => batch.push(decode(&message)),
+            Err(e) => {
+                warn!(error = %e, "kafka consume error");
+                return Some(batch);
+            }
+        }
+        let deadline = Instant::now() + self.settings.batch_linger;
+        while batch.len() < self.settings.batch_size {
+            match timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(decode(&message)),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "kafka consume error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    /// Processes partitions concurrently (each in order) and stores the
+    /// offsets of those that finished. Returns whether all did.
+    async fn process_batch(&self, batch: Vec<Incoming>) -> bool {
+        self.metrics.batches.inc();
+        self.metrics.batch_size.observe(batch.len() as f64);
+        let mut by_partition: BTreeMap<i32, Vec<Incoming>> = BTreeMap::new();
+        for item in batch {
+            by_partition.entry(item.partition).or_default().push(item);
+        }
+        let results = join_all(by_partition.into_iter().map(|(partition, items)| async move {
+            let first = items.first().map_or(0, |i| i.offset);
+            let next = items.last().map_or(0, |i| i.offset + 1);
+            (partition, first, next, self.process_partition(items).await)
+        }))
+        .await;
+        let mut all_done = true;
+        for (partition, first, next, result) in results {
+            match result {
+                Ok(()) => {
+                    if let Err(e) = self.consumer.store_offset(&self.topics.requested, partition, next) {
+                        // Lost the partition meanwhile: its new owner redoes
+                        // the batch, and already-decided claims are skipped.
+                        warn!(partition, error = %e, "could not store offset");
+                    }
+                }
+                Err(failure) => {
+                    all_done = false;
+                    self.metrics.dependency_failures.with_label_values(&[failure.dependency()]).inc();
+                    warn!(partition, offset = first, error = %failure, cause = ?failure, "batch not finished; rewinding");
+                    if let Err(e) =
+                        self.consumer.seek(&self.topics.requested, partition, Offset::Offset(first), Duration::from_secs(5))
+                    {
+                        debug!(partition, error = %e, "rewind failed (partition probably revoked)");
+                    }
+                }
+            }
+        }
+        all_done
+    }
+
+    async fn process_partition(&self, items: Vec<Incoming>) -> Result<(), BatchFailure> {
+        let mut groups: Vec<(ResourceKey, Vec<ClaimRequested>)> = Vec::new();
+        for item in items {
+            match item.event {
+                Ok(event) => match groups.iter_mut().find(|(key, _)| *key == event.resource) {
+                    Some((_, events)) => events.push(event),
+                    None => groups.push((event.resource.clone(), vec![event])),
+                },
+                Err(dead) => self.dead_letter(item.partition, item.offset, dead).await?,
+            }
+        }
+        for (resource, events) in &groups {
+            self.process_resource(resource, events).await?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, partition: i32, offset: i64, dead: DeadLetter) -> Result<(), BatchFailure> {
+        warn!(partition, offset, reason = %dead.reason, "dead-lettering undecodable message");
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topics.dead_letter).headers(dead.headers);
+        if let Some(key) = dead.key.as_deref() {
+            record = record.key(key);
+        }
+        if let Some(payload) = dead.payload.as_deref() {
+            record = record.payload(payload);
+        }
+        self.producer.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e)?;
+        self.metrics.dead_lettered.inc();
+        Ok(())
+    }
+
+    async fn process_resource(&self, resource: &ResourceKey, events: &[ClaimRequested]) -> Result<(), BatchFailure> {
+        let name = resource.to_string();
+        let lease = self.locks.acquire(&name, self.settings.lock_ttl, self.settings.lock_wait).await?;
+        let fence = lease.token();
+        hold_lease_before_write(&name, fence).await;
+        let outcome = self.decide_with_retry(resource, fence, events).await;
+        // The write is fenced; the lease only needed to cover it.
+        if let Err(e) = lease.release().await {
+            debug!(resource = %name, error = %e, "lease release after batch");
+        }
+        match outcome? {
+            FencedOutcome::Applied {
+                decisions,
+                remaining,
+                total,
+            } => {
+                if let Err(e) = self.cache.update(resource, fence.as_i64(), remaining, total).await {
+                    // The cache is a view; Postgres already holds the truth.
+                    warn!(resource = %name, error = %e, "cache update failed");
+                }
+                self.announce(resource, fence, events, &decisions).await;
+                Ok(())
+            }
+            FencedOutcome::UnknownResource { decisions } => {
+                self.announce(resource, fence, events, &decisions).await;
+                Ok(())
+            }
+            FencedOutcome::StaleFence { last_accepted } => {
+                self.metrics.fence_rejections.inc();
+                warn!(
+                    resource = %name,
+                    fence = fence.get(),
+                    last_accepted,
+                    "database refused a stale fencing token; another worker owns this resource now"
+                );
+                Err(BatchFailure::StaleFence {
+                    fence: fence.get(),
+                    last_accepted,
+                })
+            }
+        }
+    }
+
+    /// Retries transient Postgres failures a few times with backoff before
+    /// giving the batch up for redelivery.
+    async fn decide_with_retry(
+        &self,
+        resource: &ResourceKey,
+        fence: FencingToken,
+        events: &[ClaimRequested],
+    ) -> Result<FencedOutcome, StoreError> {
+        use backon::{ExponentialBuilder, Retryable};
+        (|| store::decide_fenced(&self.pool, resource, fence, events))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(20))
+                    .with_max_delay(Duration::from_millis(500))
+                    .with_max_times(3)
+                    .with_jitter(),
+            )
+            .when(StoreError::is_transient)
+            .notify(|e, after| warn!(error = %e, retry_in_ms = after.as_millis() as u64, "postgres write failed"))
+            .await
+    }
+
+    /// Publishes a `ClaimDecided` per decision and records the outcomes.
+    async fn announce(&self, resource: &ResourceKey, fence: FencingToken, events: &[ClaimRequested], decisions: &[Decision]) {
+        let decided_at_ms = now_ms();
+        let key = resource.to_string();
+        let sends = decisions.iter().filter_map(|decision| {
+            let event = events.iter().find(|e| e.claim_id == decision.claim_id())?;
+            let (status, reason) = match decision {
+                Decision::Granted(_) => (ClaimStatus::Granted, None),
+                Decision::Rejected(_, reason) => (ClaimStatus::Rejected, Some(*reason)),
+            };
+            self.metrics
+                .decided
+                .with_label_values(&[reason.map_or("granted", |r| r.as_str())])
+                .inc();
+            self.metrics
+                .decide_latency
+                .observe((decided_at_ms - event.accepted_at_ms).max(0) as f64 / 1000.0);
+            let decided = ClaimDecided {
+                claim_id: event.claim_id,
+                tenant_id: event.tenant_id.clone(),
+                resource: resource.clone(),
+                status,
+                reason,
+                fence: fence.get(),
+                decided_at_ms,
+            };
+            let payload = turnstile_bus::encode(&decided);
+            let key = key.clone();
+            Some(async move {
+                let record = FutureRecord::to(&self.topics.decided)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(turnstile_bus::event_headers("ClaimDecided"));
+                self.producer.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e)
+            })
+        });
+        for result in join_all(sends).await {
+            if let Err(e) = result {
+                // Postgres holds the decision; `GET /v1/claims/{id}` serves it.
+                error!(resource = %key, error = %e, "publishing ClaimDecided failed");
+            }
+        }
+    }
+
+    /// Pauses consumption while a dependency is failing, so a dead Postgres
+    /// or Redis costs idle waiting rather than a hot redelivery loop.
+    async fn back_off(&self, failures: u32, shutdown: &CancellationToken) {
+        let delay = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6))).min(MAX_BACKOFF);
+        let assignment = self.consumer.assignment().ok();
+        if let Some(assignment) = &assignment {
+            let _ = self.consumer.pause(assignment);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = sleep(delay) => {}
+        }
+        if let Some(assignment) = &assignment {
+            let _ = self.consumer.resume(assignment);
+        }
+    }
+}
+
+fn decode(message: &BorrowedMessage<'_>) -> Incoming {
+    let event = turnstile_bus::decode::<ClaimRequested>(message.payload()).map_err(|reason| DeadLetter {
+        headers: turnstile_bus::dead_letter_headers(message.headers(), &reason),
+        reason,
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+    });
+    Incoming {
+        partition: message.partition(),
+        offset: message.offset(),
+        event,
+    }
+}
+
+/// Fault injection for the chaos tests: with `FAILPOINTS` set to
+/// `hold-lease-before-write=1*return(MS)` (and the `failpoints` feature),
+/// the worker holds its lease MS milliseconds between taking the token and
+/// writing, the window in which a stalled worker becomes a zombie.
+async fn hold_lease_before_write(resource: &str, fence: FencingToken) {
+    let hold_ms: Option<u64> = (|| {
+        fail::fail_point!("hold-lease-before-write", |ms| ms.and_then(|v| v.parse().ok()));
+        None
+    })();
+    if let Some(ms) = hold_ms {
+        info!(resource, fence = fence.get(), hold_ms = ms, "failpoint: holding lease before write");
+        sleep(Duration::from_millis(ms)).await;
+    }
+}
