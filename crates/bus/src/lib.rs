@@ -182,6 +182,9 @@ pub fn group_consumer(
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", tuning.session_timeout.as_millis().to_string())
         .set("heartbeat.interval.ms", tuning.heartbeat_interval.as_millis().to_string())
+        // Claims are latency-sensitive: do not let the broker sit on a fetch
+        // for librdkafka's default 500 ms waiting for more bytes.
+        .set("fetch.wait.max.ms", "10")
         .set("socket.nagle.disable", "true")
         .set_log_level(RDKafkaLogLevel::Warning)
         .create_with_context(context)?)

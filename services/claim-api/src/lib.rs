@@ -1,1 +1,21 @@
-//! placeholder
+//! `claim-api`: the producing side of the claim pipeline.
+//!
+//! Validates a claim, makes retries safe with idempotency keys (one claim per
+//! tenant and key, however often and however concurrently it is sent),
+//! publishes a `ClaimRequested` event keyed by resource and answers `202`.
+//! It never decides a claim: `claim-worker` does, under a fenced lock. When it
+//! cannot take more work (in-flight limit, Kafka's local queue, the workers'
+//! lag) it answers `429` with `Retry-After` and does nothing; when a
+//! dependency fails, its circuit breaker turns calls into fast `503`s.
+
+mod app;
+mod extract;
+mod feeds;
+mod metrics;
+mod problem;
+mod resilience;
+mod routes;
+pub mod settings;
+
+pub use app::{ApiDoc, Application};
+pub use settings::Settings;

@@ -1,0 +1,250 @@
+//! Building the application: dependencies, background feeds, the router and
+//! its layers. Tests build it on port 0 and talk to it over HTTP.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use axum::{
+    BoxError, Extension, Json, Router,
+    error_handling::HandleErrorLayer,
+    extract::{MatchedPath, Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use prometheus::Registry;
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tracing::info;
+use turnstile_bus::{ProducerTuning, Topics};
+use turnstile_claim::{cache::ResourceCache, store};
+use utoipa::OpenApi;
+
+use crate::{
+    Settings,
+    extract::BodyLimit,
+    feeds::{self, DecisionWaiters},
+    metrics::ApiMetrics,
+    problem::ApiError,
+    resilience::{Breaker, LoadGate},
+    routes::{claims, health, resources},
+};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) write_pool: PgPool,
+    pub(crate) read_pool: PgPool,
+    pub(crate) cache: ResourceCache,
+    pub(crate) redis: redis::aio::ConnectionManager,
+    pub(crate) producer: FutureProducer,
+    pub(crate) topics: Topics,
+    pub(crate) decisions: DecisionWaiters,
+    pub(crate) load_gate: LoadGate,
+    pub(crate) postgres: Breaker,
+    pub(crate) kafka: Breaker,
+    pub(crate) metrics: ApiMetrics,
+    pub(crate) registry: Registry,
+}
+
+/// The OpenAPI 3.1 description of the API, generated from the handlers.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Turnstile claim API", description = "Coupon and inventory claims, decided under fenced locks."),
+    paths(
+        resources::create_coupon, resources::get_coupon, resources::create_sku, resources::get_sku,
+        claims::create_claim, claims::get_claim,
+        health::healthz, health::readyz, health::metrics,
+    ),
+    components(schemas(crate::problem::Problem))
+)]
+pub struct ApiDoc;
+
+/// A built API, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    background: CancellationToken,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("addr", &self.listener.local_addr().ok()).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Connects to every dependency, applies migrations, creates the topics
+    /// if needed, starts the background feeds and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let metrics = ApiMetrics::register(&registry)?;
+
+        let write_pool = store::connect(&settings.database_url, settings.pg_write_pool, settings.pg_acquire_timeout)
+            .await
+            .context("connecting to postgres")?;
+        let read_pool = store::connect(&settings.database_url, settings.pg_read_pool, settings.pg_acquire_timeout)
+            .await
+            .context("connecting to postgres")?;
+        store::migrate(&write_pool).await.context("applying migrations")?;
+
+        let redis = redis::Client::open(settings.redis_url.as_str())?
+            .get_connection_manager()
+            .await
+            .context("connecting to redis")?;
+
+        let topics = Topics::with_prefix(&settings.topic_prefix);
+        turnstile_bus::ensure_topics(
+            &settings.brokers,
+            &[&topics.requested, &topics.decided, &topics.dead_letter],
+            settings.partitions,
+        )
+        .await
+        .context("creating topics")?;
+        let producer = turnstile_bus::producer(
+            &settings.brokers,
+            &ProducerTuning {
+                delivery_timeout: Duration::from_secs(5),
+                ..ProducerTuning::default()
+            },
+        )?;
+
+        let background = CancellationToken::new();
+        let decisions = DecisionWaiters::default();
+        let tail = turnstile_bus::tail_from_end(&settings.brokers, &topics.decided).await?;
+        tokio::spawn(decisions.clone().follow(tail, background.clone()));
+        let lag_exceeded = Arc::new(AtomicBool::new(false));
+        tokio::spawn(feeds::watch_lag(
+            settings.brokers.clone(),
+            settings.worker_group_id.clone(),
+            topics.requested.clone(),
+            settings.max_consumer_lag,
+            Arc::clone(&lag_exceeded),
+            metrics.consumer_lag.clone(),
+            background.clone(),
+        ));
+        tokio::spawn(purge_idempotency_keys(write_pool.clone(), settings.idempotency_retention, background.clone()));
+
+        let state = AppState {
+            cache: ResourceCache::new(redis.clone(), "turnstile"),
+            redis,
+            write_pool,
+            read_pool,
+            producer,
+            topics,
+            decisions,
+            load_gate: LoadGate {
+                producer_queue_limit: settings.producer_queue_limit,
+                lag_exceeded,
+            },
+            postgres: Breaker::new("postgres", metrics.circuit_open.with_label_values(&["postgres"])),
+            kafka: Breaker::new("kafka", metrics.circuit_open.with_label_values(&["kafka"])),
+            metrics,
+            registry,
+        };
+        let router = router(state, &settings);
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("binding {}", settings.http_addr))?;
+        info!(addr = %listener.local_addr()?, "claim-api ready");
+        Ok(Self {
+            listener,
+            router,
+            background,
+        })
+    }
+
+    /// The bound address (the real port when built with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` fires, then drains in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let background = self.background;
+        let result = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        background.cancel();
+        Ok(result?)
+    }
+}
+
+fn router(state: AppState, settings: &Settings) -> Router {
+    let throttled = state.metrics.throttled.clone();
+    // In-flight claims beyond the limit are shed at once with 429, before
+    // any work is done for them.
+    let claim_limit = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(move |_: BoxError| {
+            throttled.with_label_values(&["concurrency"]).inc();
+            std::future::ready(ApiError::Overloaded {
+                cause: "concurrency",
+                retry_after: 1,
+            })
+        }))
+        .load_shed()
+        .concurrency_limit(settings.max_inflight);
+    Router::new()
+        .route("/v1/claims", post(claims::create_claim).layer(claim_limit))
+        .route("/v1/claims/{claim_id}", get(claims::get_claim))
+        .route("/v1/coupons", post(resources::create_coupon))
+        .route("/v1/coupons/{code}", get(resources::get_coupon))
+        .route("/v1/skus", post(resources::create_sku))
+        .route("/v1/skus/{sku}", get(resources::get_sku))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(Extension(BodyLimit(settings.max_body_bytes)))
+        .with_state(state)
+}
+
+/// Request metrics by route template and status class.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let class = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    state.metrics.http_requests.with_label_values(&[&route, &method, class]).inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    response.into_response()
+}
+
+/// Deletes expired idempotency records hourly.
+async fn purge_idempotency_keys(pool: PgPool, retention: Duration, stop: CancellationToken) {
+    loop {
+        match store::purge_idempotency_keys(&pool, retention).await {
+            Ok(0) => {}
+            Ok(purged) => info!(purged, "expired idempotency keys deleted"),
+            Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}

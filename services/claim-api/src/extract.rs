@@ -1,0 +1,115 @@
+//! Request parsing that answers in problem+json: the JSON body (content type,
+//! size, syntax and schema kept apart) and the claim headers.
+
+use axum::{
+    body::Body,
+    extract::{FromRequest, Request},
+    http::{HeaderMap, header},
+};
+use serde::de::DeserializeOwned;
+use turnstile_claim::{IdempotencyKey, TenantId};
+
+use crate::problem::ApiError;
+
+/// The most bytes any JSON body may have; the app state can lower it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON body: 415 for another content type, 413 when too large, 400 when
+/// not JSON, 422 when JSON of the wrong shape.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let limit = req.extensions().get::<BodyLimit>().map_or(16 * 1024, |l| l.0);
+        let bytes = axum::body::to_bytes(Body::new(req.into_body()), limit)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
+            _ => ApiError::MalformedJson(e.to_string()),
+        })
+    }
+}
+
+/// The tenant named by `X-Tenant-Id`, or the default tenant.
+pub fn tenant(headers: &HeaderMap) -> Result<TenantId, ApiError> {
+    match headers.get("x-tenant-id") {
+        None => Ok(TenantId::default_tenant()),
+        Some(value) => value
+            .to_str()
+            .map_err(|_| ApiError::InvalidHeader("X-Tenant-Id must be visible ASCII".to_owned()))
+            .and_then(|v| TenantId::parse(v).map_err(|e| ApiError::InvalidHeader(e.to_string()))),
+    }
+}
+
+/// The `Idempotency-Key`, which `POST /v1/claims` requires.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+    let value = headers.get("idempotency-key").ok_or(ApiError::MissingIdempotencyKey)?;
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidHeader("Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned()))?;
+    IdempotencyKey::parse(text).map_err(|e| ApiError::InvalidHeader(e.to_string()))
+}
+
+/// The longest `Prefer: wait` honoured.
+pub const MAX_WAIT_SECS: u64 = 10;
+
+/// `Prefer: wait=N` (RFC 7240), capped at 10 s. Other or malformed
+/// preferences are ignored, as the RFC asks.
+pub fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|pref| {
+            let (name, value) = pref.trim().split_once('=')?;
+            (name.trim().eq_ignore_ascii_case("wait")).then(|| value.trim().parse::<u64>().ok())?
+        })
+        .next()
+        .map(|n| n.min(MAX_WAIT_SECS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn prefer_wait_parses_and_caps() {
+        let mut h = HeaderMap::new();
+        assert_eq!(prefer_wait(&h), None);
+        h.insert("prefer", HeaderValue::from_static("respond-async, wait=3"));
+        assert_eq!(prefer_wait(&h), Some(3));
+        h.insert("prefer", HeaderValue::from_static("wait=100"));
+        assert_eq!(prefer_wait(&h), Some(10));
+        h.insert("prefer", HeaderValue::from_static("wait=soon"));
+        assert_eq!(prefer_wait(&h), None);
+    }
+
+    #[test]
+    fn missing_key_is_its_own_error() {
+        assert!(matches!(idempotency_key(&HeaderMap::new()), Err(ApiError::MissingIdempotencyKey)));
+    }
+}

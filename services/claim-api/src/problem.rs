@@ -1,0 +1,135 @@
+//! Errors as `application/problem+json` (RFC 9457), each with a stable
+//! `type` clients can match on. Bad input is always a 4xx; a failing
+//! dependency is a 503 with `Retry-After`; nothing is a bare 500 unless it is
+//! a bug.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A stable identifier of the kind of problem, e.g. `/problems/sold-out`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// A short summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened in this instance.
+    pub detail: String,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// `Idempotency-Key` is required on `POST /v1/claims`.
+    #[error("the Idempotency-Key header is required")]
+    MissingIdempotencyKey,
+    /// A header is malformed.
+    #[error("{0}")]
+    InvalidHeader(String),
+    /// The body is not JSON (syntax, truncation, invalid UTF-8).
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The body is JSON but breaks the schema or a rule.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Only `application/json` bodies are accepted.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// The body is larger than allowed.
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The key was used before with a different request.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    /// No such coupon or SKU.
+    #[error("{0} does not exist")]
+    UnknownResource(String),
+    /// Nothing at this path.
+    #[error("{0}")]
+    NotFound(String),
+    /// The method is not supported here.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The coupon or SKU exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// Shedding load: nothing was done, try again later.
+    #[error("overloaded ({cause}); retry later")]
+    Overloaded {
+        /// What is saturated: `concurrency`, `producer_queue` or `consumer_lag`.
+        cause: &'static str,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// A dependency is failing or its circuit is open.
+    #[error("{dependency} is unavailable; retry later")]
+    Unavailable {
+        /// `postgres`, `kafka` or `redis`.
+        dependency: &'static str,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// A bug.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            MissingIdempotencyKey => (StatusCode::BAD_REQUEST, "/problems/missing-idempotency-key", "Idempotency-Key required"),
+            InvalidHeader(_) => (StatusCode::BAD_REQUEST, "/problems/invalid-header", "Invalid header"),
+            MalformedJson(_) => (StatusCode::BAD_REQUEST, "/problems/malformed-json", "Malformed JSON"),
+            InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "/problems/invalid-request", "Invalid request"),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "/problems/unsupported-media-type",
+                "Unsupported media type",
+            ),
+            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "/problems/payload-too-large", "Payload too large"),
+            IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/idempotency-key-reused",
+                "Idempotency-Key reused",
+            ),
+            UnknownResource(_) => (StatusCode::UNPROCESSABLE_ENTITY, "/problems/unknown-resource", "Unknown resource"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "/problems/not-found", "Not found"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "/problems/method-not-allowed", "Method not allowed"),
+            AlreadyExists(_) => (StatusCode::CONFLICT, "/problems/already-exists", "Already exists"),
+            Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "/problems/overloaded", "Overloaded"),
+            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "/problems/unavailable", "Dependency unavailable"),
+            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "/problems/internal", "Internal error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = self.parts();
+        let retry_after = match &self {
+            Self::Overloaded { retry_after, .. } | Self::Unavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
+        let body = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,106 @@
+//! Circuit breakers (the `failsafe` crate) around each dependency, and the
+//! load-shedding checks that turn saturation into 429 instead of timeouts.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use failsafe::{StateMachine, backoff, failure_policy};
+use prometheus::IntGauge;
+use rdkafka::producer::{FutureProducer, Producer};
+
+use crate::problem::ApiError;
+
+type Machine = StateMachine<failure_policy::ConsecutiveFailures<backoff::Exponential>, ()>;
+
+/// One dependency's circuit: after 5 consecutive failures it opens for 1 s,
+/// doubling up to 30 s while failures continue; calls are refused with 503
+/// meanwhile instead of piling up on a dead dependency.
+#[derive(Clone)]
+pub struct Breaker {
+    name: &'static str,
+    machine: Arc<Machine>,
+    open_gauge: IntGauge,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Breaker {
+    /// A closed breaker for `name`, reporting its state to `open_gauge`.
+    pub fn new(name: &'static str, open_gauge: IntGauge) -> Self {
+        let policy = failure_policy::consecutive_failures(
+            5,
+            backoff::exponential(Duration::from_secs(1), Duration::from_secs(30)),
+        );
+        Self {
+            name,
+            machine: Arc::new(failsafe::Config::new().failure_policy(policy).build()),
+            open_gauge,
+        }
+    }
+
+    /// Refuses at once while the circuit is open.
+    pub fn permit(&self) -> Result<(), ApiError> {
+        if self.machine.is_call_permitted() {
+            Ok(())
+        } else {
+            self.open_gauge.set(1);
+            Err(ApiError::Unavailable {
+                dependency: self.name,
+                retry_after: 1,
+            })
+        }
+    }
+
+    /// Records the outcome of a call.
+    pub fn record(&self, ok: bool) {
+        if ok {
+            self.machine.on_success();
+            self.open_gauge.set(0);
+        } else {
+            self.machine.on_error();
+        }
+    }
+
+    /// The 503 for a failed call to this dependency.
+    pub fn unavailable(&self) -> ApiError {
+        ApiError::Unavailable {
+            dependency: self.name,
+            retry_after: 1,
+        }
+    }
+}
+
+/// The non-concurrency load checks: Kafka's local queue and the workers' lag.
+#[derive(Debug, Clone)]
+pub struct LoadGate {
+    pub(crate) producer_queue_limit: i32,
+    pub(crate) lag_exceeded: Arc<AtomicBool>,
+}
+
+impl LoadGate {
+    /// Refuses with 429 if Kafka's queue or the workers' backlog is too deep.
+    pub fn check(&self, producer: &FutureProducer) -> Result<(), ApiError> {
+        if producer.in_flight_count() >= self.producer_queue_limit {
+            return Err(ApiError::Overloaded {
+                cause: "producer_queue",
+                retry_after: 1,
+            });
+        }
+        if self.lag_exceeded.load(Ordering::Relaxed) {
+            return Err(ApiError::Overloaded {
+                cause: "consumer_lag",
+                retry_after: 2,
+            });
+        }
+        Ok(())
+    }
+}

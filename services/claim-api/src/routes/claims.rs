@@ -1,0 +1,254 @@
+//! `POST /v1/claims` and `GET /v1/claims/{claim_id}`.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use rdkafka::{error::KafkaError, producer::FutureRecord, types::RDKafkaErrorCode};
+use serde::Serialize;
+use turnstile_claim::{
+    ClaimDecided, ClaimId, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason,
+    store::{self, ClaimRow, Reservation},
+};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    extract::{self, JsonBody},
+    problem::ApiError,
+};
+
+/// A claim as clients see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimView {
+    /// The claim's id (stable for its Idempotency-Key).
+    pub claim_id: Uuid,
+    /// `pending`, `granted` or `rejected`.
+    #[schema(value_type = String, example = "granted")]
+    pub status: &'static str,
+    /// Why it was rejected: `sold_out`, `insufficient_stock`,
+    /// `per_user_limit` or `unknown_resource`.
+    #[schema(value_type = Option<String>)]
+    pub reason: Option<&'static str>,
+    /// The fencing token the decision was written under.
+    pub fence: Option<i64>,
+}
+
+impl ClaimView {
+    fn pending(claim_id: ClaimId) -> Self {
+        Self {
+            claim_id: claim_id.as_uuid(),
+            status: ClaimStatus::Pending.as_str(),
+            reason: None,
+            fence: None,
+        }
+    }
+
+    fn from_row(row: &ClaimRow) -> Self {
+        Self {
+            claim_id: row.claim_id.as_uuid(),
+            status: row.status.as_str(),
+            reason: row.reason.map(RejectReason::as_str),
+            fence: row.fence,
+        }
+    }
+
+    fn from_event(event: &ClaimDecided) -> Self {
+        Self {
+            claim_id: event.claim_id.as_uuid(),
+            status: event.status.as_str(),
+            reason: event.reason.map(RejectReason::as_str),
+            fence: i64::try_from(event.fence).ok(),
+        }
+    }
+
+    fn is_final(&self) -> bool {
+        self.status != ClaimStatus::Pending.as_str()
+    }
+}
+
+/// The request body, for the OpenAPI document: exactly one of `coupon` and
+/// `sku`; `quantity` only for SKUs (1 to 1000, default 1).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ClaimBody {
+    coupon: Option<String>,
+    sku: Option<String>,
+    user_id: String,
+    quantity: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn respond(view: ClaimView) -> Response {
+    let location = format!("/v1/claims/{}", view.claim_id);
+    let status = if view.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    (status, [(header::LOCATION, location)], Json(view)).into_response()
+}
+
+/// Accepts a claim for a coupon or SKU and publishes it for a worker to
+/// decide. Exactly one claim exists per tenant and `Idempotency-Key`, however
+/// often and however concurrently the request is sent.
+#[utoipa::path(post, path = "/v1/claims", request_body = ClaimBody, tag = "claims",
+    params(
+        ("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; required"),
+        ("X-Tenant-Id" = Option<String>, Header, description = "Tenant; scopes keys and claims"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (seconds, at most 10) waits for the decision"),
+    ),
+    responses(
+        (status = 202, description = "Accepted, pending", body = ClaimView),
+        (status = 200, description = "Decided within `Prefer: wait`", body = ClaimView),
+        (status = 400, body = crate::problem::Problem), (status = 413, body = crate::problem::Problem),
+        (status = 415, body = crate::problem::Problem), (status = 422, body = crate::problem::Problem),
+        (status = 429, description = "Overloaded; nothing was done", body = crate::problem::Problem),
+        (status = 503, body = crate::problem::Problem),
+    ))]
+pub async fn create_claim(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ClaimRequestBody>,
+) -> Result<Response, ApiError> {
+    let key = extract::idempotency_key(&headers)?;
+    let tenant = extract::tenant(&headers)?;
+    let request = body.parse().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let wait = extract::prefer_wait(&headers).map(Duration::from_secs);
+    if let Err(e) = state.load_gate.check(&state.producer) {
+        if let ApiError::Overloaded { cause, .. } = &e {
+            state.metrics.throttled.with_label_values(&[cause]).inc();
+        }
+        return Err(e);
+    }
+
+    let claim_id = ClaimId::for_request(&tenant, &key);
+    let event = ClaimRequested {
+        claim_id,
+        tenant_id: tenant,
+        resource: request.resource.clone(),
+        user_id: request.user.clone(),
+        quantity: request.quantity.get(),
+        accepted_at_ms: now_ms(),
+    };
+    // Before publishing, so the decision cannot arrive unobserved.
+    let waiting = wait.map(|_| state.decisions.register(claim_id));
+
+    state.postgres.permit()?;
+    let reservation = store::reserve_claim(&state.write_pool, key.as_str(), &request.fingerprint(), &event).await;
+    state.postgres.record(reservation.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
+    let reservation = reservation.map_err(|e| {
+        if e.is_transient() {
+            state.postgres.unavailable()
+        } else {
+            tracing::error!(error = %e, cause = ?e, "reserving a claim failed");
+            ApiError::Internal
+        }
+    })?;
+    match reservation {
+        Reservation::New(tx) => {
+            publish(&state, &event).await?;
+            tx.commit().await.map_err(|e| {
+                tracing::warn!(error = %e, claim_id = %claim_id, "commit after publish failed");
+                state.postgres.record(false);
+                state.postgres.unavailable()
+            })?;
+            state.metrics.accepted.inc();
+            tracing::info!(claim_id = %claim_id, tenant_id = event.tenant_id.as_str(), resource = %event.resource, "claim accepted");
+        }
+        Reservation::Replay(earlier) => {
+            state.metrics.replays.inc();
+            debug_assert_eq!(earlier, claim_id);
+            // A replay reports the claim as it stands.
+            if let Ok(Some(row)) = store::claim(&state.read_pool, claim_id).await {
+                if row.status != ClaimStatus::Pending || wait.is_none() {
+                    return Ok(replay(ClaimView::from_row(&row)));
+                }
+            }
+        }
+        Reservation::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+        Reservation::UnknownResource => return Err(ApiError::UnknownResource(event.resource.to_string())),
+    }
+
+    let (Some(wait), Some(waiting)) = (wait, waiting) else {
+        return Ok(respond(ClaimView::pending(claim_id)));
+    };
+    let mut waiting = waiting;
+    match tokio::time::timeout(wait, &mut waiting.decided).await {
+        Ok(Ok(decided)) => Ok(respond(ClaimView::from_event(&decided))),
+        // Not in time, or the feed missed it: the database has the answer.
+        _ => match store::claim(&state.read_pool, claim_id).await {
+            Ok(Some(row)) => Ok(respond(ClaimView::from_row(&row))),
+            _ => Ok(respond(ClaimView::pending(claim_id))),
+        },
+    }
+}
+
+fn replay(view: ClaimView) -> Response {
+    // The original answer was 202 pending; a decided claim is reported as it
+    // is now, with 200, so retries learn the outcome.
+    respond(view)
+}
+
+async fn publish(state: &AppState, event: &ClaimRequested) -> Result<(), ApiError> {
+    state.kafka.permit()?;
+    let payload = turnstile_bus::encode(event);
+    let key = event.resource.to_string();
+    let record = FutureRecord::to(&state.topics.requested)
+        .key(&key)
+        .payload(&payload)
+        .headers(turnstile_bus::event_headers("ClaimRequested"));
+    let started = Instant::now();
+    // A zero queue timeout: a full local queue is load to shed, not to wait on.
+    let sent = state.producer.send(record, Duration::ZERO).await;
+    state.metrics.produce_duration.observe(started.elapsed().as_secs_f64());
+    match sent {
+        Ok(_) => {
+            state.kafka.record(true);
+            Ok(())
+        }
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            state.metrics.throttled.with_label_values(&["producer_queue"]).inc();
+            Err(ApiError::Overloaded {
+                cause: "producer_queue",
+                retry_after: 1,
+            })
+        }
+        Err((e, _)) => {
+            tracing::warn!(error = %e, "publishing ClaimRequested failed");
+            state.kafka.record(false);
+            Err(state.kafka.unavailable())
+        }
+    }
+}
+
+/// Reads a claim.
+#[utoipa::path(get, path = "/v1/claims/{claim_id}", tag = "claims",
+    params(("claim_id" = Uuid, Path, description = "The claim id"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "Tenant the claim belongs to")),
+    responses((status = 200, body = ClaimView), (status = 404, body = crate::problem::Problem)))]
+pub async fn get_claim(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<ClaimView>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("claim {raw} does not exist"));
+    let tenant = extract::tenant(&headers)?;
+    let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
+    state.postgres.permit()?;
+    let row = store::claim(&state.read_pool, ClaimId::from_uuid(id)).await;
+    state.postgres.record(row.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
+    match row {
+        Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from_row(&row))),
+        Ok(_) => Err(not_found()),
+        Err(e) if e.is_transient() => Err(state.postgres.unavailable()),
+        Err(e) => {
+            tracing::error!(error = %e, cause = ?e, "reading a claim failed");
+            Err(ApiError::Internal)
+        }
+    }
+}

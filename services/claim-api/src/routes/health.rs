@@ -1,0 +1,82 @@
+//! Liveness, readiness and metrics.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use rdkafka::producer::Producer;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+
+/// Whether each dependency answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// Postgres answered `SELECT 1`.
+    pub postgres: bool,
+    /// Redis answered `PING`.
+    pub redis: bool,
+    /// Kafka returned cluster metadata.
+    pub kafka: bool,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Every dependency answers within a second.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let limit = Duration::from_secs(1);
+    let postgres = async {
+        matches!(
+            tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&state.read_pool)).await,
+            Ok(Ok(_))
+        )
+    };
+    let redis = async {
+        let mut conn = state.redis.clone();
+        matches!(
+            tokio::time::timeout(limit, redis::cmd("PING").query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        )
+    };
+    let kafka = async {
+        let producer = state.producer.clone();
+        let topic = state.topics.requested.clone();
+        matches!(
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), limit)).await,
+            Ok(Ok(_))
+        )
+    };
+    let (postgres, redis, kafka) = tokio::join!(postgres, redis, kafka);
+    let ready = postgres && redis && kafka;
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        postgres,
+        redis,
+        kafka,
+    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus metrics")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        turnstile_telemetry::render_metrics(&state.registry),
+    )
+        .into_response()
+}

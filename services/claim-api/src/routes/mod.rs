@@ -1,0 +1,5 @@
+//! HTTP handlers.
+
+pub mod claims;
+pub mod health;
+pub mod resources;

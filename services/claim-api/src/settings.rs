@@ -1,0 +1,81 @@
+//! The API's configuration, read once from the environment.
+
+use std::{net::SocketAddr, time::Duration};
+
+use turnstile_telemetry::{SettingError, setting, setting_millis};
+
+/// Everything the API needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `TURNSTILE_HTTP_ADDR`: where to listen (port 0 picks a free one).
+    pub http_addr: SocketAddr,
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `TURNSTILE_PG_WRITE_POOL`: connections for accepting claims.
+    pub pg_write_pool: u32,
+    /// `TURNSTILE_PG_READ_POOL`: connections for reads, kept apart so that
+    /// slow reads cannot starve the accept path (and the other way round).
+    pub pg_read_pool: u32,
+    /// `TURNSTILE_PG_ACQUIRE_TIMEOUT_MS`: how long to wait for a connection
+    /// before answering 503.
+    pub pg_acquire_timeout: Duration,
+    /// `REDIS_URL`: the resource cache.
+    pub redis_url: String,
+    /// `KAFKA_BROKERS`.
+    pub brokers: String,
+    /// `TURNSTILE_TOPIC_PREFIX`.
+    pub topic_prefix: String,
+    /// `TURNSTILE_PARTITIONS`: partitions of topics the API creates.
+    pub partitions: i32,
+    /// `TURNSTILE_GROUP_ID`: the workers' group, whose lag is watched.
+    pub worker_group_id: String,
+    /// `TURNSTILE_MAX_INFLIGHT`: claims in progress at once before 429.
+    pub max_inflight: usize,
+    /// `TURNSTILE_PRODUCER_QUEUE_LIMIT`: unacknowledged Kafka messages before 429.
+    pub producer_queue_limit: i32,
+    /// `TURNSTILE_MAX_CONSUMER_LAG`: undecided claims in Kafka before 429 (0: off).
+    pub max_consumer_lag: i64,
+    /// `TURNSTILE_IDEMPOTENCY_RETENTION_HOURS`: how long keys are kept.
+    pub idempotency_retention: Duration,
+    /// `TURNSTILE_MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+}
+
+impl Settings {
+    /// Reads and validates every setting.
+    pub fn from_env() -> Result<Self, SettingError> {
+        let retention_hours: u64 = setting("TURNSTILE_IDEMPOTENCY_RETENTION_HOURS", 24)?;
+        let settings = Self {
+            http_addr: setting("TURNSTILE_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            database_url: setting("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnstile".to_owned())?,
+            pg_write_pool: setting("TURNSTILE_PG_WRITE_POOL", 32)?,
+            pg_read_pool: setting("TURNSTILE_PG_READ_POOL", 8)?,
+            pg_acquire_timeout: setting_millis("TURNSTILE_PG_ACQUIRE_TIMEOUT_MS", 1_000)?,
+            redis_url: setting("REDIS_URL", "redis://127.0.0.1:6379".to_owned())?,
+            brokers: setting("KAFKA_BROKERS", "127.0.0.1:9092".to_owned())?,
+            topic_prefix: setting("TURNSTILE_TOPIC_PREFIX", String::new())?,
+            partitions: setting("TURNSTILE_PARTITIONS", 6)?,
+            worker_group_id: setting("TURNSTILE_GROUP_ID", "claim-workers".to_owned())?,
+            max_inflight: setting("TURNSTILE_MAX_INFLIGHT", 256)?,
+            producer_queue_limit: setting("TURNSTILE_PRODUCER_QUEUE_LIMIT", 5_000)?,
+            max_consumer_lag: setting("TURNSTILE_MAX_CONSUMER_LAG", 50_000)?,
+            idempotency_retention: Duration::from_secs(retention_hours * 3600),
+            max_body_bytes: setting("TURNSTILE_MAX_BODY_BYTES", 16 * 1024)?,
+        };
+        if retention_hours < 24 {
+            return Err(SettingError {
+                name: "TURNSTILE_IDEMPOTENCY_RETENTION_HOURS",
+                value: retention_hours.to_string(),
+                problem: "keys must be kept at least 24 hours".to_owned(),
+            });
+        }
+        if settings.max_inflight == 0 {
+            return Err(SettingError {
+                name: "TURNSTILE_MAX_INFLIGHT",
+                value: "0".to_owned(),
+                problem: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(settings)
+    }
+}
