@@ -181,7 +181,10 @@ pub fn group_consumer(
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", tuning.session_timeout.as_millis().to_string())
-        .set("heartbeat.interval.ms", tuning.heartbeat_interval.as_millis().to_string())
+        .set(
+            "heartbeat.interval.ms",
+            tuning.heartbeat_interval.as_millis().to_string(),
+        )
         // Claims are latency-sensitive: do not let the broker sit on a fetch
         // for librdkafka's default 500 ms waiting for more bytes.
         .set("fetch.wait.max.ms", "10")
@@ -214,8 +217,7 @@ pub async fn tail_from_end(brokers: &str, topic: &str) -> Result<StreamConsumer,
 
 /// Creates `topics` with `partitions` each, if they do not exist yet.
 pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), BusError> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))

@@ -41,7 +41,9 @@ pub struct ResourceCache {
 
 impl std::fmt::Debug for ResourceCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResourceCache").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("ResourceCache")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 

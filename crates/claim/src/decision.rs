@@ -125,9 +125,15 @@ mod tests {
         };
         let before = HashMap::from([("a".to_owned(), 1)]);
         let out = decide_batch(state, &before, &[claim(1, "a", 1), claim(2, "b", 1), claim(3, "b", 1)]);
-        assert!(matches!(out.decisions[0], Decision::Rejected(_, RejectReason::PerUserLimit)));
+        assert!(matches!(
+            out.decisions[0],
+            Decision::Rejected(_, RejectReason::PerUserLimit)
+        ));
         assert!(matches!(out.decisions[1], Decision::Granted(_)));
-        assert!(matches!(out.decisions[2], Decision::Rejected(_, RejectReason::PerUserLimit)));
+        assert!(matches!(
+            out.decisions[2],
+            Decision::Rejected(_, RejectReason::PerUserLimit)
+        ));
         assert_eq!(out.remaining, 9);
     }
 
@@ -138,7 +144,10 @@ mod tests {
             per_user_limit: None,
         };
         let out = decide_batch(state, &HashMap::new(), &[claim(1, "a", 3), claim(2, "a", 2)]);
-        assert!(matches!(out.decisions[0], Decision::Rejected(_, RejectReason::InsufficientStock)));
+        assert!(matches!(
+            out.decisions[0],
+            Decision::Rejected(_, RejectReason::InsufficientStock)
+        ));
         assert!(matches!(out.decisions[1], Decision::Granted(_)));
     }
 

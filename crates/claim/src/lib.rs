@@ -7,8 +7,8 @@
 //! modules [`model`], [`request`], [`decision`] and [`events`] are pure (no
 //! I/O) and property-tested; [`store`] is the one adapter, over sqlx.
 
-pub mod decision;
 pub mod cache;
+pub mod decision;
 pub mod events;
 pub mod model;
 pub mod request;

@@ -68,8 +68,14 @@ impl ResourceId {
         if raw.is_empty() || raw.len() > 64 {
             return Err(ParseError::new(field, "must be 1 to 64 characters"));
         }
-        if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
-            return Err(ParseError::new(field, "may only contain A-Z, a-z, 0-9, '_', '-' and '.'"));
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err(ParseError::new(
+                field,
+                "may only contain A-Z, a-z, 0-9, '_', '-' and '.'",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -115,7 +121,10 @@ impl ResourceKey {
 
     /// A SKU key.
     pub fn sku(id: ResourceId) -> Self {
-        Self { kind: ResourceKind::Sku, id }
+        Self {
+            kind: ResourceKind::Sku,
+            id,
+        }
     }
 }
 
@@ -240,7 +249,10 @@ impl IdempotencyKey {
     /// Parses a header value.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         if raw.is_empty() || raw.len() > 255 || !visible_ascii(raw) {
-            return Err(ParseError::new("Idempotency-Key", "must be 1 to 255 visible ASCII characters"));
+            return Err(ParseError::new(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }

@@ -37,7 +37,12 @@ impl ClaimRequestBody {
         let resource = match (self.coupon, self.sku) {
             (Some(code), None) => ResourceKey::coupon(ResourceId::parse("coupon", &code)?),
             (None, Some(sku)) => ResourceKey::sku(ResourceId::parse("sku", &sku)?),
-            _ => return Err(ParseError::new("coupon/sku", "exactly one of coupon and sku is required")),
+            _ => {
+                return Err(ParseError::new(
+                    "coupon/sku",
+                    "exactly one of coupon and sku is required",
+                ));
+            }
         };
         let quantity = match (resource.kind, self.quantity) {
             (_, None) => Quantity::ONE,
@@ -100,11 +105,31 @@ mod tests {
     #[test]
     fn refusals() {
         assert!(body(r#"{"user_id":"u"}"#).unwrap_err().contains("exactly one"));
-        assert!(body(r#"{"coupon":"A","sku":"B","user_id":"u"}"#).unwrap_err().contains("exactly one"));
-        assert!(body(r#"{"sku":"B","user_id":"u","quantity":0}"#).unwrap_err().contains("quantity"));
-        assert!(body(r#"{"sku":"B","user_id":"u","quantity":-3}"#).unwrap_err().contains("quantity"));
-        assert!(body(r#"{"coupon":"A","user_id":"u","quantity":2}"#).unwrap_err().contains("one unit"));
-        assert!(body(r#"{"coupon":"A","user_id":"u","extra":1}"#).unwrap_err().contains("unknown field"));
+        assert!(
+            body(r#"{"coupon":"A","sku":"B","user_id":"u"}"#)
+                .unwrap_err()
+                .contains("exactly one")
+        );
+        assert!(
+            body(r#"{"sku":"B","user_id":"u","quantity":0}"#)
+                .unwrap_err()
+                .contains("quantity")
+        );
+        assert!(
+            body(r#"{"sku":"B","user_id":"u","quantity":-3}"#)
+                .unwrap_err()
+                .contains("quantity")
+        );
+        assert!(
+            body(r#"{"coupon":"A","user_id":"u","quantity":2}"#)
+                .unwrap_err()
+                .contains("one unit")
+        );
+        assert!(
+            body(r#"{"coupon":"A","user_id":"u","extra":1}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
         assert!(body(r#"{"coupon":"A","user_id":""}"#).unwrap_err().contains("user_id"));
     }
 

@@ -64,7 +64,11 @@ impl From<sqlx::Error> for StoreError {
             }),
             _ => false,
         };
-        if transient { Self::Unavailable(e) } else { Self::Query(e) }
+        if transient {
+            Self::Unavailable(e)
+        } else {
+            Self::Query(e)
+        }
     }
 }
 
@@ -316,7 +320,10 @@ pub async fn decide_fenced(
     let ids: Vec<Uuid> = events.iter().map(|e| e.claim_id.as_uuid()).collect();
     let tenants: Vec<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
     let users: Vec<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
-    let quantities: Vec<i32> = events.iter().map(|e| i32::try_from(e.quantity).unwrap_or(i32::MAX)).collect();
+    let quantities: Vec<i32> = events
+        .iter()
+        .map(|e| i32::try_from(e.quantity).unwrap_or(i32::MAX))
+        .collect();
     let accepted: Vec<f64> = events.iter().map(|e| e.accepted_at_ms as f64).collect();
     let one_per_user = state.as_ref().is_some_and(|s| s.per_user_limit == Some(1));
     sqlx::query!(
@@ -343,17 +350,21 @@ pub async fn decide_fenced(
     )
     .fetch_all(&mut *tx)
     .await?;
-    let mut pending_by_id: HashMap<Uuid, (String, i32)> =
-        pending.into_iter().map(|r| (r.claim_id, (r.user_id, r.quantity))).collect();
+    let mut pending_by_id: HashMap<Uuid, (String, i32)> = pending
+        .into_iter()
+        .map(|r| (r.claim_id, (r.user_id, r.quantity)))
+        .collect();
     // Arrival order decides, not the order rows came back in.
     let claims: Vec<PendingClaim> = events
         .iter()
         .filter_map(|e| {
-            pending_by_id.remove(&e.claim_id.as_uuid()).map(|(user_id, quantity)| PendingClaim {
-                claim_id: e.claim_id,
-                user_id,
-                quantity: u32::try_from(quantity).unwrap_or(0),
-            })
+            pending_by_id
+                .remove(&e.claim_id.as_uuid())
+                .map(|(user_id, quantity)| PendingClaim {
+                    claim_id: e.claim_id,
+                    user_id,
+                    quantity: u32::try_from(quantity).unwrap_or(0),
+                })
         })
         .collect();
 

@@ -57,11 +57,20 @@ pub struct AppState {
 /// The OpenAPI 3.1 description of the API, generated from the handlers.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "Turnstile claim API", description = "Coupon and inventory claims, decided under fenced locks."),
+    info(
+        title = "Turnstile claim API",
+        description = "Coupon and inventory claims, decided under fenced locks."
+    ),
     paths(
-        resources::create_coupon, resources::get_coupon, resources::create_sku, resources::get_sku,
-        claims::create_claim, claims::get_claim,
-        health::healthz, health::readyz, health::metrics,
+        resources::create_coupon,
+        resources::get_coupon,
+        resources::create_sku,
+        resources::get_sku,
+        claims::create_claim,
+        claims::get_claim,
+        health::healthz,
+        health::readyz,
+        health::metrics,
     ),
     components(schemas(crate::problem::Problem))
 )]
@@ -76,7 +85,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("addr", &self.listener.local_addr().ok()).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,12 +98,20 @@ impl Application {
         let registry = Registry::new();
         let metrics = ApiMetrics::register(&registry)?;
 
-        let write_pool = store::connect(&settings.database_url, settings.pg_write_pool, settings.pg_acquire_timeout)
-            .await
-            .context("connecting to postgres")?;
-        let read_pool = store::connect(&settings.database_url, settings.pg_read_pool, settings.pg_acquire_timeout)
-            .await
-            .context("connecting to postgres")?;
+        let write_pool = store::connect(
+            &settings.database_url,
+            settings.pg_write_pool,
+            settings.pg_acquire_timeout,
+        )
+        .await
+        .context("connecting to postgres")?;
+        let read_pool = store::connect(
+            &settings.database_url,
+            settings.pg_read_pool,
+            settings.pg_acquire_timeout,
+        )
+        .await
+        .context("connecting to postgres")?;
         store::migrate(&write_pool).await.context("applying migrations")?;
 
         let redis = redis::Client::open(settings.redis_url.as_str())?
@@ -130,7 +149,11 @@ impl Application {
             metrics.consumer_lag.clone(),
             background.clone(),
         ));
-        tokio::spawn(purge_idempotency_keys(write_pool.clone(), settings.idempotency_retention, background.clone()));
+        tokio::spawn(purge_idempotency_keys(
+            write_pool.clone(),
+            settings.idempotency_retention,
+            background.clone(),
+        ));
 
         let state = AppState {
             cache: ResourceCache::new(redis.clone(), "turnstile"),
@@ -225,7 +248,11 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         400..=499 => "4xx",
         _ => "5xx",
     };
-    state.metrics.http_requests.with_label_values(&[&route, &method, class]).inc();
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[&route, &method, class])
+        .inc();
     state
         .metrics
         .http_duration

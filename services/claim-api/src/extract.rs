@@ -45,10 +45,12 @@ where
         let bytes = axum::body::to_bytes(Body::new(req.into_body()), limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge(limit))?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
-            _ => ApiError::MalformedJson(e.to_string()),
-        })
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
+                _ => ApiError::MalformedJson(e.to_string()),
+            })
     }
 }
 
@@ -110,6 +112,9 @@ mod tests {
 
     #[test]
     fn missing_key_is_its_own_error() {
-        assert!(matches!(idempotency_key(&HeaderMap::new()), Err(ApiError::MissingIdempotencyKey)));
+        assert!(matches!(
+            idempotency_key(&HeaderMap::new()),
+            Err(ApiError::MissingIdempotencyKey)
+        ));
     }
 }

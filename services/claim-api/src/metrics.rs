@@ -1,7 +1,9 @@
 //! The API's Prometheus instruments. Labels are bounded: route templates,
 //! status classes and fixed causes, never ids.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Instruments for the producing side of the claim pipeline.
 #[derive(Debug, Clone)]
@@ -19,18 +21,29 @@ pub struct ApiMetrics {
 impl ApiMetrics {
     /// Creates the instruments and registers them.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let latency = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         let m = Self {
             http_requests: IntCounterVec::new(
-                Opts::new("turnstile_http_requests_total", "HTTP requests by route template, method and status class."),
+                Opts::new(
+                    "turnstile_http_requests_total",
+                    "HTTP requests by route template, method and status class.",
+                ),
                 &["route", "method", "status_class"],
             )?,
             http_duration: HistogramVec::new(
-                HistogramOpts::new("turnstile_http_request_duration_seconds", "HTTP request latency by route template.")
-                    .buckets(latency.clone()),
+                HistogramOpts::new(
+                    "turnstile_http_request_duration_seconds",
+                    "HTTP request latency by route template.",
+                )
+                .buckets(latency.clone()),
                 &["route", "method"],
             )?,
-            accepted: IntCounter::new("turnstile_claims_accepted_total", "Claims accepted (202) and published.")?,
+            accepted: IntCounter::new(
+                "turnstile_claims_accepted_total",
+                "Claims accepted (202) and published.",
+            )?,
             replays: IntCounter::new(
                 "turnstile_idempotent_replays_total",
                 "Requests answered from an earlier request with the same Idempotency-Key.",
@@ -40,15 +53,21 @@ impl ApiMetrics {
                 &["cause"],
             )?,
             produce_duration: Histogram::with_opts(
-                HistogramOpts::new("turnstile_kafka_produce_duration_seconds", "Time for Kafka to acknowledge a ClaimRequested.")
-                    .buckets(latency),
+                HistogramOpts::new(
+                    "turnstile_kafka_produce_duration_seconds",
+                    "Time for Kafka to acknowledge a ClaimRequested.",
+                )
+                .buckets(latency),
             )?,
             consumer_lag: IntGauge::new(
                 "turnstile_kafka_consumer_lag",
                 "Claims published but not yet committed by the worker group, summed over partitions.",
             )?,
             circuit_open: IntGaugeVec::new(
-                Opts::new("turnstile_circuit_open", "1 while the circuit breaker of a dependency is open."),
+                Opts::new(
+                    "turnstile_circuit_open",
+                    "1 while the circuit breaker of a dependency is open.",
+                ),
                 &["dependency"],
             )?,
         };

@@ -85,28 +85,56 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use ApiError::*;
         match self {
-            MissingIdempotencyKey => (StatusCode::BAD_REQUEST, "/problems/missing-idempotency-key", "Idempotency-Key required"),
+            MissingIdempotencyKey => (
+                StatusCode::BAD_REQUEST,
+                "/problems/missing-idempotency-key",
+                "Idempotency-Key required",
+            ),
             InvalidHeader(_) => (StatusCode::BAD_REQUEST, "/problems/invalid-header", "Invalid header"),
             MalformedJson(_) => (StatusCode::BAD_REQUEST, "/problems/malformed-json", "Malformed JSON"),
-            InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "/problems/invalid-request", "Invalid request"),
+            InvalidRequest(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/invalid-request",
+                "Invalid request",
+            ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "/problems/unsupported-media-type",
                 "Unsupported media type",
             ),
-            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "/problems/payload-too-large", "Payload too large"),
+            PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "/problems/payload-too-large",
+                "Payload too large",
+            ),
             IdempotencyKeyReused => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "/problems/idempotency-key-reused",
                 "Idempotency-Key reused",
             ),
-            UnknownResource(_) => (StatusCode::UNPROCESSABLE_ENTITY, "/problems/unknown-resource", "Unknown resource"),
+            UnknownResource(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/unknown-resource",
+                "Unknown resource",
+            ),
             NotFound(_) => (StatusCode::NOT_FOUND, "/problems/not-found", "Not found"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "/problems/method-not-allowed", "Method not allowed"),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/problems/method-not-allowed",
+                "Method not allowed",
+            ),
             AlreadyExists(_) => (StatusCode::CONFLICT, "/problems/already-exists", "Already exists"),
             Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "/problems/overloaded", "Overloaded"),
-            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "/problems/unavailable", "Dependency unavailable"),
-            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "/problems/internal", "Internal error"),
+            Unavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/unavailable",
+                "Dependency unavailable",
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "/problems/internal",
+                "Internal error",
+            ),
         }
     }
 }
@@ -126,7 +154,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -29,7 +29,9 @@ pub struct Breaker {
 
 impl std::fmt::Debug for Breaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Breaker").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Breaker")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 

@@ -47,7 +47,10 @@ impl Settings {
         let retention_hours: u64 = setting("TURNSTILE_IDEMPOTENCY_RETENTION_HOURS", 24)?;
         let settings = Self {
             http_addr: setting("TURNSTILE_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-            database_url: setting("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnstile".to_owned())?,
+            database_url: setting(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/turnstile".to_owned(),
+            )?,
             pg_write_pool: setting("TURNSTILE_PG_WRITE_POOL", 32)?,
             pg_read_pool: setting("TURNSTILE_PG_READ_POOL", 8)?,
             pg_acquire_timeout: setting_millis("TURNSTILE_PG_ACQUIRE_TIMEOUT_MS", 1_000)?,

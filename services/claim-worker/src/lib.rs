@@ -65,9 +65,13 @@ impl Worker {
         let metrics = WorkerMetrics::register(&registry)?;
         let lock_families = LockMetricFamilies::register(&registry)?;
 
-        let pool = store::connect(&settings.database_url, settings.pg_pool, std::time::Duration::from_secs(5))
-            .await
-            .context("connecting to postgres")?;
+        let pool = store::connect(
+            &settings.database_url,
+            settings.pg_pool,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .context("connecting to postgres")?;
         store::migrate(&pool).await.context("applying migrations")?;
 
         let topics = Topics::with_prefix(&settings.topic_prefix);
@@ -85,7 +89,9 @@ impl Worker {
                     .await
                     .context("connecting to the lock redis")?,
             ),
-            LockBackendKind::Redlock => Arc::new(RedlockBackend::new(&settings.redlock_urls, RedlockConfig::default())?),
+            LockBackendKind::Redlock => {
+                Arc::new(RedlockBackend::new(&settings.redlock_urls, RedlockConfig::default())?)
+            }
         };
         let locks = LockClient::with_metrics(
             Arc::clone(&backend),
@@ -150,7 +156,10 @@ impl Worker {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let registry = self.registry.clone();
         let app = Router::new()
-            .route("/metrics", get(move || std::future::ready(turnstile_telemetry::render_metrics(&registry))))
+            .route(
+                "/metrics",
+                get(move || std::future::ready(turnstile_telemetry::render_metrics(&registry))),
+            )
             .route("/healthz", get(|| std::future::ready("ok")));
         let server_stop = shutdown.clone();
         let server = tokio::spawn(async move {

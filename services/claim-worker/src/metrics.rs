@@ -50,7 +50,10 @@ impl WorkerMetrics {
                 ),
                 &["dependency"],
             )?,
-            rebalances: IntGauge::new("turnstile_kafka_rebalances", "Consumer group rebalances seen by this worker.")?,
+            rebalances: IntGauge::new(
+                "turnstile_kafka_rebalances",
+                "Consumer group rebalances seen by this worker.",
+            )?,
         };
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.batch_size.clone()))?;

@@ -85,7 +85,9 @@ impl Pipeline {
     pub(crate) async fn run(&self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
         while let Some(batch) = self.next_batch(&shutdown).await {
-            self.metrics.rebalances.set(i64::try_from(self.rebalances.get()).unwrap_or(i64::MAX));
+            self.metrics
+                .rebalances
+                .set(i64::try_from(self.rebalances.get()).unwrap_or(i64::MAX));
             if batch.is_empty() {
                 continue;
             }
@@ -160,11 +162,17 @@ impl Pipeline {
                 }
                 Err(failure) => {
                     all_done = false;
-                    self.metrics.dependency_failures.with_label_values(&[failure.dependency()]).inc();
+                    self.metrics
+                        .dependency_failures
+                        .with_label_values(&[failure.dependency()])
+                        .inc();
                     warn!(partition, offset = first, error = %failure, cause = ?failure, "batch not finished; rewinding");
-                    if let Err(e) =
-                        self.consumer.seek(&self.topics.requested, partition, Offset::Offset(first), Duration::from_secs(5))
-                    {
+                    if let Err(e) = self.consumer.seek(
+                        &self.topics.requested,
+                        partition,
+                        Offset::Offset(first),
+                        Duration::from_secs(5),
+                    ) {
                         debug!(partition, error = %e, "rewind failed (partition probably revoked)");
                     }
                 }
@@ -199,14 +207,20 @@ impl Pipeline {
         if let Some(payload) = dead.payload.as_deref() {
             record = record.payload(payload);
         }
-        self.producer.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e)?;
+        self.producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)?;
         self.metrics.dead_lettered.inc();
         Ok(())
     }
 
     async fn process_resource(&self, resource: &ResourceKey, events: &[ClaimRequested]) -> Result<(), BatchFailure> {
         let name = resource.to_string();
-        let lease = self.locks.acquire(&name, self.settings.lock_ttl, self.settings.lock_wait).await?;
+        let lease = self
+            .locks
+            .acquire(&name, self.settings.lock_ttl, self.settings.lock_wait)
+            .await?;
         let fence = lease.token();
         hold_lease_before_write(&name, fence).await;
         let outcome = self.decide_with_retry(resource, fence, events).await;
@@ -270,7 +284,13 @@ impl Pipeline {
     }
 
     /// Publishes a `ClaimDecided` per decision and records the outcomes.
-    async fn announce(&self, resource: &ResourceKey, fence: FencingToken, events: &[ClaimRequested], decisions: &[Decision]) {
+    async fn announce(
+        &self,
+        resource: &ResourceKey,
+        fence: FencingToken,
+        events: &[ClaimRequested],
+        decisions: &[Decision],
+    ) {
         let decided_at_ms = now_ms();
         let key = resource.to_string();
         let sends = decisions.iter().filter_map(|decision| {
@@ -302,7 +322,10 @@ impl Pipeline {
                     .key(&key)
                     .payload(&payload)
                     .headers(turnstile_bus::event_headers("ClaimDecided"));
-                self.producer.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e)
+                self.producer
+                    .send(record, Duration::from_secs(5))
+                    .await
+                    .map_err(|(e, _)| e)
             })
         });
         for result in join_all(sends).await {
@@ -355,7 +378,12 @@ async fn hold_lease_before_write(resource: &str, fence: FencingToken) {
         None
     })();
     if let Some(ms) = hold_ms {
-        info!(resource, fence = fence.get(), hold_ms = ms, "failpoint: holding lease before write");
+        info!(
+            resource,
+            fence = fence.get(),
+            hold_ms = ms,
+            "failpoint: holding lease before write"
+        );
         sleep(Duration::from_millis(ms)).await;
     }
 }

@@ -74,12 +74,19 @@ impl Settings {
             topic_prefix: setting("TURNSTILE_TOPIC_PREFIX", String::new())?,
             group_id: setting("TURNSTILE_GROUP_ID", "claim-workers".to_owned())?,
             partitions: setting("TURNSTILE_PARTITIONS", 6)?,
-            database_url: setting("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnstile".to_owned())?,
+            database_url: setting(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/turnstile".to_owned(),
+            )?,
             pg_pool: setting("TURNSTILE_PG_POOL", 8)?,
             lock_redis_url: setting("LOCK_REDIS_URL", redis_url.clone())?,
             redis_url,
             lock_backend: setting("LOCK_BACKEND", LockBackendKind::Redis)?,
-            redlock_urls: redlock.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+            redlock_urls: redlock
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
             lock_ttl: setting_millis("TURNSTILE_LOCK_TTL_MS", 5_000)?,
             lock_wait: setting_millis("TURNSTILE_LOCK_WAIT_MS", 5_000)?,
             batch_size: setting("TURNSTILE_BATCH_SIZE", 500)?,
@@ -103,7 +110,11 @@ impl Settings {
             ));
         }
         if settings.partitions < 1 {
-            return Err(invalid("TURNSTILE_PARTITIONS", settings.partitions.to_string(), "must be at least 1"));
+            return Err(invalid(
+                "TURNSTILE_PARTITIONS",
+                settings.partitions.to_string(),
+                "must be at least 1",
+            ));
         }
         Ok(settings)
     }

@@ -89,7 +89,11 @@ fn now_ms() -> i64 {
 
 fn respond(view: ClaimView) -> Response {
     let location = format!("/v1/claims/{}", view.claim_id);
-    let status = if view.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if view.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     (status, [(header::LOCATION, location)], Json(view)).into_response()
 }
 
@@ -140,7 +144,9 @@ pub async fn create_claim(
 
     state.postgres.permit()?;
     let reservation = store::reserve_claim(&state.write_pool, key.as_str(), &request.fingerprint(), &event).await;
-    state.postgres.record(reservation.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
+    state
+        .postgres
+        .record(reservation.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
     let reservation = reservation.map_err(|e| {
         if e.is_transient() {
             state.postgres.unavailable()
@@ -164,10 +170,10 @@ pub async fn create_claim(
             state.metrics.replays.inc();
             debug_assert_eq!(earlier, claim_id);
             // A replay reports the claim as it stands.
-            if let Ok(Some(row)) = store::claim(&state.read_pool, claim_id).await {
-                if row.status != ClaimStatus::Pending || wait.is_none() {
-                    return Ok(replay(ClaimView::from_row(&row)));
-                }
+            if let Ok(Some(row)) = store::claim(&state.read_pool, claim_id).await
+                && (row.status != ClaimStatus::Pending || wait.is_none())
+            {
+                return Ok(replay(ClaimView::from_row(&row)));
             }
         }
         Reservation::KeyReused => return Err(ApiError::IdempotencyKeyReused),
@@ -241,7 +247,9 @@ pub async fn get_claim(
     let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
     state.postgres.permit()?;
     let row = store::claim(&state.read_pool, ClaimId::from_uuid(id)).await;
-    state.postgres.record(row.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
+    state
+        .postgres
+        .record(row.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
     match row {
         Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from_row(&row))),
         Ok(_) => Err(not_found()),

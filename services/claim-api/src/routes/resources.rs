@@ -62,7 +62,9 @@ fn parse_stock(field: &str, value: i64) -> Result<i64, ApiError> {
     if (0..=MAX_STOCK).contains(&value) {
         Ok(value)
     } else {
-        Err(ApiError::InvalidRequest(format!("{field}: must be an integer from 0 to {MAX_STOCK}")))
+        Err(ApiError::InvalidRequest(format!(
+            "{field}: must be an integer from 0 to {MAX_STOCK}"
+        )))
     }
 }
 
@@ -73,7 +75,9 @@ fn parse_id(field: &'static str, raw: &str) -> Result<ResourceId, ApiError> {
 async fn create(state: &AppState, key: ResourceKey, total: i64, per_user_limit: Option<i32>) -> Result<(), ApiError> {
     state.postgres.permit()?;
     let created = store::create_resource(&state.write_pool, &key, total, per_user_limit).await;
-    state.postgres.record(created.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
+    state
+        .postgres
+        .record(created.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
     match created {
         Ok(true) => Ok(()),
         Ok(false) => Err(ApiError::AlreadyExists(key.to_string())),
@@ -89,11 +93,16 @@ async fn create(state: &AppState, key: ResourceKey, total: i64, per_user_limit: 
 #[utoipa::path(post, path = "/v1/coupons", request_body = NewCoupon, tag = "resources",
     responses((status = 201, body = Coupon), (status = 409, body = crate::problem::Problem),
               (status = 422, body = crate::problem::Problem)))]
-pub async fn create_coupon(State(state): State<AppState>, JsonBody(body): JsonBody<NewCoupon>) -> Result<Response, ApiError> {
+pub async fn create_coupon(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewCoupon>,
+) -> Result<Response, ApiError> {
     let id = parse_id("code", &body.code)?;
     let total = parse_stock("total", body.total)?;
     if body.per_user_limit.is_some_and(|l| l < 1) {
-        return Err(ApiError::InvalidRequest("per_user_limit: must be at least 1".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "per_user_limit: must be at least 1".to_owned(),
+        ));
     }
     create(&state, ResourceKey::coupon(id.clone()), total, body.per_user_limit).await?;
     let location = format!("/v1/coupons/{}", id.as_str());
@@ -130,7 +139,9 @@ async fn stock(state: &AppState, key: &ResourceKey) -> Result<(i64, i64), ApiErr
     }
     state.postgres.permit()?;
     let row = store::resource(&state.read_pool, key).await;
-    state.postgres.record(row.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
+    state
+        .postgres
+        .record(row.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
     match row {
         Ok(Some(row)) => {
             let _ = state.cache.update(key, row.fence, row.remaining, row.total).await;

@@ -1,0 +1,326 @@
+//! What Turnstile's integration tests share.
+//!
+//! Every test talks to the real services that `scripts/stack up` started
+//! (connection settings from `scripts/stack env`, with the stack's defaults)
+//! and gets names of its own (topic prefix, consumer group, coupon codes), so
+//! tests run in parallel without seeing each other. A missing service makes
+//! a test fail loudly; nothing is skipped.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+
+/// The stack's Postgres.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".to_owned())
+}
+
+/// The stack's Redis.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The stack's Kafka-protocol broker.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// A name no other test run uses: letters, digits and dashes only, so it is
+/// valid as a coupon code, topic prefix and group id.
+pub fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{name}-{:x}{:04x}", nanos % 0xffff_ffff_ffff, rand::random::<u16>())
+}
+
+/// The names one test's pipeline runs under.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    /// Prefix of the Kafka topics.
+    pub topic_prefix: String,
+    /// The worker group.
+    pub group_id: String,
+}
+
+impl Namespace {
+    /// Fresh topics and group for a test.
+    pub fn new(test: &str) -> Self {
+        let id = unique(test);
+        Self {
+            topic_prefix: format!("{id}."),
+            group_id: format!("{id}-workers"),
+        }
+    }
+}
+
+/// Settings for an API in a test: port 0, the test's namespace.
+pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
+    claim_api::Settings {
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: database_url(),
+        pg_write_pool: 32,
+        pg_read_pool: 8,
+        pg_acquire_timeout: Duration::from_secs(2),
+        redis_url: redis_url(),
+        brokers: brokers(),
+        topic_prefix: ns.topic_prefix.clone(),
+        partitions: 3,
+        worker_group_id: ns.group_id.clone(),
+        max_inflight: 512,
+        producer_queue_limit: 10_000,
+        max_consumer_lag: 0,
+        idempotency_retention: Duration::from_secs(24 * 3600),
+        max_body_bytes: 16 * 1024,
+    }
+}
+
+/// A claim-api running in this process on a free port.
+#[derive(Debug)]
+pub struct TestApi {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// A client for it.
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl TestApi {
+    /// Builds and serves an API with `settings`.
+    pub async fn start(settings: claim_api::Settings) -> Result<Self> {
+        let app = claim_api::Application::build(settings).await?;
+        let base = format!("http://{}", app.local_addr()?);
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(stop.clone()));
+        let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+        Ok(Self { base, http, stop })
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates a coupon, failing the test if the API refuses.
+    pub async fn create_coupon(&self, code: &str, total: i64, per_user_limit: Option<i32>) -> Result<()> {
+        let response = self
+            .http
+            .post(self.url("/v1/coupons"))
+            .json(&serde_json::json!({ "code": code, "total": total, "per_user_limit": per_user_limit }))
+            .send()
+            .await?;
+        if response.status() != reqwest::StatusCode::CREATED {
+            bail!(
+                "creating coupon {code}: {} {}",
+                response.status(),
+                response.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    /// Posts a claim with `key` and optional `Prefer: wait`.
+    pub async fn claim(&self, key: &str, body: serde_json::Value, wait_secs: Option<u64>) -> Result<reqwest::Response> {
+        let mut request = self
+            .http
+            .post(self.url("/v1/claims"))
+            .header("idempotency-key", key)
+            .json(&body);
+        if let Some(secs) = wait_secs {
+            request = request.header("prefer", format!("wait={secs}"));
+        }
+        Ok(request.send().await?)
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Settings for an in-process worker: metrics on port 0, the namespace.
+pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
+    claim_worker::Settings {
+        brokers: brokers(),
+        topic_prefix: ns.topic_prefix.clone(),
+        group_id: ns.group_id.clone(),
+        partitions: 3,
+        database_url: database_url(),
+        pg_pool: 8,
+        redis_url: redis_url(),
+        lock_backend: claim_worker::LockBackendKind::Redis,
+        lock_redis_url: redis_url(),
+        redlock_urls: Vec::new(),
+        lock_ttl: Duration::from_secs(5),
+        lock_wait: Duration::from_secs(5),
+        batch_size: 500,
+        batch_linger: Duration::from_millis(5),
+        session_timeout: Duration::from_secs(6),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+/// A claim-worker running in this process.
+#[derive(Debug)]
+pub struct TestWorker {
+    stop: CancellationToken,
+    done: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl TestWorker {
+    /// Builds and runs a worker with `settings`.
+    pub async fn start(settings: claim_worker::Settings) -> Result<Self> {
+        let worker = claim_worker::Worker::build(settings).await?;
+        let stop = CancellationToken::new();
+        let done = tokio::spawn(worker.run_until_stopped(stop.clone()));
+        Ok(Self { stop, done: Some(done) })
+    }
+
+    /// Stops it as SIGTERM would: finish the batch, commit, leave the group.
+    pub async fn stop(mut self) -> Result<()> {
+        self.stop.cancel();
+        match self.done.take() {
+            Some(done) => done.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A claim-worker in its own process, so a test can SIGKILL or SIGSTOP it.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Child,
+    /// Its metrics endpoint.
+    pub metrics_addr: SocketAddr,
+    logs: mpsc::UnboundedReceiver<String>,
+}
+
+impl WorkerProcess {
+    /// Spawns the binary at `bin` in `ns`, with extra environment `env`.
+    pub async fn spawn(bin: &str, ns: &Namespace, env: &[(&str, String)]) -> Result<Self> {
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut command = Command::new(bin);
+        command
+            .env("KAFKA_BROKERS", brokers())
+            .env("DATABASE_URL", database_url())
+            .env("REDIS_URL", redis_url())
+            .env("TURNSTILE_TOPIC_PREFIX", &ns.topic_prefix)
+            .env("TURNSTILE_GROUP_ID", &ns.group_id)
+            .env("TURNSTILE_PARTITIONS", "3")
+            .env("TURNSTILE_METRICS_ADDR", metrics_addr.to_string())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().with_context(|| format!("spawning {bin}"))?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let (tx, mut logs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Ready means: joined, subscribed, metrics bound.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match tokio::time::timeout_at(deadline, logs.recv()).await {
+                Ok(Some(line)) if line.contains("claim-worker ready") => break,
+                Ok(Some(_)) => {}
+                Ok(None) => bail!("worker exited before it was ready"),
+                Err(_) => bail!("worker not ready within 60 s"),
+            }
+        }
+        Ok(Self {
+            child,
+            metrics_addr,
+            logs,
+        })
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub async fn wait_for_log(&mut self, needle: &str, within: Duration) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.logs.recv()).await {
+                Ok(Some(line)) if line.contains(needle) => return Ok(line),
+                Ok(Some(_)) => {}
+                Ok(None) => bail!("worker exited before logging {needle:?}"),
+                Err(_) => bail!("worker did not log {needle:?} within {within:?}"),
+            }
+        }
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.child.id().context("worker already exited")?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(self.child.wait().await?)
+    }
+
+    /// Reads a counter or gauge from its metrics endpoint (sum over labels).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        metric(&format!("http://{}/metrics", self.metrics_addr), name).await
+    }
+}
+
+/// Reads a metric from a Prometheus text endpoint, summed over its labels.
+pub async fn metric(url: &str, name: &str) -> Result<f64> {
+    let text = reqwest::get(url).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A pool on the stack's Postgres, for asserting on what was written.
+pub async fn db() -> Result<sqlx::PgPool> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database_url())
+        .await?)
+}

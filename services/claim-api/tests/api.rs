@@ -1,0 +1,403 @@
+//! claim-api against the real stack: the HTTP contract, bad input,
+//! idempotency and load shedding.
+
+#![allow(clippy::unwrap_used)]
+
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use turnstile_testkit::{Namespace, TestApi, TestWorker, api_settings, db, unique, worker_settings};
+
+async fn api(test: &str) -> (TestApi, Namespace) {
+    let ns = Namespace::new(test);
+    (
+        TestApi::start(api_settings(&ns))
+            .await
+            .expect("api starts against the stack"),
+        ns,
+    )
+}
+
+async fn claims_for(code: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM claims WHERE kind = 'coupon' AND resource_id = $1")
+        .bind(code)
+        .fetch_one(&db().await.unwrap())
+        .await
+        .unwrap()
+}
+
+async fn assert_problem(response: reqwest::Response, status: StatusCode, kind: &str) -> Value {
+    assert_eq!(response.status(), status, "for expected problem {kind}");
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], kind, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
+    let (api, _ns) = api("bad-input").await;
+    let code = unique("BAD");
+    api.create_coupon(&code, 10, Some(1)).await.unwrap();
+    let post = |body: Vec<u8>, content_type: &str, key: Option<&str>| {
+        let mut r = api
+            .http
+            .post(api.url("/v1/claims"))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(key) = key {
+            r = r.header("idempotency-key", key);
+        }
+        r.send()
+    };
+    let good = format!(r#"{{"coupon":"{code}","user_id":"u1"}}"#);
+    let cases: Vec<(Vec<u8>, &str, Option<String>, StatusCode, &str)> = vec![
+        (
+            b"{not json".to_vec(),
+            "application/json",
+            Some(unique("k")),
+            StatusCode::BAD_REQUEST,
+            "/problems/malformed-json",
+        ),
+        (
+            format!(r#"{{"coupon":"{code}","user_id":"u1","extra":true}}"#).into_bytes(),
+            "application/json",
+            Some(unique("k")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-request",
+        ),
+        (
+            br#"{"sku":"X","user_id":"u1","quantity":0}"#.to_vec(),
+            "application/json",
+            Some(unique("k")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-request",
+        ),
+        (
+            br#"{"sku":"X","user_id":"u1","quantity":-5}"#.to_vec(),
+            "application/json",
+            Some(unique("k")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-request",
+        ),
+        (
+            format!(r#"{{"coupon":"{code}","user_id":"{}"}}"#, "u".repeat(20_000)).into_bytes(),
+            "application/json",
+            Some(unique("k")),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "/problems/payload-too-large",
+        ),
+        (
+            good.clone().into_bytes(),
+            "text/plain",
+            Some(unique("k")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "/problems/unsupported-media-type",
+        ),
+        (
+            [br#"{"coupon":""#.as_slice(), &[0xff, 0xfe], br#"","user_id":"u1"}"#].concat(),
+            "application/json",
+            Some(unique("k")),
+            StatusCode::BAD_REQUEST,
+            "/problems/malformed-json",
+        ),
+        (
+            br#"{"coupon":"NO-SUCH-COUPON-EVER","user_id":"u1"}"#.to_vec(),
+            "application/json",
+            Some(unique("k")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/unknown-resource",
+        ),
+        (
+            good.clone().into_bytes(),
+            "application/json",
+            None,
+            StatusCode::BAD_REQUEST,
+            "/problems/missing-idempotency-key",
+        ),
+        (
+            good.clone().into_bytes(),
+            "application/json",
+            Some("k".repeat(256)),
+            StatusCode::BAD_REQUEST,
+            "/problems/invalid-header",
+        ),
+    ];
+    for (body, content_type, key, status, kind) in cases {
+        let response = post(body, content_type, key.as_deref()).await.unwrap();
+        assert_problem(response, status, kind).await;
+    }
+    assert_eq!(claims_for(&code).await, 0, "a refused request must not create a claim");
+
+    // Routing errors are problems too.
+    assert_problem(
+        api.http.get(api.url("/v1/nope")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "/problems/not-found",
+    )
+    .await;
+    assert_problem(
+        api.http.delete(api.url("/v1/claims")).send().await.unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "/problems/method-not-allowed",
+    )
+    .await;
+    assert_problem(
+        api.http.get(api.url("/v1/claims/not-a-uuid")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "/problems/not-found",
+    )
+    .await;
+    let bad_coupon = api
+        .http
+        .post(api.url("/v1/coupons"))
+        .json(&json!({"code": "ok", "total": -1}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        bad_coupon,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-request",
+    )
+    .await;
+    let dup = api
+        .http
+        .post(api.url("/v1/coupons"))
+        .json(&json!({"code": code, "total": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(dup, StatusCode::CONFLICT, "/problems/already-exists").await;
+
+    // The good request still goes through after all that.
+    let accepted = api
+        .claim(&unique("k"), serde_json::from_str(&good).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    assert_eq!(claims_for(&code).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_claim_per_idempotency_key_however_concurrent() {
+    let (api, _ns) = api("idempotency").await;
+    let code = unique("IDEM");
+    api.create_coupon(&code, 100, Some(1)).await.unwrap();
+    let key = unique("key");
+    let body = json!({"coupon": code, "user_id": "u-42"});
+    let responses = join_all((0..50).map(|_| api.claim(&key, body.clone(), None))).await;
+    let mut ids = std::collections::HashSet::new();
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let view: Value = response.json().await.unwrap();
+        assert_eq!(view["status"], "pending");
+        assert_eq!(location, format!("/v1/claims/{}", view["claim_id"].as_str().unwrap()));
+        ids.insert(view["claim_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "50 concurrent copies must name one claim");
+    assert_eq!(claims_for(&code).await, 1, "exactly one claim row");
+
+    // Same key, different body: refused, and still one claim.
+    let other = api
+        .claim(&key, json!({"coupon": code, "user_id": "someone-else"}), None)
+        .await
+        .unwrap();
+    assert_problem(
+        other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/idempotency-key-reused",
+    )
+    .await;
+    assert_eq!(claims_for(&code).await, 1);
+
+    // Keys are per tenant: the same key elsewhere is a different claim.
+    let tenant_b = api
+        .http
+        .post(api.url("/v1/claims"))
+        .header("idempotency-key", &key)
+        .header("x-tenant-id", "tenant-b")
+        .json(&json!({"coupon": code, "user_id": "u-43"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tenant_b.status(), StatusCode::ACCEPTED);
+    let view: Value = tenant_b.json().await.unwrap();
+    assert!(!ids.contains(view["claim_id"].as_str().unwrap()));
+    // And a claim is visible only to its own tenant.
+    let id = view["claim_id"].as_str().unwrap();
+    let foreign = api.http.get(api.url(&format!("/v1/claims/{id}"))).send().await.unwrap();
+    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
+    let own = api
+        .http
+        .get(api.url(&format!("/v1/claims/{id}")))
+        .header("x-tenant-id", "tenant-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_answers_429_and_does_nothing() {
+    let ns = Namespace::new("overload");
+    let mut settings = api_settings(&ns);
+    // A producer queue bound of zero: every claim finds Kafka's queue "full".
+    settings.producer_queue_limit = 0;
+    let api = TestApi::start(settings).await.unwrap();
+    let code = unique("HOT");
+    api.create_coupon(&code, 10, None).await.unwrap();
+    let keys: Vec<String> = (0..20).map(|i| unique(&format!("k{i}"))).collect();
+    let responses = join_all(
+        keys.iter()
+            .map(|k| api.claim(k, json!({"coupon": code, "user_id": k}), None)),
+    )
+    .await;
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry_after >= 1);
+        assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "/problems/overloaded").await;
+    }
+    assert_eq!(claims_for(&code).await, 0, "a 429 must have no effect");
+    let keys_kept: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE key = ANY($1)")
+        .bind(&keys)
+        .fetch_one(&db().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(keys_kept, 0, "a 429 must not consume the idempotency key");
+    let metrics = api
+        .http
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"turnstile_claims_throttled_total{cause="producer_queue"} 20"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operational_endpoints() {
+    let (api, _ns) = api("ops").await;
+    assert_eq!(
+        api.http.get(api.url("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let ready = api.http.get(api.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "postgres": true, "redis": true, "kafka": true})
+    );
+    let doc: Value = api
+        .http
+        .get(api.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/v1/claims",
+        "/v1/claims/{claim_id}",
+        "/v1/coupons",
+        "/v1/coupons/{code}",
+        "/v1/skus",
+        "/v1/skus/{sku}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "openapi.json lacks {path}");
+    }
+    let metrics = api
+        .http
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("turnstile_http_requests_total"));
+}
+
+/// A hot coupon: 1000 units, 5000 distinct users at once, each asking to
+/// wait for the decision. Exactly 1000 are granted, none twice, all decided.
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_coupon_never_oversells() {
+    let (api, ns) = api("hot-coupon").await;
+    let worker = TestWorker::start(worker_settings(&ns)).await.unwrap();
+    let code = unique("FLASH");
+    api.create_coupon(&code, 1000, Some(1)).await.unwrap();
+    let api = std::sync::Arc::new(api);
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(128));
+    let tasks = (0..5000).map(|i| {
+        let (api, semaphore, code) = (api.clone(), semaphore.clone(), code.clone());
+        tokio::spawn(async move {
+            let _permit = semaphore.acquire().await.unwrap();
+            let response = api
+                .claim(
+                    &format!("{code}-k{i}"),
+                    json!({"coupon": code, "user_id": format!("user-{i}")}),
+                    Some(10),
+                )
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "claim {i}: {}", response.status());
+            let view: Value = response.json().await.unwrap();
+            view["status"].as_str().unwrap().to_owned()
+        })
+    });
+    let statuses: Vec<String> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let granted = statuses.iter().filter(|s| *s == "granted").count();
+    let rejected = statuses.iter().filter(|s| *s == "rejected").count();
+    assert_eq!(granted, 1000, "exactly the stock is granted");
+    assert_eq!(rejected, 4000, "every other claim is decided, as rejected");
+
+    let coupon: Value = api
+        .http
+        .get(api.url(&format!("/v1/coupons/{code}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(coupon["remaining"], 0);
+    let pool = db().await.unwrap();
+    let (db_granted, pending, remaining): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE c.status = 'granted'), count(*) FILTER (WHERE c.status = 'pending'), max(r.remaining)
+           FROM claims c JOIN resources r ON r.kind = c.kind AND r.id = c.resource_id
+          WHERE c.kind = 'coupon' AND c.resource_id = $1",
+    )
+    .bind(&code)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((db_granted, pending, remaining), (1000, 0, 0));
+    let double: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT user_id FROM claims WHERE resource_id = $1 AND status = 'granted'
+           GROUP BY user_id HAVING count(*) > 1) d",
+    )
+    .bind(&code)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(double, 0, "no user granted twice");
+    worker.stop().await.unwrap();
+}
