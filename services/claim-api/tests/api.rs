@@ -54,7 +54,9 @@ async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
         r.send()
     };
     let good = format!(r#"{{"coupon":"{code}","user_id":"u1"}}"#);
-    let cases: Vec<(Vec<u8>, &str, Option<String>, StatusCode, &str)> = vec![
+    // (body, content type, idempotency key, expected status, expected problem type)
+    type Case = (Vec<u8>, &'static str, Option<String>, StatusCode, &'static str);
+    let cases: Vec<Case> = vec![
         (
             b"{not json".to_vec(),
             "application/json",
