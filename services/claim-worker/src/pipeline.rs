@@ -234,6 +234,8 @@ impl Pipeline {
                 remaining,
                 total,
             } => {
+                let granted = decisions.iter().filter(|d| matches!(d, Decision::Granted(_))).count();
+                info!(resource = %name, fence = fence.get(), claims = decisions.len(), granted, remaining, "batch decided");
                 if let Err(e) = self.cache.update(resource, fence.as_i64(), remaining, total).await {
                     // The cache is a view; Postgres already holds the truth.
                     warn!(resource = %name, error = %e, "cache update failed");
@@ -369,7 +371,7 @@ fn decode(message: &BorrowedMessage<'_>) -> Incoming {
 }
 
 /// Fault injection for the chaos tests: with `FAILPOINTS` set to
-/// `hold-lease-before-write=1*return(MS)` (and the `failpoints` feature),
+/// `hold-lease-before-write=1*return(MS)`,
 /// the worker holds its lease MS milliseconds between taking the token and
 /// writing, the window in which a stalled worker becomes a zombie.
 async fn hold_lease_before_write(resource: &str, fence: FencingToken) {

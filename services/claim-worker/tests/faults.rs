@@ -1,0 +1,247 @@
+//! claim-worker under faults, as separate processes against the real stack:
+//! a worker killed mid-run, a worker stalled into a zombie, poison messages.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord},
+};
+use serde_json::{Value, json};
+use turnstile_testkit::{Namespace, TestApi, WorkerProcess, api_settings, brokers, db, unique};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
+
+/// Posts (or re-posts, which is idempotent) a claim until it is decided,
+/// each time waiting for the decision event up to 10 s.
+async fn decide(api: &TestApi, key: &str, body: &Value) -> Value {
+    for _ in 0..12 {
+        let response = api.claim(key, body.clone(), Some(10)).await.unwrap();
+        assert!(response.status().is_success(), "claim {key}: {}", response.status());
+        let view: Value = response.json().await.unwrap();
+        if view["status"] != "pending" {
+            return view;
+        }
+    }
+    panic!("claim {key} still pending after two minutes");
+}
+
+async fn assert_invariants(codes: &[String], stock: i64) {
+    let pool = db().await.unwrap();
+    for code in codes {
+        let (granted, pending, remaining): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE c.status = 'granted'), count(*) FILTER (WHERE c.status = 'pending'),
+                    max(r.remaining)
+               FROM claims c JOIN resources r ON r.kind = c.kind AND r.id = c.resource_id
+              WHERE c.kind = 'coupon' AND c.resource_id = $1",
+        )
+        .bind(code)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(pending, 0, "{code}: undecided claims");
+        assert!(granted <= stock, "{code}: oversold, {granted} granted of {stock}");
+        assert_eq!(remaining, stock - granted, "{code}: remaining does not match grants");
+        let double: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT user_id FROM claims WHERE resource_id = $1 AND status = 'granted'
+               GROUP BY user_id HAVING count(*) > 1) d",
+        )
+        .bind(code)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(double, 0, "{code}: a user granted twice");
+    }
+}
+
+/// Two workers share the load; one is SIGKILLed mid-run and a replacement
+/// starts. Every accepted claim is decided exactly once, nothing oversold.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_worker_loses_and_duplicates_nothing() {
+    let ns = Namespace::new("kill-worker");
+    let api = Arc::new(TestApi::start(api_settings(&ns)).await.unwrap());
+    let short_session = [("TURNSTILE_SESSION_TIMEOUT_MS", "6000".to_owned())];
+    let mut a = WorkerProcess::spawn(WORKER, &ns, &short_session).await.unwrap();
+    let b = WorkerProcess::spawn(WORKER, &ns, &short_session).await.unwrap();
+
+    let codes: Vec<String> = (0..6).map(|i| unique(&format!("KILL{i}"))).collect();
+    for code in &codes {
+        api.create_coupon(code, 50, Some(1)).await.unwrap();
+    }
+    // 6 coupons x 120 users: more demand than stock everywhere.
+    let requests: Vec<(String, Value)> = codes
+        .iter()
+        .flat_map(|code| {
+            (0..120).map(move |u| {
+                (
+                    format!("{code}-{u}"),
+                    json!({"coupon": code, "user_id": format!("u{u}")}),
+                )
+            })
+        })
+        .collect();
+    let first_wave = {
+        let api = api.clone();
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let semaphore = Arc::new(tokio::sync::Semaphore::new(32));
+            join_all(requests.into_iter().map(|(key, body)| {
+                let (api, semaphore) = (api.clone(), semaphore.clone());
+                async move {
+                    let _permit = semaphore.acquire().await.unwrap();
+                    let response = api.claim(&key, body, None).await.unwrap();
+                    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+                }
+            }))
+            .await;
+        })
+    };
+
+    // Kill A as soon as it has decided something: mid-run by construction.
+    a.wait_for_log("batch decided", Duration::from_secs(60)).await.unwrap();
+    a.signal("KILL").unwrap();
+    a.wait().await.unwrap();
+    let replacement = WorkerProcess::spawn(WORKER, &ns, &short_session).await.unwrap();
+    first_wave.await.unwrap();
+
+    // Stay under the API's in-flight limit: this phase is about decisions,
+    // not load shedding.
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(64));
+    let outcomes = join_all(requests.iter().map(|(key, body)| {
+        let (api, semaphore) = (api.clone(), semaphore.clone());
+        async move {
+            let _permit = semaphore.acquire().await.unwrap();
+            decide(&api, key, body).await
+        }
+    }))
+    .await;
+    let mut granted_per_code: HashMap<String, i64> = HashMap::new();
+    for (view, (_, body)) in outcomes.iter().zip(&requests) {
+        if view["status"] == "granted" {
+            *granted_per_code
+                .entry(body["coupon"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    for code in &codes {
+        assert_eq!(
+            granted_per_code.get(code).copied().unwrap_or(0),
+            50,
+            "{code}: stock fully and only granted"
+        );
+    }
+    assert_invariants(&codes, 50).await;
+    drop((b, replacement));
+}
+
+/// A worker holding a lease is stopped (SIGSTOP) past its lease ttl and its
+/// group session. Another worker takes over and decides the claim under a
+/// newer token. When the zombie resumes, the database refuses its write: the
+/// rejection is counted and logged, and the claim was decided exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_worker_is_fenced_off_by_the_database() {
+    let ns = Namespace::new("zombie");
+    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let code = unique("ZOMBIE");
+    api.create_coupon(&code, 5, Some(1)).await.unwrap();
+    let common = [
+        ("TURNSTILE_SESSION_TIMEOUT_MS", "6000".to_owned()),
+        ("TURNSTILE_LOCK_TTL_MS", "1000".to_owned()),
+    ];
+    let mut zombie_env = common.to_vec();
+    // Hold the lease 1.5 s between taking the token and writing, once: the
+    // window in which the stop lands.
+    zombie_env.push(("FAILPOINTS", "hold-lease-before-write=1*return(1500)".to_owned()));
+    let mut zombie = WorkerProcess::spawn(WORKER, &ns, &zombie_env).await.unwrap();
+
+    let key = unique("zk");
+    let body = json!({"coupon": code, "user_id": "early-bird"});
+    let accepted = api.claim(&key, body.clone(), None).await.unwrap();
+    assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
+    zombie
+        .wait_for_log("failpoint: holding lease before write", Duration::from_secs(60))
+        .await
+        .unwrap();
+    zombie.signal("STOP").unwrap();
+
+    // The rightful owner: takes the partition once the zombie's session
+    // expires and the lease once its ttl runs out.
+    let owner = WorkerProcess::spawn(WORKER, &ns, &common).await.unwrap();
+    let decided = decide(&api, &key, &body).await;
+    assert_eq!(decided["status"], "granted");
+    let owner_fence = decided["fence"].as_i64().unwrap();
+
+    zombie.signal("CONT").unwrap();
+    let refusal = zombie
+        .wait_for_log("database refused a stale fencing token", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let refusal: Value = serde_json::from_str(&refusal).unwrap();
+    assert!(
+        refusal["fence"].as_i64().unwrap() < owner_fence,
+        "the zombie's token is the older one: {refusal}"
+    );
+    assert!(zombie.metric("turnstile_fence_rejections_total").await.unwrap() >= 1.0);
+    assert_eq!(owner.metric("turnstile_fence_rejections_total").await.unwrap(), 0.0);
+
+    // Decided once, by the owner, under its token.
+    let pool = db().await.unwrap();
+    let (status, fence): (String, i64) = sqlx::query_as("SELECT status, fence FROM claims WHERE claim_id = $1")
+        .bind(uuid::Uuid::parse_str(decided["claim_id"].as_str().unwrap()).unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((status.as_str(), fence), ("granted", owner_fence));
+    assert_invariants(&[code], 5).await;
+}
+
+/// A message that is not a claim goes to the dead-letter topic with its
+/// reason, and the claims behind it are still decided.
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_messages_are_dead_lettered() {
+    let ns = Namespace::new("poison");
+    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let _worker = WorkerProcess::spawn(WORKER, &ns, &[]).await.unwrap();
+    let code = unique("POISON");
+    api.create_coupon(&code, 1, None).await.unwrap();
+    let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let resource_key = format!("coupon:{code}");
+    producer
+        .send(
+            FutureRecord::to(&topics.requested)
+                .key(&resource_key)
+                .payload("this is not a claim"),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let key = unique("after-poison");
+    let body = json!({"coupon": code, "user_id": "u1"});
+    assert_eq!(decide(&api, &key, &body).await["status"], "granted");
+
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[&topics.dead_letter]).unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(60), dlq.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.payload(), Some(b"this is not a claim".as_slice()));
+    assert_eq!(message.key(), Some(resource_key.as_bytes()));
+    let reason = turnstile_bus::header(message.headers().unwrap(), turnstile_bus::DEAD_LETTER_REASON_HEADER).unwrap();
+    assert!(reason.contains("undecodable"), "{reason}");
+}
