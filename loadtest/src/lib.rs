@@ -6,5 +6,6 @@
 //! pipeline. Numbers go to the terminal or, with `--json`, as one JSON object
 //! on the last line for scripts to collect.
 
+pub mod flash_sale;
 pub mod latency;
 pub mod lock_bench;

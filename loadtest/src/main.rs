@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use turnstile_loadtest::lock_bench::{self, LockBenchArgs};
+use turnstile_loadtest::{
+    flash_sale::{self, FlashSaleArgs},
+    lock_bench::{self, LockBenchArgs},
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", about = "Benchmarks and load scenarios for Turnstile")]
@@ -21,6 +24,8 @@ struct Cli {
 enum Command {
     /// Acquire + tiny critical section + release on K keys from N clients.
     LockBench(LockBenchArgs),
+    /// A flash sale through the HTTP API, audited against Postgres.
+    FlashSale(FlashSaleArgs),
     /// Print a lock script's source, e.g. for redis-benchmark comparisons.
     RedisScript {
         /// acquire, extend or release.
@@ -70,6 +75,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             // A benchmark that broke mutual exclusion must not pass for a result.
             Ok(if report.violations == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::FlashSale(args) => {
+            let report = flash_sale::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(if report.invariants_hold() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -423,6 +423,9 @@ pub async fn decide_fenced(
     })
 }
 
+/// `decided_at` is `clock_timestamp()`, not `now()`: the statement runs after
+/// the fence row lock is taken, so per resource it orders decisions as they
+/// were committed, which the fence-regression audit relies on.
 async fn write_decisions(
     tx: &mut Transaction<'static, Postgres>,
     decisions: &[Decision],
@@ -447,7 +450,7 @@ async fn write_decisions(
         })
         .collect();
     sqlx::query!(
-        "UPDATE claims AS c SET status = d.status, reason = d.reason, fence = $4, decided_at = now()
+        "UPDATE claims AS c SET status = d.status, reason = d.reason, fence = $4, decided_at = clock_timestamp()
            FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS d(claim_id, status, reason)
           WHERE c.claim_id = d.claim_id AND c.status = 'pending'",
         &ids,

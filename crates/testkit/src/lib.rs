@@ -132,6 +132,31 @@ impl TestApi {
         Ok(())
     }
 
+    /// Posts a claim as a well-behaved client does: on 429 it waits the
+    /// `Retry-After` it was given and tries again (a 429 has no effect, so
+    /// the retry is safe), up to 60 times.
+    pub async fn claim_politely(
+        &self,
+        key: &str,
+        body: serde_json::Value,
+        wait_secs: Option<u64>,
+    ) -> Result<reqwest::Response> {
+        for _ in 0..60 {
+            let response = self.claim(key, body.clone(), wait_secs).await?;
+            if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
+                return Ok(response);
+            }
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .context("a 429 must carry Retry-After")?;
+            tokio::time::sleep(Duration::from_secs(retry_after)).await;
+        }
+        bail!("claim {key} still throttled after 60 attempts")
+    }
+
     /// Posts a claim with `key` and optional `Prefer: wait`.
     pub async fn claim(&self, key: &str, body: serde_json::Value, wait_secs: Option<u64>) -> Result<reqwest::Response> {
         let mut request = self

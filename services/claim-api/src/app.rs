@@ -9,8 +9,7 @@ use std::{
 
 use anyhow::Context;
 use axum::{
-    BoxError, Extension, Json, Router,
-    error_handling::HandleErrorLayer,
+    Extension, Json, Router,
     extract::{MatchedPath, Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -21,7 +20,6 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
 use tracing::info;
 use turnstile_bus::{ProducerTuning, Topics};
 use turnstile_claim::{cache::ResourceCache, store};
@@ -52,6 +50,7 @@ pub struct AppState {
     pub(crate) kafka: Breaker,
     pub(crate) metrics: ApiMetrics,
     pub(crate) registry: Registry,
+    pub(crate) admission: crate::admission::Admission,
 }
 
 /// The OpenAPI 3.1 description of the API, generated from the handlers.
@@ -171,6 +170,7 @@ impl Application {
             kafka: Breaker::new("kafka", metrics.circuit_open.with_label_values(&["kafka"])),
             metrics,
             registry,
+            admission: crate::admission::admission(settings.max_inflight),
         };
         let router = router(state, &settings);
         let listener = TcpListener::bind(settings.http_addr)
@@ -201,21 +201,8 @@ impl Application {
 }
 
 fn router(state: AppState, settings: &Settings) -> Router {
-    let throttled = state.metrics.throttled.clone();
-    // In-flight claims beyond the limit are shed at once with 429, before
-    // any work is done for them.
-    let claim_limit = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(move |_: BoxError| {
-            throttled.with_label_values(&["concurrency"]).inc();
-            std::future::ready(ApiError::Overloaded {
-                cause: "concurrency",
-                retry_after: 1,
-            })
-        }))
-        .load_shed()
-        .concurrency_limit(settings.max_inflight);
     Router::new()
-        .route("/v1/claims", post(claims::create_claim).layer(claim_limit))
+        .route("/v1/claims", post(claims::create_claim))
         .route("/v1/claims/{claim_id}", get(claims::get_claim))
         .route("/v1/coupons", post(resources::create_coupon))
         .route("/v1/coupons/{code}", get(resources::get_coupon))

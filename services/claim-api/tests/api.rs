@@ -191,7 +191,7 @@ async fn one_claim_per_idempotency_key_however_concurrent() {
     api.create_coupon(&code, 100, Some(1)).await.unwrap();
     let key = unique("key");
     let body = json!({"coupon": code, "user_id": "u-42"});
-    let responses = join_all((0..50).map(|_| api.claim(&key, body.clone(), None))).await;
+    let responses = join_all((0..50).map(|_| api.claim_politely(&key, body.clone(), None))).await;
     let mut ids = std::collections::HashSet::new();
     for response in responses {
         let response = response.unwrap();
@@ -353,7 +353,7 @@ async fn hot_coupon_never_oversells() {
         tokio::spawn(async move {
             let _permit = semaphore.acquire().await.unwrap();
             let response = api
-                .claim(
+                .claim_politely(
                     &format!("{code}-k{i}"),
                     json!({"coupon": code, "user_id": format!("user-{i}")}),
                     Some(10),

@@ -20,7 +20,7 @@ const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
 /// each time waiting for the decision event up to 10 s.
 async fn decide(api: &TestApi, key: &str, body: &Value) -> Value {
     for _ in 0..12 {
-        let response = api.claim(key, body.clone(), Some(10)).await.unwrap();
+        let response = api.claim_politely(key, body.clone(), Some(10)).await.unwrap();
         assert!(response.status().is_success(), "claim {key}: {}", response.status());
         let view: Value = response.json().await.unwrap();
         if view["status"] != "pending" {
@@ -93,7 +93,7 @@ async fn killed_worker_loses_and_duplicates_nothing() {
                 let (api, semaphore) = (api.clone(), semaphore.clone());
                 async move {
                     let _permit = semaphore.acquire().await.unwrap();
-                    let response = api.claim(&key, body, None).await.unwrap();
+                    let response = api.claim_politely(&key, body, None).await.unwrap();
                     assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
                 }
             }))
@@ -160,7 +160,7 @@ async fn stalled_worker_is_fenced_off_by_the_database() {
 
     let key = unique("zk");
     let body = json!({"coupon": code, "user_id": "early-bird"});
-    let accepted = api.claim(&key, body.clone(), None).await.unwrap();
+    let accepted = api.claim_politely(&key, body.clone(), None).await.unwrap();
     assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
     zombie
         .wait_for_log("failpoint: holding lease before write", Duration::from_secs(60))

@@ -10,6 +10,7 @@ use axum::{
 };
 use rdkafka::{error::KafkaError, producer::FutureRecord, types::RDKafkaErrorCode};
 use serde::Serialize;
+use tower::ServiceExt;
 use turnstile_claim::{
     ClaimDecided, ClaimId, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason,
     store::{self, ClaimRow, Reservation},
@@ -142,42 +143,36 @@ pub async fn create_claim(
     // Before publishing, so the decision cannot arrive unobserved.
     let waiting = wait.map(|_| state.decisions.register(claim_id));
 
-    state.postgres.permit()?;
-    let reservation = store::reserve_claim(&state.write_pool, key.as_str(), &request.fingerprint(), &event).await;
-    state
-        .postgres
-        .record(reservation.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
-    let reservation = reservation.map_err(|e| {
-        if e.is_transient() {
-            state.postgres.unavailable()
-        } else {
-            tracing::error!(error = %e, cause = ?e, "reserving a claim failed");
-            ApiError::Internal
-        }
-    })?;
-    match reservation {
-        Reservation::New(tx) => {
-            publish(&state, &event).await?;
-            tx.commit().await.map_err(|e| {
-                tracing::warn!(error = %e, claim_id = %claim_id, "commit after publish failed");
-                state.postgres.record(false);
-                state.postgres.unavailable()
-            })?;
-            state.metrics.accepted.inc();
-            tracing::info!(claim_id = %claim_id, tenant_id = event.tenant_id.as_str(), resource = %event.resource, "claim accepted");
-        }
-        Reservation::Replay(earlier) => {
-            state.metrics.replays.inc();
-            debug_assert_eq!(earlier, claim_id);
-            // A replay reports the claim as it stands.
-            if let Ok(Some(row)) = store::claim(&state.read_pool, claim_id).await
-                && (row.status != ClaimStatus::Pending || wait.is_none())
-            {
-                return Ok(replay(ClaimView::from_row(&row)));
+    let job = AcceptJob {
+        state: state.clone(),
+        idempotency_key: key.as_str().to_owned(),
+        fingerprint: request.fingerprint(),
+        event,
+    };
+    let admitted = state
+        .admission
+        .clone()
+        .oneshot(job)
+        .await
+        .map_err(|e| match e.downcast::<ApiError>() {
+            Ok(api) => *api,
+            Err(other) if other.is::<tower::load_shed::error::Overloaded>() => {
+                state.metrics.throttled.with_label_values(&["concurrency"]).inc();
+                ApiError::Overloaded {
+                    cause: "concurrency",
+                    retry_after: 1,
+                }
             }
+            Err(other) => {
+                tracing::error!(error = %other, "admission failed");
+                ApiError::Internal
+            }
+        })?;
+    if let Admitted::Replayed(Some(row)) = &admitted {
+        // A replay reports the claim as it stands now.
+        if row.status != ClaimStatus::Pending || wait.is_none() {
+            return Ok(respond(ClaimView::from_row(row)));
         }
-        Reservation::KeyReused => return Err(ApiError::IdempotencyKeyReused),
-        Reservation::UnknownResource => return Err(ApiError::UnknownResource(event.resource.to_string())),
     }
 
     let (Some(wait), Some(waiting)) = (wait, waiting) else {
@@ -194,10 +189,82 @@ pub async fn create_claim(
     }
 }
 
-fn replay(view: ClaimView) -> Response {
-    // The original answer was 202 pending; a decided claim is reported as it
-    // is now, with 200, so retries learn the outcome.
-    respond(view)
+/// One claim to admit: the part of `POST /v1/claims` that does work and is
+/// therefore under the adaptive concurrency limit (waiting for a decision
+/// is not: it costs nothing but a parked task).
+pub struct AcceptJob {
+    state: AppState,
+    idempotency_key: String,
+    fingerprint: [u8; 32],
+    event: ClaimRequested,
+}
+
+impl std::fmt::Debug for AcceptJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptJob")
+            .field("claim_id", &self.event.claim_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What admission did.
+#[derive(Debug)]
+pub enum Admitted {
+    /// A new claim, published and committed.
+    Accepted,
+    /// The key was used before with this request; the claim as stored now.
+    Replayed(Option<ClaimRow>),
+}
+
+/// Records the idempotency key and the pending claim, publishes the event
+/// and only then commits: a claim is never acknowledged unpublished.
+pub async fn admit(job: AcceptJob) -> Result<Admitted, ApiError> {
+    let AcceptJob {
+        state,
+        idempotency_key,
+        fingerprint,
+        event,
+    } = job;
+    state.postgres.permit()?;
+    let reservation = store::reserve_claim(&state.write_pool, &idempotency_key, &fingerprint, &event).await;
+    state
+        .postgres
+        .record(reservation.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
+    let reservation = reservation.map_err(|e| {
+        if e.is_transient() {
+            state.postgres.unavailable()
+        } else {
+            tracing::error!(error = %e, cause = ?e, "reserving a claim failed");
+            ApiError::Internal
+        }
+    })?;
+    match reservation {
+        Reservation::New(tx) => {
+            publish(&state, &event).await?;
+            tx.commit().await.map_err(|e| {
+                tracing::warn!(error = %e, claim_id = %event.claim_id, "commit after publish failed");
+                state.postgres.record(false);
+                state.postgres.unavailable()
+            })?;
+            state.metrics.accepted.inc();
+            tracing::info!(
+                claim_id = %event.claim_id,
+                tenant_id = event.tenant_id.as_str(),
+                resource = %event.resource,
+                "claim accepted"
+            );
+            Ok(Admitted::Accepted)
+        }
+        Reservation::Replay(earlier) => {
+            state.metrics.replays.inc();
+            debug_assert_eq!(earlier, event.claim_id);
+            Ok(Admitted::Replayed(
+                store::claim(&state.read_pool, earlier).await.ok().flatten(),
+            ))
+        }
+        Reservation::KeyReused => Err(ApiError::IdempotencyKeyReused),
+        Reservation::UnknownResource => Err(ApiError::UnknownResource(event.resource.to_string())),
+    }
 }
 
 async fn publish(state: &AppState, event: &ClaimRequested) -> Result<(), ApiError> {
