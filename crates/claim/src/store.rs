@@ -463,6 +463,44 @@ async fn write_decisions(
     Ok(())
 }
 
+/// Claims still pending `older_than` after acceptance, oldest first, as the
+/// events that carried them: for re-deciding claims whose message was lost
+/// or skipped on the way (the claims table, not the broker, is the record of
+/// what was accepted).
+pub async fn stale_pending(pool: &PgPool, older_than: Duration, limit: i64) -> Result<Vec<ClaimRequested>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT claim_id, tenant_id, kind, resource_id, user_id, quantity,
+                (extract(epoch FROM accepted_at) * 1000)::int8 AS \"accepted_at_ms!\"
+           FROM claims
+          WHERE status = 'pending' AND accepted_at < now() - make_interval(secs => $1)
+          ORDER BY accepted_at
+          LIMIT $2",
+        older_than.as_secs_f64(),
+        limit,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            // Rows were written from parsed values; one that no longer parses
+            // is left for an operator rather than guessed at.
+            let resource = ResourceKey {
+                kind: r.kind.parse().ok()?,
+                id: crate::ResourceId::parse("resource", &r.resource_id).ok()?,
+            };
+            Some(ClaimRequested {
+                claim_id: ClaimId::from_uuid(r.claim_id),
+                tenant_id: crate::TenantId::parse(&r.tenant_id).ok()?,
+                resource,
+                user_id: crate::UserId::parse(&r.user_id).ok()?,
+                quantity: u32::try_from(r.quantity).ok()?,
+                accepted_at_ms: r.accepted_at_ms,
+            })
+        })
+        .collect())
+}
+
 /// Deletes idempotency records older than `retention`; returns how many.
 pub async fn purge_idempotency_keys(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
     let secs = retention.as_secs_f64();

@@ -195,6 +195,8 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         batch_size: 500,
         batch_linger: Duration::from_millis(5),
         session_timeout: Duration::from_secs(6),
+        sweep_after: Duration::from_secs(10),
+        sweep_interval: Duration::from_secs(2),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
     }
 }

@@ -13,6 +13,7 @@ pub struct WorkerMetrics {
     pub(crate) dead_lettered: IntCounter,
     pub(crate) dependency_failures: IntCounterVec,
     pub(crate) rebalances: IntGauge,
+    pub(crate) swept: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -50,6 +51,10 @@ impl WorkerMetrics {
                 ),
                 &["dependency"],
             )?,
+            swept: IntCounter::new(
+                "turnstile_claims_swept_total",
+                "Claims found pending too long and re-decided from the database.",
+            )?,
             rebalances: IntGauge::new(
                 "turnstile_kafka_rebalances",
                 "Consumer group rebalances seen by this worker.",
@@ -63,6 +68,7 @@ impl WorkerMetrics {
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.dependency_failures.clone()))?;
         registry.register(Box::new(m.rebalances.clone()))?;
+        registry.register(Box::new(m.swept.clone()))?;
         Ok(m)
     }
 }

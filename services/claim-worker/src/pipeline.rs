@@ -38,6 +38,13 @@ pub(crate) struct Pipeline {
     pub(crate) rebalances: RebalanceCounter,
 }
 
+/// What the loop does next.
+enum Next {
+    Batch(Vec<Incoming>),
+    Sweep,
+    Stop,
+}
+
 /// One consumed message, decoded or not.
 struct Incoming {
     partition: i32,
@@ -84,7 +91,17 @@ fn now_ms() -> i64 {
 impl Pipeline {
     pub(crate) async fn run(&self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
-        while let Some(batch) = self.next_batch(&shutdown).await {
+        let mut sweep = tokio::time::interval(self.settings.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let batch = match self.next_batch(&shutdown, &mut sweep).await {
+                Next::Stop => break,
+                Next::Sweep => {
+                    self.sweep().await;
+                    continue;
+                }
+                Next::Batch(batch) => batch,
+            };
             self.metrics
                 .rebalances
                 .set(i64::try_from(self.rebalances.get()).unwrap_or(i64::MAX));
@@ -106,11 +123,14 @@ impl Pipeline {
         self.consumer.unsubscribe();
     }
 
-    /// Waits for the first message (or shutdown), then gathers more until the
-    /// batch is full or the linger time has passed.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<Incoming>> {
+    /// Waits for the first message (or shutdown, or the sweep timer), then
+    /// gathers more until the batch is full or the linger time has passed.
+    /// Once a message is in hand nothing cancels the gathering: a message
+    /// taken from the consumer and dropped would be skipped for good.
+    async fn next_batch(&self, shutdown: &CancellationToken, sweep: &mut tokio::time::Interval) -> Next {
         let first = tokio::select! {
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return Next::Stop,
+            _ = sweep.tick() => return Next::Sweep,
             first = self.consumer.recv() => first,
         };
         let mut batch = Vec::with_capacity(self.settings.batch_size.min(1024));
@@ -118,7 +138,7 @@ impl Pipeline {
             Ok(message) => batch.push(decode(&message)),
             Err(e) => {
                 warn!(error = %e, "kafka consume error");
-                return Some(batch);
+                return Next::Batch(batch);
             }
         }
         let deadline = Instant::now() + self.settings.batch_linger;
@@ -132,7 +152,38 @@ impl Pipeline {
                 Err(_) => break,
             }
         }
-        Some(batch)
+        Next::Batch(batch)
+    }
+
+    /// Re-decides claims left pending too long. Kafka is the fast path, the
+    /// claims table the record: a claim whose message a broker lost or
+    /// skipped is still decided, under the same lock and fence, oldest first.
+    async fn sweep(&self) {
+        let stale = match store::stale_pending(&self.pool, self.settings.sweep_after, 500).await {
+            Ok(stale) if stale.is_empty() => return,
+            Ok(stale) => stale,
+            Err(e) => {
+                debug!(error = %e, "sweep query failed");
+                return;
+            }
+        };
+        warn!(
+            claims = stale.len(),
+            "re-deciding claims left pending; their messages never reached a worker"
+        );
+        self.metrics.swept.inc_by(stale.len() as u64);
+        let mut groups: Vec<(ResourceKey, Vec<ClaimRequested>)> = Vec::new();
+        for event in stale {
+            match groups.iter_mut().find(|(key, _)| *key == event.resource) {
+                Some((_, events)) => events.push(event),
+                None => groups.push((event.resource.clone(), vec![event])),
+            }
+        }
+        for (resource, events) in &groups {
+            if let Err(e) = self.process_resource(resource, events).await {
+                debug!(resource = %resource, error = %e, "sweep of resource deferred");
+            }
+        }
     }
 
     /// Processes partitions concurrently (each in order) and stores the
@@ -154,6 +205,12 @@ impl Pipeline {
         for (partition, first, next, result) in results {
             match result {
                 Ok(()) => {
+                    debug!(
+                        partition,
+                        first_offset = first,
+                        next_offset = next,
+                        "partition batch done; storing offset"
+                    );
                     if let Err(e) = self.consumer.store_offset(&self.topics.requested, partition, next) {
                         // Lost the partition meanwhile: its new owner redoes
                         // the batch, and already-decided claims are skipped.

@@ -57,6 +57,11 @@ pub struct Settings {
     pub batch_linger: Duration,
     /// `TURNSTILE_SESSION_TIMEOUT_MS`: Kafka group session.
     pub session_timeout: Duration,
+    /// `TURNSTILE_SWEEP_AFTER_MS`: a claim pending this long is re-decided
+    /// from the database (its message was lost or skipped).
+    pub sweep_after: Duration,
+    /// `TURNSTILE_SWEEP_INTERVAL_MS`: how often to look for such claims.
+    pub sweep_interval: Duration,
     /// `TURNSTILE_METRICS_ADDR`: where `/metrics` and `/healthz` listen.
     pub metrics_addr: SocketAddr,
 }
@@ -92,6 +97,8 @@ impl Settings {
             batch_size: setting("TURNSTILE_BATCH_SIZE", 500)?,
             batch_linger: setting_millis("TURNSTILE_BATCH_LINGER_MS", 5)?,
             session_timeout: setting_millis("TURNSTILE_SESSION_TIMEOUT_MS", 10_000)?,
+            sweep_after: setting_millis("TURNSTILE_SWEEP_AFTER_MS", 10_000)?,
+            sweep_interval: setting_millis("TURNSTILE_SWEEP_INTERVAL_MS", 2_000)?,
             metrics_addr: setting("TURNSTILE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9101)))?,
         };
         let invalid = |name: &'static str, value: String, problem: &str| SettingError {
@@ -108,6 +115,9 @@ impl Settings {
                 settings.lock_ttl.as_millis().to_string(),
                 "must be at least 100",
             ));
+        }
+        if settings.sweep_interval.is_zero() {
+            return Err(invalid("TURNSTILE_SWEEP_INTERVAL_MS", "0".into(), "must be at least 1"));
         }
         if settings.partitions < 1 {
             return Err(invalid(

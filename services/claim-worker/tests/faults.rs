@@ -245,3 +245,29 @@ async fn undecodable_messages_are_dead_lettered() {
     let reason = turnstile_bus::header(message.headers().unwrap(), turnstile_bus::DEAD_LETTER_REASON_HEADER).unwrap();
     assert!(reason.contains("undecodable"), "{reason}");
 }
+
+/// The claims table, not the broker, is the record of what was accepted: a
+/// claim whose message never reaches a worker (here: published to a topic no
+/// worker reads) is still decided, by the sweeper, under the lock and fence.
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_whose_message_was_lost_are_still_decided() {
+    let api_ns = Namespace::new("lost-msg-api");
+    let api = TestApi::start(api_settings(&api_ns)).await.unwrap();
+    let code = unique("LOST");
+    api.create_coupon(&code, 3, Some(1)).await.unwrap();
+    let key = unique("lost");
+    let body = json!({"coupon": code, "user_id": "u1"});
+    let accepted = api.claim_politely(&key, body.clone(), None).await.unwrap();
+    assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
+
+    // A worker of another deployment: it never sees the message.
+    let mut settings = turnstile_testkit::worker_settings(&Namespace::new("lost-msg-worker"));
+    settings.sweep_after = Duration::from_secs(1);
+    settings.sweep_interval = Duration::from_millis(200);
+    let worker = turnstile_testkit::TestWorker::start(settings).await.unwrap();
+    let decided = decide(&api, &key, &body).await;
+    assert_eq!(decided["status"], "granted");
+    assert!(decided["fence"].as_i64().is_some());
+    assert_invariants(&[code], 3).await;
+    worker.stop().await.unwrap();
+}
