@@ -73,6 +73,18 @@ impl Topics {
     }
 }
 
+impl Topics {
+    /// Creates all three topics with `partitions` each, if missing.
+    pub async fn ensure(&self, brokers: &str, partitions: i32) -> Result<(), BusError> {
+        ensure_topics(
+            brokers,
+            &[&self.requested, &self.decided, &self.dead_letter],
+            partitions,
+        )
+        .await
+    }
+}
+
 /// Producer tuning. Linger trades a few milliseconds of latency for batches,
 /// which is where a Kafka producer's throughput comes from.
 #[derive(Debug, Clone)]

@@ -53,6 +53,35 @@ impl ContractEnv {
     }
 }
 
+/// Generates one `#[tokio::test]` per contract check in a backend's test
+/// file, each in its own namespace: `turnstile_lock::contract_tests!(env);`
+/// where `env(name: &str) -> ContractEnv`. A new check added here runs
+/// against every backend without touching their tests.
+#[macro_export]
+macro_rules! contract_tests {
+    ($env:path) => {
+        $crate::contract_tests!(@each $env,
+            mutual_exclusion_under_contention,
+            tokens_strictly_increase,
+            busy_until_expiry_then_taken_over,
+            release_is_owner_checked,
+            extend_is_owner_checked,
+            keep_alive_outlives_ttl,
+            lease_lost_fires_when_lease_vanishes,
+            lost_fires_at_validity_without_renewal,
+            rejects_invalid_requests
+        );
+    };
+    (@each $env:path, $($check:ident),+) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                $crate::testsuite::$check(&$env(stringify!($check))).await;
+            }
+        )+
+    };
+}
+
 /// Runs every check in the contract, one after the other.
 pub async fn run_all(env: &ContractEnv) {
     mutual_exclusion_under_contention(env).await;

@@ -18,7 +18,7 @@ use futures::FutureExt;
 use turnstile_lock::{
     LockBackend, LockClient, LockError, LockErrorKind,
     backend::redlock::{RedlockBackend, RedlockConfig},
-    testsuite::{self, ContractEnv},
+    testsuite::ContractEnv,
 };
 
 use support::{PrivateRedis, redlock_urls, unique};
@@ -48,50 +48,7 @@ fn env(name: &str) -> ContractEnv {
     }
 }
 
-#[tokio::test]
-async fn mutual_exclusion_under_contention() {
-    testsuite::mutual_exclusion_under_contention(&env("mutex")).await;
-}
-
-#[tokio::test]
-async fn tokens_strictly_increase() {
-    testsuite::tokens_strictly_increase(&env("monotonic")).await;
-}
-
-#[tokio::test]
-async fn busy_until_expiry_then_taken_over() {
-    testsuite::busy_until_expiry_then_taken_over(&env("expiry")).await;
-}
-
-#[tokio::test]
-async fn release_is_owner_checked() {
-    testsuite::release_is_owner_checked(&env("release")).await;
-}
-
-#[tokio::test]
-async fn extend_is_owner_checked() {
-    testsuite::extend_is_owner_checked(&env("extend")).await;
-}
-
-#[tokio::test]
-async fn keep_alive_outlives_ttl() {
-    testsuite::keep_alive_outlives_ttl(&env("keepalive")).await;
-}
-
-#[tokio::test]
-async fn lease_lost_fires_when_lease_vanishes() {
-    testsuite::lease_lost_fires_when_lease_vanishes(&env("vanish")).await;
-}
-
-#[tokio::test]
-async fn lost_fires_at_validity_without_renewal() {
-    testsuite::lost_fires_at_validity_without_renewal(&env("validity")).await;
-}
-
-#[tokio::test]
-async fn rejects_invalid_requests() {
-    testsuite::rejects_invalid_requests(&env("invalid")).await;
-}
+turnstile_lock::contract_tests!(env);
 
 async fn three_private_nodes() -> Result<(Vec<PrivateRedis>, Vec<String>)> {
     let mut nodes = Vec::new();

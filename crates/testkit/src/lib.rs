@@ -157,6 +157,11 @@ impl TestApi {
         bail!("claim {key} still throttled after 60 attempts")
     }
 
+    /// The API's Prometheus text.
+    pub async fn metrics_text(&self) -> Result<String> {
+        Ok(self.http.get(self.url("/metrics")).send().await?.text().await?)
+    }
+
     /// Posts a claim with `key` and optional `Prefer: wait`.
     pub async fn claim(&self, key: &str, body: serde_json::Value, wait_secs: Option<u64>) -> Result<reqwest::Response> {
         let mut request = self
@@ -350,4 +355,39 @@ pub async fn db() -> Result<sqlx::PgPool> {
         .max_connections(4)
         .connect(&database_url())
         .await?)
+}
+
+/// The pipeline's invariants for coupons `codes` of `stock` units each, read
+/// from Postgres: nothing pending, nothing oversold, `remaining` equal to the
+/// stock minus the grants, and no user granted twice. Returns the grants per
+/// coupon.
+pub async fn assert_claim_invariants(codes: &[String], stock: i64) -> Vec<i64> {
+    let pool = db().await.unwrap();
+    let mut grants = Vec::with_capacity(codes.len());
+    for code in codes {
+        let (granted, pending, remaining): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE c.status = 'granted'), count(*) FILTER (WHERE c.status = 'pending'),
+                    max(r.remaining)
+               FROM claims c JOIN resources r ON r.kind = c.kind AND r.id = c.resource_id
+              WHERE c.kind = 'coupon' AND c.resource_id = $1",
+        )
+        .bind(code)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(pending, 0, "{code}: undecided claims");
+        assert!(granted <= stock, "{code}: oversold, {granted} granted of {stock}");
+        assert_eq!(remaining, stock - granted, "{code}: remaining does not match grants");
+        let double: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT user_id FROM claims WHERE resource_id = $1 AND status = 'granted'
+               GROUP BY user_id HAVING count(*) > 1) d",
+        )
+        .bind(code)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(double, 0, "{code}: a user granted twice");
+        grants.push(granted);
+    }
+    grants
 }

@@ -119,13 +119,10 @@ impl Application {
             .context("connecting to redis")?;
 
         let topics = Topics::with_prefix(&settings.topic_prefix);
-        turnstile_bus::ensure_topics(
-            &settings.brokers,
-            &[&topics.requested, &topics.decided, &topics.dead_letter],
-            settings.partitions,
-        )
-        .await
-        .context("creating topics")?;
+        topics
+            .ensure(&settings.brokers, settings.partitions)
+            .await
+            .context("creating topics")?;
         let producer = turnstile_bus::producer(
             &settings.brokers,
             &ProducerTuning {

@@ -6,7 +6,9 @@
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use turnstile_testkit::{Namespace, TestApi, TestWorker, api_settings, db, unique, worker_settings};
+use turnstile_testkit::{
+    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, db, unique, worker_settings,
+};
 
 async fn api(test: &str) -> (TestApi, Namespace) {
     let ns = Namespace::new(test);
@@ -274,15 +276,7 @@ async fn overload_answers_429_and_does_nothing() {
         .await
         .unwrap();
     assert_eq!(keys_kept, 0, "a 429 must not consume the idempotency key");
-    let metrics = api
-        .http
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.metrics_text().await.unwrap();
     assert!(
         metrics.contains(r#"turnstile_claims_throttled_total{cause="producer_queue"} 20"#),
         "{metrics}"
@@ -326,15 +320,7 @@ async fn operational_endpoints() {
     ] {
         assert!(doc["paths"][path].is_object(), "openapi.json lacks {path}");
     }
-    let metrics = api
-        .http
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.metrics_text().await.unwrap();
     assert!(metrics.contains("turnstile_http_requests_total"));
 }
 
@@ -381,25 +367,9 @@ async fn hot_coupon_never_oversells() {
         .await
         .unwrap();
     assert_eq!(coupon["remaining"], 0);
-    let pool = db().await.unwrap();
-    let (db_granted, pending, remaining): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE c.status = 'granted'), count(*) FILTER (WHERE c.status = 'pending'), max(r.remaining)
-           FROM claims c JOIN resources r ON r.kind = c.kind AND r.id = c.resource_id
-          WHERE c.kind = 'coupon' AND c.resource_id = $1",
-    )
-    .bind(&code)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!((db_granted, pending, remaining), (1000, 0, 0));
-    let double: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT user_id FROM claims WHERE resource_id = $1 AND status = 'granted'
-           GROUP BY user_id HAVING count(*) > 1) d",
-    )
-    .bind(&code)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(double, 0, "no user granted twice");
+    assert_eq!(
+        assert_claim_invariants(std::slice::from_ref(&code), 1000).await,
+        vec![1000]
+    );
     worker.stop().await.unwrap();
 }

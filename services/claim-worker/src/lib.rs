@@ -75,13 +75,10 @@ impl Worker {
         store::migrate(&pool).await.context("applying migrations")?;
 
         let topics = Topics::with_prefix(&settings.topic_prefix);
-        turnstile_bus::ensure_topics(
-            &settings.brokers,
-            &[&topics.requested, &topics.decided, &topics.dead_letter],
-            settings.partitions,
-        )
-        .await
-        .context("creating topics")?;
+        topics
+            .ensure(&settings.brokers, settings.partitions)
+            .await
+            .context("creating topics")?;
 
         let backend: Arc<dyn LockBackend> = match settings.lock_backend {
             LockBackendKind::Redis => Arc::new(

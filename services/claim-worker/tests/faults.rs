@@ -12,7 +12,9 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use serde_json::{Value, json};
-use turnstile_testkit::{Namespace, TestApi, WorkerProcess, api_settings, brokers, db, unique};
+use turnstile_testkit::{
+    Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, brokers, db, unique,
+};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
 
@@ -28,34 +30,6 @@ async fn decide(api: &TestApi, key: &str, body: &Value) -> Value {
         }
     }
     panic!("claim {key} still pending after two minutes");
-}
-
-async fn assert_invariants(codes: &[String], stock: i64) {
-    let pool = db().await.unwrap();
-    for code in codes {
-        let (granted, pending, remaining): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE c.status = 'granted'), count(*) FILTER (WHERE c.status = 'pending'),
-                    max(r.remaining)
-               FROM claims c JOIN resources r ON r.kind = c.kind AND r.id = c.resource_id
-              WHERE c.kind = 'coupon' AND c.resource_id = $1",
-        )
-        .bind(code)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        assert_eq!(pending, 0, "{code}: undecided claims");
-        assert!(granted <= stock, "{code}: oversold, {granted} granted of {stock}");
-        assert_eq!(remaining, stock - granted, "{code}: remaining does not match grants");
-        let double: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT user_id FROM claims WHERE resource_id = $1 AND status = 'granted'
-               GROUP BY user_id HAVING count(*) > 1) d",
-        )
-        .bind(code)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        assert_eq!(double, 0, "{code}: a user granted twice");
-    }
 }
 
 /// Two workers share the load; one is SIGKILLed mid-run and a replacement
@@ -134,7 +108,7 @@ async fn killed_worker_loses_and_duplicates_nothing() {
             "{code}: stock fully and only granted"
         );
     }
-    assert_invariants(&codes, 50).await;
+    assert_claim_invariants(&codes, 50).await;
     drop((b, replacement));
 }
 
@@ -196,7 +170,7 @@ async fn stalled_worker_is_fenced_off_by_the_database() {
         .await
         .unwrap();
     assert_eq!((status.as_str(), fence), ("granted", owner_fence));
-    assert_invariants(&[code], 5).await;
+    assert_claim_invariants(&[code], 5).await;
 }
 
 /// A message that is not a claim goes to the dead-letter topic with its
@@ -268,6 +242,6 @@ async fn claims_whose_message_was_lost_are_still_decided() {
     let decided = decide(&api, &key, &body).await;
     assert_eq!(decided["status"], "granted");
     assert!(decided["fence"].as_i64().is_some());
-    assert_invariants(&[code], 3).await;
+    assert_claim_invariants(&[code], 3).await;
     worker.stop().await.unwrap();
 }
