@@ -463,6 +463,19 @@ async fn write_decisions(
     Ok(())
 }
 
+/// Takes the sweeper's turn: an open transaction holding a transaction-level
+/// advisory lock, or `None` when another worker is sweeping. Dropping the
+/// transaction ends the turn, also when the worker dies mid-sweep.
+pub async fn sweep_turn(pool: &PgPool) -> Result<Option<Transaction<'static, Postgres>>, StoreError> {
+    /// An arbitrary constant naming the sweeper's advisory lock.
+    const SWEEP_LOCK: i64 = 0x7475_726e_7374_696c; // "turnstil"
+    let mut tx = pool.begin().await?;
+    let ours = sqlx::query_scalar!("SELECT pg_try_advisory_xact_lock($1) AS \"ours!\"", SWEEP_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(ours.then_some(tx))
+}
+
 /// Claims still pending `older_than` after acceptance, oldest first, as the
 /// events that carried them: for re-deciding claims whose message was lost
 /// or skipped on the way (the claims table, not the broker, is the record of

@@ -373,3 +373,62 @@ async fn hot_coupon_never_oversells() {
     );
     worker.stop().await.unwrap();
 }
+
+/// SKUs take quantities: claims are granted while stock lasts, then refused
+/// as `insufficient_stock` (some left, not enough) or `sold_out`; the stock
+/// endpoint serves what is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn sku_quantities_are_granted_while_stock_lasts() {
+    let (api, ns) = api("sku").await;
+    let worker = TestWorker::start(worker_settings(&ns)).await.unwrap();
+    let sku = unique("TSHIRT-M");
+    let created = api
+        .http
+        .post(api.url("/v1/skus"))
+        .json(&json!({"sku": sku, "stock": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(created.headers()["location"], format!("/v1/skus/{sku}").as_str());
+
+    let mut outcomes = Vec::new();
+    // Sequential, so the order (and so each outcome) is fixed.
+    for (i, quantity) in [2, 2, 2, 1, 1].into_iter().enumerate() {
+        let response = api
+            .claim_politely(
+                &format!("{sku}-{i}"),
+                json!({"sku": sku, "user_id": format!("u{i}"), "quantity": quantity}),
+                Some(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "decided within the wait");
+        let view: Value = response.json().await.unwrap();
+        outcomes.push((
+            view["status"].as_str().unwrap().to_owned(),
+            view["reason"].as_str().map(str::to_owned),
+        ));
+    }
+    let expected: Vec<(String, Option<String>)> = vec![
+        ("granted".into(), None),
+        ("granted".into(), None),
+        ("rejected".into(), Some("insufficient_stock".into())),
+        ("granted".into(), None),
+        ("rejected".into(), Some("sold_out".into())),
+    ];
+    assert_eq!(outcomes, expected);
+    let stock: Value = api
+        .http
+        .get(api.url(&format!("/v1/skus/{sku}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stock, json!({"sku": sku, "stock": 5, "remaining": 0}));
+    let missing = api.http.get(api.url("/v1/skus/NO-SUCH-SKU-EVER")).send().await.unwrap();
+    assert_problem(missing, StatusCode::NOT_FOUND, "/problems/not-found").await;
+    worker.stop().await.unwrap();
+}

@@ -159,6 +159,15 @@ impl Pipeline {
     /// claims table the record: a claim whose message a broker lost or
     /// skipped is still decided, under the same lock and fence, oldest first.
     async fn sweep(&self) {
+        // One sweeper at a time across the group; the others skip this turn.
+        let _turn = match store::sweep_turn(&self.pool).await {
+            Ok(Some(turn)) => turn,
+            Ok(None) => return,
+            Err(e) => {
+                debug!(error = %e, "sweep turn unavailable");
+                return;
+            }
+        };
         let stale = match store::stale_pending(&self.pool, self.settings.sweep_after, 500).await {
             Ok(stale) if stale.is_empty() => return,
             Ok(stale) => stale,
@@ -352,8 +361,9 @@ impl Pipeline {
     ) {
         let decided_at_ms = now_ms();
         let key = resource.to_string();
+        let by_id: std::collections::HashMap<_, _> = events.iter().map(|e| (e.claim_id, e)).collect();
         let sends = decisions.iter().filter_map(|decision| {
-            let event = events.iter().find(|e| e.claim_id == decision.claim_id())?;
+            let event = *by_id.get(&decision.claim_id())?;
             let (status, reason) = match decision {
                 Decision::Granted(_) => (ClaimStatus::Granted, None),
                 Decision::Rejected(_, reason) => (ClaimStatus::Rejected, Some(*reason)),
