@@ -4,6 +4,8 @@
 //! release); waiting, renewal, lease-lost signalling and metrics live once in
 //! [`crate::LockClient`] so every backend behaves the same.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod redis;
 pub mod redlock;
 

@@ -432,3 +432,43 @@ async fn sku_quantities_are_granted_while_stock_lasts() {
     assert_problem(missing, StatusCode::NOT_FOUND, "/problems/not-found").await;
     worker.stop().await.unwrap();
 }
+
+/// The pipeline decides correctly whichever lock backend the worker uses.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipeline_works_with_every_lock_backend() {
+    use claim_worker::LockBackendKind;
+    for backend in [
+        LockBackendKind::Redis,
+        LockBackendKind::Redlock,
+        LockBackendKind::Postgres,
+    ] {
+        let (api, ns) = api(&format!("backend-{backend:?}").to_lowercase()).await;
+        let mut settings = worker_settings(&ns);
+        settings.lock_backend = backend;
+        settings.redlock_urls = std::env::var("REDLOCK_URLS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        let worker = TestWorker::start(settings).await.unwrap();
+        let code = unique("BACKEND");
+        api.create_coupon(&code, 20, Some(1)).await.unwrap();
+        let keys: Vec<String> = (0..60).map(|i| format!("{code}-{i}")).collect();
+        let responses =
+            join_all(keys.iter().enumerate().map(|(i, key)| {
+                api.claim_politely(key, json!({"coupon": code, "user_id": format!("u{i}")}), Some(10))
+            }))
+            .await;
+        let mut granted = 0;
+        for response in responses {
+            let view: Value = response.unwrap().json().await.unwrap();
+            assert_ne!(view["status"], "pending", "{backend:?}: undecided claim");
+            if view["status"] == "granted" {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 20, "{backend:?}: stock granted exactly");
+        assert_eq!(assert_claim_invariants(std::slice::from_ref(&code), 20).await, vec![20]);
+        worker.stop().await.unwrap();
+    }
+}

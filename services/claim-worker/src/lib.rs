@@ -35,6 +35,7 @@ use turnstile_claim::{cache::ResourceCache, store};
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
     backend::{
+        postgres::PostgresLockBackend,
         redis::RedisLockBackend,
         redlock::{RedlockBackend, RedlockConfig},
     },
@@ -88,6 +89,11 @@ impl Worker {
             ),
             LockBackendKind::Redlock => {
                 Arc::new(RedlockBackend::new(&settings.redlock_urls, RedlockConfig::default())?)
+            }
+            LockBackendKind::Postgres => {
+                let backend = PostgresLockBackend::new(pool.clone());
+                backend.install().await.context("installing the postgres lock table")?;
+                Arc::new(backend)
             }
         };
         let locks = LockClient::with_metrics(

@@ -11,6 +11,8 @@ pub enum LockBackendKind {
     Redis,
     /// Redlock over several Redis masters.
     Redlock,
+    /// A lease table in the claims database.
+    Postgres,
 }
 
 impl std::str::FromStr for LockBackendKind {
@@ -19,7 +21,10 @@ impl std::str::FromStr for LockBackendKind {
         match s {
             "redis" => Ok(Self::Redis),
             "redlock" => Ok(Self::Redlock),
-            other => Err(format!("unknown lock backend {other:?} (expected redis or redlock)")),
+            "postgres" => Ok(Self::Postgres),
+            other => Err(format!(
+                "unknown lock backend {other:?} (expected redis, redlock or postgres)"
+            )),
         }
     }
 }
@@ -41,7 +46,7 @@ pub struct Settings {
     pub pg_pool: u32,
     /// `REDIS_URL`: the resource cache (and the lock, unless `LOCK_REDIS_URL`).
     pub redis_url: String,
-    /// `LOCK_BACKEND`: `redis` or `redlock`.
+    /// `LOCK_BACKEND`: `redis`, `redlock` or `postgres`.
     pub lock_backend: LockBackendKind,
     /// `LOCK_REDIS_URL`: the lock's Redis.
     pub lock_redis_url: String,
