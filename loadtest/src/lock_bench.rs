@@ -21,6 +21,7 @@ use serde::Serialize;
 use turnstile_lock::{
     LockClient,
     backend::{
+        postgres::PostgresLockBackend,
         redis::RedisLockBackend,
         redlock::{RedlockBackend, RedlockConfig},
     },
@@ -36,6 +37,8 @@ pub enum BenchBackend {
     Redis,
     /// turnstile-lock's Redlock over the Redlock masters.
     Redlock,
+    /// turnstile-lock's lease table in PostgreSQL.
+    Postgres,
     /// The `rslock` crate on one Redis, for comparison.
     Rslock,
     /// The `rslock` crate over the Redlock masters, for comparison.
@@ -74,6 +77,13 @@ pub struct LockBenchArgs {
         default_value = "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393"
     )]
     pub redlock_urls: Vec<String>,
+    /// PostgreSQL, for `--backend postgres`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/turnstile"
+    )]
+    pub database_url: String,
     /// Print one JSON object on the last line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -171,6 +181,16 @@ async fn lockers(args: &LockBenchArgs) -> Result<Vec<Locker>> {
                 &args.redlock_urls,
                 RedlockConfig::default(),
             )?))),
+            BenchBackend::Postgres => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(u32::try_from(args.clients.clamp(1, 64)).unwrap_or(64))
+                    .connect(&args.database_url)
+                    .await
+                    .context("connecting to postgres")?;
+                let backend = PostgresLockBackend::new(pool);
+                backend.install().await?;
+                Locker::Turnstile(LockClient::new(Arc::new(backend)))
+            }
             BenchBackend::Rslock => Locker::Rslock(rslock::LockManager::new(vec![args.redis_url.clone()])),
             BenchBackend::RslockRedlock => Locker::Rslock(rslock::LockManager::new(args.redlock_urls.clone())),
         });
