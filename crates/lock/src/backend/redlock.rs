@@ -2,19 +2,20 @@
 //! majority agrees within the lease's validity.
 //!
 //! ## What Redlock's fencing tokens guarantee, and what they do not
-//! Each master keeps its own token counter; a grant carries the greatest
-//! token among the masters that granted it, and every extend and release
-//! writes that token back to all masters (`fence := max(fence, token)`).
-//! So when the previous holder renewed or released normally, the next token
-//! is strictly greater: the next quorum shares at least one master with the
-//! write-back. It is *not* guaranteed when a holder crashes right after its
-//! grant, before any write-back, and the masters' counters had drifted apart:
-//! the next quorum may then read smaller counters. As Martin Kleppmann
-//! argued, Redlock has no linearizable counter to offer; a majority vote over
-//! clocks and timeouts cannot make one. Turnstile therefore never trusts the
-//! token alone: the store behind the lock rejects any token not newer than
-//! the last it accepted, so a non-monotonic token can cost a retry, never a
-//! double write.
+//! Each master keeps its own token counter. A grant takes two rounds: the
+//! first takes the lock on a majority and reads their counters (the token is
+//! the greatest), the second writes that token back to every master
+//! (`fence := max(fence, token)`) and re-confirms the lease on a majority
+//! before it is handed out. Any later majority shares a master with the
+//! write-back majority, so its token is greater: tokens strictly increase per
+//! resource as long as masters keep their data. (A first version wrote back
+//! only on renew and release; the contract suite caught a holder that simply
+//! expired being followed by a smaller token, when the masters had seeded
+//! their counters a few microseconds apart.) What Redlock still cannot give,
+//! as Martin Kleppmann argued, is safety under clock jumps, long pauses or a
+//! master that restarts empty inside a lease; so Turnstile never trusts the
+//! lease alone: the store behind it refuses any token that is not newer than
+//! the last it accepted.
 
 use std::time::Duration;
 
@@ -184,10 +185,18 @@ impl LockBackend for RedlockBackend {
                 Ok(Err(_)) | Err(_) => tally.failed += 1,
             }
         }
-        if tally.ours >= self.quorum()
-            && let Some(validity) = lease::validity(ttl, sent.elapsed())
-        {
-            return Ok(Attempt::Acquired { token, validity });
+        if tally.ours >= self.quorum() {
+            // Second round: write the token back to every master before the
+            // lease is handed out. Any later quorum shares a master with this
+            // one, so it counts on from at least this token, even if this
+            // holder then dies without renewing or releasing. It also
+            // re-confirms the lease on a quorum.
+            let confirmed = self.on_all(|node| node.extend(&keys, owner, ttl, Some(token))).await;
+            if confirmed.ours >= self.quorum()
+                && let Some(validity) = lease::validity(ttl, sent.elapsed())
+            {
+                return Ok(Attempt::Acquired { token, validity });
+            }
         }
         // Not enough for a lease: give back what we got, on every node, since
         // a node that timed out may still have granted.
