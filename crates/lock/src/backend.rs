@@ -12,7 +12,7 @@ pub mod redlock;
 use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{FencingToken, LockError};
 
@@ -43,19 +43,33 @@ impl fmt::Debug for OwnerId {
 /// The outcome of one attempt to take a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
-    /// The lock is ours.
+    /// The lock is ours for `ttl` from when the attempt was sent. (How long
+    /// the holder may rely on it, clock drift taken off, is worked out once
+    /// by [`crate::LockClient`] for every backend.)
     Acquired {
         /// The lease's fencing token.
         token: FencingToken,
-        /// How long the lease may be relied on, counted from when the
-        /// attempt was sent, clock drift already taken off.
-        validity: Duration,
     },
     /// Someone else holds it.
     Busy {
         /// The holder's remaining ttl, when the backend knows it.
         retry_after: Option<Duration>,
     },
+}
+
+/// The outcome of waiting in a store's own queue of waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Our turn came: the lock is ours for `ttl` from `since`.
+    Granted {
+        /// The lease's fencing token.
+        token: FencingToken,
+        /// When the request that confirmed the grant was sent; the lease's
+        /// ttl counts from here, not from when the wait began.
+        since: Instant,
+    },
+    /// The deadline passed first; we have left the queue.
+    TimedOut,
 }
 
 /// A subscription to "this resource was released" wake-ups. Dropping it
@@ -103,8 +117,8 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
     /// (see each backend's docs for the conditions).
     async fn try_acquire(&self, resource: &str, owner: &OwnerId, ttl: Duration) -> Result<Attempt, LockError>;
 
-    /// Pushes the expiry of `owner`'s lease to `ttl` from now, returning the
-    /// new validity. Fails with [`LockError::Expired`] or
+    /// Pushes the expiry of `owner`'s lease to `ttl` from when the request
+    /// was sent. Fails with [`LockError::Expired`] or
     /// [`LockError::HeldByOther`] when the lease is no longer `owner`'s.
     async fn extend(
         &self,
@@ -112,11 +126,27 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
         owner: &OwnerId,
         token: FencingToken,
         ttl: Duration,
-    ) -> Result<Duration, LockError>;
+    ) -> Result<(), LockError>;
 
     /// Releases `owner`'s lease. Never removes another owner's lease: fails
     /// with [`LockError::Expired`] or [`LockError::HeldByOther`] instead.
     async fn release(&self, resource: &str, owner: &OwnerId, token: FencingToken) -> Result<(), LockError>;
+
+    /// Waits for `resource` in the store's own fair queue until `deadline`,
+    /// when the store keeps one (ZooKeeper's lock recipe: each waiter watches
+    /// only its predecessor). `None` means it does not; [`crate::LockClient`]
+    /// then polls [`try_acquire`](Self::try_acquire), woken by
+    /// [`watch_releases`](Self::watch_releases) where available.
+    async fn acquire_in_turn(
+        &self,
+        resource: &str,
+        owner: &OwnerId,
+        ttl: Duration,
+        deadline: Instant,
+    ) -> Option<Result<Turn, LockError>> {
+        let _ = (resource, owner, ttl, deadline);
+        None
+    }
 
     /// Subscribes to release wake-ups for `resource`, when the backend can
     /// push them. `None` means waiters fall back to jittered polling alone.

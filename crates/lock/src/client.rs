@@ -15,9 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
-    Attempt, FencingToken, LockBackend, LockError, LockErrorKind, LockMetrics, OwnerId,
+    Attempt, FencingToken, LockBackend, LockError, LockErrorKind, LockMetrics, OwnerId, Turn,
     lease::{self, PollBackoff},
 };
+
+/// One attempt's outcome once the client has checked the grant is still
+/// worth having.
+enum Outcome {
+    Granted { token: FencingToken, validity: Duration },
+    Busy { retry_after: Option<Duration> },
+}
 
 /// Settings shared by every lease a [`LockClient`] hands out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,6 +83,9 @@ impl LockClient {
         let asked_at = Instant::now();
         let deadline = asked_at + wait;
         let owner = OwnerId::random();
+        if let Some(turn) = self.backend.acquire_in_turn(resource, &owner, ttl, deadline).await {
+            return self.queued(resource, owner, ttl, asked_at, turn).await;
+        }
         let mut attempt_no: u32 = 0;
         let mut releases = None;
         let mut last_failure = None;
@@ -91,11 +101,11 @@ impl LockClient {
                 n.enable();
             }
             let retry_after = match self.attempt(resource, &owner, ttl).await {
-                Ok(Attempt::Acquired { token, validity }) => {
+                Ok(Outcome::Granted { token, validity }) => {
                     self.metrics.wait_seconds.observe(asked_at.elapsed().as_secs_f64());
                     return Ok(self.guard(resource, owner, token, ttl, validity));
                 }
-                Ok(Attempt::Busy { retry_after }) => {
+                Ok(Outcome::Busy { retry_after }) => {
                     if releases.is_none() {
                         match self.backend.watch_releases(resource).await {
                             Ok(Some(sub)) => {
@@ -143,24 +153,86 @@ impl LockClient {
         validate(resource, ttl)?;
         let owner = OwnerId::random();
         match self.attempt(resource, &owner, ttl).await? {
-            Attempt::Acquired { token, validity } => Ok(self.guard(resource, owner, token, ttl, validity)),
-            Attempt::Busy { retry_after } => Err(LockError::Busy {
+            Outcome::Granted { token, validity } => Ok(self.guard(resource, owner, token, ttl, validity)),
+            Outcome::Busy { retry_after } => Err(LockError::Busy {
                 resource: resource.to_owned(),
                 retry_after,
             }),
         }
     }
 
-    async fn attempt(&self, resource: &str, owner: &OwnerId, ttl: Duration) -> Result<Attempt, LockError> {
-        let started = Instant::now();
+    /// One attempt. A grant that answered too late to leave any validity is
+    /// given back and reported busy: every backend gets this rule here.
+    async fn attempt(&self, resource: &str, owner: &OwnerId, ttl: Duration) -> Result<Outcome, LockError> {
+        let sent = Instant::now();
         let result = self.backend.try_acquire(resource, owner, ttl).await;
-        self.metrics.attempt_seconds.observe(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(Attempt::Acquired { .. }) => self.metrics.acquired.inc(),
-            Ok(Attempt::Busy { .. }) => self.metrics.contended.inc(),
-            Err(_) => self.metrics.backend_errors.inc(),
+        self.metrics.attempt_seconds.observe(sent.elapsed().as_secs_f64());
+        match result {
+            Ok(Attempt::Acquired { token }) => match lease::validity(ttl, sent.elapsed()) {
+                Some(validity) => {
+                    self.metrics.acquired.inc();
+                    Ok(Outcome::Granted { token, validity })
+                }
+                None => {
+                    self.give_back(resource, owner, token).await;
+                    self.metrics.contended.inc();
+                    Ok(Outcome::Busy { retry_after: None })
+                }
+            },
+            Ok(Attempt::Busy { retry_after }) => {
+                self.metrics.contended.inc();
+                Ok(Outcome::Busy { retry_after })
+            }
+            Err(e) => {
+                self.metrics.backend_errors.inc();
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// The end of a wait in the backend's own queue.
+    async fn queued(
+        &self,
+        resource: &str,
+        owner: OwnerId,
+        ttl: Duration,
+        asked_at: Instant,
+        turn: Result<Turn, LockError>,
+    ) -> Result<LeaseGuard, LockError> {
+        match turn {
+            Ok(Turn::Granted { token, since }) => match lease::validity(ttl, since.elapsed()) {
+                Some(validity) => {
+                    self.metrics.acquired.inc();
+                    self.metrics.wait_seconds.observe(asked_at.elapsed().as_secs_f64());
+                    Ok(self.guard(resource, owner, token, ttl, validity))
+                }
+                None => {
+                    self.give_back(resource, &owner, token).await;
+                    self.metrics.timeouts.inc();
+                    Err(LockError::Timeout {
+                        resource: resource.to_owned(),
+                        waited: asked_at.elapsed(),
+                    })
+                }
+            },
+            Ok(Turn::TimedOut) => {
+                self.metrics.timeouts.inc();
+                Err(LockError::Timeout {
+                    resource: resource.to_owned(),
+                    waited: asked_at.elapsed(),
+                })
+            }
+            Err(e) => {
+                self.metrics.backend_errors.inc();
+                Err(e)
+            }
+        }
+    }
+
+    async fn give_back(&self, resource: &str, owner: &OwnerId, token: FencingToken) {
+        if let Err(e) = self.backend.release(resource, owner, token).await {
+            debug!(resource, error = %e, "giving back a late grant failed; it expires at its ttl");
+        }
     }
 
     fn guard(
@@ -400,11 +472,20 @@ async fn extend_once(shared: &LeaseShared, ttl: Duration) -> Result<(), LockErro
         .extend(&shared.resource, &shared.owner, shared.token, ttl)
         .await
     {
-        Ok(validity) => {
-            shared.metrics.renewals_ok.inc();
-            shared.renewed(sent_at, validity);
-            Ok(())
-        }
+        Ok(()) => match lease::validity(ttl, sent_at.elapsed()) {
+            Some(validity) => {
+                shared.metrics.renewals_ok.inc();
+                shared.renewed(sent_at, validity);
+                Ok(())
+            }
+            None => {
+                shared.metrics.renewals_failed.inc();
+                shared.mark_lost("renewal answered after the new lease would have ended");
+                Err(LockError::Expired {
+                    resource: shared.resource.clone(),
+                })
+            }
+        },
         Err(e) => {
             shared.metrics.renewals_failed.inc();
             if e.kind() == LockErrorKind::LeaseLost {

@@ -71,7 +71,7 @@ mod metrics;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
-pub use backend::{Attempt, LockBackend, OwnerId, ReleaseSubscription};
+pub use backend::{Attempt, LockBackend, OwnerId, ReleaseSubscription, Turn};
 pub use client::{LeaseGuard, LockClient, LockConfig};
 pub use error::{BackendSource, LockError, LockErrorKind};
 pub use fence::{FenceCheck, FencingToken, StaleFence};

@@ -11,7 +11,7 @@ use anyhow::Result;
 use futures::FutureExt;
 use turnstile_lock::{LockBackend, LockClient, LockError, backend::redis::RedisLockBackend, testsuite::ContractEnv};
 
-use support::{PrivateRedis, redis_url, unique};
+use support::{PrivateRedis, delete_lease_keys, redis_url, unique};
 
 async fn backend() -> Arc<dyn LockBackend> {
     Arc::new(
@@ -24,18 +24,7 @@ async fn backend() -> Arc<dyn LockBackend> {
 fn env(name: &str) -> ContractEnv {
     ContractEnv {
         connect: Arc::new(|| backend().boxed()),
-        vanish: Arc::new(|resource: String| {
-            async move {
-                let client = redis::Client::open(redis_url()).unwrap();
-                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-                let _: i64 = redis::cmd("DEL")
-                    .arg(format!("turnstile:{{{resource}}}:lock"))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-            }
-            .boxed()
-        }),
+        vanish: Arc::new(|resource: String| async move { delete_lease_keys(&[redis_url()], &resource).await }.boxed()),
         namespace: unique(name),
     }
 }

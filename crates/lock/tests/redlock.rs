@@ -21,7 +21,7 @@ use turnstile_lock::{
     testsuite::ContractEnv,
 };
 
-use support::{PrivateRedis, redlock_urls, unique};
+use support::{PrivateRedis, delete_lease_keys, redlock_urls, unique};
 
 fn backend_over(urls: &[String]) -> Arc<dyn LockBackend> {
     Arc::new(RedlockBackend::new(urls, RedlockConfig::default()).expect("valid redlock urls"))
@@ -30,20 +30,7 @@ fn backend_over(urls: &[String]) -> Arc<dyn LockBackend> {
 fn env(name: &str) -> ContractEnv {
     ContractEnv {
         connect: Arc::new(|| async { backend_over(&redlock_urls()) }.boxed()),
-        vanish: Arc::new(|resource: String| {
-            async move {
-                for url in redlock_urls() {
-                    let client = redis::Client::open(url).unwrap();
-                    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-                    let _: i64 = redis::cmd("DEL")
-                        .arg(format!("turnstile:{{{resource}}}:lock"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap();
-                }
-            }
-            .boxed()
-        }),
+        vanish: Arc::new(|resource: String| async move { delete_lease_keys(&redlock_urls(), &resource).await }.boxed()),
         namespace: unique(name),
     }
 }

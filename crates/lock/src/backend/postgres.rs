@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::PgPool;
 
-use crate::{Attempt, FencingToken, LockBackend, LockError, OwnerId, lease};
+use crate::{Attempt, FencingToken, LockBackend, LockError, OwnerId};
 
 /// The backend's schema, applied by [`PostgresLockBackend::install`].
 pub const SCHEMA: &str = include_str!("../../sql/postgres.sql");
@@ -92,7 +92,6 @@ impl LockBackend for PostgresLockBackend {
     }
 
     async fn try_acquire(&self, resource: &str, owner: &OwnerId, ttl: Duration) -> Result<Attempt, LockError> {
-        let sent = tokio::time::Instant::now();
         // One round trip: insert, or replace a lease that has expired.
         let token = sqlx::query_scalar!(
             "INSERT INTO turnstile_locks AS l (resource, owner, token, expires_at)
@@ -109,16 +108,9 @@ impl LockBackend for PostgresLockBackend {
         .await
         .map_err(unavailable)?;
         match token {
-            Some(token) => match lease::validity(ttl, sent.elapsed()) {
-                Some(validity) => Ok(Attempt::Acquired {
-                    token: FencingToken::new(u64::try_from(token).unwrap_or(0)),
-                    validity,
-                }),
-                None => {
-                    let _ = self.release(resource, owner, FencingToken::new(0)).await;
-                    Ok(Attempt::Busy { retry_after: None })
-                }
-            },
+            Some(token) => Ok(Attempt::Acquired {
+                token: FencingToken::new(u64::try_from(token).unwrap_or(0)),
+            }),
             None => {
                 let left = sqlx::query_scalar!(
                     "SELECT (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::int8
@@ -142,8 +134,7 @@ impl LockBackend for PostgresLockBackend {
         owner: &OwnerId,
         _token: FencingToken,
         ttl: Duration,
-    ) -> Result<Duration, LockError> {
-        let sent = tokio::time::Instant::now();
+    ) -> Result<(), LockError> {
         let extended = sqlx::query_scalar!(
             "UPDATE turnstile_locks SET expires_at = clock_timestamp() + make_interval(secs => $3)
               WHERE resource = $1 AND owner = $2 AND expires_at > clock_timestamp()
@@ -155,12 +146,10 @@ impl LockBackend for PostgresLockBackend {
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
-        if extended.is_none() {
-            return Err(self.why_not(resource, owner).await?);
+        match extended {
+            Some(_) => Ok(()),
+            None => Err(self.why_not(resource, owner).await?),
         }
-        lease::validity(ttl, sent.elapsed()).ok_or_else(|| LockError::Expired {
-            resource: resource.to_owned(),
-        })
     }
 
     async fn release(&self, resource: &str, owner: &OwnerId, _token: FencingToken) -> Result<(), LockError> {

@@ -29,10 +29,10 @@ use ::redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 use async_trait::async_trait;
-use tokio::{sync::Notify, time::Instant};
+use tokio::sync::Notify;
 use tracing::debug;
 
-use crate::{Attempt, FencingToken, LockBackend, LockError, OwnerId, ReleaseSubscription, lease};
+use crate::{Attempt, FencingToken, LockBackend, LockError, OwnerId, ReleaseSubscription};
 
 /// `KEYS`: lock, fence. `ARGV`: owner, ttl ms.
 /// Returns `{1, token}` when granted, `{0, holder's pttl}` when busy.
@@ -200,8 +200,6 @@ impl RedisNode {
         Ok(if granted == 1 {
             Attempt::Acquired {
                 token: FencingToken::new(u64::try_from(value).unwrap_or(0)),
-                // Callers compute validity from their own clock.
-                validity: ttl,
             }
         } else {
             Attempt::Busy {
@@ -320,24 +318,10 @@ impl LockBackend for RedisLockBackend {
     }
 
     async fn try_acquire(&self, resource: &str, owner: &OwnerId, ttl: Duration) -> Result<Attempt, LockError> {
-        let sent = Instant::now();
-        let attempt = self
-            .node
+        self.node
             .acquire(&self.keys(resource), owner, ttl)
             .await
-            .map_err(|e| LockError::unavailable("redis", e))?;
-        Ok(match attempt {
-            Attempt::Acquired { token, .. } => match lease::validity(ttl, sent.elapsed()) {
-                Some(validity) => Attempt::Acquired { token, validity },
-                // Granted too late to use: give it back and report it busy.
-                None => {
-                    let channel = ResourceKeys::released_channel(&self.prefix, resource);
-                    let _ = self.node.release(&self.keys(resource), &channel, owner, None).await;
-                    Attempt::Busy { retry_after: None }
-                }
-            },
-            busy => busy,
-        })
+            .map_err(|e| LockError::unavailable("redis", e))
     }
 
     async fn extend(
@@ -346,19 +330,13 @@ impl LockBackend for RedisLockBackend {
         owner: &OwnerId,
         _token: FencingToken,
         ttl: Duration,
-    ) -> Result<Duration, LockError> {
-        let sent = Instant::now();
+    ) -> Result<(), LockError> {
         let state = self
             .node
             .extend(&self.keys(resource), owner, ttl, None)
             .await
             .map_err(|e| LockError::unavailable("redis", e))?;
-        if let Some(e) = lease_error(state, resource) {
-            return Err(e);
-        }
-        lease::validity(ttl, sent.elapsed()).ok_or_else(|| LockError::Expired {
-            resource: resource.to_owned(),
-        })
+        lease_error(state, resource).map_or(Ok(()), Err)
     }
 
     async fn release(&self, resource: &str, owner: &OwnerId, _token: FencingToken) -> Result<(), LockError> {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use redis::Client;
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 
 use crate::{
     Attempt, FencingToken, LockBackend, LockError, OwnerId,
@@ -159,7 +159,6 @@ impl LockBackend for RedlockBackend {
 
     async fn try_acquire(&self, resource: &str, owner: &OwnerId, ttl: Duration) -> Result<Attempt, LockError> {
         let keys = ResourceKeys::new(&self.prefix, resource);
-        let sent = Instant::now();
         let replies = join_all(
             self.nodes
                 .iter()
@@ -171,7 +170,7 @@ impl LockBackend for RedlockBackend {
         let mut retry_after: Option<Duration> = None;
         for reply in replies {
             match reply {
-                Ok(Ok(Attempt::Acquired { token: t, .. })) => {
+                Ok(Ok(Attempt::Acquired { token: t })) => {
                     tally.ours += 1;
                     token = token.max(t);
                 }
@@ -192,10 +191,8 @@ impl LockBackend for RedlockBackend {
             // holder then dies without renewing or releasing. It also
             // re-confirms the lease on a quorum.
             let confirmed = self.on_all(|node| node.extend(&keys, owner, ttl, Some(token))).await;
-            if confirmed.ours >= self.quorum()
-                && let Some(validity) = lease::validity(ttl, sent.elapsed())
-            {
-                return Ok(Attempt::Acquired { token, validity });
+            if confirmed.ours >= self.quorum() {
+                return Ok(Attempt::Acquired { token });
             }
         }
         // Not enough for a lease: give back what we got, on every node, since
@@ -216,14 +213,10 @@ impl LockBackend for RedlockBackend {
         owner: &OwnerId,
         token: FencingToken,
         ttl: Duration,
-    ) -> Result<Duration, LockError> {
+    ) -> Result<(), LockError> {
         let keys = ResourceKeys::new(&self.prefix, resource);
-        let sent = Instant::now();
         let tally = self.on_all(|node| node.extend(&keys, owner, ttl, Some(token))).await;
-        self.settle(resource, &tally)?;
-        lease::validity(ttl, sent.elapsed()).ok_or_else(|| LockError::Expired {
-            resource: resource.to_owned(),
-        })
+        self.settle(resource, &tally)
     }
 
     async fn release(&self, resource: &str, owner: &OwnerId, token: FencingToken) -> Result<(), LockError> {

@@ -31,6 +31,23 @@ pub fn redlock_urls() -> Vec<String> {
 }
 
 /// A name no other test run uses, for resources and key prefixes.
+/// Deletes `resource`'s lease key on each Redis in `urls` behind its
+/// holder's back, as a failover or an operator would (the contract's vanish).
+pub async fn delete_lease_keys(urls: &[String], resource: &str) {
+    for url in urls {
+        let client = redis::Client::open(url.as_str()).expect("valid redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis reachable");
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("turnstile:{{{resource}}}:lock"))
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+}
+
 pub fn unique(name: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
