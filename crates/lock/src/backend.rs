@@ -8,6 +8,8 @@
 pub mod postgres;
 pub mod redis;
 pub mod redlock;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 use std::{fmt, sync::Arc, time::Duration};
 

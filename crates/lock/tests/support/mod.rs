@@ -30,7 +30,6 @@ pub fn redlock_urls() -> Vec<String> {
         .collect()
 }
 
-/// A name no other test run uses, for resources and key prefixes.
 /// Deletes `resource`'s lease key on each Redis in `urls` behind its
 /// holder's back, as a failover or an operator would (the contract's vanish).
 pub async fn delete_lease_keys(urls: &[String], resource: &str) {
@@ -48,6 +47,7 @@ pub async fn delete_lease_keys(urls: &[String], resource: &str) {
     }
 }
 
+/// A name no other test run uses, for resources and key prefixes.
 pub fn unique(name: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -136,4 +136,59 @@ impl Drop for PrivateRedis {
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// A TCP forwarder on loopback that a test can cut, as a network partition
+/// would: [`cut`](Self::cut) drops every forwarded connection and refuses new
+/// ones until [`heal`](Self::heal).
+pub struct Partition {
+    pub addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    pub async fn to(target: &str) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let target = target.to_owned();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // dropped: refused while cut
+                }
+                let (target, mut cut) = (target.clone(), watch.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            cut,
+            _accept: accept,
+        })
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.cut.send_replace(true);
+        self._accept.abort();
+    }
 }
