@@ -195,6 +195,8 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         lock_backend: claim_worker::LockBackendKind::Redis,
         lock_redis_url: redis_url(),
         redlock_urls: Vec::new(),
+        zookeeper_url: std::env::var("ZOOKEEPER_URL").unwrap_or_else(|_| "127.0.0.1:2181".to_owned()),
+        zookeeper_session_timeout: Duration::from_secs(10),
         lock_ttl: Duration::from_secs(5),
         lock_wait: Duration::from_secs(5),
         batch_size: 500,

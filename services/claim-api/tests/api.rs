@@ -440,6 +440,7 @@ async fn pipeline_works_with_every_lock_backend() {
     for backend in [
         LockBackendKind::Redis,
         LockBackendKind::Redlock,
+        LockBackendKind::ZooKeeper,
         LockBackendKind::Postgres,
     ] {
         let (api, ns) = api(&format!("backend-{backend:?}").to_lowercase()).await;

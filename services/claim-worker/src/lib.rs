@@ -38,6 +38,7 @@ use turnstile_lock::{
         postgres::PostgresLockBackend,
         redis::RedisLockBackend,
         redlock::{RedlockBackend, RedlockConfig},
+        zookeeper::{ZooKeeperConfig, ZooKeeperLockBackend},
     },
 };
 
@@ -93,6 +94,23 @@ impl Worker {
             LockBackendKind::Postgres => {
                 let backend = PostgresLockBackend::new(pool.clone());
                 backend.install().await.context("installing the postgres lock table")?;
+                Arc::new(backend)
+            }
+            LockBackendKind::ZooKeeper => {
+                let config = ZooKeeperConfig {
+                    session_timeout: settings.zookeeper_session_timeout,
+                    ..ZooKeeperConfig::default()
+                };
+                let backend = ZooKeeperLockBackend::connect(&settings.zookeeper_url, config)
+                    .await
+                    .context("connecting to zookeeper")?;
+                // The server may negotiate a shorter session than asked for.
+                anyhow::ensure!(
+                    settings.lock_ttl <= backend.session_timeout(),
+                    "TURNSTILE_LOCK_TTL_MS ({} ms) exceeds the session timeout ZooKeeper granted ({} ms)",
+                    settings.lock_ttl.as_millis(),
+                    backend.session_timeout().as_millis()
+                );
                 Arc::new(backend)
             }
         };

@@ -13,6 +13,8 @@ pub enum LockBackendKind {
     Redlock,
     /// A lease table in the claims database.
     Postgres,
+    /// Ephemeral sequential znodes in ZooKeeper.
+    ZooKeeper,
 }
 
 impl std::str::FromStr for LockBackendKind {
@@ -22,8 +24,9 @@ impl std::str::FromStr for LockBackendKind {
             "redis" => Ok(Self::Redis),
             "redlock" => Ok(Self::Redlock),
             "postgres" => Ok(Self::Postgres),
+            "zookeeper" => Ok(Self::ZooKeeper),
             other => Err(format!(
-                "unknown lock backend {other:?} (expected redis, redlock or postgres)"
+                "unknown lock backend {other:?} (expected redis, redlock, zookeeper or postgres)"
             )),
         }
     }
@@ -46,12 +49,16 @@ pub struct Settings {
     pub pg_pool: u32,
     /// `REDIS_URL`: the resource cache (and the lock, unless `LOCK_REDIS_URL`).
     pub redis_url: String,
-    /// `LOCK_BACKEND`: `redis`, `redlock` or `postgres`.
+    /// `LOCK_BACKEND`: `redis`, `redlock`, `zookeeper` or `postgres`.
     pub lock_backend: LockBackendKind,
     /// `LOCK_REDIS_URL`: the lock's Redis.
     pub lock_redis_url: String,
     /// `REDLOCK_URLS`: comma-separated masters.
     pub redlock_urls: Vec<String>,
+    /// `ZOOKEEPER_URL`: `host:port[,host:port...]` of the ensemble.
+    pub zookeeper_url: String,
+    /// `ZOOKEEPER_SESSION_TIMEOUT_MS`: bounds the lock ttl with that backend.
+    pub zookeeper_session_timeout: Duration,
     /// `TURNSTILE_LOCK_TTL_MS`.
     pub lock_ttl: Duration,
     /// `TURNSTILE_LOCK_WAIT_MS`.
@@ -97,6 +104,8 @@ impl Settings {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect(),
+            zookeeper_url: setting("ZOOKEEPER_URL", "127.0.0.1:2181".to_owned())?,
+            zookeeper_session_timeout: setting_millis("ZOOKEEPER_SESSION_TIMEOUT_MS", 10_000)?,
             lock_ttl: setting_millis("TURNSTILE_LOCK_TTL_MS", 5_000)?,
             lock_wait: setting_millis("TURNSTILE_LOCK_WAIT_MS", 5_000)?,
             batch_size: setting("TURNSTILE_BATCH_SIZE", 500)?,
@@ -119,6 +128,14 @@ impl Settings {
                 "TURNSTILE_LOCK_TTL_MS",
                 settings.lock_ttl.as_millis().to_string(),
                 "must be at least 100",
+            ));
+        }
+        if settings.lock_backend == LockBackendKind::ZooKeeper && settings.lock_ttl > settings.zookeeper_session_timeout
+        {
+            return Err(invalid(
+                "TURNSTILE_LOCK_TTL_MS",
+                settings.lock_ttl.as_millis().to_string(),
+                "must not exceed ZOOKEEPER_SESSION_TIMEOUT_MS: a ZooKeeper lease cannot outlive its session",
             ));
         }
         if settings.sweep_interval.is_zero() {

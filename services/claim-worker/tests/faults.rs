@@ -1,5 +1,6 @@
 //! claim-worker under faults, as separate processes against the real stack:
-//! a worker killed mid-run, a worker stalled into a zombie, poison messages.
+//! a worker killed mid-run, a worker stalled into a zombie, a ZooKeeper lock
+//! holder killed inside its critical section, poison messages.
 
 #![allow(clippy::unwrap_used)]
 
@@ -171,6 +172,78 @@ async fn stalled_worker_is_fenced_off_by_the_database() {
         .unwrap();
     assert_eq!((status.as_str(), fence), ("granted", owner_fence));
     assert_claim_invariants(&[code], 5).await;
+}
+
+/// A worker on the ZooKeeper backend is SIGKILLed while it holds a lease.
+/// Nobody releases it: ZooKeeper expires the dead process's session and
+/// deletes its node, so the lock passes to the next waiter within the
+/// session timeout, under a greater token.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_zookeeper_holder_is_released_within_the_session_timeout() {
+    use turnstile_lock::{
+        LockClient, LockError,
+        backend::zookeeper::{ZooKeeperConfig, ZooKeeperLockBackend},
+    };
+    const SESSION: Duration = Duration::from_secs(2);
+    let ns = Namespace::new("zk-kill");
+    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let code = unique("ZKKILL");
+    api.create_coupon(&code, 5, Some(1)).await.unwrap();
+    let holder_env = [
+        ("LOCK_BACKEND", "zookeeper".to_owned()),
+        ("ZOOKEEPER_SESSION_TIMEOUT_MS", SESSION.as_millis().to_string()),
+        ("TURNSTILE_LOCK_TTL_MS", SESSION.as_millis().to_string()),
+        // Hold the lease a minute between taking the token and writing.
+        ("FAILPOINTS", "hold-lease-before-write=1*return(60000)".to_owned()),
+    ];
+    let mut holder = WorkerProcess::spawn(WORKER, &ns, &holder_env).await.unwrap();
+    let accepted = api
+        .claim_politely(&unique("zk-kill"), json!({"coupon": code, "user_id": "u1"}), None)
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
+    let held: Value = serde_json::from_str(
+        &holder
+            .wait_for_log("failpoint: holding lease before write", Duration::from_secs(60))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let resource = held["resource"].as_str().unwrap().to_owned();
+    let holder_fence = held["fence"].as_u64().unwrap();
+
+    let zookeeper = std::env::var("ZOOKEEPER_URL").unwrap_or_else(|_| "127.0.0.1:2181".to_owned());
+    let locks = LockClient::new(Arc::new(
+        ZooKeeperLockBackend::connect(&zookeeper, ZooKeeperConfig::default())
+            .await
+            .unwrap(),
+    ));
+    let busy = locks.try_acquire(&resource, Duration::from_secs(1)).await;
+    assert!(
+        matches!(busy, Err(LockError::Busy { .. })),
+        "held by the worker: {busy:?}"
+    );
+
+    holder.signal("KILL").unwrap();
+    let killed_at = tokio::time::Instant::now();
+    let lease = locks
+        .acquire(&resource, Duration::from_secs(5), SESSION * 5)
+        .await
+        .unwrap();
+    let waited = killed_at.elapsed();
+    println!("zookeeper lock passed on {waited:?} after SIGKILL (session timeout {SESSION:?})");
+    // ZooKeeper checks expiry once per tick (500 ms in scripts/stack); allow
+    // that plus a second of scheduling on a loaded two-core machine.
+    assert!(
+        waited <= SESSION + Duration::from_millis(1_500),
+        "lock passed on {waited:?} after the kill; the session timeout is {SESSION:?}"
+    );
+    assert!(
+        lease.token().get() > holder_fence,
+        "{} after {holder_fence}",
+        lease.token()
+    );
+    lease.release().await.unwrap();
 }
 
 /// A message that is not a claim goes to the dead-letter topic with its
