@@ -24,6 +24,7 @@ use turnstile_lock::{
         postgres::PostgresLockBackend,
         redis::RedisLockBackend,
         redlock::{RedlockBackend, RedlockConfig},
+        zookeeper::{ZooKeeperConfig, ZooKeeperLockBackend},
     },
 };
 
@@ -37,12 +38,28 @@ pub enum BenchBackend {
     Redis,
     /// turnstile-lock's Redlock over the Redlock masters.
     Redlock,
+    /// turnstile-lock's ephemeral sequential znodes in ZooKeeper.
+    Zookeeper,
     /// turnstile-lock's lease table in PostgreSQL.
     Postgres,
     /// The `rslock` crate on one Redis, for comparison.
     Rslock,
     /// The `rslock` crate over the Redlock masters, for comparison.
     RslockRedlock,
+}
+
+impl BenchBackend {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Redlock => "redlock",
+            Self::Zookeeper => "zookeeper",
+            Self::Postgres => "postgres",
+            Self::Rslock => "rslock",
+            Self::RslockRedlock => "rslock-redlock",
+        }
+    }
 }
 
 /// Arguments of `loadtest lock-bench`.
@@ -63,9 +80,20 @@ pub struct LockBenchArgs {
     /// Lease ttl in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub ttl_ms: u64,
-    /// Redis connections (backend instances) the clients share, round-robin.
+    /// Backend instances (connections, pools, sessions) the clients share,
+    /// round-robin.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+    #[command(flatten)]
+    pub stores: Stores,
+    /// Print one JSON object on the last line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where each lock store listens (the native stack's ports by default).
+#[derive(Debug, Clone, Args)]
+pub struct Stores {
     /// The single Redis.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -77,16 +105,16 @@ pub struct LockBenchArgs {
         default_value = "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393"
     )]
     pub redlock_urls: Vec<String>,
-    /// PostgreSQL, for `--backend postgres`.
+    /// The ZooKeeper ensemble, `host:port[,host:port...]`.
+    #[arg(long, env = "ZOOKEEPER_URL", default_value = "127.0.0.1:2181")]
+    pub zookeeper_url: String,
+    /// PostgreSQL.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/turnstile"
     )]
     pub database_url: String,
-    /// Print one JSON object on the last line instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// What one run measured.
@@ -169,30 +197,36 @@ impl Locker {
 }
 
 async fn lockers(args: &LockBenchArgs) -> Result<Vec<Locker>> {
+    let stores = &args.stores;
     let mut lockers = Vec::with_capacity(args.connections);
     for _ in 0..args.connections.max(1) {
         lockers.push(match args.backend {
             BenchBackend::Redis => Locker::Turnstile(LockClient::new(Arc::new(
-                RedisLockBackend::connect(&args.redis_url)
+                RedisLockBackend::connect(&stores.redis_url)
                     .await
                     .context("connecting to redis")?,
             ))),
             BenchBackend::Redlock => Locker::Turnstile(LockClient::new(Arc::new(RedlockBackend::new(
-                &args.redlock_urls,
+                &stores.redlock_urls,
                 RedlockConfig::default(),
             )?))),
+            BenchBackend::Zookeeper => Locker::Turnstile(LockClient::new(Arc::new(
+                ZooKeeperLockBackend::connect(&stores.zookeeper_url, ZooKeeperConfig::default())
+                    .await
+                    .context("connecting to zookeeper")?,
+            ))),
             BenchBackend::Postgres => {
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(u32::try_from(args.clients.clamp(1, 64)).unwrap_or(64))
-                    .connect(&args.database_url)
+                    .connect(&stores.database_url)
                     .await
                     .context("connecting to postgres")?;
                 let backend = PostgresLockBackend::new(pool);
                 backend.install().await?;
                 Locker::Turnstile(LockClient::new(Arc::new(backend)))
             }
-            BenchBackend::Rslock => Locker::Rslock(rslock::LockManager::new(vec![args.redis_url.clone()])),
-            BenchBackend::RslockRedlock => Locker::Rslock(rslock::LockManager::new(args.redlock_urls.clone())),
+            BenchBackend::Rslock => Locker::Rslock(rslock::LockManager::new(vec![stores.redis_url.clone()])),
+            BenchBackend::RslockRedlock => Locker::Rslock(rslock::LockManager::new(stores.redlock_urls.clone())),
         });
     }
     Ok(lockers)
@@ -246,7 +280,7 @@ pub async fn run(args: &LockBenchArgs) -> Result<LockBenchReport> {
                     Ok(false) => {}
                     Err(e) => {
                         totals.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(error = %e, "lock cycle failed");
+                        tracing::debug!(error = format!("{e:#}"), "lock cycle failed");
                     }
                 }
             }
@@ -287,10 +321,7 @@ impl LockBenchReport {
         format!(
             "backend      clients keys   ops       ops/s     p50_us  p99_us  p999_us violations token_regr errors\n\
              {:<12} {:<7} {:<6} {:<9} {:<9.0} {:<7} {:<7} {:<7} {:<10} {:<10} {}",
-            serde_json::to_value(self.backend)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            self.backend.name(),
             self.clients,
             self.keys,
             self.ops,

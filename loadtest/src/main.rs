@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use turnstile_loadtest::{
     flash_sale::{self, FlashSaleArgs},
     lock_bench::{self, LockBenchArgs},
+    lock_compare::{self, LockCompareArgs},
 };
 
 #[derive(Debug, Parser)]
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Acquire + tiny critical section + release on K keys from N clients.
     LockBench(LockBenchArgs),
+    /// Every lock backend, uncontended and on one hot key: a table and JSON.
+    LockCompare(LockCompareArgs),
     /// A flash sale through the HTTP API, audited against Postgres.
     FlashSale(FlashSaleArgs),
     /// Print a lock script's source, e.g. for redis-benchmark comparisons.
@@ -75,6 +78,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             // A benchmark that broke mutual exclusion must not pass for a result.
             Ok(if report.violations == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::LockCompare(args) => {
+            let report = lock_compare::run(&args).await?;
+            println!("{}", report.table());
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(if report.sound() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -69,6 +69,8 @@ pub enum Turn {
         /// When the request that confirmed the grant was sent; the lease's
         /// ttl counts from here, not from when the wait began.
         since: Instant,
+        /// Whether someone was ahead of us (the lock was contended).
+        queued: bool,
     },
     /// The deadline passed first; we have left the queue.
     TimedOut,

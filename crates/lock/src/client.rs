@@ -84,6 +84,8 @@ impl LockClient {
         let deadline = asked_at + wait;
         let owner = OwnerId::random();
         if let Some(turn) = self.backend.acquire_in_turn(resource, &owner, ttl, deadline).await {
+            // For a queueing store the whole wait in line is the attempt.
+            self.metrics.attempt_seconds.observe(asked_at.elapsed().as_secs_f64());
             return self.queued(resource, owner, ttl, asked_at, turn).await;
         }
         let mut attempt_no: u32 = 0;
@@ -200,8 +202,11 @@ impl LockClient {
         turn: Result<Turn, LockError>,
     ) -> Result<LeaseGuard, LockError> {
         match turn {
-            Ok(Turn::Granted { token, since }) => match lease::validity(ttl, since.elapsed()) {
+            Ok(Turn::Granted { token, since, queued }) => match lease::validity(ttl, since.elapsed()) {
                 Some(validity) => {
+                    if queued {
+                        self.metrics.contended.inc();
+                    }
                     self.metrics.acquired.inc();
                     self.metrics.wait_seconds.observe(asked_at.elapsed().as_secs_f64());
                     Ok(self.guard(resource, owner, token, ttl, validity))

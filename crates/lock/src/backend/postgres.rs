@@ -113,8 +113,10 @@ impl LockBackend for PostgresLockBackend {
             }),
             None => {
                 let left = sqlx::query_scalar!(
-                    "SELECT (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::int8
-                       FROM turnstile_locks WHERE resource = $1",
+                    // A lease released since the upsert reads as '-infinity',
+                    // which cannot be subtracted from: clamp it to now.
+                    "SELECT (extract(epoch FROM greatest(expires_at, now_) - now_) * 1000)::int8
+                       FROM turnstile_locks, clock_timestamp() AS now_ WHERE resource = $1",
                     resource,
                 )
                 .fetch_optional(&self.pool)

@@ -7,7 +7,8 @@
 //! the lock. Waiters queue by creating their node and watch only the node
 //! just before theirs, so a release wakes exactly one waiter (no herd).
 //!
-//! - **Fencing token** = the node's sequence number. ZooKeeper assigns it
+//! - **Fencing token** = the node's sequence number + 1 (tokens start at 1,
+//!   since 0 is every fence's starting value). ZooKeeper assigns sequences
 //!   from the parent's child counter in its totally ordered log, so it
 //!   strictly increases per resource, and grants go in sequence order (only
 //!   the lowest node holds). Parents are never deleted, so the counter is as
@@ -305,6 +306,7 @@ impl ZooKeeperLockBackend {
         deadline: Instant,
     ) -> Result<Turn, zk::Error> {
         let name = &node[parent.len() + 1..];
+        let mut queued = false;
         loop {
             let sent = Instant::now();
             let mut children = client.list_children(parent).await?;
@@ -315,9 +317,14 @@ impl ZooKeeperLockBackend {
             };
             if at == 0 {
                 self.hold(client, node.to_owned(), sent + ttl);
-                let token = FencingToken::new(sequence_of(name).unwrap_or(0));
-                return Ok(Turn::Granted { token, since: sent });
+                let token = token_of(sequence_of(name).unwrap_or(0));
+                return Ok(Turn::Granted {
+                    token,
+                    since: sent,
+                    queued,
+                });
             }
+            queued = true;
             let predecessor = format!("{parent}/{}", children[at - 1]);
             let (stat, watcher) = client.check_and_watch_stat(&predecessor).await?;
             if stat.is_none() {
@@ -357,7 +364,7 @@ impl LockBackend for ZooKeeperLockBackend {
             if head(&children).is_some_and(|h| *h == node[parent.len() + 1..]) {
                 self.hold(&client, node, sent + ttl);
                 return Ok(Attempt::Acquired {
-                    token: FencingToken::new(u64::try_from(sequence).unwrap_or(0)),
+                    token: token_of(u64::try_from(sequence).unwrap_or(0)),
                 });
             }
             client.delete(&node, None).await?;
@@ -391,7 +398,7 @@ impl LockBackend for ZooKeeperLockBackend {
         }
         .await;
         Some(match outcome {
-            Ok(Turn::Granted { token, since }) => Ok(Turn::Granted { token, since }),
+            Ok(granted @ Turn::Granted { .. }) => Ok(granted),
             Ok(Turn::TimedOut) => {
                 self.abandon(&client, &parent, owner).await;
                 Ok(Turn::TimedOut)
@@ -476,10 +483,16 @@ fn encode_component(resource: &str) -> String {
     out
 }
 
+/// The token of the node with `sequence`. ZooKeeper counts from 0, which is
+/// where every fence starts; tokens must be above it.
+fn token_of(sequence: u64) -> FencingToken {
+    FencingToken::new(sequence + 1)
+}
+
 /// The path of `owner`'s node holding `token` under `parent`, as ZooKeeper
 /// formats sequences (ten digits, nineteen past `i32::MAX`).
 fn node_path(parent: &str, owner: &OwnerId, token: FencingToken) -> String {
-    let sequence = token.get();
+    let sequence = token.get().saturating_sub(1);
     if sequence <= i32::MAX as u64 {
         format!("{parent}/{}-{sequence:010}", owner.as_str())
     } else {
@@ -517,10 +530,11 @@ mod tests {
     #[test]
     fn node_names_round_trip_owner_and_sequence() {
         let owner = OwnerId::random();
-        let path = node_path("/r/x", &owner, FencingToken::new(42));
+        let path = node_path("/r/x", &owner, token_of(42));
         let child = path.rsplit_once('/').unwrap().1;
         assert_eq!(child, format!("{}-0000000042", owner.as_str()));
         assert_eq!(sequence_of(child), Some(42));
+        assert_eq!(token_of(0).get(), 1, "the first token is above a fresh fence");
         assert_eq!(owner_of(child), Some(owner.as_str()));
     }
 

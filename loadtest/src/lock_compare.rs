@@ -1,0 +1,113 @@
+//! `loadtest lock-compare`: every turnstile-lock backend in one process, one
+//! after another, with the same clients and duration, in two shapes:
+//! uncontended (clients spread over many keys: the store's raw speed) and
+//! contended (every client on one key: how waiting and hand-over behave).
+//! Prints a table, then the whole comparison as one JSON line.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use crate::lock_bench::{self, BenchBackend, LockBenchArgs, LockBenchReport, Stores};
+
+/// Arguments of `loadtest lock-compare`.
+#[derive(Debug, Clone, Args)]
+pub struct LockCompareArgs {
+    /// Concurrent clients in every run.
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+    /// Keys in the uncontended shape (the contended shape uses one).
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    /// Seconds per run (each backend runs once per shape).
+    #[arg(long, default_value_t = 5)]
+    pub duration: u64,
+    /// Lease ttl in milliseconds (at most the ZooKeeper session timeout, 10 s).
+    #[arg(long, default_value_t = 5_000)]
+    pub ttl_ms: u64,
+    /// Backends to compare, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "redis,redlock,zookeeper,postgres"
+    )]
+    pub backends: Vec<BenchBackend>,
+    #[command(flatten)]
+    pub stores: Stores,
+}
+
+/// One backend in one shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparedRun {
+    /// `uncontended` or `contended`.
+    pub shape: &'static str,
+    #[serde(flatten)]
+    pub report: LockBenchReport,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockCompareReport {
+    pub runs: Vec<ComparedRun>,
+}
+
+/// Runs every backend in both shapes.
+pub async fn run(args: &LockCompareArgs) -> Result<LockCompareReport> {
+    let mut runs = Vec::with_capacity(args.backends.len() * 2);
+    for &backend in &args.backends {
+        for (shape, keys) in [("uncontended", args.keys), ("contended", 1)] {
+            let bench = LockBenchArgs {
+                backend,
+                clients: args.clients,
+                keys,
+                duration: args.duration,
+                ttl_ms: args.ttl_ms,
+                connections: 1,
+                stores: args.stores.clone(),
+                json: true,
+            };
+            let report = lock_bench::run(&bench).await?;
+            runs.push(ComparedRun { shape, report });
+            // Let the previous run's background releases settle.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(LockCompareReport { runs })
+}
+
+impl LockCompareReport {
+    /// Whether every run kept mutual exclusion and token order.
+    pub fn sound(&self) -> bool {
+        self.runs
+            .iter()
+            .all(|r| r.report.violations == 0 && r.report.token_regressions == 0)
+    }
+
+    /// A Markdown table, ready for the README.
+    pub fn table(&self) -> String {
+        let mut out = String::from(
+            "| backend | shape | clients | keys | ops/s | p50 ms | p99 ms | violations | token regressions | errors |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for run in &self.runs {
+            let r = &run.report;
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |\n",
+                r.backend.name(),
+                run.shape,
+                r.clients,
+                r.keys,
+                r.ops_per_sec,
+                r.p50_us as f64 / 1000.0,
+                r.p99_us as f64 / 1000.0,
+                r.violations,
+                r.token_regressions,
+                r.errors
+            ));
+        }
+        out
+    }
+}
