@@ -8,13 +8,9 @@
 //! dead-letter topic with the reason in a header. Everything here is
 //! configuration and encoding; the decisions live elsewhere.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGaugeVec};
 
 use rdkafka::{
     ClientConfig, ClientContext, Offset, TopicPartitionList,
@@ -25,6 +21,7 @@ use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     message::{Headers, OwnedHeaders},
     producer::FutureProducer,
+    statistics::Statistics,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::{info, warn};
@@ -140,29 +137,51 @@ impl Default for ConsumerTuning {
     }
 }
 
-/// Counts rebalances and logs them; shared with the worker's metrics.
-#[derive(Debug, Clone, Default)]
-pub struct RebalanceCounter(Arc<AtomicU64>);
+/// The consumer's context: logs assignment changes, counts rebalances and
+/// exports each assigned partition's lag from librdkafka's statistics
+/// (emitted every [`STATISTICS_INTERVAL`]).
+#[derive(Debug, Clone)]
+pub struct GroupContext {
+    rebalances: IntCounter,
+    partition_lag: IntGaugeVec,
+}
 
-impl RebalanceCounter {
-    /// Rebalances seen so far.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+/// How often librdkafka reports statistics (and so partition lag).
+pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(2);
+
+impl GroupContext {
+    /// A context reporting into `rebalances` and `partition_lag` (labels
+    /// `topic`, `partition`).
+    pub fn new(rebalances: IntCounter, partition_lag: IntGaugeVec) -> Self {
+        Self {
+            rebalances,
+            partition_lag,
+        }
     }
 }
 
-/// The consumer's context: logs assignment changes.
-#[derive(Debug, Clone, Default)]
-pub struct GroupContext {
-    /// Rebalances seen.
-    pub rebalances: RebalanceCounter,
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        // Replace the whole set: partitions revoked since the last report
+        // must not linger with a stale lag.
+        self.partition_lag.reset();
+        for (name, topic) in &statistics.topics {
+            for (id, partition) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag
+                // of -1 means not known yet (nothing fetched or committed).
+                if *id >= 0 && partition.consumer_lag >= 0 {
+                    self.partition_lag
+                        .with_label_values(&[name.as_str(), &id.to_string()])
+                        .set(partition.consumer_lag);
+                }
+            }
+        }
+    }
 }
-
-impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.rebalances.0.fetch_add(1, Ordering::Relaxed);
+        self.rebalances.inc();
         match rebalance {
             Rebalance::Assign(tpl) => info!(partitions = ?partitions_of(tpl), "partitions assigned"),
             Rebalance::Revoke(tpl) => info!(partitions = ?partitions_of(tpl), "partitions revoked"),
@@ -200,6 +219,7 @@ pub fn group_consumer(
         // Claims are latency-sensitive: do not let the broker sit on a fetch
         // for librdkafka's default 500 ms waiting for more bytes.
         .set("fetch.wait.max.ms", "10")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
         .set("socket.nagle.disable", "true")
         .set_log_level(RDKafkaLogLevel::Warning)
         .create_with_context(context)?)
@@ -214,6 +234,7 @@ pub async fn tail_from_end(brokers: &str, topic: &str) -> Result<StreamConsumer,
         .set("enable.auto.commit", "false")
         .set("socket.nagle.disable", "true")
         .set("fetch.wait.max.ms", "10")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
         .set_log_level(RDKafkaLogLevel::Warning)
         .create()?;
     let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))?;

@@ -351,6 +351,14 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, for pre-registering metric labels.
+    pub const ALL: [Self; 4] = [
+        Self::SoldOut,
+        Self::InsufficientStock,
+        Self::PerUserLimit,
+        Self::UnknownResource,
+    ];
+
     /// The name used in SQL and JSON.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -525,3 +525,21 @@ pub async fn purge_idempotency_keys(pool: &PgPool, retention: Duration) -> Resul
     .await?;
     Ok(done.rows_affected())
 }
+
+/// Units granted beyond their resource's total, summed over every resource:
+/// the audit behind `turnstile_oversold_units`. The design makes this 0; the
+/// audit recounts from the claims themselves rather than trusting
+/// `remaining`, so it would catch a bug in either.
+pub async fn oversold_units(pool: &PgPool) -> Result<i64, StoreError> {
+    let oversold = sqlx::query_scalar!(
+        r#"SELECT coalesce(sum(greatest(g.granted - r.total, 0)), 0)::int8 AS "oversold!"
+             FROM resources r
+             JOIN (SELECT kind, resource_id, sum(quantity) AS granted
+                     FROM claims WHERE status = 'granted'
+                    GROUP BY kind, resource_id) g
+               ON g.kind = r.kind AND g.resource_id = r.id"#,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(oversold)
+}

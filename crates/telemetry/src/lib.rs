@@ -5,7 +5,7 @@
 //! Metrics live in one [`prometheus::Registry`] per process, rendered by
 //! [`render_metrics`] for the `/metrics` endpoint.
 
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// How log lines are written.
@@ -55,6 +55,36 @@ pub fn render_metrics(registry: &Registry) -> String {
     // Encoding gathered families into a Vec cannot fail.
     let _ = TextEncoder::new().encode(&registry.gather(), &mut buffer);
     String::from_utf8(buffer).unwrap_or_default()
+}
+
+/// `turnstile_db_pool_connections{pool, state}`: connections of each
+/// database pool, `in_use` and `idle`, set when `/metrics` is scraped. A pool
+/// whose `in_use` sits at its maximum is the bottleneck.
+#[derive(Debug, Clone)]
+pub struct PoolGauges(IntGaugeVec);
+
+impl PoolGauges {
+    /// Creates the family and registers it.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gauges = IntGaugeVec::new(
+            Opts::new(
+                "turnstile_db_pool_connections",
+                "Database pool connections by pool and state (in_use, idle).",
+            ),
+            &["pool", "state"],
+        )?;
+        registry.register(Box::new(gauges.clone()))?;
+        Ok(Self(gauges))
+    }
+
+    /// Records a pool's current `size` (open connections) and `idle` count.
+    pub fn observe(&self, pool: &str, size: u32, idle: usize) {
+        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+        self.0.with_label_values(&[pool, "idle"]).set(idle);
+        self.0
+            .with_label_values(&[pool, "in_use"])
+            .set(i64::from(size).saturating_sub(idle).max(0));
+    }
 }
 
 /// A setting read from the environment was malformed. The message names the

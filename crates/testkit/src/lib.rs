@@ -204,6 +204,7 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         session_timeout: Duration::from_secs(6),
         sweep_after: Duration::from_secs(10),
         sweep_interval: Duration::from_secs(2),
+        audit_interval: Duration::from_secs(2),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
     }
 }

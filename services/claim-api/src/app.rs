@@ -50,6 +50,7 @@ pub struct AppState {
     pub(crate) kafka: Breaker,
     pub(crate) metrics: ApiMetrics,
     pub(crate) registry: Registry,
+    pub(crate) pool_gauges: turnstile_telemetry::PoolGauges,
     pub(crate) admission: crate::admission::Admission,
 }
 
@@ -96,6 +97,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let metrics = ApiMetrics::register(&registry)?;
+        let pool_gauges = turnstile_telemetry::PoolGauges::register(&registry)?;
 
         let write_pool = store::connect(
             &settings.database_url,
@@ -167,6 +169,7 @@ impl Application {
             kafka: Breaker::new("kafka", metrics.circuit_open.with_label_values(&["kafka"])),
             metrics,
             registry,
+            pool_gauges,
             admission: crate::admission::admission(settings.max_inflight),
         };
         let router = router(state, &settings);

@@ -71,6 +71,13 @@ impl ApiMetrics {
                 &["dependency"],
             )?,
         };
+        // Every cause exists from the start: a 429 rate reads 0, not absent.
+        for cause in ["concurrency", "producer_queue", "consumer_lag"] {
+            m.throttled.with_label_values(&[cause]);
+        }
+        for dependency in ["postgres", "kafka"] {
+            m.circuit_open.with_label_values(&[dependency]);
+        }
         registry.register(Box::new(m.http_requests.clone()))?;
         registry.register(Box::new(m.http_duration.clone()))?;
         registry.register(Box::new(m.accepted.clone()))?;

@@ -41,6 +41,7 @@ use turnstile_lock::{
         zookeeper::{ZooKeeperConfig, ZooKeeperLockBackend},
     },
 };
+use turnstile_telemetry::PoolGauges;
 
 pub use metrics::WorkerMetrics;
 use pipeline::Pipeline;
@@ -50,6 +51,7 @@ pub use settings::{LockBackendKind, Settings};
 pub struct Worker {
     pipeline: Pipeline,
     registry: Registry,
+    pool_gauges: PoolGauges,
     metrics_listener: TcpListener,
 }
 
@@ -65,6 +67,7 @@ impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let metrics = WorkerMetrics::register(&registry)?;
+        let pool_gauges = PoolGauges::register(&registry)?;
         let lock_families = LockMetricFamilies::register(&registry)?;
 
         let pool = store::connect(
@@ -126,8 +129,7 @@ impl Worker {
             .context("connecting to the cache redis")?;
         let cache = ResourceCache::new(cache_conn, "turnstile");
 
-        let context = GroupContext::default();
-        let rebalances = context.rebalances.clone();
+        let context = GroupContext::new(metrics.rebalances.clone(), metrics.partition_lag.clone());
         let consumer = turnstile_bus::group_consumer(
             &settings.brokers,
             &settings.group_id,
@@ -160,9 +162,9 @@ impl Worker {
                 locks,
                 cache,
                 metrics,
-                rebalances,
             },
             registry,
+            pool_gauges,
             metrics_listener,
         })
     }
@@ -175,11 +177,14 @@ impl Worker {
     /// Consumes until `shutdown` fires, then finishes the batch in hand,
     /// commits stored offsets and leaves the group.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let registry = self.registry.clone();
+        let (registry, pool, pool_gauges) = (self.registry.clone(), self.pipeline.pool.clone(), self.pool_gauges);
         let app = Router::new()
             .route(
                 "/metrics",
-                get(move || std::future::ready(turnstile_telemetry::render_metrics(&registry))),
+                get(move || {
+                    pool_gauges.observe("worker", pool.size(), pool.num_idle());
+                    std::future::ready(turnstile_telemetry::render_metrics(&registry))
+                }),
             )
             .route("/healthz", get(|| std::future::ready("ok")));
         let server_stop = shutdown.clone();
@@ -188,8 +193,42 @@ impl Worker {
                 .with_graceful_shutdown(async move { server_stop.cancelled().await })
                 .await
         });
+        let audit = tokio::spawn(audit_oversold(
+            self.pipeline.pool.clone(),
+            self.pipeline.metrics.oversold.clone(),
+            self.pipeline.settings.audit_interval,
+            shutdown.clone(),
+        ));
         self.pipeline.run(shutdown).await;
+        audit.abort();
         server.await??;
         Ok(())
+    }
+}
+
+/// Recounts oversold units from the claims table every `interval` into
+/// `turnstile_oversold_units`, and shouts if it is ever above zero.
+async fn audit_oversold(
+    pool: sqlx::PgPool,
+    gauge: prometheus::IntGauge,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match store::oversold_units(&pool).await {
+            Ok(oversold) => {
+                gauge.set(oversold);
+                if oversold > 0 {
+                    tracing::error!(oversold, "audit: units granted beyond stock");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "oversold audit failed; will retry"),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The worker's Prometheus instruments.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use turnstile_claim::RejectReason;
 
 /// Instruments for the claim pipeline's consuming side.
 #[derive(Debug, Clone)]
@@ -12,7 +13,9 @@ pub struct WorkerMetrics {
     pub(crate) fence_rejections: IntCounter,
     pub(crate) dead_lettered: IntCounter,
     pub(crate) dependency_failures: IntCounterVec,
-    pub(crate) rebalances: IntGauge,
+    pub(crate) rebalances: IntCounter,
+    pub(crate) partition_lag: IntGaugeVec,
+    pub(crate) oversold: IntGauge,
     pub(crate) swept: IntCounter,
 }
 
@@ -55,11 +58,31 @@ impl WorkerMetrics {
                 "turnstile_claims_swept_total",
                 "Claims found pending too long and re-decided from the database.",
             )?,
-            rebalances: IntGauge::new(
-                "turnstile_kafka_rebalances",
-                "Consumer group rebalances seen by this worker.",
+            rebalances: IntCounter::new(
+                "turnstile_kafka_rebalances_total",
+                "Consumer group rebalances (assignments and revocations) seen by this worker.",
+            )?,
+            partition_lag: IntGaugeVec::new(
+                Opts::new(
+                    "turnstile_kafka_partition_lag",
+                    "Messages behind the end of each partition this worker is assigned, from librdkafka statistics.",
+                ),
+                &["topic", "partition"],
+            )?,
+            oversold: IntGauge::new(
+                "turnstile_oversold_units",
+                "Units granted beyond their resource's total, recounted from the claims table. Must stay 0.",
             )?,
         };
+        // Every label value exists from the start, so a rate is 0 rather
+        // than absent until the first event.
+        m.decided.with_label_values(&["granted"]);
+        for reason in RejectReason::ALL {
+            m.decided.with_label_values(&[reason.as_str()]);
+        }
+        for dependency in ["lock", "postgres", "kafka", "fence"] {
+            m.dependency_failures.with_label_values(&[dependency]);
+        }
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.decided.clone()))?;
@@ -68,6 +91,8 @@ impl WorkerMetrics {
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.dependency_failures.clone()))?;
         registry.register(Box::new(m.rebalances.clone()))?;
+        registry.register(Box::new(m.partition_lag.clone()))?;
+        registry.register(Box::new(m.oversold.clone()))?;
         registry.register(Box::new(m.swept.clone()))?;
         Ok(m)
     }

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use turnstile_bus::{GroupContext, RebalanceCounter, Topics};
+use turnstile_bus::{GroupContext, Topics};
 use turnstile_claim::{
     ClaimDecided, ClaimRequested, ClaimStatus, Decision, ResourceKey,
     cache::ResourceCache,
@@ -35,7 +35,6 @@ pub(crate) struct Pipeline {
     pub(crate) locks: LockClient,
     pub(crate) cache: ResourceCache,
     pub(crate) metrics: WorkerMetrics,
-    pub(crate) rebalances: RebalanceCounter,
 }
 
 /// What the loop does next.
@@ -102,9 +101,6 @@ impl Pipeline {
                 }
                 Next::Batch(batch) => batch,
             };
-            self.metrics
-                .rebalances
-                .set(i64::try_from(self.rebalances.get()).unwrap_or(i64::MAX));
             if batch.is_empty() {
                 continue;
             }

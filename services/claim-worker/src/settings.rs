@@ -74,6 +74,8 @@ pub struct Settings {
     pub sweep_after: Duration,
     /// `TURNSTILE_SWEEP_INTERVAL_MS`: how often to look for such claims.
     pub sweep_interval: Duration,
+    /// `TURNSTILE_AUDIT_INTERVAL_MS`: how often the oversold audit recounts.
+    pub audit_interval: Duration,
     /// `TURNSTILE_METRICS_ADDR`: where `/metrics` and `/healthz` listen.
     pub metrics_addr: SocketAddr,
 }
@@ -113,6 +115,7 @@ impl Settings {
             session_timeout: setting_millis("TURNSTILE_SESSION_TIMEOUT_MS", 10_000)?,
             sweep_after: setting_millis("TURNSTILE_SWEEP_AFTER_MS", 10_000)?,
             sweep_interval: setting_millis("TURNSTILE_SWEEP_INTERVAL_MS", 2_000)?,
+            audit_interval: setting_millis("TURNSTILE_AUDIT_INTERVAL_MS", 15_000)?,
             metrics_addr: setting("TURNSTILE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9101)))?,
         };
         let invalid = |name: &'static str, value: String, problem: &str| SettingError {
@@ -137,6 +140,9 @@ impl Settings {
                 settings.lock_ttl.as_millis().to_string(),
                 "must not exceed ZOOKEEPER_SESSION_TIMEOUT_MS: a ZooKeeper lease cannot outlive its session",
             ));
+        }
+        if settings.audit_interval.is_zero() {
+            return Err(invalid("TURNSTILE_AUDIT_INTERVAL_MS", "0".into(), "must be at least 1"));
         }
         if settings.sweep_interval.is_zero() {
             return Err(invalid("TURNSTILE_SWEEP_INTERVAL_MS", "0".into(), "must be at least 1"));

@@ -78,6 +78,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus metrics")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    for (name, pool) in [("api_write", &state.write_pool), ("api_read", &state.read_pool)] {
+        state.pool_gauges.observe(name, pool.size(), pool.num_idle());
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         turnstile_telemetry::render_metrics(&state.registry),
