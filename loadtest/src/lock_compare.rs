@@ -2,7 +2,10 @@
 //! after another, with the same clients and duration, in two shapes:
 //! uncontended (clients spread over many keys: the store's raw speed) and
 //! contended (every client on one key: how waiting and hand-over behave).
-//! Prints a table, then the whole comparison as one JSON line.
+//! With `--rounds N` the whole sequence repeats N times, interleaved so a
+//! noisy neighbour hits every backend alike, and the table shows each
+//! backend's median round by throughput. Prints a table, then the whole
+//! comparison (every round) as one JSON line.
 
 use std::time::Duration;
 
@@ -27,6 +30,9 @@ pub struct LockCompareArgs {
     /// Lease ttl in milliseconds (at most the ZooKeeper session timeout, 10 s).
     #[arg(long, default_value_t = 5_000)]
     pub ttl_ms: u64,
+    /// How many times to run the whole sequence (medians are reported).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Backends to compare, comma-separated.
     #[arg(
         long,
@@ -44,6 +50,8 @@ pub struct LockCompareArgs {
 pub struct ComparedRun {
     /// `uncontended` or `contended`.
     pub shape: &'static str,
+    /// Which repetition of the sequence (from 1).
+    pub round: usize,
     #[serde(flatten)]
     pub report: LockBenchReport,
 }
@@ -56,9 +64,16 @@ pub struct LockCompareReport {
 
 /// Runs every backend in both shapes.
 pub async fn run(args: &LockCompareArgs) -> Result<LockCompareReport> {
-    let mut runs = Vec::with_capacity(args.backends.len() * 2);
-    for &backend in &args.backends {
-        for (shape, keys) in [("uncontended", args.keys), ("contended", 1)] {
+    if args.rounds == 0 || args.backends.is_empty() {
+        anyhow::bail!("--rounds and --backends must not be empty");
+    }
+    let mut runs = Vec::with_capacity(args.rounds * args.backends.len() * 2);
+    for round in 1..=args.rounds {
+        for (&backend, (shape, keys)) in args
+            .backends
+            .iter()
+            .flat_map(|b| [(b, ("uncontended", args.keys)), (b, ("contended", 1))])
+        {
             let bench = LockBenchArgs {
                 backend,
                 clients: args.clients,
@@ -70,7 +85,7 @@ pub async fn run(args: &LockCompareArgs) -> Result<LockCompareReport> {
                 json: true,
             };
             let report = lock_bench::run(&bench).await?;
-            runs.push(ComparedRun { shape, report });
+            runs.push(ComparedRun { shape, round, report });
             // Let the previous run's background releases settle.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -86,13 +101,34 @@ impl LockCompareReport {
             .all(|r| r.report.violations == 0 && r.report.token_regressions == 0)
     }
 
-    /// A Markdown table, ready for the README.
+    /// Each backend and shape's median round by throughput, in run order.
+    pub fn medians(&self) -> Vec<&ComparedRun> {
+        let mut groups: Vec<Vec<&ComparedRun>> = Vec::new();
+        for run in &self.runs {
+            match groups
+                .iter_mut()
+                .find(|g| g[0].shape == run.shape && g[0].report.backend == run.report.backend)
+            {
+                Some(group) => group.push(run),
+                None => groups.push(vec![run]),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|mut group| {
+                group.sort_by(|a, b| a.report.ops_per_sec.total_cmp(&b.report.ops_per_sec));
+                group[group.len() / 2]
+            })
+            .collect()
+    }
+
+    /// A Markdown table of the medians, ready for the README.
     pub fn table(&self) -> String {
         let mut out = String::from(
             "| backend | shape | clients | keys | ops/s | p50 ms | p99 ms | violations | token regressions | errors |\n\
              |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
-        for run in &self.runs {
+        for run in self.medians() {
             let r = &run.report;
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |\n",
