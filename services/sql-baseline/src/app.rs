@@ -1,0 +1,80 @@
+//! Building the service: the pool, migrations, the router. Tests build it on
+//! port 0 and talk to it over HTTP.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::{
+    Extension, Router,
+    routing::{get, post},
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use turnstile_claim::store;
+
+use crate::{
+    Settings,
+    extract::BodyLimit,
+    problem::ApiError,
+    routes::{claims, health, resources},
+};
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) pool: PgPool,
+}
+
+/// A built service, bound to its port, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Connects to Postgres, applies migrations and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = store::connect(&settings.database_url, settings.pg_pool, settings.pg_acquire_timeout)
+            .await
+            .context("connecting to postgres")?;
+        store::migrate(&pool).await.context("applying migrations")?;
+        let router = router(AppState { pool }, &settings);
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("binding {}", settings.http_addr))?;
+        info!(addr = %listener.local_addr()?, pg_pool = settings.pg_pool, "sql-baseline ready");
+        Ok(Self { listener, router })
+    }
+
+    /// The bound address (the real port when built with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` fires, then drains in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        Ok(())
+    }
+}
+
+fn router(state: AppState, settings: &Settings) -> Router {
+    Router::new()
+        .route("/v1/claims", post(claims::create_claim))
+        .route("/v1/claims/{claim_id}", get(claims::get_claim))
+        .route("/v1/coupons", post(resources::create_coupon))
+        .route("/v1/coupons/{code}", get(resources::get_coupon))
+        .route("/v1/skus", post(resources::create_sku))
+        .route("/v1/skus/{sku}", get(resources::get_sku))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(Extension(BodyLimit(settings.max_body_bytes)))
+        .with_state(state)
+}

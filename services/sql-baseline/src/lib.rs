@@ -1,0 +1,47 @@
+//! `sql-baseline`: the flash sale the way many teams run it today, as the
+//! yardstick the claim pipeline has to beat on a hot key.
+//!
+//! No Kafka, no lock service, no worker: `POST /v1/claims` decides the claim
+//! inside the request, in one Postgres transaction, and answers `200` with
+//! the final decision. The transaction records the idempotency key and the
+//! claim row exactly as `claim-api` does (the same
+//! [`turnstile_claim::store::reserve_claim`]), then takes
+//! `SELECT ... FOR UPDATE` on the resource row, decides with the same pure
+//! [`turnstile_claim::decide_batch`] (a batch of one), writes the decision
+//! and the new stock, and commits. The row lock is the whole concurrency
+//! story: every claim on a coupon waits for the one before it to commit, so
+//! a hot coupon is decided strictly one transaction at a time.
+//!
+//! It writes the same tables as the pipeline (`resources`, `claims`,
+//! `idempotency_keys`, migrated with [`turnstile_claim::store::migrate`]), so
+//! `loadtest flash-sale --mode sql-for-update` audits it with the same
+//! queries: nothing oversold, no double grant, nothing undecided, stock equal
+//! to total minus grants.
+//!
+//! **Fences.** There is no lease, so there is no lock-issued fencing token.
+//! Each decision instead moves `resources.fence` to `fence + 1` while the row
+//! lock is held, and the claim records that value. The row lock is then the
+//! "lease" and the counter its token: per resource, fences must strictly
+//! increase in commit order, which is what the audit's `fence_regressions`
+//! checks. It stays a meaningful check rather than a constant 0: it would
+//! catch a decision written without holding the row lock (the `FOR UPDATE`
+//! dropped, or a second writer bypassing it). The counter starts from the
+//! resource's current fence, so it never moves backwards even on a resource
+//! the pipeline wrote before.
+//!
+//! Over the HTTP surface it matches `claim-api` where the two overlap: the
+//! same bodies, the same `Idempotency-Key` and `X-Tenant-Id` rules, the same
+//! claim view and the same `application/problem+json` types for bad input.
+//! It has no admission control: when every pooled connection is busy for
+//! longer than the acquire timeout, the request fails with `503` and
+//! `Retry-After`, which is all most such services do.
+
+mod app;
+mod extract;
+mod problem;
+mod routes;
+pub mod settings;
+pub mod store;
+
+pub use app::Application;
+pub use settings::Settings;

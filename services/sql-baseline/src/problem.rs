@@ -1,0 +1,162 @@
+//! Errors as `application/problem+json` (RFC 9457), with the same `type`
+//! values `claim-api` uses, so a client (and `loadtest`) handles both
+//! services alike. Bad input is a 4xx; a saturated or failing database is a
+//! 503 with `Retry-After`.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use turnstile_claim::store::StoreError;
+
+/// The body of every error response.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// A stable identifier of the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// A short summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened in this instance.
+    pub detail: String,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// `Idempotency-Key` is required on `POST /v1/claims`.
+    #[error("the Idempotency-Key header is required")]
+    MissingIdempotencyKey,
+    /// A header is malformed.
+    #[error("{0}")]
+    InvalidHeader(String),
+    /// The body is not JSON (syntax, truncation, invalid UTF-8).
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The body is JSON but breaks the schema or a rule.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Only `application/json` bodies are accepted.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// The body is larger than allowed.
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The key was used before with a different request.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    /// No such coupon or SKU.
+    #[error("{0} does not exist")]
+    UnknownResource(String),
+    /// Nothing at this path.
+    #[error("{0}")]
+    NotFound(String),
+    /// The method is not supported here.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The coupon or SKU exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// Postgres is unreachable, or every pooled connection stayed busy for
+    /// the whole acquire timeout.
+    #[error("postgres is unavailable; retry later")]
+    Unavailable,
+    /// A bug.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            MissingIdempotencyKey => (
+                StatusCode::BAD_REQUEST,
+                "/problems/missing-idempotency-key",
+                "Idempotency-Key required",
+            ),
+            InvalidHeader(_) => (StatusCode::BAD_REQUEST, "/problems/invalid-header", "Invalid header"),
+            MalformedJson(_) => (StatusCode::BAD_REQUEST, "/problems/malformed-json", "Malformed JSON"),
+            InvalidRequest(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/invalid-request",
+                "Invalid request",
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "/problems/unsupported-media-type",
+                "Unsupported media type",
+            ),
+            PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "/problems/payload-too-large",
+                "Payload too large",
+            ),
+            IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/idempotency-key-reused",
+                "Idempotency-Key reused",
+            ),
+            UnknownResource(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/unknown-resource",
+                "Unknown resource",
+            ),
+            NotFound(_) => (StatusCode::NOT_FOUND, "/problems/not-found", "Not found"),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/problems/method-not-allowed",
+                "Method not allowed",
+            ),
+            AlreadyExists(_) => (StatusCode::CONFLICT, "/problems/already-exists", "Already exists"),
+            Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/unavailable",
+                "Dependency unavailable",
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "/problems/internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    /// A store failure as the client should see it: transient ones (pool
+    /// exhausted, connection lost, deadlock) are retryable 503s; anything
+    /// else is a bug, logged here.
+    pub fn from_store(e: &StoreError, doing: &'static str) -> Self {
+        if e.is_transient() {
+            tracing::debug!(error = %e, doing, "postgres unavailable");
+            Self::Unavailable
+        } else {
+            tracing::error!(error = %e, cause = ?e, doing, "postgres statement failed");
+            Self::Internal
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = self.parts();
+        let body = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(self, Self::Unavailable) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        }
+        response
+    }
+}

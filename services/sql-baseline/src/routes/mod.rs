@@ -1,0 +1,5 @@
+//! The HTTP handlers.
+
+pub mod claims;
+pub mod health;
+pub mod resources;

@@ -1,0 +1,371 @@
+//! sql-baseline against the real Postgres: a hot coupon under concurrent
+//! users, idempotent replays, the per-user limit and bad input.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sql_baseline::{Application, Settings};
+use tokio_util::sync::CancellationToken;
+use turnstile_testkit::{assert_claim_invariants, database_url, db, unique};
+
+/// A baseline serving on a free port for the length of a test.
+struct Baseline {
+    base: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Baseline {
+    async fn start() -> Self {
+        let settings = Settings {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url(),
+            pg_pool: 16,
+            // Long enough that no test request is shed while the hot row is queued.
+            pg_acquire_timeout: Duration::from_secs(30),
+            max_body_bytes: 16 * 1024,
+        };
+        let app = Application::build(settings)
+            .await
+            .expect("sql-baseline starts against the stack's postgres");
+        let base = format!("http://{}", app.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(stop.clone()));
+        let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+        Self { base, http, stop }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn create_coupon(&self, code: &str, total: i64, per_user_limit: Option<i32>) {
+        let response = self
+            .http
+            .post(self.url("/v1/coupons"))
+            .json(&json!({ "code": code, "total": total, "per_user_limit": per_user_limit }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+
+    async fn claim(&self, key: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/claims"))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn claim_rows(code: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM claims WHERE kind = 'coupon' AND resource_id = $1")
+        .bind(code)
+        .fetch_one(&db().await.unwrap())
+        .await
+        .unwrap()
+}
+
+async fn assert_problem(response: reqwest::Response, status: StatusCode, kind: &str) {
+    assert_eq!(response.status(), status, "for expected problem {kind}");
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], kind, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_coupon_grants_exactly_the_stock() {
+    const STOCK: i64 = 200;
+    const USERS: usize = 1000;
+    let api = Baseline::start().await;
+    let code = unique("SQLHOT");
+    api.create_coupon(&code, STOCK, Some(1)).await;
+
+    let responses = join_all((0..USERS).map(|u| {
+        let (api, code) = (&api, &code);
+        async move {
+            let response = api
+                .claim(&unique("k"), json!({"coupon": code, "user_id": format!("u-{u}")}))
+                .await;
+            // Decided in the request: always a final 200, never 202.
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(response.headers().contains_key("location"));
+            response.json::<Value>().await.unwrap()
+        }
+    }))
+    .await;
+    let granted = responses.iter().filter(|r| r["status"] == "granted").count();
+    let sold_out = responses
+        .iter()
+        .filter(|r| r["status"] == "rejected" && r["reason"] == "sold_out")
+        .count();
+    assert_eq!(granted as i64, STOCK);
+    assert_eq!(sold_out, USERS - STOCK as usize);
+    assert!(responses.iter().all(|r| r["fence"].as_i64().is_some_and(|f| f > 0)));
+
+    assert_eq!(
+        assert_claim_invariants(std::slice::from_ref(&code), STOCK).await,
+        vec![STOCK]
+    );
+    let coupon: Value = api
+        .http
+        .get(api.url(&format!("/v1/coupons/{code}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(coupon["remaining"], 0);
+    // One decision per row-lock turn: fences are 1..=USERS in commit order.
+    let fences: Vec<i64> = sqlx::query_scalar(
+        "SELECT fence FROM claims WHERE kind = 'coupon' AND resource_id = $1 ORDER BY decided_at, fence",
+    )
+    .bind(&code)
+    .fetch_all(&db().await.unwrap())
+    .await
+    .unwrap();
+    assert_eq!(fences, (1..=USERS as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_key_is_one_claim_however_often_it_is_sent() {
+    let api = Baseline::start().await;
+    let code = unique("SQLIDEM");
+    api.create_coupon(&code, 10, Some(1)).await;
+    let key = unique("key");
+    let body = json!({"coupon": code, "user_id": "u-1"});
+
+    let responses = join_all((0..50).map(|_| api.claim(&key, body.clone()))).await;
+    let mut ids = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK);
+        let view: Value = response.json().await.unwrap();
+        assert_eq!(view["status"], "granted");
+        ids.push(view["claim_id"].as_str().unwrap().to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one claim id for one key");
+    assert_eq!(claim_rows(&code).await, 1);
+
+    // Later, the same answer; with another body, 422 and nothing written.
+    let again: Value = api.claim(&key, body.clone()).await.json().await.unwrap();
+    assert_eq!(again["claim_id"], ids[0].as_str());
+    assert_eq!(again["status"], "granted");
+    let other = api.claim(&key, json!({"coupon": code, "user_id": "u-2"})).await;
+    assert_problem(
+        other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/idempotency-key-reused",
+    )
+    .await;
+    assert_eq!(claim_rows(&code).await, 1);
+
+    // Keys are per tenant: another tenant's same key is another claim (and
+    // the same user, so the per-user limit rejects it).
+    let view: Value = api
+        .http
+        .post(api.url("/v1/claims"))
+        .header("idempotency-key", &key)
+        .header("x-tenant-id", "other-tenant")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(view["claim_id"], ids[0].as_str());
+    assert_eq!(view["reason"], "per_user_limit");
+    let read = api
+        .http
+        .get(api.url(&format!("/v1/claims/{}", ids[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let hidden = api
+        .http
+        .get(api.url(&format!("/v1/claims/{}", ids[0])))
+        .header("x-tenant-id", "other-tenant")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(hidden, StatusCode::NOT_FOUND, "/problems/not-found").await;
+    assert_claim_invariants(&[code], 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_user_limit_holds_under_concurrency() {
+    let api = Baseline::start().await;
+    let code = unique("SQLLIMIT");
+    api.create_coupon(&code, 100, Some(2)).await;
+    let body = json!({"coupon": code, "user_id": "greedy"});
+    let responses = join_all((0..20).map(|_| async { api.claim(&unique("k"), body.clone()).await })).await;
+    let mut granted = 0;
+    for response in responses {
+        let view: Value = response.json().await.unwrap();
+        match view["status"].as_str() {
+            Some("granted") => granted += 1,
+            _ => assert_eq!(view["reason"], "per_user_limit"),
+        }
+    }
+    assert_eq!(granted, 2);
+    let remaining: i64 = sqlx::query_scalar("SELECT remaining FROM resources WHERE kind = 'coupon' AND id = $1")
+        .bind(&code)
+        .fetch_one(&db().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(remaining, 98);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
+    let api = Baseline::start().await;
+    let code = unique("SQLBAD");
+    api.create_coupon(&code, 10, Some(1)).await;
+    let good = format!(r#"{{"coupon":"{code}","user_id":"u1"}}"#);
+    // (body, content type, idempotency key, expected status, expected problem type)
+    type Case = (Vec<u8>, &'static str, Option<&'static str>, StatusCode, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            b"{not json".to_vec(),
+            "application/json",
+            Some("k1"),
+            StatusCode::BAD_REQUEST,
+            "/problems/malformed-json",
+        ),
+        (
+            format!(r#"{{"coupon":"{code}","user_id":"u1","extra":true}}"#).into_bytes(),
+            "application/json",
+            Some("k2"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-request",
+        ),
+        (
+            format!(r#"{{"coupon":"{code}","user_id":"u1","quantity":2}}"#).into_bytes(),
+            "application/json",
+            Some("k3"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-request",
+        ),
+        (
+            br#"{"sku":"X","user_id":"u1","quantity":-1}"#.to_vec(),
+            "application/json",
+            Some("k4"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-request",
+        ),
+        (
+            good.clone().into_bytes(),
+            "text/plain",
+            Some("k5"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "/problems/unsupported-media-type",
+        ),
+        (
+            b"{\"coupon\":\"\xff\"}".to_vec(),
+            "application/json",
+            Some("k6"),
+            StatusCode::BAD_REQUEST,
+            "/problems/malformed-json",
+        ),
+        (
+            format!(r#"{{"coupon":"{code}","user_id":"{}"}}"#, "u".repeat(20_000)).into_bytes(),
+            "application/json",
+            Some("k7"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "/problems/payload-too-large",
+        ),
+        (
+            good.clone().into_bytes(),
+            "application/json",
+            None,
+            StatusCode::BAD_REQUEST,
+            "/problems/missing-idempotency-key",
+        ),
+        (
+            good.clone().into_bytes(),
+            "application/json",
+            Some("has space"),
+            StatusCode::BAD_REQUEST,
+            "/problems/invalid-header",
+        ),
+        (
+            br#"{"coupon":"NO-SUCH-COUPON-EVER","user_id":"u1"}"#.to_vec(),
+            "application/json",
+            Some("k8"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/unknown-resource",
+        ),
+    ];
+    for (body, content_type, key, status, kind) in cases {
+        let mut request = api
+            .http
+            .post(api.url("/v1/claims"))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", format!("{key}-{code}"));
+        }
+        assert_problem(request.send().await.unwrap(), status, kind).await;
+    }
+    assert_eq!(claim_rows(&code).await, 0, "bad input wrote a claim");
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE key LIKE $1")
+        .bind(format!("%-{code}"))
+        .fetch_one(&db().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(keys, 0, "bad input wrote an idempotency key");
+
+    let unknown_route = api.http.get(api.url("/v2/nothing")).send().await.unwrap();
+    assert_problem(unknown_route, StatusCode::NOT_FOUND, "/problems/not-found").await;
+    let wrong_method = api.http.delete(api.url("/v1/claims")).send().await.unwrap();
+    assert_problem(
+        wrong_method,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "/problems/method-not-allowed",
+    )
+    .await;
+    let duplicate = api
+        .http
+        .post(api.url("/v1/coupons"))
+        .json(&json!({"code": code, "total": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(duplicate, StatusCode::CONFLICT, "/problems/already-exists").await;
+    let bad_coupon = api
+        .http
+        .post(api.url("/v1/coupons"))
+        .json(&json!({"code": "x y", "total": -5}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        bad_coupon,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-request",
+    )
+    .await;
+}
