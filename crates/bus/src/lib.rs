@@ -30,6 +30,9 @@ use tracing::{info, warn};
 pub const EVENT_TYPE_HEADER: &str = "event-type";
 /// Header on dead-lettered messages saying why they could not be used.
 pub const DEAD_LETTER_REASON_HEADER: &str = "dead-letter-reason";
+/// Header carrying the id that ties one claim's log lines together across
+/// services (the trace id, or a random id in the same format).
+pub const CORRELATION_ID_HEADER: &str = "correlation-id";
 
 /// Errors from the bus.
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +286,52 @@ pub fn event_headers(event_type: &str) -> OwnedHeaders {
         key: EVENT_TYPE_HEADER,
         value: Some(event_type),
     })
+}
+
+/// Adds the W3C trace context of `context` (`traceparent`, `tracestate`) and
+/// the correlation id to `headers`, so a consumer can continue the trace.
+pub fn with_trace(headers: OwnedHeaders, context: &opentelemetry::Context, correlation_id: &str) -> OwnedHeaders {
+    let mut carrier = HeaderCarrier(Vec::new());
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(context, &mut carrier));
+    let mut headers = headers.insert(rdkafka::message::Header {
+        key: CORRELATION_ID_HEADER,
+        value: Some(correlation_id),
+    });
+    for (key, value) in &carrier.0 {
+        headers = headers.insert(rdkafka::message::Header {
+            key,
+            value: Some(value.as_str()),
+        });
+    }
+    headers
+}
+
+/// The trace context a producer put in `headers` (an empty context when it
+/// put none), for the consumer's span to continue.
+pub fn trace_context<H: Headers>(headers: Option<&H>) -> opentelemetry::Context {
+    struct Reader<'a, H>(&'a H);
+    impl<H: Headers> opentelemetry::propagation::Extractor for Reader<'_, H> {
+        fn get(&self, key: &str) -> Option<&str> {
+            header(self.0, key)
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|h| h.key).collect()
+        }
+    }
+    match headers {
+        Some(headers) => {
+            opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Reader(headers)))
+        }
+        None => opentelemetry::Context::new(),
+    }
+}
+
+struct HeaderCarrier(Vec<(String, String)>);
+
+impl opentelemetry::propagation::Injector for HeaderCarrier {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
+    }
 }
 
 /// Copies `headers` and adds the dead-letter reason.

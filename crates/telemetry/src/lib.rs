@@ -1,12 +1,27 @@
-//! One initialisation for the logs and metrics of every Turnstile service.
+//! One initialisation for the logs, traces and metrics of every Turnstile
+//! service.
 //!
-//! Logs are JSON lines by default (one object per line, for machines), or
-//! human-readable with `LOG_FORMAT=pretty`; `RUST_LOG` filters them.
-//! Metrics live in one [`prometheus::Registry`] per process, rendered by
-//! [`render_metrics`] for the `/metrics` endpoint.
+//! - **Logs** are JSON lines by default (one object per line, for machines),
+//!   or human-readable with `LOG_FORMAT=pretty`; `RUST_LOG` filters them.
+//! - **Traces** go out over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//!   set (the standard variable; `OTEL_SERVICE_NAME` names the service), in
+//!   batches from a background thread, so the hot path never waits on the
+//!   collector. Unset, no exporter exists and spans cost only `tracing`'s
+//!   own bookkeeping. The W3C trace-context propagator is always installed,
+//!   so an incoming `traceparent` is honoured and passed on either way.
+//! - **Metrics** live in one [`prometheus::Registry`] per process, rendered
+//!   by [`render_metrics`] for the `/metrics` endpoint.
 
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// The standard variable that turns trace export on.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The standard variable naming the service in traces.
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,10 +43,48 @@ impl LogFormat {
     }
 }
 
-/// Installs the global log subscriber. Call once, first thing in `main`.
-pub fn init_logs(service: &'static str, format: LogFormat) {
+/// Keeps the trace exporter alive; dropping it flushes the spans still
+/// buffered (hold it in `main` until the service has stopped).
+#[must_use = "dropping the guard stops trace export"]
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are being exported.
+    pub fn exporting_traces(&self) -> bool {
+        self.traces.is_some()
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.traces.take()
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing traces at exit failed");
+        }
+    }
+}
+
+/// Installs the global log subscriber, the W3C trace-context propagator and,
+/// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the OTLP trace exporter. Call
+/// once, first thing in `main` (inside the Tokio runtime).
+pub fn init(service: &'static str, format: LogFormat) -> TelemetryGuard {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let (traces, export_error) = match std::env::var(OTEL_EXPORTER_OTLP_ENDPOINT) {
+        Ok(endpoint) if !endpoint.trim().is_empty() => match trace_provider(service) {
+            Ok(provider) => (Some(provider), None),
+            Err(e) => (None, Some(e)),
+        },
+        _ => (None, None),
+    };
+    let otel = traces
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = match format {
         LogFormat::Json => registry
             .with(
@@ -45,7 +98,44 @@ pub fn init_logs(service: &'static str, format: LogFormat) {
         LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
     };
     if result.is_ok() {
-        tracing::info!(service, "logging initialised");
+        tracing::info!(service, traces = traces.is_some(), "telemetry initialised");
+    }
+    if let Some(e) = export_error {
+        tracing::warn!(error = %e, "OTLP trace export could not start; continuing without traces");
+    }
+    TelemetryGuard { traces }
+}
+
+fn trace_provider(service: &'static str) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    // Endpoint, timeout and headers come from the standard OTEL_* variables.
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    // OTEL_SERVICE_NAME, when set, wins (the builder reads it).
+    if std::env::var(OTEL_SERVICE_NAME).map_or(true, |v| v.trim().is_empty()) {
+        resource = resource.with_service_name(service);
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// Logs only, for binaries that do not hold a [`TelemetryGuard`] yet: like
+/// [`init`], but spans still buffered at exit are not flushed.
+pub fn init_logs(service: &'static str, format: LogFormat) {
+    std::mem::forget(init(service, format));
+}
+
+/// The id that ties a request's log lines together across services: the
+/// trace id of `span` when it is being traced, otherwise a fresh random id
+/// in the same format (32 lowercase hex digits).
+pub fn correlation_id(span: &tracing::Span) -> String {
+    let context = span.context();
+    let trace = context.span().span_context().trace_id();
+    if trace != opentelemetry::trace::TraceId::INVALID {
+        trace.to_string()
+    } else {
+        format!("{:032x}", rand::random::<u128>())
     }
 }
 

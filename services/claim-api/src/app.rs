@@ -12,7 +12,7 @@ use axum::{
     Extension, Json, Router,
     extract::{MatchedPath, Request, State},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::Response,
     routing::{get, post},
 };
 use prometheus::Registry;
@@ -219,22 +219,69 @@ fn router(state: AppState, settings: &Settings) -> Router {
         .with_state(state)
 }
 
-/// Request metrics by route template and status class.
-async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Who a request was about, set by handlers as a response extension so the
+/// access log line can name it.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimContext {
+    pub(crate) tenant_id: String,
+    pub(crate) claim_id: String,
+}
+
+/// The request's correlation id (the trace id, or a random id in the same
+/// format when tracing is off), as a request extension for handlers.
+#[derive(Debug, Clone)]
+pub(crate) struct CorrelationId(pub(crate) String);
+
+/// The name of the response header that returns the correlation id.
+pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
+
+/// Per request: the server span (OpenTelemetry HTTP semantic conventions,
+/// continuing an incoming `traceparent`), the correlation id (returned in
+/// `x-correlation-id`), metrics by route template and status class, and one
+/// access log line.
+async fn track(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    use tracing::{Instrument, field::Empty};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
     let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
-    let class = match response.status().as_u16() {
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+        correlation_id = Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
+    });
+    let _ = span.set_parent(parent);
+    let correlation_id = turnstile_telemetry::correlation_id(&span);
+    span.record("correlation_id", correlation_id.as_str());
+    request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
+
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let class = match status {
         100..=199 => "1xx",
         200..=299 => "2xx",
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
     };
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    let elapsed = started.elapsed();
     state
         .metrics
         .http_requests
@@ -244,8 +291,27 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .metrics
         .http_duration
         .with_label_values(&[&route, &method])
-        .observe(started.elapsed().as_secs_f64());
-    response.into_response()
+        .observe(elapsed.as_secs_f64());
+    if let Ok(value) = axum::http::HeaderValue::from_str(&correlation_id) {
+        response.headers_mut().insert(CORRELATION_ID_HEADER, value);
+    }
+    let claim = response.extensions().get::<ClaimContext>();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if route.starts_with("/v1/") {
+        info!(
+            correlation_id,
+            tenant_id = claim.map(|c| c.tenant_id.as_str()),
+            claim_id = claim.map(|c| c.claim_id.as_str()),
+            http.request.method = %method,
+            http.route = %route,
+            http.response.status_code = status,
+            latency_ms,
+            "request"
+        );
+    } else {
+        tracing::debug!(correlation_id, http.route = %route, http.response.status_code = status, latency_ms, "request");
+    }
+    response
 }
 
 /// Deletes expired idempotency records hourly.

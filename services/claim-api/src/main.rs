@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    turnstile_telemetry::init_logs(
+    let _telemetry = turnstile_telemetry::init(
         "claim-api",
         turnstile_telemetry::LogFormat::from_env().map_err(anyhow::Error::msg)?,
     );

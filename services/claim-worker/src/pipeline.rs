@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use futures::future::join_all;
+use opentelemetry::trace::TraceContextExt;
 use rdkafka::{
     Message, Offset,
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use turnstile_bus::{GroupContext, Topics};
 use turnstile_claim::{
-    ClaimDecided, ClaimRequested, ClaimStatus, Decision, ResourceKey,
+    ClaimDecided, ClaimRequested, ClaimStatus, Decision, RejectReason, ResourceKey,
     cache::ResourceCache,
     store::{self, FencedOutcome, StoreError},
 };
@@ -49,6 +50,43 @@ struct Incoming {
     partition: i32,
     offset: i64,
     event: Result<ClaimRequested, DeadLetter>,
+    origin: Origin,
+}
+
+/// Where a claim came from: the producer's trace context and the request's
+/// correlation id, both read from the message headers.
+#[derive(Clone, Default)]
+struct Origin {
+    trace: opentelemetry::Context,
+    correlation_id: Option<String>,
+}
+
+/// The claims of one resource within a batch, in arrival order.
+struct ResourceGroup {
+    resource: ResourceKey,
+    events: Vec<ClaimRequested>,
+    origins: Vec<Origin>,
+}
+
+impl ResourceGroup {
+    /// Groups events by resource, keeping each resource's order.
+    fn group(items: impl IntoIterator<Item = (ClaimRequested, Origin)>) -> Vec<Self> {
+        let mut groups: Vec<Self> = Vec::new();
+        for (event, origin) in items {
+            match groups.iter_mut().find(|g| g.resource == event.resource) {
+                Some(group) => {
+                    group.events.push(event);
+                    group.origins.push(origin);
+                }
+                None => groups.push(Self {
+                    resource: event.resource.clone(),
+                    events: vec![event],
+                    origins: vec![origin],
+                }),
+            }
+        }
+        groups
+    }
 }
 
 /// An undecodable message, kept whole for the dead-letter topic.
@@ -177,16 +215,10 @@ impl Pipeline {
             "re-deciding claims left pending; their messages never reached a worker"
         );
         self.metrics.swept.inc_by(stale.len() as u64);
-        let mut groups: Vec<(ResourceKey, Vec<ClaimRequested>)> = Vec::new();
-        for event in stale {
-            match groups.iter_mut().find(|(key, _)| *key == event.resource) {
-                Some((_, events)) => events.push(event),
-                None => groups.push((event.resource.clone(), vec![event])),
-            }
-        }
-        for (resource, events) in &groups {
-            if let Err(e) = self.process_resource(resource, events).await {
-                debug!(resource = %resource, error = %e, "sweep of resource deferred");
+        let groups = ResourceGroup::group(stale.into_iter().map(|event| (event, Origin::default())));
+        for group in &groups {
+            if let Err(e) = self.process_resource(group).await {
+                debug!(resource = %group.resource, error = %e, "sweep of resource deferred");
             }
         }
     }
@@ -244,18 +276,15 @@ impl Pipeline {
     }
 
     async fn process_partition(&self, items: Vec<Incoming>) -> Result<(), BatchFailure> {
-        let mut groups: Vec<(ResourceKey, Vec<ClaimRequested>)> = Vec::new();
+        let mut claims = Vec::with_capacity(items.len());
         for item in items {
             match item.event {
-                Ok(event) => match groups.iter_mut().find(|(key, _)| *key == event.resource) {
-                    Some((_, events)) => events.push(event),
-                    None => groups.push((event.resource.clone(), vec![event])),
-                },
+                Ok(event) => claims.push((event, item.origin)),
                 Err(dead) => self.dead_letter(item.partition, item.offset, dead).await?,
             }
         }
-        for (resource, events) in &groups {
-            self.process_resource(resource, events).await?;
+        for group in &ResourceGroup::group(claims) {
+            self.process_resource(group).await?;
         }
         Ok(())
     }
@@ -277,15 +306,75 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn process_resource(&self, resource: &ResourceKey, events: &[ClaimRequested]) -> Result<(), BatchFailure> {
+    /// One resource's claims under one lease and one fenced transaction, in
+    /// a consumer span continuing the first claim's trace (and linking the
+    /// others'), with child spans for the lock, the transaction, the cache
+    /// update and the decision events.
+    async fn process_resource(&self, group: &ResourceGroup) -> Result<(), BatchFailure> {
+        use tracing::{Instrument, field::Empty};
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+        let topic = self.topics.requested.as_str();
+        let correlation_id = group.origins.first().and_then(|o| o.correlation_id.as_deref());
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {topic}"),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = topic,
+            messaging.batch.message_count = group.events.len(),
+            turnstile.resource = %group.resource,
+            correlation_id,
+            fence = Empty,
+            otel.status_code = Empty,
+        );
+        if let Some((first, rest)) = group.origins.split_first() {
+            let _ = span.set_parent(first.trace.clone());
+            for origin in rest {
+                span.add_link(origin.trace.span().span_context().clone());
+            }
+        }
+        let result = self.decide_group(group, correlation_id).instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn decide_group(&self, group: &ResourceGroup, correlation_id: Option<&str>) -> Result<(), BatchFailure> {
+        use tracing::{Instrument, field::Empty, info_span};
+
+        let started = Instant::now();
+        let (resource, events) = (&group.resource, group.events.as_slice());
         let name = resource.to_string();
+        let lock_span = info_span!(
+            "lock",
+            otel.name = "lock acquire",
+            turnstile.lock.backend = self.locks.backend_name(),
+            turnstile.lock.resource = %name,
+            turnstile.lock.fence = Empty,
+        );
         let lease = self
             .locks
             .acquire(&name, self.settings.lock_ttl, self.settings.lock_wait)
+            .instrument(lock_span.clone())
             .await?;
         let fence = lease.token();
+        lock_span.record("turnstile.lock.fence", fence.get());
+        tracing::Span::current().record("fence", fence.get());
         hold_lease_before_write(&name, fence).await;
-        let outcome = self.decide_with_retry(resource, fence, events).await;
+        let outcome = self
+            .decide_with_retry(resource, fence, events)
+            .instrument(info_span!(
+                "db",
+                otel.name = "decide_fenced claims",
+                otel.kind = "client",
+                db.system.name = "postgresql",
+                db.operation.name = "decide_fenced",
+                db.collection.name = "claims",
+            ))
+            .await;
         // The write is fenced; the lease only needed to cover it.
         if let Err(e) = lease.release().await {
             debug!(resource = %name, error = %e, "lease release after batch");
@@ -297,21 +386,42 @@ impl Pipeline {
                 total,
             } => {
                 let granted = decisions.iter().filter(|d| matches!(d, Decision::Granted(_))).count();
-                info!(resource = %name, fence = fence.get(), claims = decisions.len(), granted, remaining, "batch decided");
-                if let Err(e) = self.cache.update(resource, fence.as_i64(), remaining, total).await {
+                let cached = self
+                    .cache
+                    .update(resource, fence.as_i64(), remaining, total)
+                    .instrument(info_span!(
+                        "cache",
+                        otel.name = "cache update",
+                        otel.kind = "client",
+                        db.system.name = "redis",
+                        db.operation.name = "EVALSHA",
+                    ))
+                    .await;
+                if let Err(e) = cached {
                     // The cache is a view; Postgres already holds the truth.
                     warn!(resource = %name, error = %e, "cache update failed");
                 }
-                self.announce(resource, fence, events, &decisions).await;
+                self.announce(group, fence, &decisions).await;
+                info!(
+                    correlation_id,
+                    resource = %name,
+                    fence = fence.get(),
+                    claims = decisions.len(),
+                    granted,
+                    remaining,
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "batch decided"
+                );
                 Ok(())
             }
             FencedOutcome::UnknownResource { decisions } => {
-                self.announce(resource, fence, events, &decisions).await;
+                self.announce(group, fence, &decisions).await;
                 Ok(())
             }
             FencedOutcome::StaleFence { last_accepted } => {
                 self.metrics.fence_rejections.inc();
                 warn!(
+                    correlation_id,
                     resource = %name,
                     fence = fence.get(),
                     last_accepted,
@@ -348,33 +458,53 @@ impl Pipeline {
     }
 
     /// Publishes a `ClaimDecided` per decision and records the outcomes.
-    async fn announce(
-        &self,
-        resource: &ResourceKey,
-        fence: FencingToken,
-        events: &[ClaimRequested],
-        decisions: &[Decision],
-    ) {
+    async fn announce(&self, group: &ResourceGroup, fence: FencingToken, decisions: &[Decision]) {
+        use tracing::Instrument;
+
         let decided_at_ms = now_ms();
-        let key = resource.to_string();
-        let by_id: std::collections::HashMap<_, _> = events.iter().map(|e| (e.claim_id, e)).collect();
+        let key = group.resource.to_string();
+        let topic = self.topics.decided.as_str();
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("send {topic}"),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = topic,
+            messaging.batch.message_count = decisions.len(),
+        );
+        let by_id: std::collections::HashMap<_, _> = group
+            .events
+            .iter()
+            .zip(&group.origins)
+            .map(|(e, o)| (e.claim_id, (e, o)))
+            .collect();
         let sends = decisions.iter().filter_map(|decision| {
-            let event = *by_id.get(&decision.claim_id())?;
+            let (event, origin) = *by_id.get(&decision.claim_id())?;
             let (status, reason) = match decision {
                 Decision::Granted(_) => (ClaimStatus::Granted, None),
                 Decision::Rejected(_, reason) => (ClaimStatus::Rejected, Some(*reason)),
             };
+            let latency_ms = (decided_at_ms - event.accepted_at_ms).max(0);
             self.metrics
                 .decided
                 .with_label_values(&[reason.map_or("granted", |r| r.as_str())])
                 .inc();
-            self.metrics
-                .decide_latency
-                .observe((decided_at_ms - event.accepted_at_ms).max(0) as f64 / 1000.0);
+            self.metrics.decide_latency.observe(latency_ms as f64 / 1000.0);
+            debug!(
+                correlation_id = origin.correlation_id.as_deref(),
+                tenant_id = event.tenant_id.as_str(),
+                claim_id = %event.claim_id,
+                fence = fence.get(),
+                status = status.as_str(),
+                reason = reason.map(RejectReason::as_str),
+                latency_ms,
+                "claim decided"
+            );
             let decided = ClaimDecided {
                 claim_id: event.claim_id,
                 tenant_id: event.tenant_id.clone(),
-                resource: resource.clone(),
+                resource: group.resource.clone(),
                 status,
                 reason,
                 fence: fence.get(),
@@ -383,7 +513,7 @@ impl Pipeline {
             let payload = turnstile_bus::encode(&decided);
             let key = key.clone();
             Some(async move {
-                let record = FutureRecord::to(&self.topics.decided)
+                let record = FutureRecord::to(topic)
                     .key(&key)
                     .payload(&payload)
                     .headers(turnstile_bus::event_headers("ClaimDecided"));
@@ -393,7 +523,7 @@ impl Pipeline {
                     .map_err(|(e, _)| e)
             })
         });
-        for result in join_all(sends).await {
+        for result in join_all(sends).instrument(span).await {
             if let Err(e) = result {
                 // Postgres holds the decision; `GET /v1/claims/{id}` serves it.
                 error!(resource = %key, error = %e, "publishing ClaimDecided failed");
@@ -426,10 +556,17 @@ fn decode(message: &BorrowedMessage<'_>) -> Incoming {
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
     });
+    let headers = message.headers();
     Incoming {
         partition: message.partition(),
         offset: message.offset(),
         event,
+        origin: Origin {
+            trace: turnstile_bus::trace_context(headers),
+            correlation_id: headers
+                .and_then(|h| turnstile_bus::header(h, turnstile_bus::CORRELATION_ID_HEADER))
+                .map(str::to_owned),
+        },
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -12,14 +12,15 @@ use rdkafka::{error::KafkaError, producer::FutureRecord, types::RDKafkaErrorCode
 use serde::Serialize;
 use tower::ServiceExt;
 use turnstile_claim::{
-    ClaimDecided, ClaimId, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason,
+    ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, IdempotencyKey, RejectReason,
+    TenantId,
     store::{self, ClaimRow, Reservation},
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    app::AppState,
+    app::{AppState, ClaimContext, CorrelationId},
     extract::{self, JsonBody},
     problem::ApiError,
 };
@@ -117,12 +118,34 @@ fn respond(view: ClaimView) -> Response {
     ))]
 pub async fn create_claim(
     State(state): State<AppState>,
+    correlation: Option<Extension<CorrelationId>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ClaimRequestBody>,
 ) -> Result<Response, ApiError> {
     let key = extract::idempotency_key(&headers)?;
     let tenant = extract::tenant(&headers)?;
     let request = body.parse().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let context = ClaimContext {
+        tenant_id: tenant.as_str().to_owned(),
+        claim_id: ClaimId::for_request(&tenant, &key).to_string(),
+    };
+    let correlation_id = correlation.map(|Extension(CorrelationId(id))| id).unwrap_or_default();
+    let mut response = accept(state, headers, key, tenant, request, correlation_id)
+        .await
+        .into_response();
+    response.extensions_mut().insert(context);
+    Ok(response)
+}
+
+/// The work of `POST /v1/claims` once the request parsed.
+async fn accept(
+    state: AppState,
+    headers: HeaderMap,
+    key: IdempotencyKey,
+    tenant: TenantId,
+    request: ClaimRequest,
+    correlation_id: String,
+) -> Result<Response, ApiError> {
     let wait = extract::prefer_wait(&headers).map(Duration::from_secs);
     if let Err(e) = state.load_gate.check(&state.producer) {
         if let ApiError::Overloaded { cause, .. } = &e {
@@ -148,6 +171,7 @@ pub async fn create_claim(
         idempotency_key: key.as_str().to_owned(),
         fingerprint: request.fingerprint(),
         event,
+        correlation_id,
     };
     let admitted = state
         .admission
@@ -197,6 +221,7 @@ pub struct AcceptJob {
     idempotency_key: String,
     fingerprint: [u8; 32],
     event: ClaimRequested,
+    correlation_id: String,
 }
 
 impl std::fmt::Debug for AcceptJob {
@@ -224,6 +249,7 @@ pub async fn admit(job: AcceptJob) -> Result<Admitted, ApiError> {
         idempotency_key,
         fingerprint,
         event,
+        correlation_id,
     } = job;
     state.postgres.permit()?;
     let reservation = store::reserve_claim(&state.write_pool, &idempotency_key, &fingerprint, &event).await;
@@ -240,14 +266,15 @@ pub async fn admit(job: AcceptJob) -> Result<Admitted, ApiError> {
     })?;
     match reservation {
         Reservation::New(tx) => {
-            publish(&state, &event).await?;
+            publish(&state, &event, &correlation_id).await?;
             tx.commit().await.map_err(|e| {
                 tracing::warn!(error = %e, claim_id = %event.claim_id, "commit after publish failed");
                 state.postgres.record(false);
                 state.postgres.unavailable()
             })?;
             state.metrics.accepted.inc();
-            tracing::info!(
+            tracing::debug!(
+                correlation_id,
                 claim_id = %event.claim_id,
                 tenant_id = event.tenant_id.as_str(),
                 resource = %event.resource,
@@ -267,17 +294,42 @@ pub async fn admit(job: AcceptJob) -> Result<Admitted, ApiError> {
     }
 }
 
-async fn publish(state: &AppState, event: &ClaimRequested) -> Result<(), ApiError> {
+/// Publishes the claim, in a producer span whose context travels in the
+/// message headers (W3C `traceparent`) to the worker.
+async fn publish(state: &AppState, event: &ClaimRequested, correlation_id: &str) -> Result<(), ApiError> {
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
     state.kafka.permit()?;
+    let topic = state.topics.requested.as_str();
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = topic,
+        messaging.kafka.message.key = %event.resource,
+        otel.status_code = tracing::field::Empty,
+    );
     let payload = turnstile_bus::encode(event);
     let key = event.resource.to_string();
-    let record = FutureRecord::to(&state.topics.requested)
-        .key(&key)
-        .payload(&payload)
-        .headers(turnstile_bus::event_headers("ClaimRequested"));
+    let headers = turnstile_bus::with_trace(
+        turnstile_bus::event_headers("ClaimRequested"),
+        &span.context(),
+        correlation_id,
+    );
+    let record = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
     let started = Instant::now();
     // A zero queue timeout: a full local queue is load to shed, not to wait on.
-    let sent = state.producer.send(record, Duration::ZERO).await;
+    let sent = state
+        .producer
+        .send(record, Duration::ZERO)
+        .instrument(span.clone())
+        .await;
+    if sent.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
     state.metrics.produce_duration.observe(started.elapsed().as_secs_f64());
     match sent {
         Ok(_) => {
