@@ -1,7 +1,7 @@
 //! Building the service: the pool, migrations, the router. Tests build it on
 //! port 0 and talk to it over HTTP.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use axum::{
@@ -9,7 +9,7 @@ use axum::{
     routing::{get, post},
 };
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use turnstile_claim::store;
@@ -25,6 +25,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub(crate) pool: PgPool,
+    /// One permit per claim in progress (`TURNSTILE_MAX_INFLIGHT`).
+    pub(crate) inflight: Arc<Semaphore>,
 }
 
 /// A built service, bound to its port, not yet serving.
@@ -41,11 +43,20 @@ impl Application {
             .await
             .context("connecting to postgres")?;
         store::migrate(&pool).await.context("applying migrations")?;
-        let router = router(AppState { pool }, &settings);
+        let state = AppState {
+            pool,
+            inflight: Arc::new(Semaphore::new(settings.max_inflight)),
+        };
+        let router = router(state, &settings);
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
-        info!(addr = %listener.local_addr()?, pg_pool = settings.pg_pool, "sql-baseline ready");
+        info!(
+            addr = %listener.local_addr()?,
+            pg_pool = settings.pg_pool,
+            max_inflight = settings.max_inflight,
+            "sql-baseline ready"
+        );
         Ok(Self { listener, router })
     }
 

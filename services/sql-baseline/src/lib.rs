@@ -32,9 +32,14 @@
 //! Over the HTTP surface it matches `claim-api` where the two overlap: the
 //! same bodies, the same `Idempotency-Key` and `X-Tenant-Id` rules, the same
 //! claim view and the same `application/problem+json` types for bad input.
-//! It has no admission control: when every pooled connection is busy for
-//! longer than the acquire timeout, the request fails with `503` and
-//! `Retry-After`, which is all most such services do.
+//! Its only admission control is a fixed cap on claims in progress
+//! (`TURNSTILE_MAX_INFLIGHT`): beyond it, `429` with `Retry-After` before any
+//! work, as `claim-api` sheds. Without the cap, a flash sale queues
+//! thousands of requests on the connection pool, and the pool thrashes
+//! (acquires that time out drop the connections they just opened) until
+//! nothing is served at all; that would measure a pool pathology rather
+//! than the row lock. A connection not had within the acquire timeout is a
+//! `503`.
 
 mod app;
 mod extract;

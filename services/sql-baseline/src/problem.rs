@@ -1,7 +1,7 @@
 //! Errors as `application/problem+json` (RFC 9457), with the same `type`
 //! values `claim-api` uses, so a client (and `loadtest`) handles both
-//! services alike. Bad input is a 4xx; a saturated or failing database is a
-//! 503 with `Retry-After`.
+//! services alike. Bad input is a 4xx; too many claims at once is a 429, a
+//! saturated or failing database a 503, both with `Retry-After`.
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
@@ -60,6 +60,9 @@ pub enum ApiError {
     /// The coupon or SKU exists already.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// Too many claims in progress: nothing was done, try again later.
+    #[error("overloaded (concurrency); retry later")]
+    Overloaded,
     /// Postgres is unreachable, or every pooled connection stayed busy for
     /// the whole acquire timeout.
     #[error("postgres is unavailable; retry later")]
@@ -112,6 +115,7 @@ impl ApiError {
                 "Method not allowed",
             ),
             AlreadyExists(_) => (StatusCode::CONFLICT, "/problems/already-exists", "Already exists"),
+            Overloaded => (StatusCode::TOO_MANY_REQUESTS, "/problems/overloaded", "Overloaded"),
             Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "/problems/unavailable",
@@ -130,7 +134,7 @@ impl ApiError {
     /// else is a bug, logged here.
     pub fn from_store(e: &StoreError, doing: &'static str) -> Self {
         if e.is_transient() {
-            tracing::debug!(error = %e, doing, "postgres unavailable");
+            tracing::debug!(error = %e, cause = ?e, doing, "postgres unavailable");
             Self::Unavailable
         } else {
             tracing::error!(error = %e, cause = ?e, doing, "postgres statement failed");
@@ -154,7 +158,7 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if matches!(self, Self::Unavailable) {
+        if matches!(self, Self::Overloaded | Self::Unavailable) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
         }
         response

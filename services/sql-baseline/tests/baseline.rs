@@ -21,12 +21,17 @@ struct Baseline {
 
 impl Baseline {
     async fn start() -> Self {
+        // Enough room that no test request is shed while the hot row is queued.
+        Self::start_with(2048).await
+    }
+
+    async fn start_with(max_inflight: usize) -> Self {
         let settings = Settings {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: database_url(),
             pg_pool: 16,
-            // Long enough that no test request is shed while the hot row is queued.
             pg_acquire_timeout: Duration::from_secs(30),
+            max_inflight,
             max_body_bytes: 16 * 1024,
         };
         let app = Application::build(settings)
@@ -368,4 +373,40 @@ async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
         "/problems/invalid-request",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_house_sheds_with_429_and_writes_nothing_for_it() {
+    let api = Baseline::start_with(2).await;
+    let code = unique("SQLSHED");
+    api.create_coupon(&code, 1000, Some(1)).await;
+    let responses = join_all((0..200).map(|u| {
+        let (api, code) = (&api, &code);
+        async move {
+            api.claim(&unique("k"), json!({"coupon": code, "user_id": format!("u-{u}")}))
+                .await
+        }
+    }))
+    .await;
+    let mut decided = 0;
+    let mut shed = 0;
+    for response in responses {
+        match response.status() {
+            StatusCode::OK => decided += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "/problems/overloaded").await;
+                shed += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(shed > 0, "200 claims at once through 2 slots: some must be shed");
+    assert_eq!(decided + shed, 200);
+    // Only the decided claims left rows; the stock matches them.
+    assert_eq!(claim_rows(&code).await, decided);
+    assert_eq!(
+        assert_claim_invariants(std::slice::from_ref(&code), 1000).await,
+        vec![decided]
+    );
 }

@@ -82,6 +82,10 @@ pub async fn create_claim(
     let key = extract::idempotency_key(&headers)?;
     let tenant = extract::tenant(&headers)?;
     let request = body.parse().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    // Shed rather than queue: a full house answers 429 before any work.
+    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
+        return Err(ApiError::Overloaded);
+    };
     let event = ClaimRequested {
         claim_id: ClaimId::for_request(&tenant, &key),
         tenant_id: tenant,
