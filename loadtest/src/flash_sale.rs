@@ -7,31 +7,66 @@
 //! the offered load ends, every accepted claim is followed to its decision,
 //! and the invariants are checked in the database: nothing oversold, no user
 //! granted twice, fences increasing in commit order, nothing left undecided.
+//!
+//! Two modes, one scenario:
+//! - `pipeline` (default): `claim-api` answers `202` and a worker decides
+//!   later. Accept latency is the HTTP answer; decide latency is the
+//!   server's, from the API's acceptance (`accepted_at`) to the worker's
+//!   commit (`decided_at`).
+//! - `sql-for-update`: `sql-baseline` decides inside the request and answers
+//!   `200` with the decision, so decide latency *is* the accept latency.
+//!
+//! In both modes `decide_from_send` is the end-to-end figure, from the
+//! request's scheduled send time to the commit of its decision: the number
+//! to compare across modes. Client and Postgres share this machine's clock.
 
 use std::{
+    collections::HashMap,
+    path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::latency::Latencies;
+use crate::{
+    latency::Latencies,
+    timeline::{Answer, SecondStats, Timeline},
+};
 
-/// Arguments of `loadtest flash-sale`.
+/// How the claims are processed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// claim-api → Kafka → claim-worker (lock + fence) → Postgres.
+    #[default]
+    Pipeline,
+    /// sql-baseline: `SELECT ... FOR UPDATE` and the decision inside the request.
+    SqlForUpdate,
+}
+
+impl Mode {
+    /// The name used on the command line, in reports and element ids.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pipeline => "pipeline",
+            Self::SqlForUpdate => "sql-for-update",
+        }
+    }
+}
+
+/// The sale itself: shared by `flash-sale` and `compare`.
 #[derive(Debug, Clone, Args)]
-pub struct FlashSaleArgs {
-    /// The claim API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub api: String,
+pub struct SaleParams {
     /// Postgres, for the audit.
     #[arg(
         long,
@@ -60,16 +95,38 @@ pub struct FlashSaleArgs {
     /// How long to wait for every accepted claim to be decided, in seconds.
     #[arg(long, default_value_t = 120)]
     pub decide_timeout: u64,
+}
+
+/// Arguments of `loadtest flash-sale`.
+#[derive(Debug, Clone, Args)]
+pub struct FlashSaleArgs {
+    /// The claim API (claim-api, or sql-baseline with `--mode sql-for-update`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// How the service at `--api` processes claims.
+    #[arg(long, value_enum, default_value_t = Mode::Pipeline)]
+    pub mode: Mode,
+    #[command(flatten)]
+    pub sale: SaleParams,
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
+    /// Also write a self-contained HTML report (charts as inline SVG).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
-/// What a flash sale measured.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What a flash sale measured. Fields missing from older saved JSON read
+/// as their defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FlashSaleReport {
+    pub mode: Mode,
     pub coupons: usize,
     pub stock_per_coupon: i64,
+    pub users: u64,
+    pub rate: f64,
+    pub duration_s: u64,
     pub offered: u64,
     pub accepted: u64,
     pub granted: u64,
@@ -89,6 +146,10 @@ pub struct FlashSaleReport {
     pub accept_p99_ms: f64,
     pub decide_p50_ms: f64,
     pub decide_p99_ms: f64,
+    pub decide_from_send_p50_ms: f64,
+    pub decide_from_send_p99_ms: f64,
+    /// The run second by second.
+    pub timeline: Vec<SecondStats>,
 }
 
 impl FlashSaleReport {
@@ -112,35 +173,79 @@ struct Counters {
     dropped: AtomicU64,
 }
 
+impl Counters {
+    fn count(&self, answer: Answer) {
+        let counter = match answer {
+            Answer::Accepted => &self.accepted,
+            Answer::Throttled => &self.throttled,
+            Answer::ClientError => &self.errors_4xx,
+            Answer::ServerError => &self.errors_5xx,
+            Answer::Transport => &self.transport,
+            Answer::Dropped => &self.dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One accepted claim, as the client saw it.
+#[derive(Debug, Clone, Copy)]
+struct AcceptedClaim {
+    id: Uuid,
+    /// Scheduled send time, from the start of the load.
+    sent: Duration,
+    /// From the scheduled send time to the answer.
+    accept_latency: Duration,
+}
+
+/// What the sending phase collected, behind one lock (held for a push).
+#[derive(Debug, Default)]
+struct Collected {
+    accept: Latencies,
+    accepted: Vec<AcceptedClaim>,
+    timeline: Timeline,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding it; if something did, the data is still counts.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Runs the sale and the audit.
 pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
-    if args.coupons == 0 || args.users == 0 || args.rate <= 0.0 || args.duration == 0 {
+    let sale = &args.sale;
+    if sale.coupons == 0 || sale.users == 0 || sale.rate <= 0.0 || sale.duration == 0 {
         bail!("--coupons, --users, --rate and --duration must be greater than zero");
     }
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.max_in_flight)
+        .pool_max_idle_per_host(sale.max_in_flight)
         .timeout(Duration::from_secs(30))
         .build()?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
-        .connect(&args.database_url)
+        .connect(&sale.database_url)
         .await
         .context("connecting to postgres for the audit")?;
     let run_id = format!("{:08X}", rand::random::<u32>());
-    let codes: Arc<Vec<String>> = Arc::new((0..args.coupons).map(|i| format!("FLASH-{run_id}-{i}")).collect());
+    let codes: Arc<Vec<String>> = Arc::new((0..sale.coupons).map(|i| format!("FLASH-{run_id}-{i}")).collect());
     for code in codes.iter() {
         let response = http
             .post(format!("{}/v1/coupons", args.api))
-            .json(&serde_json::json!({"code": code, "total": args.stock, "per_user_limit": 1}))
+            .json(&serde_json::json!({"code": code, "total": sale.stock, "per_user_limit": 1}))
             .send()
             .await
-            .context("creating coupons (is claim-api running?)")?;
+            .with_context(|| {
+                format!(
+                    "creating coupons (is the {} service running at {}?)",
+                    args.mode.as_str(),
+                    args.api
+                )
+            })?;
         if response.status() != reqwest::StatusCode::CREATED {
             bail!("creating coupon {code}: {}", response.status());
         }
     }
 
-    let total = (args.rate * args.duration as f64).round() as u64;
+    let total = (sale.rate * sale.duration as f64).round() as u64;
     let progress = if args.json {
         ProgressBar::hidden()
     } else {
@@ -150,29 +255,33 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
         )
     };
     let counters = Arc::new(Counters::default());
-    let accept_latency = Arc::new(Mutex::new(Latencies::new()));
-    let accepted_ids = Arc::new(Mutex::new(Vec::<Uuid>::with_capacity(total as usize)));
-    let in_flight = Arc::new(Semaphore::new(args.max_in_flight));
-    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let collected = Arc::new(Mutex::new(Collected {
+        accepted: Vec::with_capacity(total as usize),
+        ..Collected::default()
+    }));
+    let in_flight = Arc::new(Semaphore::new(sale.max_in_flight));
+    let interval = Duration::from_secs_f64(1.0 / sale.rate);
     let started = Instant::now();
+    let started_wall = SystemTime::now();
     let mut tasks = Vec::with_capacity(total as usize);
     for i in 0..total {
-        let scheduled = started + interval.mul_f64(i as f64);
+        let sent = interval.mul_f64(i as f64);
+        let scheduled = started + sent;
         tokio::time::sleep_until(scheduled.into()).await;
         progress.inc(1);
+        lock(&collected).timeline.offered(sent);
         let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            counters.count(Answer::Dropped);
+            lock(&collected)
+                .timeline
+                .answered(sent, started.elapsed(), Answer::Dropped);
             continue;
         };
         let code = codes[rand::random_range(0..codes.len())].clone();
-        let user = format!("user-{}", rand::random_range(0..args.users));
+        let user = format!("user-{}", rand::random_range(0..sale.users));
         let key = format!("{run_id}-{i}");
         let (http, api) = (http.clone(), args.api.clone());
-        let (counters, accept_latency, accepted_ids) = (
-            Arc::clone(&counters),
-            Arc::clone(&accept_latency),
-            Arc::clone(&accepted_ids),
-        );
+        let (counters, collected) = (Arc::clone(&counters), Arc::clone(&collected));
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let response = http
@@ -182,29 +291,37 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
                 .send()
                 .await;
             // From the scheduled time: a late send counts against the system.
-            let latency = scheduled.elapsed();
-            match response {
-                Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
-                    accept_latency.lock().await.record(latency);
-                    counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(body) = r.json::<serde_json::Value>().await
-                        && let Some(id) = body["claim_id"].as_str().and_then(|s| Uuid::parse_str(s).ok())
-                    {
-                        accepted_ids.lock().await.push(id);
-                    }
+            let answered = started.elapsed();
+            let answer = match &response {
+                Ok(r) if matches!(r.status(), reqwest::StatusCode::ACCEPTED | reqwest::StatusCode::OK) => {
+                    Answer::Accepted
                 }
-                Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                    counters.throttled.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(r) if r.status().is_client_error() => {
-                    counters.errors_4xx.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(_) => {
-                    counters.errors_5xx.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    counters.transport.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => Answer::Throttled,
+                Ok(r) if r.status().is_client_error() => Answer::ClientError,
+                Ok(_) => Answer::ServerError,
+                Err(_) => Answer::Transport,
+            };
+            counters.count(answer);
+            let claim_id = match (answer, response) {
+                (Answer::Accepted, Ok(r)) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|body| body["claim_id"].as_str().and_then(|s| Uuid::parse_str(s).ok())),
+                _ => None,
+            };
+            let accept_latency = answered.saturating_sub(sent);
+            let mut collected = lock(&collected);
+            collected.timeline.answered(sent, answered, answer);
+            if answer == Answer::Accepted {
+                collected.accept.record(accept_latency);
+            }
+            if let Some(id) = claim_id {
+                collected.accepted.push(AcceptedClaim {
+                    id,
+                    sent,
+                    accept_latency,
+                });
             }
         }));
     }
@@ -212,13 +329,24 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
         task.await?;
     }
     progress.finish_and_clear();
-    let ids = accepted_ids.lock().await.clone();
-    let decided_by = Instant::now() + Duration::from_secs(args.decide_timeout);
+    let Collected {
+        accept,
+        accepted,
+        mut timeline,
+    } = std::mem::take(&mut *lock(&collected));
+    let ids: Vec<Uuid> = accepted.iter().map(|c| c.id).collect();
+    let decided_by = Instant::now() + Duration::from_secs(sale.decide_timeout);
     let undecided = wait_for_decisions(&pool, &ids, decided_by).await?;
-    let mut report = audit(&pool, &codes, &ids, args.stock).await?;
-    let accept = accept_latency.lock().await;
-    report.coupons = args.coupons;
-    report.stock_per_coupon = args.stock;
+    let mut report = audit(&pool, &codes, &ids, sale.stock).await?;
+    let start_epoch = started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let decisions = decision_times(&pool, &ids).await?;
+    let decided = measure_decisions(args.mode, start_epoch, &accepted, &decisions, &mut timeline);
+    report.mode = args.mode;
+    report.coupons = sale.coupons;
+    report.stock_per_coupon = sale.stock;
+    report.users = sale.users;
+    report.rate = sale.rate;
+    report.duration_s = sale.duration;
     report.offered = total;
     report.accepted = counters.accepted.load(Ordering::Relaxed);
     report.throttled_429 = counters.throttled.load(Ordering::Relaxed);
@@ -227,9 +355,95 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     report.transport_errors = counters.transport.load(Ordering::Relaxed);
     report.dropped = counters.dropped.load(Ordering::Relaxed);
     report.undecided = undecided;
-    report.accept_p50_ms = accept.quantile_us(0.5) as f64 / 1000.0;
-    report.accept_p99_ms = accept.quantile_us(0.99) as f64 / 1000.0;
+    report.accept_p50_ms = accept.quantile_ms(0.5).unwrap_or(0.0);
+    report.accept_p99_ms = accept.quantile_ms(0.99).unwrap_or(0.0);
+    report.decide_p50_ms = decided.decide.quantile_ms(0.5).unwrap_or(0.0);
+    report.decide_p99_ms = decided.decide.quantile_ms(0.99).unwrap_or(0.0);
+    report.decide_from_send_p50_ms = decided.from_send.quantile_ms(0.5).unwrap_or(0.0);
+    report.decide_from_send_p99_ms = decided.from_send.quantile_ms(0.99).unwrap_or(0.0);
+    report.claims_per_sec = decided.per_sec;
+    report.timeline = timeline.stats();
     Ok(report)
+}
+
+/// When a claim was accepted and decided, by Postgres' clock (epoch seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecisionTime {
+    pub accepted_at: f64,
+    pub decided_at: f64,
+}
+
+async fn decision_times(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, DecisionTime>> {
+    let rows: Vec<(Uuid, f64, f64)> = sqlx::query_as(
+        "SELECT claim_id, extract(epoch FROM accepted_at)::float8, extract(epoch FROM decided_at)::float8
+           FROM claims WHERE claim_id = ANY($1) AND status <> 'pending'",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, accepted_at, decided_at)| {
+            (
+                id,
+                DecisionTime {
+                    accepted_at,
+                    decided_at,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Decide latencies and throughput, from the client's record of each
+/// accepted claim and Postgres' record of its decision.
+#[derive(Debug)]
+struct DecideMeasures {
+    decide: Latencies,
+    from_send: Latencies,
+    per_sec: f64,
+}
+
+fn measure_decisions(
+    mode: Mode,
+    start_epoch: f64,
+    accepted: &[AcceptedClaim],
+    decisions: &HashMap<Uuid, DecisionTime>,
+    timeline: &mut Timeline,
+) -> DecideMeasures {
+    let secs = |s: f64| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO);
+    let mut decide = Latencies::new();
+    let mut from_send = Latencies::new();
+    let (mut first_accepted, mut last_decided, mut count) = (f64::INFINITY, f64::NEG_INFINITY, 0u64);
+    for claim in accepted {
+        let Some(t) = decisions.get(&claim.id) else {
+            continue;
+        };
+        let (latency, end_to_end) = match mode {
+            Mode::Pipeline => (
+                secs(t.decided_at - t.accepted_at),
+                secs(t.decided_at - start_epoch - claim.sent.as_secs_f64()),
+            ),
+            // Decided before the answer: the answer's latency is the decision's.
+            Mode::SqlForUpdate => (claim.accept_latency, claim.accept_latency),
+        };
+        decide.record(latency);
+        from_send.record(end_to_end);
+        timeline.decided(claim.sent, claim.sent + end_to_end);
+        first_accepted = first_accepted.min(t.accepted_at);
+        last_decided = last_decided.max(t.decided_at);
+        count += 1;
+    }
+    let span = last_decided - first_accepted;
+    DecideMeasures {
+        decide,
+        from_send,
+        per_sec: if count > 0 && span > 0.0 {
+            count as f64 / span
+        } else {
+            0.0
+        },
+    }
 }
 
 /// Waits until none of `ids` is pending, or `deadline`; returns how many are.
@@ -247,7 +461,7 @@ async fn wait_for_decisions(pool: &PgPool, ids: &[Uuid], deadline: Instant) -> R
     }
 }
 
-/// The invariants and decide latencies, from what Postgres holds.
+/// The invariants, from what Postgres holds.
 async fn audit(pool: &PgPool, codes: &[String], ids: &[Uuid], stock: i64) -> Result<FlashSaleReport> {
     let mut report = FlashSaleReport::default();
     let (granted, rejected): (i64, i64) = sqlx::query_as(
@@ -297,20 +511,82 @@ async fn audit(pool: &PgPool, codes: &[String], ids: &[Uuid], stock: i64) -> Res
     .bind(codes)
     .fetch_one(pool)
     .await?;
-    let (p50, p99, span_s, decided): (Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
-                extract(epoch FROM max(decided_at) - min(accepted_at))::float8, count(*)
-           FROM (SELECT decided_at, accepted_at, extract(epoch FROM decided_at - accepted_at) * 1000 AS ms
-                   FROM claims WHERE claim_id = ANY($1) AND status <> 'pending') d",
-    )
-    .bind(ids)
-    .fetch_one(pool)
-    .await?;
-    report.decide_p50_ms = p50.unwrap_or(0.0);
-    report.decide_p99_ms = p99.unwrap_or(0.0);
-    report.claims_per_sec = match span_s {
-        Some(s) if s > 0.0 => decided as f64 / s,
-        _ => 0.0,
-    };
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(n: u128, sent_ms: u64, accept_ms: u64) -> AcceptedClaim {
+        AcceptedClaim {
+            id: Uuid::from_u128(n),
+            sent: Duration::from_millis(sent_ms),
+            accept_latency: Duration::from_millis(accept_ms),
+        }
+    }
+
+    #[test]
+    fn pipeline_decide_latency_is_the_servers_and_end_to_end_starts_at_the_send() {
+        let start = 1_000.0;
+        let accepted = [claim(1, 500, 20), claim(2, 1_500, 30), claim(3, 1_600, 40)];
+        // Claim 1: accepted by the API at +0.51 s, decided at +0.61 s.
+        // Claim 2: accepted at +1.52 s, decided at +2.02 s. Claim 3: undecided.
+        let decisions = HashMap::from([
+            (
+                Uuid::from_u128(1),
+                DecisionTime {
+                    accepted_at: 1_000.51,
+                    decided_at: 1_000.61,
+                },
+            ),
+            (
+                Uuid::from_u128(2),
+                DecisionTime {
+                    accepted_at: 1_001.52,
+                    decided_at: 1_002.02,
+                },
+            ),
+        ]);
+        let mut timeline = Timeline::new();
+        let m = measure_decisions(Mode::Pipeline, start, &accepted, &decisions, &mut timeline);
+        assert_eq!(m.decide.count(), 2);
+        let p100 = m.decide.quantile_ms(1.0).unwrap();
+        assert!((499.0..=501.0).contains(&p100), "{p100}");
+        let e2e = m.from_send.quantile_ms(1.0).unwrap();
+        assert!((519.0..=521.0).contains(&e2e), "{e2e}");
+        // Two decisions over 1.51 s from the first acceptance to the last decision.
+        assert!((m.per_sec - 2.0 / 1.51).abs() < 1e-6);
+        let stats = timeline.stats();
+        assert_eq!(stats[0].decided, 1);
+        assert_eq!(stats[2].decided, 1);
+        assert!(
+            stats[1]
+                .decided_from_send_p50_ms
+                .is_some_and(|ms| (519.0..=521.0).contains(&ms))
+        );
+    }
+
+    #[test]
+    fn sql_decide_latency_is_the_answer() {
+        let accepted = [claim(1, 0, 7)];
+        let decisions = HashMap::from([(
+            Uuid::from_u128(1),
+            DecisionTime {
+                accepted_at: 10.001,
+                decided_at: 10.005,
+            },
+        )]);
+        let m = measure_decisions(Mode::SqlForUpdate, 10.0, &accepted, &decisions, &mut Timeline::new());
+        assert_eq!(m.decide.quantile_us(0.5), m.from_send.quantile_us(0.5));
+        assert!((6.9..=7.1).contains(&m.decide.quantile_ms(0.5).unwrap()));
+    }
+
+    #[test]
+    fn mode_names_match_the_command_line() {
+        for mode in [Mode::Pipeline, Mode::SqlForUpdate] {
+            assert_eq!(Mode::from_str(mode.as_str(), false).ok(), Some(mode));
+            assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
+        }
+    }
 }

@@ -3,10 +3,19 @@
 //! Everything here runs against real services on loopback and stops by
 //! itself: `lock-bench` measures the lock library alone (and the `rslock`
 //! crate beside it, for comparison); `lock-compare` runs every backend in
-//! one process; `flash-sale` drives the whole claim pipeline. Numbers go to the terminal or, with `--json`, as one JSON object
-//! on the last line for scripts to collect.
+//! one process; `flash-sale` drives a whole flash sale through the claim
+//! pipeline or, with `--mode sql-for-update`, through the
+//! `SELECT ... FOR UPDATE` baseline; `compare` runs the same sale through
+//! both and sets them side by side. Numbers go to the terminal or, with
+//! `--json`, as one JSON object on the last line for scripts to collect;
+//! `--report FILE.html` also writes a self-contained HTML report with
+//! per-second charts (`report` renders one from saved JSON).
 
 pub mod flash_sale;
+pub mod html_report;
 pub mod latency;
 pub mod lock_bench;
 pub mod lock_compare;
+pub mod sale_compare;
+pub mod svg_chart;
+pub mod timeline;

@@ -5,10 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
 use turnstile_loadtest::{
-    flash_sale::{self, FlashSaleArgs},
+    flash_sale::{self, FlashSaleArgs, FlashSaleReport},
+    html_report,
     lock_bench::{self, LockBenchArgs},
     lock_compare::{self, LockCompareArgs},
+    sale_compare::{self, CompareArgs, CompareReport},
 };
 
 #[derive(Debug, Parser)]
@@ -29,11 +33,50 @@ enum Command {
     LockCompare(LockCompareArgs),
     /// A flash sale through the HTTP API, audited against Postgres.
     FlashSale(FlashSaleArgs),
+    /// The same flash sale through the pipeline and the SQL baseline, side by side.
+    Compare(CompareArgs),
+    /// Renders the HTML report of a saved `flash-sale --json` or `compare` JSON line.
+    Report {
+        /// The JSON (the last line of the file is read).
+        input: PathBuf,
+        /// Where to write the HTML.
+        #[arg(long, value_name = "FILE.html")]
+        out: PathBuf,
+    },
     /// Print a lock script's source, e.g. for redis-benchmark comparisons.
     RedisScript {
         /// acquire, extend or release.
         name: String,
     },
+}
+
+fn exit_code(invariants_hold: bool) -> ExitCode {
+    // A sale that broke an invariant must not pass for a result.
+    if invariants_hold {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn sale_title(r: &FlashSaleReport) -> String {
+    format!(
+        "Flash sale ({}): {} × {} units, {} users, {}/s for {} s",
+        r.mode.as_str(),
+        r.coupons,
+        r.stock_per_coupon,
+        r.users,
+        r.rate,
+        r.duration_s
+    )
+}
+
+fn compare_title(c: &CompareReport) -> String {
+    let r = &c.pipeline;
+    format!(
+        "Flash sale, pipeline vs sql-for-update: {} × {} units, {} users, {}/s for {} s",
+        r.coupons, r.stock_per_coupon, r.users, r.rate, r.duration_s
+    )
 }
 
 fn main() -> ExitCode {
@@ -100,11 +143,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
-            Ok(if report.invariants_hold() {
-                ExitCode::SUCCESS
+            if let Some(path) = &args.report {
+                html_report::write(path, &sale_title(&report), std::slice::from_ref(&report))?;
+                eprintln!("report written to {}", path.display());
+            }
+            Ok(exit_code(report.invariants_hold()))
+        }
+        Command::Compare(args) => {
+            let report = sale_compare::run(&args).await?;
+            println!("{}", report.table());
+            println!("{}", serde_json::to_string(&report)?);
+            if let Some(path) = &args.report {
+                html_report::write(path, &compare_title(&report), &report.runs())?;
+                eprintln!("report written to {}", path.display());
+            }
+            Ok(exit_code(report.invariants_hold()))
+        }
+        Command::Report { input, out } => {
+            let text = std::fs::read_to_string(&input)?;
+            let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            if let Ok(compare) = serde_json::from_str::<CompareReport>(line) {
+                html_report::write(&out, &compare_title(&compare), &compare.runs())?;
             } else {
-                ExitCode::FAILURE
-            })
+                let report: FlashSaleReport = serde_json::from_str(line)
+                    .map_err(|e| anyhow::anyhow!("{}: not a flash-sale or compare report: {e}", input.display()))?;
+                html_report::write(&out, &sale_title(&report), std::slice::from_ref(&report))?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::RedisScript { name } => {
             let source = turnstile_lock::backend::redis::script_source(&name)
