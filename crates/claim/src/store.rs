@@ -251,6 +251,204 @@ pub async fn reserve_claim(
     Ok(Reservation::New(tx))
 }
 
+/// One claim to admit in [`reserve_claims`].
+#[derive(Debug, Clone, Copy)]
+pub struct Admission<'a> {
+    /// The client's `Idempotency-Key`.
+    pub idempotency_key: &'a str,
+    /// The request's meaning, to tell a retry from a reused key.
+    pub fingerprint: &'a [u8; 32],
+    /// The event to publish if the claim is new.
+    pub event: &'a ClaimRequested,
+}
+
+/// What [`reserve_claims`] found for one admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    /// A new claim, recorded in the batch's transaction: publish, then commit.
+    New,
+    /// The key was used before (or earlier in this batch) with the same
+    /// request: answer as before.
+    Replay(ClaimId),
+    /// The key was used before (or earlier in this batch) with a different
+    /// request.
+    KeyReused,
+    /// No such coupon or SKU.
+    UnknownResource,
+}
+
+/// Records the idempotency keys and pending claims of a whole batch of
+/// admissions in one transaction and one statement (group commit: the
+/// batch shares its round trips and its WAL flush). Publish the `New`
+/// events, then commit; dropping the transaction rolls the batch back.
+///
+/// Keys are inserted in a fixed order, so concurrent batches cannot
+/// deadlock; a key held by another batch's open transaction makes this one
+/// wait for it, and then counts as used before.
+pub async fn reserve_claims(
+    pool: &PgPool,
+    batch: &[Admission<'_>],
+) -> Result<(Transaction<'static, Postgres>, Vec<Reserved>), StoreError> {
+    let n = batch.len();
+    let (mut tenants, mut keys, mut fingerprints, mut claim_ids) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut kinds, mut resource_ids, mut users, mut quantities, mut accepted) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for a in batch {
+        tenants.push(a.event.tenant_id.as_str().to_owned());
+        keys.push(a.idempotency_key.to_owned());
+        fingerprints.push(a.fingerprint.to_vec());
+        claim_ids.push(a.event.claim_id.as_uuid());
+        kinds.push(a.event.resource.kind.as_str().to_owned());
+        resource_ids.push(a.event.resource.id.as_str().to_owned());
+        users.push(a.event.user_id.as_str().to_owned());
+        quantities.push(i32::try_from(a.event.quantity).unwrap_or(i32::MAX));
+        accepted.push(a.event.accepted_at_ms as f64);
+    }
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query!(
+        r#"WITH input AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::text[],
+                                  $7::text[], $8::int4[], $9::float8[]) WITH ORDINALITY
+                 AS t(tenant_id, key, fingerprint, claim_id, kind, resource_id, user_id, quantity, accepted_ms, n)
+           ), known AS (
+             SELECT i.*, coalesce(r.per_user_limit = 1, false) AS one_per_user
+               FROM input i JOIN resources r ON r.kind = i.kind AND r.id = i.resource_id
+           ), new_keys AS (
+             INSERT INTO idempotency_keys (tenant_id, key, fingerprint, claim_id)
+             SELECT DISTINCT ON (tenant_id, key) tenant_id, key, fingerprint, claim_id
+               FROM known ORDER BY tenant_id, key, n
+             ON CONFLICT (tenant_id, key) DO NOTHING
+             RETURNING claim_id
+           ), new_claims AS (
+             INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at)
+             SELECT DISTINCT ON (k.claim_id) k.claim_id, k.tenant_id, k.kind, k.resource_id, k.user_id, k.quantity,
+                    k.one_per_user, to_timestamp(k.accepted_ms / 1000)
+               FROM known k JOIN new_keys USING (claim_id) ORDER BY k.claim_id, k.n
+             ON CONFLICT (claim_id) DO NOTHING
+             RETURNING claim_id
+           )
+           SELECT i.n AS "n!", (k.n IS NOT NULL) AS "known!", (nk.claim_id IS NOT NULL) AS "new_key!"
+             FROM input i
+             LEFT JOIN known k ON k.n = i.n
+             LEFT JOIN new_keys nk ON nk.claim_id = i.claim_id
+            ORDER BY i.n"#,
+        &tenants,
+        &keys,
+        &fingerprints,
+        &claim_ids,
+        &kinds,
+        &resource_ids,
+        &users,
+        &quantities,
+        &accepted,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut reserved = vec![Reserved::UnknownResource; n];
+    let mut conflicted = Vec::new();
+    // The first admission of a key in the batch owns it; later copies of a
+    // key the batch made new are retries (same request) or reuse.
+    let mut owner_of: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
+    let mut copies = Vec::new();
+    for row in rows.iter().filter(|row| row.known) {
+        let i = usize::try_from(row.n - 1).unwrap_or(usize::MAX);
+        let Some(a) = batch.get(i) else { continue };
+        let slot = (a.event.tenant_id.as_str(), a.idempotency_key);
+        match owner_of.entry(slot) {
+            std::collections::hash_map::Entry::Occupied(_) => copies.push((i, slot)),
+            std::collections::hash_map::Entry::Vacant(first) => {
+                first.insert(i);
+                if row.new_key {
+                    reserved[i] = Reserved::New;
+                } else {
+                    conflicted.push(i);
+                }
+            }
+        }
+    }
+    for (i, slot) in copies {
+        let first = owner_of[&slot];
+        if reserved[first] == Reserved::New {
+            reserved[i] = if batch[first].fingerprint == batch[i].fingerprint {
+                Reserved::Replay(batch[i].event.claim_id)
+            } else {
+                Reserved::KeyReused
+            };
+        } else {
+            conflicted.push(i);
+        }
+    }
+    if !conflicted.is_empty() {
+        // A new statement, so keys committed by others meanwhile are seen.
+        let (tenants, keys): (Vec<String>, Vec<String>) = conflicted
+            .iter()
+            .map(|&i| {
+                (
+                    batch[i].event.tenant_id.as_str().to_owned(),
+                    batch[i].idempotency_key.to_owned(),
+                )
+            })
+            .unzip();
+        let earlier = sqlx::query!(
+            "SELECT k.tenant_id, k.key, k.fingerprint, k.claim_id
+               FROM idempotency_keys k
+               JOIN unnest($1::text[], $2::text[]) AS c(tenant_id, key) USING (tenant_id, key)",
+            &tenants,
+            &keys,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for i in conflicted {
+            let a = &batch[i];
+            let found = earlier
+                .iter()
+                .find(|e| e.tenant_id == a.event.tenant_id.as_str() && e.key == a.idempotency_key);
+            reserved[i] = match found {
+                Some(e) if e.fingerprint == a.fingerprint[..] => Reserved::Replay(ClaimId::from_uuid(e.claim_id)),
+                _ => Reserved::KeyReused,
+            };
+        }
+    }
+    Ok((tx, reserved))
+}
+
+/// Takes claims out of a [`reserve_claims`] transaction before it commits
+/// (their events could not be published): their keys and pending rows go.
+pub async fn forget_claims(
+    tx: &mut Transaction<'static, Postgres>,
+    claims: &[Admission<'_>],
+) -> Result<(), StoreError> {
+    let (mut tenants, mut keys, mut claim_ids) = (Vec::new(), Vec::new(), Vec::new());
+    for a in claims {
+        tenants.push(a.event.tenant_id.as_str().to_owned());
+        keys.push(a.idempotency_key.to_owned());
+        claim_ids.push(a.event.claim_id.as_uuid());
+    }
+    sqlx::query!(
+        "WITH gone AS (
+           DELETE FROM idempotency_keys k USING unnest($1::text[], $2::text[]) AS c(tenant_id, key)
+            WHERE k.tenant_id = c.tenant_id AND k.key = c.key
+         )
+         DELETE FROM claims WHERE claim_id = ANY($3) AND status = 'pending'",
+        &tenants,
+        &keys,
+        &claim_ids,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// The result of [`decide_fenced`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FencedOutcome {

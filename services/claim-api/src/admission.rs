@@ -11,15 +11,17 @@ use tower::{BoxError, ServiceBuilder, util::BoxCloneSyncService};
 use tower_acc::{ConcurrencyLimitLayer, Vegas};
 
 use crate::{
+    accept::AcceptQueue,
     problem::ApiError,
-    routes::claims::{AcceptJob, Admitted, admit},
+    routes::claims::{AcceptJob, Admitted},
 };
 
 /// The limited admission service.
 pub type Admission = BoxCloneSyncService<AcceptJob, Admitted, BoxError>;
 
-/// Builds admission with a limit that adapts between 1 and `max_inflight`.
-pub fn admission(max_inflight: usize) -> Admission {
+/// Builds admission into `queue` with a limit that adapts between 1 and
+/// `max_inflight`.
+pub fn admission(max_inflight: usize, queue: AcceptQueue) -> Admission {
     let vegas = Vegas::builder()
         .initial_limit((max_inflight / 4).max(1))
         .max_limit(max_inflight)
@@ -32,6 +34,6 @@ pub fn admission(max_inflight: usize) -> Admission {
         ServiceBuilder::new()
             .load_shed()
             .layer(ConcurrencyLimitLayer::with_classifier(vegas, failed))
-            .service_fn(admit),
+            .service_fn(move |job| queue.clone().admit(job)),
     )
 }

@@ -27,6 +27,7 @@ use utoipa::OpenApi;
 
 use crate::{
     Settings,
+    accept::{AcceptDeps, AcceptQueue},
     extract::BodyLimit,
     feeds::{self, DecisionWaiters},
     metrics::ApiMetrics,
@@ -47,7 +48,6 @@ pub struct AppState {
     pub(crate) decisions: DecisionWaiters,
     pub(crate) load_gate: LoadGate,
     pub(crate) postgres: Breaker,
-    pub(crate) kafka: Breaker,
     pub(crate) metrics: ApiMetrics,
     pub(crate) registry: Registry,
     pub(crate) pool_gauges: turnstile_telemetry::PoolGauges,
@@ -153,6 +153,22 @@ impl Application {
             background.clone(),
         ));
 
+        let postgres = Breaker::new("postgres", metrics.circuit_open.with_label_values(&["postgres"]));
+        let kafka = Breaker::new("kafka", metrics.circuit_open.with_label_values(&["kafka"]));
+        // Group commit: leave two write connections for everything else.
+        let accept = AcceptQueue::start(
+            AcceptDeps {
+                write_pool: write_pool.clone(),
+                read_pool: read_pool.clone(),
+                producer: producer.clone(),
+                topics: topics.clone(),
+                postgres: postgres.clone(),
+                kafka: kafka.clone(),
+                metrics: metrics.clone(),
+            },
+            usize::try_from(settings.pg_write_pool.saturating_sub(2)).unwrap_or(1),
+            background.clone(),
+        );
         let state = AppState {
             cache: ResourceCache::new(redis.clone(), "turnstile"),
             redis,
@@ -165,12 +181,11 @@ impl Application {
                 producer_queue_limit: settings.producer_queue_limit,
                 lag_exceeded,
             },
-            postgres: Breaker::new("postgres", metrics.circuit_open.with_label_values(&["postgres"])),
-            kafka: Breaker::new("kafka", metrics.circuit_open.with_label_values(&["kafka"])),
+            postgres,
             metrics,
             registry,
             pool_gauges,
-            admission: crate::admission::admission(settings.max_inflight),
+            admission: crate::admission::admission(settings.max_inflight, accept),
         };
         let router = router(state, &settings);
         let listener = TcpListener::bind(settings.http_addr)

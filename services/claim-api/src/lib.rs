@@ -8,6 +8,7 @@
 //! lag) it answers `429` with `Retry-After` and does nothing; when a
 //! dependency fails, its circuit breaker turns calls into fast `503`s.
 
+mod accept;
 mod admission;
 mod app;
 mod extract;

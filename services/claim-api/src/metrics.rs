@@ -14,6 +14,7 @@ pub struct ApiMetrics {
     pub(crate) replays: IntCounter,
     pub(crate) throttled: IntCounterVec,
     pub(crate) produce_duration: Histogram,
+    pub(crate) accept_batch_size: Histogram,
     pub(crate) consumer_lag: IntGauge,
     pub(crate) circuit_open: IntGaugeVec,
 }
@@ -59,6 +60,13 @@ impl ApiMetrics {
                 )
                 .buckets(latency),
             )?,
+            accept_batch_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "turnstile_accept_batch_size",
+                    "Claims recorded per admission transaction (group commit).",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )?,
             consumer_lag: IntGauge::new(
                 "turnstile_kafka_consumer_lag",
                 "Claims published but not yet committed by the worker group, summed over partitions.",
@@ -84,6 +92,7 @@ impl ApiMetrics {
         registry.register(Box::new(m.replays.clone()))?;
         registry.register(Box::new(m.throttled.clone()))?;
         registry.register(Box::new(m.produce_duration.clone()))?;
+        registry.register(Box::new(m.accept_batch_size.clone()))?;
         registry.register(Box::new(m.consumer_lag.clone()))?;
         registry.register(Box::new(m.circuit_open.clone()))?;
         Ok(m)

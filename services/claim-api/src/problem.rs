@@ -25,7 +25,7 @@ pub struct Problem {
 }
 
 /// Why a request failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// `Idempotency-Key` is required on `POST /v1/claims`.
     #[error("the Idempotency-Key header is required")]

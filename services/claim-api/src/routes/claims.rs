@@ -1,6 +1,6 @@
 //! `POST /v1/claims` and `GET /v1/claims/{claim_id}`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::{
     Extension, Json,
@@ -8,13 +8,12 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use rdkafka::{error::KafkaError, producer::FutureRecord, types::RDKafkaErrorCode};
 use serde::Serialize;
 use tower::ServiceExt;
 use turnstile_claim::{
     ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, IdempotencyKey, RejectReason,
     TenantId,
-    store::{self, ClaimRow, Reservation},
+    store::{self, ClaimRow},
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -167,7 +166,6 @@ async fn accept(
     let waiting = wait.map(|_| state.decisions.register(claim_id));
 
     let job = AcceptJob {
-        state: state.clone(),
         idempotency_key: key.as_str().to_owned(),
         fingerprint: request.fingerprint(),
         event,
@@ -217,11 +215,10 @@ async fn accept(
 /// therefore under the adaptive concurrency limit (waiting for a decision
 /// is not: it costs nothing but a parked task).
 pub struct AcceptJob {
-    state: AppState,
-    idempotency_key: String,
-    fingerprint: [u8; 32],
-    event: ClaimRequested,
-    correlation_id: String,
+    pub(crate) idempotency_key: String,
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) event: ClaimRequested,
+    pub(crate) correlation_id: String,
 }
 
 impl std::fmt::Debug for AcceptJob {
@@ -239,116 +236,6 @@ pub enum Admitted {
     Accepted,
     /// The key was used before with this request; the claim as stored now.
     Replayed(Option<ClaimRow>),
-}
-
-/// Records the idempotency key and the pending claim, publishes the event
-/// and only then commits: a claim is never acknowledged unpublished.
-pub async fn admit(job: AcceptJob) -> Result<Admitted, ApiError> {
-    let AcceptJob {
-        state,
-        idempotency_key,
-        fingerprint,
-        event,
-        correlation_id,
-    } = job;
-    state.postgres.permit()?;
-    let reservation = store::reserve_claim(&state.write_pool, &idempotency_key, &fingerprint, &event).await;
-    state
-        .postgres
-        .record(reservation.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
-    let reservation = reservation.map_err(|e| {
-        if e.is_transient() {
-            state.postgres.unavailable()
-        } else {
-            tracing::error!(error = %e, cause = ?e, "reserving a claim failed");
-            ApiError::Internal
-        }
-    })?;
-    match reservation {
-        Reservation::New(tx) => {
-            publish(&state, &event, &correlation_id).await?;
-            tx.commit().await.map_err(|e| {
-                tracing::warn!(error = %e, claim_id = %event.claim_id, "commit after publish failed");
-                state.postgres.record(false);
-                state.postgres.unavailable()
-            })?;
-            state.metrics.accepted.inc();
-            tracing::debug!(
-                correlation_id,
-                claim_id = %event.claim_id,
-                tenant_id = event.tenant_id.as_str(),
-                resource = %event.resource,
-                "claim accepted"
-            );
-            Ok(Admitted::Accepted)
-        }
-        Reservation::Replay(earlier) => {
-            state.metrics.replays.inc();
-            debug_assert_eq!(earlier, event.claim_id);
-            Ok(Admitted::Replayed(
-                store::claim(&state.read_pool, earlier).await.ok().flatten(),
-            ))
-        }
-        Reservation::KeyReused => Err(ApiError::IdempotencyKeyReused),
-        Reservation::UnknownResource => Err(ApiError::UnknownResource(event.resource.to_string())),
-    }
-}
-
-/// Publishes the claim, in a producer span whose context travels in the
-/// message headers (W3C `traceparent`) to the worker.
-async fn publish(state: &AppState, event: &ClaimRequested, correlation_id: &str) -> Result<(), ApiError> {
-    use tracing::Instrument;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-    state.kafka.permit()?;
-    let topic = state.topics.requested.as_str();
-    let span = tracing::info_span!(
-        "publish",
-        otel.name = %format_args!("send {topic}"),
-        otel.kind = "producer",
-        messaging.system = "kafka",
-        messaging.operation.type = "send",
-        messaging.destination.name = topic,
-        messaging.kafka.message.key = %event.resource,
-        otel.status_code = tracing::field::Empty,
-    );
-    let payload = turnstile_bus::encode(event);
-    let key = event.resource.to_string();
-    let headers = turnstile_bus::with_trace(
-        turnstile_bus::event_headers("ClaimRequested"),
-        &span.context(),
-        correlation_id,
-    );
-    let record = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
-    let started = Instant::now();
-    // A zero queue timeout: a full local queue is load to shed, not to wait on.
-    let sent = state
-        .producer
-        .send(record, Duration::ZERO)
-        .instrument(span.clone())
-        .await;
-    if sent.is_err() {
-        span.record("otel.status_code", "ERROR");
-    }
-    state.metrics.produce_duration.observe(started.elapsed().as_secs_f64());
-    match sent {
-        Ok(_) => {
-            state.kafka.record(true);
-            Ok(())
-        }
-        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-            state.metrics.throttled.with_label_values(&["producer_queue"]).inc();
-            Err(ApiError::Overloaded {
-                cause: "producer_queue",
-                retry_after: 1,
-            })
-        }
-        Err((e, _)) => {
-            tracing::warn!(error = %e, "publishing ClaimRequested failed");
-            state.kafka.record(false);
-            Err(state.kafka.unavailable())
-        }
-    }
 }
 
 /// Reads a claim.

@@ -1,0 +1,97 @@
+//! Group-commit admission (`store::reserve_claims`) against the real
+//! PostgreSQL of `scripts/stack`: one batch holding new keys, in-batch
+//! retries and reuses, keys used before, and an unknown coupon.
+
+#![allow(clippy::unwrap_used)]
+
+use turnstile_claim::{
+    ClaimId, ClaimRequested, IdempotencyKey, ResourceId, ResourceKey, TenantId, UserId,
+    store::{self, Admission, Reserved},
+};
+
+fn event(code: &str, key: &str, user: &str) -> ClaimRequested {
+    let tenant = TenantId::default_tenant();
+    ClaimRequested {
+        claim_id: ClaimId::for_request(&tenant, &IdempotencyKey::parse(key).unwrap()),
+        tenant_id: tenant,
+        resource: ResourceKey::coupon(ResourceId::parse("coupon", code).unwrap()),
+        user_id: UserId::parse(user).unwrap(),
+        quantity: 1,
+        accepted_at_ms: 1_795_000_000_000,
+    }
+}
+
+fn admit<'a>(key: &'a str, fingerprint: &'a [u8; 32], event: &'a ClaimRequested) -> Admission<'a> {
+    Admission {
+        idempotency_key: key,
+        fingerprint,
+        event,
+    }
+}
+
+#[tokio::test]
+async fn one_batch_classifies_every_admission_and_records_each_key_once() {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".into());
+    let pool = store::connect(&url, 4, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    store::migrate(&pool).await.unwrap();
+    let run = format!("{:08x}", rand::random::<u32>());
+    let code = format!("BATCH-{run}");
+    let coupon = ResourceKey::coupon(ResourceId::parse("coupon", &code).unwrap());
+    store::create_resource(&pool, &coupon, 10, Some(1)).await.unwrap();
+    let (same, other) = ([1; 32], [2; 32]);
+
+    // A key used before this batch.
+    let old_key = format!("old-{run}");
+    let old = event(&code, &old_key, "u0");
+    let (tx, first) = store::reserve_claims(&pool, &[admit(&old_key, &same, &old)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(first, vec![Reserved::New]);
+
+    let (k1, k2, k3) = (format!("k1-{run}"), format!("k2-{run}"), format!("k3-{run}"));
+    let (e1, e2) = (event(&code, &k1, "u1"), event(&code, &k2, "u2"));
+    let missing = event("NO-SUCH-COUPON-EVER", &k3, "u3");
+    let batch = [
+        admit(&k1, &same, &e1),
+        admit(&k1, &same, &e1),        // a retry in the same batch
+        admit(&k1, &other, &e1),       // the key reused in the same batch
+        admit(&old_key, &same, &old),  // a retry of an old key
+        admit(&old_key, &other, &old), // an old key reused
+        admit(&k3, &same, &missing),
+        admit(&k2, &same, &e2),
+    ];
+    let (tx, reserved) = store::reserve_claims(&pool, &batch).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        reserved,
+        vec![
+            Reserved::New,
+            Reserved::Replay(e1.claim_id),
+            Reserved::KeyReused,
+            Reserved::Replay(old.claim_id),
+            Reserved::KeyReused,
+            Reserved::UnknownResource,
+            Reserved::New,
+        ]
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE resource_id = $1")
+        .bind(&code)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3, "one pending claim per new key: old, k1, k2");
+
+    // Taking a claim out before the commit removes its key and row.
+    let k4 = format!("k4-{run}");
+    let e4 = event(&code, &k4, "u4");
+    let (mut tx, reserved) = store::reserve_claims(&pool, &[admit(&k4, &same, &e4)]).await.unwrap();
+    assert_eq!(reserved, vec![Reserved::New]);
+    store::forget_claims(&mut tx, &[admit(&k4, &same, &e4)]).await.unwrap();
+    tx.commit().await.unwrap();
+    let (tx, again) = store::reserve_claims(&pool, &[admit(&k4, &same, &e4)]).await.unwrap();
+    drop(tx);
+    assert_eq!(again, vec![Reserved::New], "a forgotten key is free again");
+}
