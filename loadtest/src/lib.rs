@@ -9,8 +9,10 @@
 //! both and sets them side by side. Numbers go to the terminal or, with
 //! `--json`, as one JSON object on the last line for scripts to collect;
 //! `--report FILE.html` also writes a self-contained HTML report with
-//! per-second charts (`report` renders one from saved JSON).
+//! per-second charts (`report` renders one from saved JSON). `chaos` runs a
+//! sale on private services, injects a fault and checks the same invariants.
 
+pub mod chaos;
 pub mod flash_sale;
 pub mod html_report;
 pub mod latency;

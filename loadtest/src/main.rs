@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 use turnstile_loadtest::{
+    chaos::{self, ChaosArgs},
     flash_sale::{self, FlashSaleArgs, FlashSaleReport},
     html_report,
     lock_bench::{self, LockBenchArgs},
@@ -35,6 +36,8 @@ enum Command {
     FlashSale(FlashSaleArgs),
     /// The same flash sale through the pipeline and the SQL baseline, side by side.
     Compare(CompareArgs),
+    /// A flash sale on private services with a fault injected, then the invariants.
+    Chaos(ChaosArgs),
     /// Renders the HTML report of a saved `flash-sale --json` or `compare` JSON line.
     Report {
         /// The JSON (the last line of the file is read).
@@ -135,6 +138,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Chaos(args) => {
+            let reports = chaos::run(&args).await?;
+            for report in &reports {
+                if args.json {
+                    println!("{}", serde_json::to_string(report)?);
+                } else {
+                    println!("{}", report.summary());
+                }
+            }
+            Ok(exit_code(reports.iter().all(|r| r.passed)))
         }
         Command::FlashSale(args) => {
             let report = flash_sale::run(&args).await?;

@@ -1,0 +1,833 @@
+//! `loadtest chaos`: a flash sale with a fault injected halfway, then the
+//! same invariants as `flash-sale` (nothing oversold, nobody granted twice,
+//! fences increasing, nothing left undecided).
+//!
+//! Each run is self-contained: it starts a private PostgreSQL and a private
+//! Redis (so it may kill or restart them without disturbing anything else),
+//! its own `claim-api` and `claim-worker` processes (the binaries next to
+//! this one, or `--bin-dir`), and its own topics and consumer group on the
+//! shared Kafka-protocol broker. Everything listens on 127.0.0.1 and stops
+//! by itself.
+//!
+//! Scenarios:
+//! - `pause-worker`: SIGSTOP a worker past its lock ttl and its group
+//!   session, then SIGCONT: it wakes up a zombie and the fence refuses it.
+//! - `kill-worker`: SIGKILL a worker mid-batch and start a new one.
+//! - `kill-redis`: SIGKILL the lock (and cache) Redis and restart it empty.
+//! - `restart-postgres`: stop PostgreSQL (fast shutdown) and start it again.
+//! - `rebalance-storm`: start and stop workers every second while claims flow.
+//! - `dup-keys`: many clients resend the same idempotency keys at once, some
+//!   with altered bodies: one claim per key, altered copies refused with 422.
+//! - `overload`: an offered rate far above capacity: 429s must appear and
+//!   nothing breaks.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, ValueEnum};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::{
+    process::{Child, Command},
+    time::sleep,
+};
+
+use crate::flash_sale::{self, FlashSaleArgs};
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    PauseWorker,
+    KillWorker,
+    KillRedis,
+    RestartPostgres,
+    RebalanceStorm,
+    DupKeys,
+    Overload,
+    /// Every scenario, one after the other.
+    All,
+}
+
+impl Scenario {
+    const EACH: [Self; 7] = [
+        Self::PauseWorker,
+        Self::KillWorker,
+        Self::KillRedis,
+        Self::RestartPostgres,
+        Self::RebalanceStorm,
+        Self::DupKeys,
+        Self::Overload,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::PauseWorker => "pause-worker",
+            Self::KillWorker => "kill-worker",
+            Self::KillRedis => "kill-redis",
+            Self::RestartPostgres => "restart-postgres",
+            Self::RebalanceStorm => "rebalance-storm",
+            Self::DupKeys => "dup-keys",
+            Self::Overload => "overload",
+            Self::All => "all",
+        }
+    }
+}
+
+/// Arguments of `loadtest chaos`.
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// The fault to inject (`all` runs each in turn).
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// Where `claim-api` and `claim-worker` are (default: beside this binary).
+    #[arg(long, env = "TURNSTILE_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// The Kafka-protocol broker (shared; each run has its own topics).
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Units of the one hot coupon.
+    #[arg(long, default_value_t = 300)]
+    pub stock: i64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 3000)]
+    pub users: u64,
+    /// Offered claims per second (`overload` offers 20 times this).
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Seconds of offered load; the fault lands a quarter of the way in.
+    #[arg(long, default_value_t = 12)]
+    pub duration: u64,
+    /// Where the services' logs go (default: a directory under /tmp).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// One JSON object per scenario, each on its own line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the scenario(s); returns one report per scenario.
+pub async fn run(args: &ChaosArgs) -> Result<Vec<ChaosReport>> {
+    let scenarios: Vec<Scenario> = match args.scenario {
+        Scenario::All => Scenario::EACH.to_vec(),
+        one => vec![one],
+    };
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("no directory for this binary")?,
+    };
+    for bin in ["claim-api", "claim-worker"] {
+        if !bin_dir.join(bin).is_file() {
+            bail!(
+                "{bin} not found in {}: build it (cargo build -p claim-api -p claim-worker) or pass --bin-dir",
+                bin_dir.display()
+            );
+        }
+    }
+    let mut reports = Vec::with_capacity(scenarios.len());
+    for scenario in scenarios {
+        let report = run_one(args, &bin_dir, scenario)
+            .await
+            .with_context(|| format!("scenario {}", scenario.name()))?;
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// What one scenario did and found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    pub scenario: Scenario,
+    /// When the fault was injected (RFC 3339, UTC).
+    pub fault_injected_at: String,
+    /// The same, in seconds after the sale started.
+    pub fault_at_s: f64,
+    /// What was done, in words.
+    pub fault: String,
+    /// Scenario-specific checks, each `true` when it held.
+    pub checks: serde_json::Map<String, Value>,
+    /// Whether the invariants and every check held.
+    pub passed: bool,
+    /// Writes the database refused for a stale fencing token (zombies
+    /// stopped), summed over the workers still running at the end.
+    pub fence_rejections: f64,
+    /// Claims the sweeper re-decided because their message was skipped.
+    pub swept: f64,
+    /// The flash sale's own report (counts, latencies, invariants).
+    pub sale: Value,
+}
+
+impl ChaosReport {
+    /// One line for the terminal.
+    pub fn summary(&self) -> String {
+        let field = |k: &str| self.sale.get(k).cloned().unwrap_or(Value::Null);
+        format!(
+            "{:<17} {:<6} accepted={} granted={} 429={} 5xx={} oversold={} double={} fence_regr={} undecided={} fence_rejections={} swept={} checks={}",
+            self.scenario.name(),
+            if self.passed { "PASS" } else { "FAIL" },
+            field("accepted"),
+            field("granted"),
+            field("throttled_429"),
+            field("errors_5xx"),
+            field("oversold"),
+            field("double_claims"),
+            field("fence_regressions"),
+            field("undecided"),
+            self.fence_rejections,
+            self.swept,
+            Value::Object(self.checks.clone()),
+        )
+    }
+}
+
+/// The services of one run and how to reach them.
+struct Rig {
+    bin_dir: PathBuf,
+    log_dir: PathBuf,
+    env: Vec<(&'static str, String)>,
+    api: Service,
+    api_url: String,
+    workers: Vec<Service>,
+    next_worker: usize,
+}
+
+struct Service {
+    name: String,
+    child: Child,
+    /// Where a worker serves `/metrics`.
+    metrics: Option<String>,
+}
+
+impl Service {
+    fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.child.id().context("process already gone")?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait (the services drain and leave their group).
+    async fn stop(mut self) {
+        let _ = self.signal("TERM");
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+impl Rig {
+    async fn start(bin_dir: &Path, log_dir: &Path, env: Vec<(&'static str, String)>, workers: usize) -> Result<Self> {
+        let api_port = free_port()?;
+        let api = spawn(
+            &bin_dir.join("claim-api"),
+            "claim-api",
+            log_dir,
+            &env,
+            &[("TURNSTILE_HTTP_ADDR", format!("127.0.0.1:{api_port}"))],
+        )?;
+        let mut rig = Self {
+            bin_dir: bin_dir.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            env,
+            api,
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            workers: Vec::new(),
+            next_worker: 1,
+        };
+        wait_ready(&format!("{}/readyz", rig.api_url), "claim-api", log_dir).await?;
+        for _ in 0..workers {
+            rig.add_worker().await?;
+        }
+        Ok(rig)
+    }
+
+    async fn add_worker(&mut self) -> Result<()> {
+        let port = free_port()?;
+        let name = format!("claim-worker-{}", self.next_worker);
+        self.next_worker += 1;
+        let mut worker = spawn(
+            &self.bin_dir.join("claim-worker"),
+            &name,
+            &self.log_dir,
+            &self.env,
+            &[("TURNSTILE_METRICS_ADDR", format!("127.0.0.1:{port}"))],
+        )?;
+        worker.metrics = Some(format!("http://127.0.0.1:{port}/metrics"));
+        wait_ready(&format!("http://127.0.0.1:{port}/healthz"), &name, &self.log_dir).await?;
+        self.workers.push(worker);
+        Ok(())
+    }
+
+    /// Sums counters over the running workers (a killed worker's are lost).
+    async fn worker_counter(&self, name: &str) -> f64 {
+        let http = reqwest::Client::new();
+        let mut total = 0.0;
+        for url in self.workers.iter().filter_map(|w| w.metrics.as_deref()) {
+            let Ok(response) = http.get(url).send().await else { continue };
+            let Ok(text) = response.text().await else { continue };
+            total += text
+                .lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+                .sum::<f64>();
+        }
+        total
+    }
+
+    async fn stop(self) {
+        for worker in self.workers {
+            worker.stop().await;
+        }
+        self.api.stop().await;
+    }
+}
+
+fn spawn(
+    bin: &Path,
+    name: &str,
+    log_dir: &Path,
+    env: &[(&'static str, String)],
+    extra: &[(&'static str, String)],
+) -> Result<Service> {
+    let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+    let mut command = Command::new(bin);
+    command
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    let child = command.spawn().with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Service {
+        name: name.to_owned(),
+        child,
+        metrics: None,
+    })
+}
+
+async fn wait_ready(url: &str, name: &str, log_dir: &Path) -> Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(response) = http.get(url).timeout(Duration::from_secs(1)).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "{name} not ready after 60 s; see {}",
+        log_dir.join(format!("{name}.log")).display()
+    )
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result<ChaosReport> {
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    let log_dir = args
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("turnstile-chaos"))
+        .join(format!("{}-{run_id}", scenario.name()));
+    std::fs::create_dir_all(&log_dir)?;
+    let mut postgres = stores::PrivatePostgres::start(&log_dir).await?;
+    let mut redis = stores::PrivateRedis::start(&log_dir).await?;
+    let lock_ttl = Duration::from_millis(2_000);
+    let session = Duration::from_millis(6_000);
+    let env = vec![
+        ("DATABASE_URL", postgres.url()),
+        ("REDIS_URL", redis.url()),
+        ("LOCK_REDIS_URL", redis.url()),
+        ("KAFKA_BROKERS", args.brokers.clone()),
+        ("TURNSTILE_TOPIC_PREFIX", format!("chaos-{run_id}-")),
+        ("TURNSTILE_GROUP_ID", format!("chaos-{run_id}")),
+        ("TURNSTILE_PARTITIONS", "3".to_owned()),
+        ("TURNSTILE_LOCK_TTL_MS", lock_ttl.as_millis().to_string()),
+        ("TURNSTILE_SESSION_TIMEOUT_MS", session.as_millis().to_string()),
+        ("TURNSTILE_SWEEP_AFTER_MS", "5000".to_owned()),
+        ("TURNSTILE_SWEEP_INTERVAL_MS", "1000".to_owned()),
+        ("TURNSTILE_AUDIT_INTERVAL_MS", "2000".to_owned()),
+        ("LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    let mut rig = Rig::start(bin_dir, &log_dir, env, 2).await?;
+
+    let rate = if scenario == Scenario::Overload {
+        args.rate * 20.0
+    } else {
+        args.rate
+    };
+    let sale = sale_args(&rig.api_url, &postgres.url(), args, rate)?;
+    let started = Instant::now();
+    let sale_task = tokio::spawn(async move { flash_sale::run(&sale).await });
+    let fault_after = Duration::from_secs_f64(args.duration as f64 / 4.0);
+    sleep(fault_after).await;
+    let fault_at_s = started.elapsed().as_secs_f64();
+    let fault_injected_at = now_rfc3339();
+    let mut checks = serde_json::Map::new();
+    let fault = match scenario {
+        Scenario::PauseWorker => {
+            let pause = session + lock_ttl + Duration::from_secs(1);
+            rig.workers[0].signal("STOP")?;
+            sleep(pause).await;
+            rig.workers[0].signal("CONT")?;
+            format!(
+                "SIGSTOP {} for {:.0} s (lock ttl {:.0} s, group session {:.0} s), then SIGCONT",
+                rig.workers[0].name,
+                pause.as_secs_f64(),
+                lock_ttl.as_secs_f64(),
+                session.as_secs_f64()
+            )
+        }
+        Scenario::KillWorker => {
+            rig.workers[0].signal("KILL")?;
+            let killed = rig.workers.remove(0);
+            let name = killed.name.clone();
+            drop(killed);
+            rig.add_worker().await?;
+            format!("SIGKILL {name}, started a replacement")
+        }
+        Scenario::KillRedis => {
+            redis.kill().await?;
+            sleep(Duration::from_secs(1)).await;
+            redis.restart().await?;
+            "SIGKILL the lock and cache Redis, restarted it empty 1 s later".to_owned()
+        }
+        Scenario::RestartPostgres => {
+            let took = postgres.restart().await?;
+            format!("PostgreSQL fast shutdown and start ({:.1} s down)", took.as_secs_f64())
+        }
+        Scenario::RebalanceStorm => {
+            let mut changes = 0;
+            while started.elapsed() < Duration::from_secs(args.duration) {
+                rig.add_worker().await?;
+                sleep(Duration::from_millis(700)).await;
+                if rig.workers.len() > 1 {
+                    rig.workers.remove(0).stop().await;
+                }
+                changes += 2;
+            }
+            format!("{changes} worker starts and stops while claims flowed")
+        }
+        Scenario::DupKeys => {
+            let dup = dup_keys(&rig.api_url, &postgres.url()).await?;
+            checks.insert(
+                "one_claim_per_key".to_owned(),
+                json!(dup.claim_rows == i64::try_from(dup.keys_accepted).unwrap_or(-1)),
+            );
+            checks.insert(
+                "never_two_bodies_per_key".to_owned(),
+                json!(dup.both_bodies_accepted == 0),
+            );
+            checks.insert(
+                "only_422_or_429_refusals".to_owned(),
+                json!(dup.unexpected_refusals == 0),
+            );
+            checks.insert("dup_keys_no_5xx".to_owned(), json!(dup.errors_5xx == 0));
+            format!(
+                "{} keys sent {} times each at once (one copy in five with an altered body): {} keys accepted, {} claim rows",
+                dup.keys, dup.copies, dup.keys_accepted, dup.claim_rows
+            )
+        }
+        Scenario::Overload => format!("{rate:.0} claims/s offered, 20x the normal rate"),
+        Scenario::All => unreachable!("expanded above"),
+    };
+    let sale_report = sale_task.await??;
+    if scenario == Scenario::Overload {
+        checks.insert("shed_with_429".to_owned(), json!(sale_report.throttled_429 > 0));
+    }
+    let passed = sale_report.invariants_hold()
+        && sale_report.undecided == 0
+        && checks.values().all(|v| v.as_bool() == Some(true));
+    let fence_rejections = rig.worker_counter("turnstile_fence_rejections_total").await;
+    let swept = rig.worker_counter("turnstile_claims_swept_total").await;
+    rig.stop().await;
+    redis.stop().await;
+    postgres.stop().await;
+    Ok(ChaosReport {
+        scenario,
+        fault_injected_at,
+        fault_at_s,
+        fault,
+        checks,
+        passed,
+        fence_rejections,
+        swept,
+        sale: serde_json::to_value(&sale_report)?,
+    })
+}
+
+fn sale_args(api: &str, database_url: &str, args: &ChaosArgs, rate: f64) -> Result<FlashSaleArgs> {
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        sale: FlashSaleArgs,
+    }
+    let argv = [
+        "flash-sale".to_owned(),
+        "--api".to_owned(),
+        api.to_owned(),
+        "--database-url".to_owned(),
+        database_url.to_owned(),
+        "--coupons".to_owned(),
+        "1".to_owned(),
+        "--stock".to_owned(),
+        args.stock.to_string(),
+        "--users".to_owned(),
+        args.users.to_string(),
+        "--rate".to_owned(),
+        rate.to_string(),
+        "--duration".to_owned(),
+        args.duration.to_string(),
+        "--json".to_owned(),
+    ];
+    Ok(Wrapper::try_parse_from(argv)?.sale)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+struct DupKeys {
+    keys: usize,
+    copies: usize,
+    /// Keys for which two different bodies were both accepted (must be 0).
+    both_bodies_accepted: usize,
+    /// Refusals other than 422 (altered body) or 429 (shed).
+    unexpected_refusals: usize,
+    errors_5xx: usize,
+    /// Keys that got at least one 2xx, and the claim rows the database has
+    /// for the coupon: equal when every key made exactly one claim.
+    keys_accepted: usize,
+    claim_rows: i64,
+}
+
+/// 100 keys, each sent 10 times at once; every fifth copy carries another
+/// user (an altered body). Whichever body arrives first wins its key: the
+/// copies with the same body get the same claim, the others 422.
+async fn dup_keys(api: &str, database_url: &str) -> Result<DupKeys> {
+    const KEYS: usize = 100;
+    const COPIES: usize = 10;
+    let http = Arc::new(reqwest::Client::new());
+    let code = format!("DUP-{:08X}", rand::random::<u32>());
+    let created = http
+        .post(format!("{api}/v1/coupons"))
+        .json(&json!({"code": code, "total": KEYS * 2, "per_user_limit": 1}))
+        .send()
+        .await?;
+    if !created.status().is_success() {
+        bail!("creating the dup-keys coupon: {}", created.status());
+    }
+    let mut sends = Vec::with_capacity(KEYS * COPIES);
+    for k in 0..KEYS {
+        for c in 0..COPIES {
+            let altered = c % 5 == 4;
+            let user = if altered { format!("x{k}") } else { format!("u{k}") };
+            let (http, api, code) = (Arc::clone(&http), api.to_owned(), code.clone());
+            sends.push(tokio::spawn(async move {
+                let status = http
+                    .post(format!("{api}/v1/claims"))
+                    .header("idempotency-key", format!("dup-{code}-{k}"))
+                    .json(&json!({"coupon": code, "user_id": user}))
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                (k, altered, status)
+            }));
+        }
+    }
+    let mut accepted_bodies = [[false; 2]; KEYS];
+    let (mut unexpected_refusals, mut errors_5xx) = (0, 0);
+    for send in sends {
+        let (k, altered, status) = send.await?;
+        match status {
+            200..=299 => accepted_bodies[k][usize::from(altered)] = true,
+            422 | 429 => {}
+            0 | 500.. => errors_5xx += 1,
+            _ => unexpected_refusals += 1,
+        }
+    }
+    let pool = sqlx::PgPool::connect(database_url).await?;
+    let claim_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE resource_id = $1")
+        .bind(&code)
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok(DupKeys {
+        keys: KEYS,
+        copies: COPIES,
+        both_bodies_accepted: accepted_bodies.iter().filter(|b| b[0] && b[1]).count(),
+        unexpected_refusals,
+        errors_5xx,
+        keys_accepted: accepted_bodies.iter().filter(|b| b[0] || b[1]).count(),
+        claim_rows,
+    })
+}
+
+mod stores {
+    //! Private PostgreSQL and Redis servers for one chaos run, on free
+    //! loopback ports, which the run may kill and restart.
+
+    use std::{
+        path::{Path, PathBuf},
+        process::Stdio,
+        time::{Duration, Instant},
+    };
+
+    use anyhow::{Context, Result, bail};
+    use tokio::{
+        process::{Child, Command},
+        time::sleep,
+    };
+
+    use super::free_port;
+
+    fn running_as_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0\n"))
+            .unwrap_or(false)
+    }
+
+    /// PostgreSQL refuses to run as root: as root, run it as `postgres`.
+    fn as_postgres(program: &Path) -> Command {
+        if running_as_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn pg_bin() -> Result<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL is not installed (scripts/stack up installs it)")?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("postgres").is_file())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+            .context("no PostgreSQL server binaries under /usr/lib/postgresql")
+    }
+
+    pub struct PrivatePostgres {
+        bin: PathBuf,
+        data: PathBuf,
+        log_dir: PathBuf,
+        port: u16,
+        server: Option<Child>,
+    }
+
+    impl PrivatePostgres {
+        pub async fn start(log_dir: &Path) -> Result<Self> {
+            let bin = pg_bin()?;
+            let data = log_dir.join("pgdata");
+            std::fs::create_dir_all(&data)?;
+            if running_as_root() {
+                let status = std::process::Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(log_dir)
+                    .status()?;
+                if !status.success() {
+                    bail!("chown of {} failed", log_dir.display());
+                }
+            }
+            let initdb = as_postgres(&bin.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await?;
+            if !initdb.success() {
+                bail!("initdb failed");
+            }
+            let mut postgres = Self {
+                bin,
+                data,
+                log_dir: log_dir.to_path_buf(),
+                port: free_port()?,
+                server: None,
+            };
+            postgres.launch().await?;
+            let admin = sqlx::PgPool::connect(&postgres.url_of("postgres")).await?;
+            sqlx::query("CREATE DATABASE turnstile").execute(&admin).await?;
+            admin.close().await;
+            Ok(postgres)
+        }
+
+        fn url_of(&self, db: &str) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        }
+
+        pub fn url(&self) -> String {
+            self.url_of("turnstile")
+        }
+
+        async fn launch(&mut self) -> Result<()> {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_dir.join("postgres.log"))?;
+            let child = as_postgres(&self.bin.join("postgres"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-c", "listen_addresses=127.0.0.1", "-c"])
+                .arg(format!("port={}", self.port))
+                .arg("-c")
+                .arg(format!("unix_socket_directories={}", self.data.display()))
+                .args(["-c", "max_connections=200", "-c", "fsync=off"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()?;
+            self.server = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok()
+                    && sqlx::PgPool::connect(&self.url_of("postgres")).await.is_ok()
+                {
+                    return Ok(());
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+            bail!(
+                "private PostgreSQL did not start; see {}/postgres.log",
+                self.log_dir.display()
+            )
+        }
+
+        /// Fast shutdown (SIGINT to the server's process group), then start
+        /// again on the same port and data. Returns how long it was down.
+        pub async fn restart(&mut self) -> Result<Duration> {
+            let down = Instant::now();
+            self.shutdown().await?;
+            self.launch().await?;
+            Ok(down.elapsed())
+        }
+
+        async fn shutdown(&mut self) -> Result<()> {
+            if let Some(mut child) = self.server.take() {
+                if let Some(pid) = child.id() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-INT", "--", &format!("-{pid}")])
+                        .status();
+                }
+                if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+                // The postmaster may outlive `runuser`: wait for the port.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                    if Instant::now() > deadline {
+                        bail!("PostgreSQL did not shut down");
+                    }
+                    sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Ok(())
+        }
+
+        pub async fn stop(mut self) {
+            let _ = self.shutdown().await;
+            let _ = std::fs::remove_dir_all(&self.data);
+        }
+    }
+
+    pub struct PrivateRedis {
+        port: u16,
+        log_dir: PathBuf,
+        server: Option<Child>,
+    }
+
+    impl PrivateRedis {
+        pub async fn start(log_dir: &Path) -> Result<Self> {
+            let mut redis = Self {
+                port: free_port()?,
+                log_dir: log_dir.to_path_buf(),
+                server: None,
+            };
+            redis.launch().await?;
+            Ok(redis)
+        }
+
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        async fn launch(&mut self) -> Result<()> {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_dir.join("redis.log"))?;
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"])
+                .arg(self.port.to_string())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting redis-server (scripts/stack up installs it)")?;
+            self.server = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(client) = redis::Client::open(self.url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                    && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+                {
+                    return Ok(());
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+            bail!("private redis-server did not start")
+        }
+
+        /// SIGKILL: the data is gone, as after a crash without persistence.
+        pub async fn kill(&mut self) -> Result<()> {
+            if let Some(mut child) = self.server.take() {
+                child.kill().await?;
+            }
+            Ok(())
+        }
+
+        pub async fn restart(&mut self) -> Result<()> {
+            self.launch().await
+        }
+
+        pub async fn stop(mut self) {
+            let _ = self.kill().await;
+        }
+    }
+}
