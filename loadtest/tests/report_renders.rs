@@ -216,9 +216,12 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
             coupons: 1,
             stock: 50,
             users: 400,
-            rate: 250.0,
+            // Gentle enough for a debug build on a busy CI machine; the
+            // in-flight cap is high so that a slow moment queues rather
+            // than drops.
+            rate: 100.0,
             duration: 3,
-            max_in_flight: 256,
+            max_in_flight: 4096,
             decide_timeout: 30,
         },
         json: true,
@@ -228,7 +231,7 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
     stop.cancel();
     println!("{}", serde_json::to_string(&report).unwrap());
     assert!(report.invariants_hold(), "{report:?}");
-    assert_eq!(report.offered, 750);
+    assert_eq!(report.offered, 300);
     assert_eq!(
         report.accepted, report.offered,
         "every claim answered with its decision"
@@ -239,8 +242,8 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
     // Decided in the request: the decide latency is the accept latency.
     assert_eq!(report.decide_p99_ms, report.accept_p99_ms);
     assert!(report.timeline.len() >= 3, "{:?}", report.timeline);
-    assert_eq!(report.timeline.iter().map(|s| s.offered).sum::<u64>(), 750);
-    assert_eq!(report.timeline.iter().map(|s| s.decided).sum::<u64>(), 750);
+    assert_eq!(report.timeline.iter().map(|s| s.offered).sum::<u64>(), 300);
+    assert_eq!(report.timeline.iter().map(|s| s.decided).sum::<u64>(), 300);
 
     let scratch = scratch_dir("report-real");
     let html = scratch.join("sql-for-update.html");
