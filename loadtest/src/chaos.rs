@@ -279,7 +279,9 @@ impl Rig {
         let http = reqwest::Client::new();
         let mut total = 0.0;
         for url in self.workers.iter().filter_map(|w| w.metrics.as_deref()) {
-            let Ok(response) = http.get(url).send().await else { continue };
+            let Ok(response) = http.get(url).send().await else {
+                continue;
+            };
             let Ok(text) = response.text().await else { continue };
             total += text
                 .lines()
