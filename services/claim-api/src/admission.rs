@@ -7,12 +7,15 @@
 //! limit reached is shed at once (`load_shed`) and answered 429, before
 //! anything is written or published.
 //!
-//! Not Vegas: Vegas reads any rise of latency above its baseline as queueing
-//! and lowers the limit, but admission is group-committed, so a busier API
-//! answers each claim a little later *because* it records more claims per
-//! commit. Under a flash sale Vegas shrank the limit towards 1 and shed
-//! nearly everything (measured: 90 of 14 285 claims accepted at 4 000/s
-//! offered); a latency objective keeps throughput and still sheds the rest.
+//! Not Vegas (the first version): Vegas reads any rise of latency above its
+//! baseline as queueing and lowers the limit, but admission is
+//! group-committed, so a busier API answers each claim a little later
+//! *because* it records more claims per commit; Vegas would hold the limit
+//! down exactly when batching pays. Measured on the 2-core machine (release
+//! build, 3 000 claims/s offered for 10 s on one hot coupon): Vegas with one
+//! commit per claim accepted 7 071 of 30 000 (707/s, 76% shed); AIMD with
+//! group commit accepted 29 159 (2 916/s, 3% shed, mean batch 3.1). The two
+//! changes landed together, so the split between them is not measured.
 
 use std::time::Duration;
 use tower::{BoxError, ServiceBuilder, util::BoxCloneSyncService};
