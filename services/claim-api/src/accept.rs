@@ -187,6 +187,13 @@ async fn record_and_publish(deps: &AcceptDeps, batch: &[Pending]) -> Vec<Result<
         return fail_all(&deps.postgres.unavailable());
     }
 
+    // A retry of a claim this batch failed to publish shares its failure:
+    // answering it "accepted" would promise a claim that does not exist.
+    let unpublished: std::collections::HashMap<_, ApiError> = new
+        .iter()
+        .zip(&published)
+        .filter_map(|(&i, result)| result.as_ref().err().map(|e| (batch[i].job.event.claim_id, e.clone())))
+        .collect();
     let mut published = new
         .iter()
         .copied()
@@ -203,6 +210,7 @@ async fn record_and_publish(deps: &AcceptDeps, batch: &[Pending]) -> Vec<Result<
                 Some(Err(e)) => Err(e),
                 None => Err(ApiError::Internal),
             },
+            Reserved::Replay(claim_id) if unpublished.contains_key(&claim_id) => Err(unpublished[&claim_id].clone()),
             Reserved::Replay(claim_id) => {
                 deps.metrics.replays.inc();
                 Ok(Admitted::Replayed(
