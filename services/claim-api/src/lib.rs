@@ -11,13 +11,14 @@
 mod accept;
 mod admission;
 mod app;
-mod extract;
 mod feeds;
 mod metrics;
-mod problem;
 mod resilience;
 mod routes;
 pub mod settings;
+
+// The HTTP edge shared with the other services.
+use turnstile_http::{extract, problem};
 
 pub use app::{ApiDoc, Application};
 pub use settings::Settings;

@@ -42,10 +42,11 @@
 //! `503`.
 
 mod app;
-mod extract;
-mod problem;
 mod routes;
 pub mod settings;
+
+// The HTTP edge shared with the other services.
+use turnstile_http::{extract, problem};
 pub mod store;
 
 pub use app::Application;

@@ -84,7 +84,10 @@ pub async fn create_claim(
     let request = body.parse().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     // Shed rather than queue: a full house answers 429 before any work.
     let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
-        return Err(ApiError::Overloaded);
+        return Err(ApiError::Overloaded {
+            cause: "concurrency",
+            retry_after: 1,
+        });
     };
     let event = ClaimRequested {
         claim_id: ClaimId::for_request(&tenant, &key),

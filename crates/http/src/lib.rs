@@ -1,0 +1,13 @@
+//! The HTTP edge every Turnstile service shares, so clients (and `loadtest`)
+//! see one contract whichever service answers: `claim-api` (the pipeline)
+//! and `sql-baseline` (the `SELECT ... FOR UPDATE` comparison).
+//!
+//! - [`problem`]: errors as `application/problem+json` with stable `type`s;
+//!   bad input is a 4xx, load shedding a 429 and a failing dependency a
+//!   503, both with `Retry-After`.
+//! - [`extract`]: the JSON body (content type, size, syntax and schema told
+//!   apart) and the claim headers (`Idempotency-Key`, `X-Tenant-Id`,
+//!   `Prefer: wait`), parsed into `turnstile-claim`'s types.
+
+pub mod extract;
+pub mod problem;
