@@ -274,6 +274,38 @@ impl Rig {
         Ok(())
     }
 
+    /// Waits until some worker logs a line containing `needle`; returns
+    /// that worker's index. The services write their logs to files, so
+    /// this polls them.
+    async fn wait_for_log(&self, needle: &str, within: Duration) -> Result<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            for (i, worker) in self.workers.iter().enumerate() {
+                let log = self.log_dir.join(format!("{}.log", worker.name));
+                if std::fs::read_to_string(&log).is_ok_and(|text| text.contains(needle)) {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no worker logged {needle:?} within {within:?}");
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until worker `i` logs a line containing `needle`.
+    async fn wait_for_log_of(&self, i: usize, needle: &str, within: Duration) -> Result<()> {
+        let log = self.log_dir.join(format!("{}.log", self.workers[i].name));
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&log).is_ok_and(|text| text.contains(needle)) {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+        bail!("{} did not log {needle:?} within {within:?}", self.workers[i].name)
+    }
+
     /// Sums counters over the running workers (a killed worker's are lost).
     async fn worker_counter(&self, name: &str) -> f64 {
         let http = reqwest::Client::new();
@@ -373,6 +405,16 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
         ("LOG_FORMAT", "json".to_owned()),
         ("RUST_LOG", "info".to_owned()),
     ];
+    let mut env = env;
+    if scenario == Scenario::PauseWorker {
+        // On its 21st resource batch, the worker on the hot partition holds
+        // its lease 3 s between taking the token and writing: the window the
+        // stop must land in to make a zombie.
+        env.push((
+            "FAILPOINTS",
+            "hold-lease-before-write=20*off->1*return(3000)".to_owned(),
+        ));
+    }
     let mut rig = Rig::start(bin_dir, &log_dir, env, 2).await?;
 
     let rate = if scenario == Scenario::Overload {
@@ -383,20 +425,43 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
     let sale = sale_args(&rig.api_url, &postgres.url(), args, rate)?;
     let started = Instant::now();
     let sale_task = tokio::spawn(async move { flash_sale::run(&sale).await });
-    let fault_after = Duration::from_secs_f64(args.duration as f64 / 4.0);
-    sleep(fault_after).await;
+    // The pause lands inside a held lease (announced in the worker's log);
+    // every other fault a quarter of the way in.
+    let stalled = if scenario == Scenario::PauseWorker {
+        Some(
+            rig.wait_for_log("failpoint: holding lease before write", Duration::from_secs(30))
+                .await?,
+        )
+    } else {
+        sleep(Duration::from_secs_f64(args.duration as f64 / 4.0)).await;
+        None
+    };
     let fault_at_s = started.elapsed().as_secs_f64();
     let fault_injected_at = now_rfc3339();
     let mut checks = serde_json::Map::new();
     let fault = match scenario {
         Scenario::PauseWorker => {
-            let pause = session + lock_ttl + Duration::from_secs(1);
-            rig.workers[0].signal("STOP")?;
+            let zombie = stalled.unwrap_or(0);
+            // Past the lease ttl and twice the group session: the other
+            // worker owns the partition and has written under a newer
+            // token before the zombie wakes up and tries its write.
+            let pause = session * 2;
+            rig.workers[zombie].signal("STOP")?;
             sleep(pause).await;
-            rig.workers[0].signal("CONT")?;
+            rig.workers[zombie].signal("CONT")?;
+            // Its write is refused once it runs: wait for that, not a time.
+            let refused = rig
+                .wait_for_log_of(
+                    zombie,
+                    "database refused a stale fencing token",
+                    Duration::from_secs(30),
+                )
+                .await
+                .is_ok();
+            checks.insert("zombie_write_refused_by_fence".to_owned(), json!(refused));
             format!(
-                "SIGSTOP {} for {:.0} s (lock ttl {:.0} s, group session {:.0} s), then SIGCONT",
-                rig.workers[0].name,
+                "SIGSTOP {} while it held a lease, for {:.0} s (lock ttl {:.0} s, group session {:.0} s), then SIGCONT",
+                rig.workers[zombie].name,
                 pause.as_secs_f64(),
                 lock_ttl.as_secs_f64(),
                 session.as_secs_f64()
