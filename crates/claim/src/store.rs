@@ -304,13 +304,13 @@ pub async fn reserve_claims(
         Vec::with_capacity(n),
     );
     for a in batch {
-        tenants.push(a.event.tenant_id.as_str().to_owned());
-        keys.push(a.idempotency_key.to_owned());
-        fingerprints.push(a.fingerprint.to_vec());
+        tenants.push(a.event.tenant_id.as_str());
+        keys.push(a.idempotency_key);
+        fingerprints.push(&a.fingerprint[..]);
         claim_ids.push(a.event.claim_id.as_uuid());
-        kinds.push(a.event.resource.kind.as_str().to_owned());
-        resource_ids.push(a.event.resource.id.as_str().to_owned());
-        users.push(a.event.user_id.as_str().to_owned());
+        kinds.push(a.event.resource.kind.as_str());
+        resource_ids.push(a.event.resource.id.as_str());
+        users.push(a.event.user_id.as_str());
         quantities.push(i32::try_from(a.event.quantity).unwrap_or(i32::MAX));
         accepted.push(a.event.accepted_at_ms as f64);
     }
@@ -342,13 +342,13 @@ pub async fn reserve_claims(
              LEFT JOIN known k ON k.n = i.n
              LEFT JOIN new_keys nk ON nk.claim_id = i.claim_id
             ORDER BY i.n"#,
-        &tenants,
-        &keys,
-        &fingerprints,
+        &tenants as &[&str],
+        &keys as &[&str],
+        &fingerprints as &[&[u8]],
         &claim_ids,
-        &kinds,
-        &resource_ids,
-        &users,
+        &kinds as &[&str],
+        &resource_ids as &[&str],
+        &users as &[&str],
         &quantities,
         &accepted,
     )
