@@ -8,6 +8,8 @@
 //! - [`extract`]: the JSON body (content type, size, syntax and schema told
 //!   apart) and the claim headers (`Idempotency-Key`, `X-Tenant-Id`,
 //!   `Prefer: wait`), parsed into `turnstile-claim`'s types.
+//! - [`resources`]: the coupon and SKU bodies and their validation.
 
 pub mod extract;
 pub mod problem;
+pub mod resources;
