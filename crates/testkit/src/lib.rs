@@ -394,3 +394,17 @@ pub async fn assert_claim_invariants(codes: &[String], stock: i64) -> Vec<i64> {
     }
     grants
 }
+
+/// Asserts that `response` is an `application/problem+json` error with
+/// `status` and the stable problem `type` `kind`, and a detail; returns the
+/// body. Every Turnstile service answers errors this way.
+pub async fn assert_problem(response: reqwest::Response, status: reqwest::StatusCode, kind: &str) -> serde_json::Value {
+    assert_eq!(response.status(), status, "for expected problem {kind}");
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["type"], kind, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    body
+}

@@ -7,7 +7,7 @@ use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use turnstile_testkit::{
-    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, db, unique, worker_settings,
+    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, assert_problem, db, unique, worker_settings,
 };
 
 async fn api(test: &str) -> (TestApi, Namespace) {
@@ -26,17 +26,6 @@ async fn claims_for(code: &str) -> i64 {
         .fetch_one(&db().await.unwrap())
         .await
         .unwrap()
-}
-
-async fn assert_problem(response: reqwest::Response, status: StatusCode, kind: &str) -> Value {
-    assert_eq!(response.status(), status, "for expected problem {kind}");
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-    assert_eq!(content_type, "application/problem+json");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["type"], kind, "{body}");
-    assert_eq!(body["status"], status.as_u16());
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
-    body
 }
 
 #[tokio::test(flavor = "multi_thread")]

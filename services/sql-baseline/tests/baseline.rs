@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sql_baseline::{Application, Settings};
 use tokio_util::sync::CancellationToken;
-use turnstile_testkit::{assert_claim_invariants, database_url, db, unique};
+use turnstile_testkit::{assert_claim_invariants, assert_problem, database_url, db, unique};
 
 /// A baseline serving on a free port for the length of a test.
 struct Baseline {
@@ -87,15 +87,6 @@ async fn claim_rows(code: &str) -> i64 {
         .fetch_one(&db().await.unwrap())
         .await
         .unwrap()
-}
-
-async fn assert_problem(response: reqwest::Response, status: StatusCode, kind: &str) {
-    assert_eq!(response.status(), status, "for expected problem {kind}");
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["type"], kind, "{body}");
-    assert_eq!(body["status"], status.as_u16());
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
