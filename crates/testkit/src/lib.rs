@@ -72,7 +72,8 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
     claim_api::Settings {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url: database_url(),
-        pg_write_pool: 32,
+        pg_write_pool: 8,
+        accept_batches: 4,
         pg_read_pool: 8,
         pg_acquire_timeout: Duration::from_secs(2),
         redis_url: redis_url(),

@@ -155,7 +155,8 @@ impl Application {
 
         let postgres = Breaker::new("postgres", metrics.circuit_open.with_label_values(&["postgres"]));
         let kafka = Breaker::new("kafka", metrics.circuit_open.with_label_values(&["kafka"]));
-        // Group commit: leave two write connections for everything else.
+        // Group commit: a few batches at a time, the rest of the write pool
+        // for everything else.
         let accept = AcceptQueue::start(
             AcceptDeps {
                 write_pool: write_pool.clone(),
@@ -166,7 +167,7 @@ impl Application {
                 kafka: kafka.clone(),
                 metrics: metrics.clone(),
             },
-            usize::try_from(settings.pg_write_pool.saturating_sub(2)).unwrap_or(1),
+            usize::try_from(settings.accept_batches).unwrap_or(1),
             background.clone(),
         );
         let state = AppState {

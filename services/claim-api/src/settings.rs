@@ -13,6 +13,11 @@ pub struct Settings {
     pub database_url: String,
     /// `TURNSTILE_PG_WRITE_POOL`: connections for accepting claims.
     pub pg_write_pool: u32,
+    /// `TURNSTILE_ACCEPT_BATCHES`: group-commit transactions open at once.
+    /// Few is the point: while they are busy, arriving claims gather into
+    /// the next batch, so a busier API writes bigger batches, not more of
+    /// them. Must leave a write connection for everything else.
+    pub accept_batches: u32,
     /// `TURNSTILE_PG_READ_POOL`: connections for reads, kept apart so that
     /// slow reads cannot starve the accept path (and the other way round).
     pub pg_read_pool: u32,
@@ -51,7 +56,8 @@ impl Settings {
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/turnstile".to_owned(),
             )?,
-            pg_write_pool: setting("TURNSTILE_PG_WRITE_POOL", 32)?,
+            pg_write_pool: setting("TURNSTILE_PG_WRITE_POOL", 8)?,
+            accept_batches: setting("TURNSTILE_ACCEPT_BATCHES", 4)?,
             pg_read_pool: setting("TURNSTILE_PG_READ_POOL", 8)?,
             pg_acquire_timeout: setting_millis("TURNSTILE_PG_ACQUIRE_TIMEOUT_MS", 1_000)?,
             redis_url: setting("REDIS_URL", "redis://127.0.0.1:6379".to_owned())?,
@@ -62,9 +68,16 @@ impl Settings {
             max_inflight: setting("TURNSTILE_MAX_INFLIGHT", 256)?,
             producer_queue_limit: setting("TURNSTILE_PRODUCER_QUEUE_LIMIT", 5_000)?,
             max_consumer_lag: setting("TURNSTILE_MAX_CONSUMER_LAG", 50_000)?,
-            idempotency_retention: Duration::from_secs(retention_hours * 3600),
+            idempotency_retention: Duration::from_secs(retention_hours.saturating_mul(3600)),
             max_body_bytes: setting("TURNSTILE_MAX_BODY_BYTES", 16 * 1024)?,
         };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the settings that depend on each other or have a floor.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let retention_hours = self.idempotency_retention.as_secs() / 3600;
         if retention_hours < 24 {
             return Err(SettingError {
                 name: "TURNSTILE_IDEMPOTENCY_RETENTION_HOURS",
@@ -72,13 +85,23 @@ impl Settings {
                 problem: "keys must be kept at least 24 hours".to_owned(),
             });
         }
-        if settings.max_inflight == 0 {
+        if self.accept_batches == 0 || self.accept_batches >= self.pg_write_pool {
+            return Err(SettingError {
+                name: "TURNSTILE_ACCEPT_BATCHES",
+                value: self.accept_batches.to_string(),
+                problem: format!(
+                    "must be at least 1 and below TURNSTILE_PG_WRITE_POOL ({})",
+                    self.pg_write_pool
+                ),
+            });
+        }
+        if self.max_inflight == 0 {
             return Err(SettingError {
                 name: "TURNSTILE_MAX_INFLIGHT",
                 value: "0".to_owned(),
                 problem: "must be at least 1".to_owned(),
             });
         }
-        Ok(settings)
+        Ok(())
     }
 }

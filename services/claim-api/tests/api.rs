@@ -462,3 +462,15 @@ async fn pipeline_works_with_every_lock_backend() {
         worker.stop().await.unwrap();
     }
 }
+
+#[test]
+fn accept_batches_must_leave_a_write_connection_for_everything_else() {
+    let ns = Namespace::new("settings");
+    let mut settings = api_settings(&ns);
+    assert!(settings.validate().is_ok());
+    settings.accept_batches = settings.pg_write_pool;
+    let error = settings.validate().unwrap_err();
+    assert_eq!(error.name, "TURNSTILE_ACCEPT_BATCHES");
+    settings.accept_batches = 0;
+    assert_eq!(settings.validate().unwrap_err().name, "TURNSTILE_ACCEPT_BATCHES");
+}
