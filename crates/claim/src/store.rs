@@ -477,6 +477,11 @@ pub enum FencedOutcome {
 /// Decides `events` (one resource, arrival order) under `fence`, in one
 /// transaction. Claims already decided (a redelivery after a crash) are
 /// skipped, so running a batch twice is harmless.
+///
+/// Five round trips whatever the batch size: `BEGIN`, the fence, one read of
+/// the claims, one write of the decisions, `COMMIT`. The fence is its own
+/// statement on purpose: it takes the resource's row lock, and the read
+/// after it gets a snapshot in which every earlier writer has committed.
 pub async fn decide_fenced(
     pool: &PgPool,
     resource: &ResourceKey,
@@ -512,46 +517,27 @@ pub async fn decide_fenced(
         }
     };
 
-    // Make sure every claim has a row: normally the API wrote it, but a
-    // claim whose acceptance transaction failed after publishing is decided
-    // from the event alone.
-    let ids: Vec<Uuid> = events.iter().map(|e| e.claim_id.as_uuid()).collect();
-    let tenants: Vec<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
-    let users: Vec<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
-    let quantities: Vec<i32> = events
-        .iter()
-        .map(|e| i32::try_from(e.quantity).unwrap_or(i32::MAX))
-        .collect();
-    let accepted: Vec<f64> = events.iter().map(|e| e.accepted_at_ms as f64).collect();
-    let one_per_user = state.as_ref().is_some_and(|s| s.per_user_limit == Some(1));
-    sqlx::query!(
-        "INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at)
-         SELECT c.claim_id, c.tenant_id, $1, $2, c.user_id, c.quantity, $3, to_timestamp(c.accepted_ms / 1000)
-           FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::int4[], $8::float8[])
-                AS c(claim_id, tenant_id, user_id, quantity, accepted_ms)
-         ON CONFLICT (claim_id) DO NOTHING",
-        kind,
-        id,
-        one_per_user,
-        &ids,
-        &tenants as &[&str],
-        &users as &[&str],
-        &quantities,
-        &accepted,
-    )
-    .execute(&mut *tx)
-    .await?;
-
-    let pending = sqlx::query!(
-        "SELECT claim_id, user_id, quantity FROM claims WHERE claim_id = ANY($1) AND status = 'pending'",
-        &ids,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut pending_by_id: HashMap<Uuid, (String, i32)> = pending
-        .into_iter()
-        .map(|r| (r.claim_id, (r.user_id, r.quantity)))
-        .collect();
+    let per_user_limit = state.as_ref().and_then(|s| s.per_user_limit);
+    let mut found = claim_states(&mut tx, resource, per_user_limit, events).await?;
+    if found.len() < events.len() {
+        // A claim whose acceptance committed while the read waited on its
+        // row is missing from that read's snapshot; a new statement sees it.
+        let seen: std::collections::HashSet<Uuid> = found.iter().map(|c| c.claim_id).collect();
+        let missing: Vec<ClaimRequested> = events
+            .iter()
+            .filter(|e| !seen.contains(&e.claim_id.as_uuid()))
+            .cloned()
+            .collect();
+        found.extend(claim_states(&mut tx, resource, per_user_limit, &missing).await?);
+    }
+    let mut granted_before: HashMap<String, u32> = HashMap::new();
+    let mut pending_by_id: HashMap<Uuid, (String, i32)> = HashMap::with_capacity(found.len());
+    for claim in found.into_iter().filter(|c| c.pending) {
+        if let Some(grants) = claim.granted_before {
+            granted_before.insert(claim.user_id.clone(), u32::try_from(grants).unwrap_or(u32::MAX));
+        }
+        pending_by_id.insert(claim.claim_id, (claim.user_id, claim.quantity));
+    }
     // Arrival order decides, not the order rows came back in.
     let claims: Vec<PendingClaim> = events
         .iter()
@@ -571,28 +557,9 @@ pub async fn decide_fenced(
             .iter()
             .map(|c| Decision::Rejected(c.claim_id, RejectReason::UnknownResource))
             .collect();
-        write_decisions(&mut tx, &decisions, None).await?;
+        write_decisions(&mut tx, resource, &decisions, None, None).await?;
         tx.commit().await?;
         return Ok(FencedOutcome::UnknownResource { decisions });
-    };
-
-    let granted_before: HashMap<String, u32> = if state.per_user_limit.is_some() && !claims.is_empty() {
-        let users: Vec<&str> = claims.iter().map(|c| c.user_id.as_str()).collect();
-        sqlx::query!(
-            "SELECT user_id, count(*) AS \"grants!\" FROM claims
-              WHERE kind = $1 AND resource_id = $2 AND status = 'granted' AND user_id = ANY($3)
-              GROUP BY user_id",
-            kind,
-            id,
-            &users as &[&str],
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| (r.user_id, u32::try_from(r.grants).unwrap_or(u32::MAX)))
-        .collect()
-    } else {
-        HashMap::new()
     };
 
     let outcome = decide_batch(
@@ -603,15 +570,13 @@ pub async fn decide_fenced(
         &granted_before,
         &claims,
     );
-    write_decisions(&mut tx, &outcome.decisions, Some(token)).await?;
-    sqlx::query!(
-        "UPDATE resources SET remaining = $3 WHERE kind = $1 AND id = $2 AND fence = $4",
-        kind,
-        id,
-        outcome.remaining,
-        token,
+    write_decisions(
+        &mut tx,
+        resource,
+        &outcome.decisions,
+        Some(token),
+        Some(outcome.remaining),
     )
-    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(FencedOutcome::Applied {
@@ -621,40 +586,125 @@ pub async fn decide_fenced(
     })
 }
 
+/// A claim of a batch as [`decide_fenced`] reads it.
+struct ClaimState {
+    claim_id: Uuid,
+    user_id: String,
+    quantity: i32,
+    pending: bool,
+    /// Grants the claim's user already holds on the resource (pending
+    /// claims of a resource with a per-user limit only).
+    granted_before: Option<i64>,
+}
+
+/// One statement: inserts the rows of claims that have none (normally the
+/// API wrote them, but a claim whose acceptance transaction failed after
+/// publishing is decided from the event alone), and reads every claim's
+/// state with, for the pending ones, their users' earlier grants.
+async fn claim_states(
+    tx: &mut Transaction<'static, Postgres>,
+    resource: &ResourceKey,
+    per_user_limit: Option<i32>,
+    events: &[ClaimRequested],
+) -> Result<Vec<ClaimState>, StoreError> {
+    let n = events.len();
+    let (mut ids, mut tenants, mut users, mut quantities, mut accepted) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for e in events {
+        ids.push(e.claim_id.as_uuid());
+        tenants.push(e.tenant_id.as_str());
+        users.push(e.user_id.as_str());
+        quantities.push(i32::try_from(e.quantity).unwrap_or(i32::MAX));
+        accepted.push(e.accepted_at_ms as f64);
+    }
+    let rows = sqlx::query!(
+        r#"WITH inserted AS (
+             INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at)
+             SELECT c.claim_id, c.tenant_id, $1, $2, c.user_id, c.quantity, coalesce($3 = 1, false),
+                    to_timestamp(c.accepted_ms / 1000)
+               FROM unnest($4::uuid[], $5::text[], $6::text[], $7::int4[], $8::float8[])
+                    AS c(claim_id, tenant_id, user_id, quantity, accepted_ms)
+             ON CONFLICT (claim_id) DO NOTHING
+             RETURNING claim_id, user_id, quantity, status
+           ), found AS (
+             SELECT claim_id, user_id, quantity, status FROM claims WHERE claim_id = ANY($4)
+             UNION ALL
+             SELECT claim_id, user_id, quantity, status FROM inserted
+           )
+           SELECT f.claim_id AS "claim_id!", f.user_id AS "user_id!", f.quantity AS "quantity!",
+                  f.status = 'pending' AS "pending!",
+                  CASE WHEN $3::int4 IS NOT NULL AND f.status = 'pending' THEN
+                    (SELECT count(*) FROM claims g
+                      WHERE g.kind = $1 AND g.resource_id = $2 AND g.status = 'granted' AND g.user_id = f.user_id)
+                  END AS granted_before
+             FROM found f"#,
+        resource.kind.as_str(),
+        resource.id.as_str(),
+        per_user_limit,
+        &ids,
+        &tenants as &[&str],
+        &users as &[&str],
+        &quantities,
+        &accepted,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ClaimState {
+            claim_id: r.claim_id,
+            user_id: r.user_id,
+            quantity: r.quantity,
+            pending: r.pending,
+            granted_before: r.granted_before,
+        })
+        .collect())
+}
+
+/// One statement: the decisions, and the units left (when the resource
+/// exists) under the same fence.
+///
 /// `decided_at` is `clock_timestamp()`, not `now()`: the statement runs after
 /// the fence row lock is taken, so per resource it orders decisions as they
 /// were committed, which the fence-regression audit relies on.
 async fn write_decisions(
     tx: &mut Transaction<'static, Postgres>,
+    resource: &ResourceKey,
     decisions: &[Decision],
     fence: Option<i64>,
+    remaining: Option<i64>,
 ) -> Result<(), StoreError> {
-    if decisions.is_empty() {
-        return Ok(());
+    let n = decisions.len();
+    let (mut ids, mut statuses, mut reasons) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for d in decisions {
+        ids.push(d.claim_id().as_uuid());
+        let (status, reason) = match d {
+            Decision::Granted(_) => (ClaimStatus::Granted, None),
+            Decision::Rejected(_, reason) => (ClaimStatus::Rejected, Some(reason.as_str())),
+        };
+        statuses.push(status.as_str());
+        reasons.push(reason);
     }
-    let ids: Vec<Uuid> = decisions.iter().map(|d| d.claim_id().as_uuid()).collect();
-    let statuses: Vec<&str> = decisions
-        .iter()
-        .map(|d| match d {
-            Decision::Granted(_) => ClaimStatus::Granted.as_str(),
-            Decision::Rejected(..) => ClaimStatus::Rejected.as_str(),
-        })
-        .collect();
-    let reasons: Vec<Option<&str>> = decisions
-        .iter()
-        .map(|d| match d {
-            Decision::Granted(_) => None,
-            Decision::Rejected(_, reason) => Some(reason.as_str()),
-        })
-        .collect();
     sqlx::query!(
-        "UPDATE claims AS c SET status = d.status, reason = d.reason, fence = $4, decided_at = clock_timestamp()
-           FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS d(claim_id, status, reason)
-          WHERE c.claim_id = d.claim_id AND c.status = 'pending'",
+        "WITH decided AS (
+           UPDATE claims AS c SET status = d.status, reason = d.reason, fence = $6, decided_at = clock_timestamp()
+             FROM unnest($3::uuid[], $4::text[], $5::text[]) AS d(claim_id, status, reason)
+            WHERE c.claim_id = d.claim_id AND c.status = 'pending'
+         )
+         UPDATE resources SET remaining = $7
+          WHERE kind = $1 AND id = $2 AND fence = $6 AND $7::int8 IS NOT NULL",
+        resource.kind.as_str(),
+        resource.id.as_str(),
         &ids,
         &statuses as &[&str],
         &reasons as &[Option<&str>],
         fence,
+        remaining,
     )
     .execute(&mut **tx)
     .await?;
