@@ -7,8 +7,9 @@ use opentelemetry::trace::TraceContextExt;
 use rdkafka::{
     Message, Offset,
     consumer::{CommitMode, Consumer, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
     message::BorrowedMessage,
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer},
 };
 use sqlx::PgPool;
 use tokio::time::{Instant, sleep, timeout_at};
@@ -155,6 +156,12 @@ impl Pipeline {
             debug!(error = %e, "final offset commit");
         }
         self.consumer.unsubscribe();
+        // Decision events still queued go out before the process ends.
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        if let Ok(Err(e)) = flushed {
+            warn!(error = %e, "ClaimDecided events still queued at exit");
+        }
     }
 
     /// Waits for the first message (or shutdown, or the sweep timer), then
@@ -375,18 +382,28 @@ impl Pipeline {
                 db.collection.name = "claims",
             ))
             .await;
-        // The write is fenced; the lease only needed to cover it.
-        if let Err(e) = lease.release().await {
-            debug!(resource = %name, error = %e, "lease release after batch");
-        }
-        match outcome? {
+        // The write is fenced; the lease only needed to cover it. Releasing
+        // overlaps with the cache update below: both are one round trip.
+        let release = async {
+            if let Err(e) = lease.release().await {
+                debug!(resource = %name, error = %e, "lease release after batch");
+            }
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                release.await;
+                return Err(e.into());
+            }
+        };
+        match outcome {
             FencedOutcome::Applied {
                 decisions,
                 remaining,
                 total,
             } => {
                 let granted = decisions.iter().filter(|d| matches!(d, Decision::Granted(_))).count();
-                let cached = self
+                let cache_update = self
                     .cache
                     .update(resource, fence.as_i64(), remaining, total)
                     .instrument(info_span!(
@@ -395,8 +412,8 @@ impl Pipeline {
                         otel.kind = "client",
                         db.system.name = "redis",
                         db.operation.name = "EVALSHA",
-                    ))
-                    .await;
+                    ));
+                let ((), cached) = tokio::join!(release, cache_update);
                 if let Err(e) = cached {
                     // The cache is a view; Postgres already holds the truth.
                     warn!(resource = %name, error = %e, "cache update failed");
@@ -415,10 +432,12 @@ impl Pipeline {
                 Ok(())
             }
             FencedOutcome::UnknownResource { decisions } => {
+                release.await;
                 self.announce(group, fence, &decisions).await;
                 Ok(())
             }
             FencedOutcome::StaleFence { last_accepted } => {
+                release.await;
                 self.metrics.fence_rejections.inc();
                 warn!(
                     correlation_id,
@@ -458,6 +477,11 @@ impl Pipeline {
     }
 
     /// Publishes a `ClaimDecided` per decision and records the outcomes.
+    ///
+    /// The events are queued in decision order, and their acknowledgements
+    /// are awaited in a task of their own: the decisions are already
+    /// committed in Postgres, so the next batch need not wait for Kafka.
+    /// Only a full local queue makes this wait (up to five seconds).
     async fn announce(&self, group: &ResourceGroup, fence: FencingToken, decisions: &[Decision]) {
         use tracing::Instrument;
 
@@ -479,56 +503,81 @@ impl Pipeline {
             .zip(&group.origins)
             .map(|(e, o)| (e.claim_id, (e, o)))
             .collect();
-        let sends = decisions.iter().filter_map(|decision| {
-            let (event, origin) = *by_id.get(&decision.claim_id())?;
-            let (status, reason) = match decision {
-                Decision::Granted(_) => (ClaimStatus::Granted, None),
-                Decision::Rejected(_, reason) => (ClaimStatus::Rejected, Some(*reason)),
-            };
-            let latency_ms = (decided_at_ms - event.accepted_at_ms).max(0);
-            self.metrics
-                .decided
-                .with_label_values(&[reason.map_or("granted", |r| r.as_str())])
-                .inc();
-            self.metrics.decide_latency.observe(latency_ms as f64 / 1000.0);
-            debug!(
-                correlation_id = origin.correlation_id.as_deref(),
-                tenant_id = event.tenant_id.as_str(),
-                claim_id = %event.claim_id,
-                fence = fence.get(),
-                status = status.as_str(),
-                reason = reason.map(RejectReason::as_str),
-                latency_ms,
-                "claim decided"
-            );
-            let decided = ClaimDecided {
-                claim_id: event.claim_id,
-                tenant_id: event.tenant_id.clone(),
-                resource: group.resource.clone(),
-                status,
-                reason,
-                fence: fence.get(),
-                decided_at_ms,
-            };
-            let payload = turnstile_bus::encode(&decided);
-            let key = key.clone();
-            Some(async move {
+        // The producer span covers queueing the events, not their delivery.
+        let (deliveries, failed) = async {
+            let mut deliveries = Vec::with_capacity(decisions.len());
+            let mut failed = 0usize;
+            for decision in decisions {
+                let Some(&(event, origin)) = by_id.get(&decision.claim_id()) else {
+                    continue;
+                };
+                let (status, reason) = match decision {
+                    Decision::Granted(_) => (ClaimStatus::Granted, None),
+                    Decision::Rejected(_, reason) => (ClaimStatus::Rejected, Some(*reason)),
+                };
+                let latency_ms = (decided_at_ms - event.accepted_at_ms).max(0);
+                self.metrics
+                    .decided
+                    .with_label_values(&[reason.map_or("granted", |r| r.as_str())])
+                    .inc();
+                self.metrics.decide_latency.observe(latency_ms as f64 / 1000.0);
+                debug!(
+                    correlation_id = origin.correlation_id.as_deref(),
+                    tenant_id = event.tenant_id.as_str(),
+                    claim_id = %event.claim_id,
+                    fence = fence.get(),
+                    status = status.as_str(),
+                    reason = reason.map(RejectReason::as_str),
+                    latency_ms,
+                    "claim decided"
+                );
+                let decided = ClaimDecided {
+                    claim_id: event.claim_id,
+                    tenant_id: event.tenant_id.clone(),
+                    resource: group.resource.clone(),
+                    status,
+                    reason,
+                    fence: fence.get(),
+                    decided_at_ms,
+                };
+                let payload = turnstile_bus::encode(&decided);
                 let record = FutureRecord::to(topic)
                     .key(&key)
                     .payload(&payload)
                     .headers(turnstile_bus::event_headers("ClaimDecided"));
-                self.producer
-                    .send(record, Duration::from_secs(5))
-                    .await
-                    .map_err(|(e, _)| e)
-            })
-        });
-        for result in join_all(sends).instrument(span).await {
-            if let Err(e) = result {
-                // Postgres holds the decision; `GET /v1/claims/{id}` serves it.
-                error!(resource = %key, error = %e, "publishing ClaimDecided failed");
+                match self.producer.send_result(record) {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
+                        // Back-pressure from librdkafka: wait for room.
+                        if let Err((e, _)) = self.producer.send(record, Duration::from_secs(5)).await {
+                            failed += 1;
+                            debug!(error = %e, "ClaimDecided not queued");
+                        }
+                    }
+                    Err((e, _)) => {
+                        failed += 1;
+                        debug!(error = %e, "ClaimDecided not queued");
+                    }
+                }
             }
+            (deliveries, failed)
         }
+        .instrument(span)
+        .await;
+        if failed > 0 {
+            // Postgres holds the decisions; `GET /v1/claims/{id}` serves them.
+            error!(resource = %key, failed, "publishing ClaimDecided failed");
+        }
+        tokio::spawn(async move {
+            let failed = join_all(deliveries)
+                .await
+                .into_iter()
+                .filter(|delivered| !matches!(delivered, Ok(Ok(_))))
+                .count();
+            if failed > 0 {
+                error!(resource = %key, failed, "ClaimDecided not acknowledged by Kafka");
+            }
+        });
     }
 
     /// Pauses consumption while a dependency is failing, so a dead Postgres
