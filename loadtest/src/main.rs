@@ -16,6 +16,9 @@ use turnstile_loadtest::{
     sale_compare::{self, CompareArgs, CompareReport},
 };
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", about = "Benchmarks and load scenarios for Turnstile")]
 struct Cli {

@@ -4,6 +4,9 @@ use anyhow::Context;
 use claim_worker::{Settings, Worker};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = turnstile_telemetry::init(

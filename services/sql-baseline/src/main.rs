@@ -4,6 +4,9 @@ use anyhow::Context;
 use sql_baseline::{Application, Settings};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     turnstile_telemetry::init_logs(
