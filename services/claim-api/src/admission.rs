@@ -1,7 +1,8 @@
 //! The adaptive concurrency limit in front of claim admission.
 //!
 //! `tower-acc`'s AIMD algorithm keeps the number of claims being admitted at
-//! once where admission still answers within [`ADMISSION_SLO`]: it adds one
+//! once where admission still answers within its objective
+//! (`TURNSTILE_ADMISSION_SLO_MS`, default [`DEFAULT_ADMISSION_SLO`]): it adds one
 //! to the limit while admissions succeed in time under load, and cuts it by
 //! 10% when one takes longer or a dependency fails. A claim that finds the
 //! limit reached is shed at once (`load_shed`) and answered 429, before
@@ -28,8 +29,8 @@ use crate::{
     routes::claims::{AcceptJob, Admitted},
 };
 
-/// Admission slower than this counts as congestion.
-pub const ADMISSION_SLO: Duration = Duration::from_millis(250);
+/// Admission slower than this counts as congestion, unless configured.
+pub const DEFAULT_ADMISSION_SLO: Duration = Duration::from_millis(250);
 
 /// The limit never falls below this: enough to fill a few group commits.
 const MIN_LIMIT: usize = 8;
@@ -37,16 +38,17 @@ const MIN_LIMIT: usize = 8;
 /// The limited admission service.
 pub type Admission = BoxCloneSyncService<AcceptJob, Admitted, BoxError>;
 
-/// Builds admission into `queue` with a limit that adapts between 1 and
-/// `max_inflight`.
-pub fn admission(max_inflight: usize, queue: AcceptQueue) -> Admission {
+/// Builds admission into `queue` with a limit that adapts between
+/// [`MIN_LIMIT`] and `max_inflight`, backing off when an admission takes
+/// longer than `slo`.
+pub fn admission(max_inflight: usize, slo: Duration, queue: AcceptQueue) -> Admission {
     let max = max_inflight.max(MIN_LIMIT);
     let aimd = Aimd::builder()
         .min_limit(MIN_LIMIT)
         .initial_limit((max / 4).max(MIN_LIMIT))
         .max_limit(max)
         .backoff_ratio(0.9)
-        .timeout(ADMISSION_SLO)
+        .timeout(slo)
         .build();
     // Only dependency trouble counts as a failure; a client's bad request
     // says nothing about capacity.

@@ -186,7 +186,7 @@ impl Application {
             metrics,
             registry,
             pool_gauges,
-            admission: crate::admission::admission(settings.max_inflight, accept),
+            admission: crate::admission::admission(settings.max_inflight, settings.admission_slo, accept),
         };
         let router = router(state, &settings);
         let listener = TcpListener::bind(settings.http_addr)

@@ -36,6 +36,9 @@ pub struct Settings {
     pub worker_group_id: String,
     /// `TURNSTILE_MAX_INFLIGHT`: claims in progress at once before 429.
     pub max_inflight: usize,
+    /// `TURNSTILE_ADMISSION_SLO_MS`: an admission slower than this counts
+    /// as congestion and lowers the adaptive limit.
+    pub admission_slo: Duration,
     /// `TURNSTILE_PRODUCER_QUEUE_LIMIT`: unacknowledged Kafka messages before 429.
     pub producer_queue_limit: i32,
     /// `TURNSTILE_MAX_CONSUMER_LAG`: undecided claims in Kafka before 429 (0: off).
@@ -66,6 +69,10 @@ impl Settings {
             partitions: setting("TURNSTILE_PARTITIONS", 6)?,
             worker_group_id: setting("TURNSTILE_GROUP_ID", "claim-workers".to_owned())?,
             max_inflight: setting("TURNSTILE_MAX_INFLIGHT", 256)?,
+            admission_slo: setting_millis(
+                "TURNSTILE_ADMISSION_SLO_MS",
+                u64::try_from(crate::DEFAULT_ADMISSION_SLO.as_millis()).unwrap_or(250),
+            )?,
             producer_queue_limit: setting("TURNSTILE_PRODUCER_QUEUE_LIMIT", 5_000)?,
             max_consumer_lag: setting("TURNSTILE_MAX_CONSUMER_LAG", 50_000)?,
             idempotency_retention: Duration::from_secs(retention_hours.saturating_mul(3600)),
@@ -93,6 +100,13 @@ impl Settings {
                     "must be at least 1 and below TURNSTILE_PG_WRITE_POOL ({})",
                     self.pg_write_pool
                 ),
+            });
+        }
+        if self.admission_slo.is_zero() {
+            return Err(SettingError {
+                name: "TURNSTILE_ADMISSION_SLO_MS",
+                value: "0".to_owned(),
+                problem: "must be at least 1".to_owned(),
             });
         }
         if self.max_inflight == 0 {
