@@ -519,16 +519,20 @@ pub async fn decide_fenced(
 
     let per_user_limit = state.as_ref().and_then(|s| s.per_user_limit);
     let mut found = claim_states(&mut tx, resource, per_user_limit, events).await?;
+    // A claim whose acceptance committed while the read waited on its row
+    // is missing from that read's snapshot; a new statement sees it. (Fewer
+    // rows than events can also be a claim delivered twice in the batch,
+    // which needs no second read.)
     if found.len() < events.len() {
-        // A claim whose acceptance committed while the read waited on its
-        // row is missing from that read's snapshot; a new statement sees it.
         let seen: std::collections::HashSet<Uuid> = found.iter().map(|c| c.claim_id).collect();
         let missing: Vec<ClaimRequested> = events
             .iter()
             .filter(|e| !seen.contains(&e.claim_id.as_uuid()))
             .cloned()
             .collect();
-        found.extend(claim_states(&mut tx, resource, per_user_limit, &missing).await?);
+        if !missing.is_empty() {
+            found.extend(claim_states(&mut tx, resource, per_user_limit, &missing).await?);
+        }
     }
     let mut granted_before: HashMap<String, u32> = HashMap::new();
     let mut pending_by_id: HashMap<Uuid, (String, i32)> = HashMap::with_capacity(found.len());
