@@ -129,6 +129,11 @@ pub struct ConsumerTuning {
     pub session_timeout: Duration,
     /// Heartbeat cadence (a third of the session or less).
     pub heartbeat_interval: Duration,
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch that finds
+    /// no new data. Kafka answers as soon as data arrives, so this only
+    /// bounds idle polling; a broker that always holds the fetch this long
+    /// (tansu 0.6 does) adds it to every message's delivery.
+    pub fetch_wait: Duration,
 }
 
 impl Default for ConsumerTuning {
@@ -136,6 +141,7 @@ impl Default for ConsumerTuning {
         Self {
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(3),
+            fetch_wait: Duration::from_millis(10),
         }
     }
 }
@@ -221,7 +227,7 @@ pub fn group_consumer(
         )
         // Claims are latency-sensitive: do not let the broker sit on a fetch
         // for librdkafka's default 500 ms waiting for more bytes.
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", tuning.fetch_wait.as_millis().to_string())
         .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
         .set("socket.nagle.disable", "true")
         .set_log_level(RDKafkaLogLevel::Warning)

@@ -7,6 +7,7 @@
 //! modules [`model`], [`request`], [`decision`] and [`events`] are pure (no
 //! I/O) and property-tested; [`store`] is the one adapter, over sqlx.
 
+pub mod audit;
 pub mod cache;
 pub mod decision;
 pub mod events;

@@ -14,11 +14,13 @@
 use std::{collections::HashMap, time::Duration};
 
 use sqlx::{PgPool, Postgres, Transaction, postgres::PgPoolOptions};
+use time::OffsetDateTime;
 use turnstile_lock::FencingToken;
 use uuid::Uuid;
 
 use crate::{
     ClaimId, ClaimRequested, ClaimStatus, Decision, PendingClaim, RejectReason, ResourceKey, ResourceState,
+    audit::{AuditScope, ResourceRecount},
     decide_batch,
 };
 
@@ -496,7 +498,7 @@ pub async fn decide_fenced(
     // The fence: this row lock orders every writer of the resource, and the
     // predicate refuses a token that is not newer than the last accepted.
     let fenced = sqlx::query!(
-        "UPDATE resources SET fence = $3 WHERE kind = $1 AND id = $2 AND fence < $3
+        "UPDATE resources SET fence = $3, decided_at = now() WHERE kind = $1 AND id = $2 AND fence < $3
          RETURNING remaining, total, per_user_limit",
         kind,
         id,
@@ -778,20 +780,49 @@ pub async fn purge_idempotency_keys(pool: &PgPool, retention: Duration) -> Resul
     Ok(done.rows_affected())
 }
 
-/// Units granted beyond their resource's total, summed over every resource:
-/// the audit behind `turnstile_oversold_units`. The design makes this 0; the
-/// audit recounts from the claims themselves rather than trusting
-/// `remaining`, so it would catch a bug in either.
-pub async fn oversold_units(pool: &PgPool) -> Result<i64, StoreError> {
-    let oversold = sqlx::query_scalar!(
-        r#"SELECT coalesce(sum(greatest(g.granted - r.total, 0)), 0)::int8 AS "oversold!"
-             FROM resources r
-             JOIN (SELECT kind, resource_id, sum(quantity) AS granted
-                     FROM claims WHERE status = 'granted'
-                    GROUP BY kind, resource_id) g
-               ON g.kind = r.kind AND g.resource_id = r.id"#,
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(oversold)
+/// One pass of the oversold audit (see [`crate::audit`]): Postgres' clock
+/// when the pass began, and the recount of the resources in `scope`. A full
+/// pass returns only the oversold resources; an incremental pass returns
+/// every resource it recounted, so the ledger can clear those now at 0.
+/// Both count granted units from the claims themselves, not from
+/// `remaining`, so the audit would catch a bug in either.
+pub async fn recount_oversold(
+    pool: &PgPool,
+    scope: AuditScope,
+) -> Result<(OffsetDateTime, Vec<ResourceRecount>), StoreError> {
+    // Before the recount's snapshot: a decision committed after that
+    // snapshot began after this instant, or within the overlap before it.
+    let started = sqlx::query_scalar!(r#"SELECT now() AS "now!""#).fetch_one(pool).await?;
+    let recounts = match scope {
+        AuditScope::Everything => {
+            sqlx::query_as!(
+                ResourceRecount,
+                r#"SELECT r.kind AS "kind!", r.id AS "id!", (g.granted - r.total)::int8 AS "oversold!"
+                 FROM resources r
+                 JOIN (SELECT kind, resource_id, sum(quantity) AS granted
+                         FROM claims WHERE status = 'granted'
+                        GROUP BY kind, resource_id) g
+                   ON g.kind = r.kind AND g.resource_id = r.id
+                WHERE g.granted > r.total"#,
+            )
+            .fetch_all(pool)
+            .await?
+        }
+        AuditScope::DecidedSince(since) => {
+            sqlx::query_as!(
+                ResourceRecount,
+                r#"SELECT r.kind AS "kind!", r.id AS "id!",
+                      greatest(coalesce(g.granted, 0) - r.total, 0)::int8 AS "oversold!"
+                 FROM resources r
+                 CROSS JOIN LATERAL (SELECT sum(c.quantity) AS granted FROM claims c
+                                      WHERE c.kind = r.kind AND c.resource_id = r.id
+                                        AND c.status = 'granted') g
+                WHERE r.decided_at >= $1"#,
+                since,
+            )
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    Ok((started, recounts))
 }

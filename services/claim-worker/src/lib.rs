@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Topics};
-use turnstile_claim::{cache::ResourceCache, store};
+use turnstile_claim::{audit::OversoldLedger, cache::ResourceCache, store};
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
     backend::{
@@ -136,6 +136,7 @@ impl Worker {
             &ConsumerTuning {
                 session_timeout: settings.session_timeout,
                 heartbeat_interval: settings.session_timeout / 3,
+                fetch_wait: settings.fetch_wait,
             },
             context,
         )?;
@@ -207,13 +208,16 @@ impl Worker {
 }
 
 /// Recounts oversold units from the claims table every `interval` into
-/// `turnstile_oversold_units`, and shouts if it is ever above zero.
+/// `turnstile_oversold_units`, and shouts if it is ever above zero. Most
+/// passes recount only the resources decided since the previous one
+/// ([`turnstile_claim::audit`]).
 async fn audit_oversold(
     pool: sqlx::PgPool,
     gauge: prometheus::IntGauge,
     interval: std::time::Duration,
     shutdown: CancellationToken,
 ) {
+    let mut ledger = OversoldLedger::new();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -221,8 +225,12 @@ async fn audit_oversold(
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        match store::oversold_units(&pool).await {
-            Ok(oversold) => {
+        let scope = ledger.next_scope();
+        match store::recount_oversold(&pool, scope).await {
+            Ok((started, recounts)) => {
+                tracing::debug!(?scope, resources = recounts.len(), "oversold audit pass");
+                ledger.record(scope, started, recounts);
+                let oversold = ledger.total();
                 gauge.set(oversold);
                 if oversold > 0 {
                     tracing::error!(oversold, "audit: units granted beyond stock");

@@ -10,6 +10,7 @@ pub struct WorkerMetrics {
     pub(crate) batch_size: Histogram,
     pub(crate) decided: IntCounterVec,
     pub(crate) decide_latency: Histogram,
+    pub(crate) message_age: Histogram,
     pub(crate) fence_rejections: IntCounter,
     pub(crate) dead_lettered: IntCounter,
     pub(crate) dependency_failures: IntCounterVec,
@@ -38,6 +39,13 @@ impl WorkerMetrics {
                     "Time from the API accepting a claim to the worker committing its decision.",
                 )
                 .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
+            )?,
+            message_age: Histogram::with_opts(
+                HistogramOpts::new(
+                    "turnstile_worker_message_age_seconds",
+                    "Age of a claim event when the worker takes it from Kafka: from the producer's timestamp to now.",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
             )?,
             fence_rejections: IntCounter::new(
                 "turnstile_fence_rejections_total",
@@ -87,6 +95,7 @@ impl WorkerMetrics {
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.decided.clone()))?;
         registry.register(Box::new(m.decide_latency.clone()))?;
+        registry.register(Box::new(m.message_age.clone()))?;
         registry.register(Box::new(m.fence_rejections.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.dependency_failures.clone()))?;

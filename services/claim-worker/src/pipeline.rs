@@ -176,7 +176,7 @@ impl Pipeline {
         };
         let mut batch = Vec::with_capacity(self.settings.batch_size.min(1024));
         match first {
-            Ok(message) => batch.push(decode(&message)),
+            Ok(message) => batch.push(self.take(&message)),
             Err(e) => {
                 warn!(error = %e, "kafka consume error");
                 return Next::Batch(batch);
@@ -185,7 +185,7 @@ impl Pipeline {
         let deadline = Instant::now() + self.settings.batch_linger;
         while batch.len() < self.settings.batch_size {
             match timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(decode(&message)),
+                Ok(Ok(message)) => batch.push(self.take(&message)),
                 Ok(Err(e)) => {
                     warn!(error = %e, "kafka consume error");
                     break;
@@ -194,6 +194,20 @@ impl Pipeline {
             }
         }
         Next::Batch(batch)
+    }
+
+    /// Decodes a message taken from the consumer and records how long it
+    /// waited since its producer stamped it.
+    fn take(&self, message: &BorrowedMessage<'_>) -> Incoming {
+        if let Some(stamped_ms) = message.timestamp().to_millis() {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            self.metrics
+                .message_age
+                .observe(now_ms.saturating_sub(stamped_ms).max(0) as f64 / 1000.0);
+        }
+        decode(message)
     }
 
     /// Re-decides claims left pending too long. Kafka is the fast path, the

@@ -67,6 +67,8 @@ pub struct Settings {
     pub batch_size: usize,
     /// `TURNSTILE_BATCH_LINGER_MS`: how long a batch waits to fill.
     pub batch_linger: Duration,
+    /// `TURNSTILE_FETCH_WAIT_MS`: librdkafka's `fetch.wait.max.ms`.
+    pub fetch_wait: Duration,
     /// `TURNSTILE_SESSION_TIMEOUT_MS`: Kafka group session.
     pub session_timeout: Duration,
     /// `TURNSTILE_SWEEP_AFTER_MS`: a claim pending this long is re-decided
@@ -112,6 +114,7 @@ impl Settings {
             lock_wait: setting_millis("TURNSTILE_LOCK_WAIT_MS", 5_000)?,
             batch_size: setting("TURNSTILE_BATCH_SIZE", 500)?,
             batch_linger: setting_millis("TURNSTILE_BATCH_LINGER_MS", 5)?,
+            fetch_wait: setting_millis("TURNSTILE_FETCH_WAIT_MS", 10)?,
             session_timeout: setting_millis("TURNSTILE_SESSION_TIMEOUT_MS", 10_000)?,
             sweep_after: setting_millis("TURNSTILE_SWEEP_AFTER_MS", 10_000)?,
             sweep_interval: setting_millis("TURNSTILE_SWEEP_INTERVAL_MS", 2_000)?,

@@ -106,7 +106,7 @@ pub async fn claim_for_update(
                   fence = (SELECT fence + 1 FROM resources WHERE kind = $1 AND id = $2)
             WHERE claim_id = $3 AND status = 'pending'
            RETURNING fence)
-         UPDATE resources r SET remaining = $6, fence = decided.fence
+         UPDATE resources r SET remaining = $6, fence = decided.fence, decided_at = now()
            FROM decided WHERE r.kind = $1 AND r.id = $2
          RETURNING r.fence",
         kind,
