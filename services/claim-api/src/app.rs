@@ -141,6 +141,7 @@ impl Application {
             &settings.brokers,
             &ProducerTuning {
                 delivery_timeout: Duration::from_secs(5),
+                linger: settings.producer_linger,
                 ..ProducerTuning::default()
             },
         )?;
