@@ -100,7 +100,7 @@ pub struct ProducerTuning {
 impl Default for ProducerTuning {
     fn default() -> Self {
         Self {
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(5),
             delivery_timeout: Duration::from_secs(10),
             queue_limit: 100_000,
         }

@@ -203,7 +203,7 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         lock_ttl: Duration::from_secs(5),
         lock_wait: Duration::from_secs(5),
         batch_size: 500,
-        batch_linger: Duration::from_millis(5),
+        batch_linger: Duration::ZERO,
         fetch_wait: Duration::from_millis(10),
         session_timeout: Duration::from_secs(6),
         sweep_after: Duration::from_secs(10),

@@ -165,7 +165,9 @@ impl Pipeline {
     }
 
     /// Waits for the first message (or shutdown, or the sweep timer), then
-    /// gathers more until the batch is full or the linger time has passed.
+    /// gathers more until the batch is full or the linger time has passed
+    /// (with no linger, until nothing more is ready: the timeout polls the
+    /// consumer once before it looks at the clock).
     /// Once a message is in hand nothing cancels the gathering: a message
     /// taken from the consumer and dropped would be skipped for good.
     async fn next_batch(&self, shutdown: &CancellationToken, sweep: &mut tokio::time::Interval) -> Next {

@@ -65,7 +65,10 @@ pub struct Settings {
     pub lock_wait: Duration,
     /// `TURNSTILE_BATCH_SIZE`: most messages per batch.
     pub batch_size: usize,
-    /// `TURNSTILE_BATCH_LINGER_MS`: how long a batch waits to fill.
+    /// `TURNSTILE_BATCH_LINGER_MS`: how long a batch waits to fill after its
+    /// first message. 0 (the default) takes what is already buffered: under
+    /// load, messages gather while the previous batch is decided, so batches
+    /// grow by themselves and no claim waits for a timer.
     pub batch_linger: Duration,
     /// `TURNSTILE_FETCH_WAIT_MS`: librdkafka's `fetch.wait.max.ms`.
     pub fetch_wait: Duration,
@@ -113,7 +116,7 @@ impl Settings {
             lock_ttl: setting_millis("TURNSTILE_LOCK_TTL_MS", 5_000)?,
             lock_wait: setting_millis("TURNSTILE_LOCK_WAIT_MS", 5_000)?,
             batch_size: setting("TURNSTILE_BATCH_SIZE", 500)?,
-            batch_linger: setting_millis("TURNSTILE_BATCH_LINGER_MS", 5)?,
+            batch_linger: setting_millis("TURNSTILE_BATCH_LINGER_MS", 0)?,
             fetch_wait: setting_millis("TURNSTILE_FETCH_WAIT_MS", 10)?,
             session_timeout: setting_millis("TURNSTILE_SESSION_TIMEOUT_MS", 10_000)?,
             sweep_after: setting_millis("TURNSTILE_SWEEP_AFTER_MS", 10_000)?,
