@@ -30,7 +30,12 @@ use crate::{
 };
 
 /// Admission slower than this counts as congestion, unless configured.
-pub const DEFAULT_ADMISSION_SLO: Duration = Duration::from_millis(250);
+///
+/// 100 ms, not the first 250: at 5 000 claims/s offered on the 2-core
+/// machine, three interleaved pairs of runs gave an end-to-end p99 of
+/// 140/187/151 ms with 100 ms against 176/273/166 ms with 250 ms, and
+/// 4 322/4 206/4 567 against 4 719/4 026/4 425 claims decided per second.
+pub const DEFAULT_ADMISSION_SLO: Duration = Duration::from_millis(100);
 
 /// The limit never falls below this: enough to fill a few group commits.
 const MIN_LIMIT: usize = 8;

@@ -76,7 +76,7 @@ impl Settings {
             max_inflight: setting("TURNSTILE_MAX_INFLIGHT", 256)?,
             admission_slo: setting_millis(
                 "TURNSTILE_ADMISSION_SLO_MS",
-                u64::try_from(crate::DEFAULT_ADMISSION_SLO.as_millis()).unwrap_or(250),
+                u64::try_from(crate::DEFAULT_ADMISSION_SLO.as_millis()).unwrap_or(100),
             )?,
             producer_queue_limit: setting("TURNSTILE_PRODUCER_QUEUE_LIMIT", 5_000)?,
             producer_linger: setting_millis("TURNSTILE_PRODUCER_LINGER_MS", 5)?,
