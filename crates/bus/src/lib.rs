@@ -234,6 +234,14 @@ pub fn group_consumer(
         .create_with_context(context)?)
 }
 
+/// `fetch.wait.max.ms` of [`tail_from_end`]. Its events only wake clients
+/// that asked to wait for a decision, so it need not poll as eagerly as a
+/// worker. Kafka answers a fetch as soon as data arrives and this only
+/// bounds idle polling; tansu 0.6 holds every fetch this long, so there it
+/// is also the most a notification can be late. At 10 ms, the API's idle
+/// tail of six partitions cost tansu about a tenth of a core.
+pub const TAIL_FETCH_WAIT: Duration = Duration::from_millis(50);
+
 /// A consumer outside any group that reads every partition of `topic` from
 /// its end: for following events live (no offsets, no rebalances).
 pub async fn tail_from_end(brokers: &str, topic: &str) -> Result<StreamConsumer, BusError> {
@@ -242,7 +250,7 @@ pub async fn tail_from_end(brokers: &str, topic: &str) -> Result<StreamConsumer,
         .set("group.id", "turnstile-tail-unused")
         .set("enable.auto.commit", "false")
         .set("socket.nagle.disable", "true")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", TAIL_FETCH_WAIT.as_millis().to_string())
         .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
         .set_log_level(RDKafkaLogLevel::Warning)
         .create()?;
