@@ -89,7 +89,8 @@ impl Topics {
 /// which is where a Kafka producer's throughput comes from.
 #[derive(Debug, Clone)]
 pub struct ProducerTuning {
-    /// How long to wait for more messages before sending a batch.
+    /// How long to wait for more messages before sending a batch: 5 ms by
+    /// default, Apache Kafka 4's default.
     pub linger: Duration,
     /// How long a message may take to be acknowledged before it fails.
     pub delivery_timeout: Duration,

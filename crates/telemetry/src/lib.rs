@@ -211,6 +211,15 @@ pub fn setting_millis(name: &'static str, default_ms: u64) -> Result<std::time::
     setting(name, default_ms).map(std::time::Duration::from_millis)
 }
 
+/// Reads a duration given in milliseconds, defaulting to `default`: for
+/// defaults that are constants of the code they tune.
+pub fn setting_millis_or(
+    name: &'static str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, SettingError> {
+    setting_millis(name, u64::try_from(default.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Cancels `shutdown` on SIGTERM or Ctrl-C, so services finish in-flight
 /// work and leave cleanly.
 pub async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {

@@ -2,7 +2,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use turnstile_telemetry::{SettingError, setting, setting_millis};
+use turnstile_bus::ProducerTuning;
+use turnstile_telemetry::{SettingError, setting, setting_millis, setting_millis_or};
 
 /// Everything the API needs to know.
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ pub struct Settings {
     /// `TURNSTILE_PRODUCER_LINGER_MS`: how long the producer gathers events
     /// into one request (librdkafka `linger.ms`). Fewer, larger requests
     /// cost the broker less per event; every accepted claim waits up to this
-    /// long for Kafka's acknowledgement. Apache Kafka 4 defaults to 5 ms.
+    /// long for Kafka's acknowledgement. The default is [`ProducerTuning`]'s.
     pub producer_linger: Duration,
     /// `TURNSTILE_MAX_CONSUMER_LAG`: undecided claims in Kafka before 429 (0: off).
     pub max_consumer_lag: i64,
@@ -74,12 +75,9 @@ impl Settings {
             partitions: setting("TURNSTILE_PARTITIONS", 6)?,
             worker_group_id: setting("TURNSTILE_GROUP_ID", "claim-workers".to_owned())?,
             max_inflight: setting("TURNSTILE_MAX_INFLIGHT", 256)?,
-            admission_slo: setting_millis(
-                "TURNSTILE_ADMISSION_SLO_MS",
-                u64::try_from(crate::DEFAULT_ADMISSION_SLO.as_millis()).unwrap_or(100),
-            )?,
+            admission_slo: setting_millis_or("TURNSTILE_ADMISSION_SLO_MS", crate::DEFAULT_ADMISSION_SLO)?,
             producer_queue_limit: setting("TURNSTILE_PRODUCER_QUEUE_LIMIT", 5_000)?,
-            producer_linger: setting_millis("TURNSTILE_PRODUCER_LINGER_MS", 5)?,
+            producer_linger: setting_millis_or("TURNSTILE_PRODUCER_LINGER_MS", ProducerTuning::default().linger)?,
             max_consumer_lag: setting("TURNSTILE_MAX_CONSUMER_LAG", 50_000)?,
             idempotency_retention: Duration::from_secs(retention_hours.saturating_mul(3600)),
             max_body_bytes: setting("TURNSTILE_MAX_BODY_BYTES", 16 * 1024)?,

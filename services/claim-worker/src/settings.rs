@@ -2,7 +2,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use turnstile_telemetry::{SettingError, setting, setting_millis};
+use turnstile_bus::ConsumerTuning;
+use turnstile_telemetry::{SettingError, setting, setting_millis, setting_millis_or};
 
 /// Which lock store guards the resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +118,7 @@ impl Settings {
             lock_wait: setting_millis("TURNSTILE_LOCK_WAIT_MS", 5_000)?,
             batch_size: setting("TURNSTILE_BATCH_SIZE", 500)?,
             batch_linger: setting_millis("TURNSTILE_BATCH_LINGER_MS", 0)?,
-            fetch_wait: setting_millis("TURNSTILE_FETCH_WAIT_MS", 10)?,
+            fetch_wait: setting_millis_or("TURNSTILE_FETCH_WAIT_MS", ConsumerTuning::default().fetch_wait)?,
             session_timeout: setting_millis("TURNSTILE_SESSION_TIMEOUT_MS", 10_000)?,
             sweep_after: setting_millis("TURNSTILE_SWEEP_AFTER_MS", 10_000)?,
             sweep_interval: setting_millis("TURNSTILE_SWEEP_INTERVAL_MS", 2_000)?,
