@@ -6,56 +6,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
-use sqlx::PgPool;
+use common::{accept, coupon, event, pool};
 use turnstile_claim::{
-    ClaimId, ClaimRequested, Decision, IdempotencyKey, RejectReason, ResourceId, ResourceKey, TenantId, UserId,
+    Decision, RejectReason, ResourceId, ResourceKey,
     store::{self, Admission, FencedOutcome},
 };
 use turnstile_lock::FencingToken;
-
-async fn pool() -> PgPool {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".into());
-    let pool = store::connect(&url, 4, Duration::from_secs(5)).await.unwrap();
-    store::migrate(&pool).await.unwrap();
-    pool
-}
-
-fn event(coupon: &ResourceKey, key: &str, user: &str) -> ClaimRequested {
-    let tenant = TenantId::default_tenant();
-    ClaimRequested {
-        claim_id: ClaimId::for_request(&tenant, &IdempotencyKey::parse(key).unwrap()),
-        tenant_id: tenant,
-        resource: coupon.clone(),
-        user_id: UserId::parse(user).unwrap(),
-        quantity: 1,
-        accepted_at_ms: 1_795_000_000_000,
-    }
-}
-
-/// Records `events` as claim-api does, committed.
-async fn accept(pool: &PgPool, events: &[ClaimRequested]) {
-    let keys: Vec<String> = events.iter().map(|e| e.claim_id.to_string()).collect();
-    let admissions: Vec<Admission<'_>> = events
-        .iter()
-        .zip(&keys)
-        .map(|(event, key)| Admission {
-            idempotency_key: key,
-            fingerprint: &[7; 32],
-            event,
-        })
-        .collect();
-    let (tx, _) = store::reserve_claims(pool, &admissions).await.unwrap();
-    tx.commit().await.unwrap();
-}
-
-async fn coupon(pool: &PgPool, name: &str, total: i64) -> ResourceKey {
-    let code = format!("{name}-{:08x}", rand::random::<u32>());
-    let coupon = ResourceKey::coupon(ResourceId::parse("coupon", &code).unwrap());
-    store::create_resource(pool, &coupon, total, Some(1)).await.unwrap();
-    coupon
-}
 
 fn applied(outcome: FencedOutcome) -> (Vec<Decision>, i64) {
     match outcome {

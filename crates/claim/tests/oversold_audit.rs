@@ -8,53 +8,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+mod common;
 
+use common::{accept, coupon, event, pool};
 use sqlx::PgPool;
 use turnstile_claim::{
-    ClaimId, ClaimRequested, IdempotencyKey, ResourceId, ResourceKey, TenantId, UserId,
+    ResourceKey,
     audit::{AuditScope, ResourceRecount},
-    store::{self, Admission, FencedOutcome},
+    store::{self, FencedOutcome},
 };
 use turnstile_lock::FencingToken;
 
-async fn pool() -> PgPool {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".into());
-    let pool = store::connect(&url, 4, Duration::from_secs(5)).await.unwrap();
-    store::migrate(&pool).await.unwrap();
-    pool
-}
-
-async fn coupon(pool: &PgPool, name: &str, total: i64) -> ResourceKey {
-    let code = format!("{name}-{:08x}", rand::random::<u32>());
-    let coupon = ResourceKey::coupon(ResourceId::parse("coupon", &code).unwrap());
-    store::create_resource(pool, &coupon, total, Some(1)).await.unwrap();
-    coupon
-}
-
 /// Accepts and decides one claim by `user` on `coupon`, as the services do.
 async fn claim(pool: &PgPool, coupon: &ResourceKey, user: &str, fence: u64) {
-    let tenant = TenantId::default_tenant();
-    let key = format!("audit-{user}-{:08x}", rand::random::<u32>());
-    let event = ClaimRequested {
-        claim_id: ClaimId::for_request(&tenant, &IdempotencyKey::parse(&key).unwrap()),
-        tenant_id: tenant,
-        resource: coupon.clone(),
-        user_id: UserId::parse(user).unwrap(),
-        quantity: 1,
-        accepted_at_ms: 1_795_000_000_000,
-    };
-    let (tx, _) = store::reserve_claims(
-        pool,
-        &[Admission {
-            idempotency_key: &key,
-            fingerprint: &[7; 32],
-            event: &event,
-        }],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let event = event(coupon, &format!("audit-{user}-{:08x}", rand::random::<u32>()), user);
+    accept(pool, std::slice::from_ref(&event)).await;
     let outcome = store::decide_fenced(pool, coupon, FencingToken::new(fence), std::slice::from_ref(&event))
         .await
         .unwrap();
