@@ -202,12 +202,9 @@ impl Pipeline {
     /// waited since its producer stamped it.
     fn take(&self, message: &BorrowedMessage<'_>) -> Incoming {
         if let Some(stamped_ms) = message.timestamp().to_millis() {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
             self.metrics
                 .message_age
-                .observe(now_ms.saturating_sub(stamped_ms).max(0) as f64 / 1000.0);
+                .observe(now_ms().saturating_sub(stamped_ms).max(0) as f64 / 1000.0);
         }
         decode(message)
     }
