@@ -86,6 +86,8 @@ fn compare_title(c: &CompareReport) -> String {
 }
 
 fn main() -> ExitCode {
+    // The load generator shares the machine's cores with what it measures.
+    turnstile_telemetry::disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))

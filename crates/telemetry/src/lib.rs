@@ -12,6 +12,10 @@
 //! - **Metrics** live in one [`prometheus::Registry`] per process, rendered
 //!   by [`render_metrics`] for the `/metrics` endpoint.
 
+mod memory;
+
+pub use memory::disable_transparent_huge_pages;
+
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};

@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    turnstile_telemetry::disable_transparent_huge_pages();
     let _telemetry = turnstile_telemetry::init(
         "claim-worker",
         turnstile_telemetry::LogFormat::from_env().map_err(anyhow::Error::msg)?,
