@@ -2,11 +2,13 @@
 //! compile time against the schema in `migrations/` (offline data in `.sqlx`).
 //!
 //! Two writes matter:
-//! - [`reserve_claim`] (claim-api): the idempotency record and the pending
-//!   claim, in a transaction the caller commits only after Kafka acknowledged
-//!   the event. A concurrent request with the same key blocks on the unique
-//!   index until that commit, then replays its result: one claim, however
-//!   many copies of the request arrive at once.
+//! - [`reserve_claims`] (claim-api; [`reserve_claim`] is the one-claim form
+//!   sql-baseline uses): the pending claims, in a transaction the caller
+//!   commits only after Kafka acknowledged the events. A claim row is also
+//!   its idempotency record: its id is derived from tenant and key, and it
+//!   keeps the request's fingerprint. A concurrent request with the same key
+//!   blocks on the primary key until that commit, then replays its result:
+//!   one claim, however many copies of the request arrive at once.
 //! - [`decide_fenced`] (claim-worker): the batch decision, in one transaction
 //!   that first moves the resource's fence to the lease's token and is
 //!   refused, by the database itself, when the token is not newer.
@@ -185,44 +187,19 @@ pub enum Reservation {
     UnknownResource,
 }
 
-/// Records the idempotency key and the pending claim for `event`.
+/// Records the pending claim for `event`, its idempotency key included: the
+/// claim's id is derived from the tenant and the key, so the claims primary
+/// key is the idempotency record.
 pub async fn reserve_claim(
     pool: &PgPool,
-    idempotency_key: &str,
     fingerprint: &[u8; 32],
     event: &ClaimRequested,
 ) -> Result<Reservation, StoreError> {
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query_scalar!(
-        "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, claim_id)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (tenant_id, key) DO NOTHING
-         RETURNING claim_id",
-        event.tenant_id.as_str(),
-        idempotency_key,
-        &fingerprint[..],
-        event.claim_id.as_uuid(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if inserted.is_none() {
-        // Reached only after any concurrent holder of this key committed.
-        let earlier = sqlx::query!(
-            "SELECT fingerprint, claim_id FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
-            event.tenant_id.as_str(),
-            idempotency_key,
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        return Ok(if earlier.fingerprint == fingerprint[..] {
-            Reservation::Replay(ClaimId::from_uuid(earlier.claim_id))
-        } else {
-            Reservation::KeyReused
-        });
-    }
     let claimed = sqlx::query_scalar!(
-        "INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at)
-         SELECT $1, $2, r.kind, r.id, $5, $6, coalesce(r.per_user_limit = 1, false), to_timestamp($7::float8 / 1000)
+        "INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at,
+                             fingerprint)
+         SELECT $1, $2, r.kind, r.id, $5, $6, coalesce(r.per_user_limit = 1, false), to_timestamp($7::float8 / 1000), $8
            FROM resources r WHERE r.kind = $3 AND r.id = $4
          ON CONFLICT (claim_id) DO NOTHING
          RETURNING true AS \"inserted!\"",
@@ -233,34 +210,41 @@ pub async fn reserve_claim(
         event.user_id.as_str(),
         i32::try_from(event.quantity).unwrap_or(i32::MAX),
         event.accepted_at_ms as f64,
+        &fingerprint[..],
     )
     .fetch_optional(&mut *tx)
     .await?;
-    if claimed.is_none() {
-        let exists = sqlx::query_scalar!(
-            "SELECT EXISTS (SELECT 1 FROM resources WHERE kind = $1 AND id = $2) AS \"exists!\"",
-            event.resource.kind.as_str(),
-            event.resource.id.as_str(),
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        if !exists {
-            return Ok(Reservation::UnknownResource);
-        }
-        // The claim row survived an earlier attempt whose key record was
-        // rolled back: the claim id is derived from the key, so it is ours.
+    if claimed.is_some() {
+        return Ok(Reservation::New(tx));
     }
-    Ok(Reservation::New(tx))
+    // Reached only after any concurrent holder of this key committed.
+    let earlier = sqlx::query_scalar!(
+        "SELECT fingerprint FROM claims WHERE claim_id = $1",
+        event.claim_id.as_uuid(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(match earlier {
+        Some(earlier) if same_request(earlier.as_deref(), fingerprint) => Reservation::Replay(event.claim_id),
+        Some(_) => Reservation::KeyReused,
+        None => Reservation::UnknownResource,
+    })
+}
+
+/// Whether a stored fingerprint is the request's. A claim without one was
+/// written from its event alone, or before fingerprints moved into claims:
+/// its key replays it.
+fn same_request(stored: Option<&[u8]>, fingerprint: &[u8; 32]) -> bool {
+    stored.is_none_or(|stored| stored == &fingerprint[..])
 }
 
 /// One claim to admit in [`reserve_claims`].
 #[derive(Debug, Clone, Copy)]
 pub struct Admission<'a> {
-    /// The client's `Idempotency-Key`.
-    pub idempotency_key: &'a str,
     /// The request's meaning, to tell a retry from a reused key.
     pub fingerprint: &'a [u8; 32],
-    /// The event to publish if the claim is new.
+    /// The event to publish if the claim is new. Its claim id is derived
+    /// from the tenant and the idempotency key.
     pub event: &'a ClaimRequested,
 }
 
@@ -279,35 +263,31 @@ pub enum Reserved {
     UnknownResource,
 }
 
-/// Records the idempotency keys and pending claims of a whole batch of
-/// admissions in one transaction and one statement (group commit: the
-/// batch shares its round trips and its WAL flush). Publish the `New`
-/// events, then commit; dropping the transaction rolls the batch back.
+/// Records the pending claims of a whole batch of admissions in one
+/// transaction and one statement (group commit: the batch shares its round
+/// trips and its WAL flush). Publish the `New` events, then commit; dropping
+/// the transaction rolls the batch back.
 ///
-/// Keys are inserted in a fixed order, so concurrent batches cannot
-/// deadlock; a key held by another batch's open transaction makes this one
-/// wait for it, and then counts as used before.
+/// The claim row is the idempotency record: its id is derived from the
+/// tenant and the key. Claims are inserted in id order, so concurrent
+/// batches cannot deadlock; a claim held by another batch's open
+/// transaction makes this one wait for it, and then counts as used before.
 pub async fn reserve_claims(
     pool: &PgPool,
     batch: &[Admission<'_>],
 ) -> Result<(Transaction<'static, Postgres>, Vec<Reserved>), StoreError> {
     let n = batch.len();
-    let (mut tenants, mut keys, mut fingerprints, mut claim_ids) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut kinds, mut resource_ids, mut users, mut quantities, mut accepted) = (
+    let (mut tenants, mut fingerprints, mut claim_ids, mut kinds, mut resource_ids) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut users, mut quantities, mut accepted) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for a in batch {
         tenants.push(a.event.tenant_id.as_str());
-        keys.push(a.idempotency_key);
         fingerprints.push(&a.fingerprint[..]);
         claim_ids.push(a.event.claim_id.as_uuid());
         kinds.push(a.event.resource.kind.as_str());
@@ -319,33 +299,27 @@ pub async fn reserve_claims(
     let mut tx = pool.begin().await?;
     let rows = sqlx::query!(
         r#"WITH input AS (
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::text[],
-                                  $7::text[], $8::int4[], $9::float8[]) WITH ORDINALITY
-                 AS t(tenant_id, key, fingerprint, claim_id, kind, resource_id, user_id, quantity, accepted_ms, n)
+             SELECT * FROM unnest($1::text[], $2::bytea[], $3::uuid[], $4::text[], $5::text[],
+                                  $6::text[], $7::int4[], $8::float8[]) WITH ORDINALITY
+                 AS t(tenant_id, fingerprint, claim_id, kind, resource_id, user_id, quantity, accepted_ms, n)
            ), known AS (
              SELECT i.*, coalesce(r.per_user_limit = 1, false) AS one_per_user
                FROM input i JOIN resources r ON r.kind = i.kind AND r.id = i.resource_id
-           ), new_keys AS (
-             INSERT INTO idempotency_keys (tenant_id, key, fingerprint, claim_id)
-             SELECT DISTINCT ON (tenant_id, key) tenant_id, key, fingerprint, claim_id
-               FROM known ORDER BY tenant_id, key, n
-             ON CONFLICT (tenant_id, key) DO NOTHING
-             RETURNING claim_id
            ), new_claims AS (
-             INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at)
-             SELECT DISTINCT ON (k.claim_id) k.claim_id, k.tenant_id, k.kind, k.resource_id, k.user_id, k.quantity,
-                    k.one_per_user, to_timestamp(k.accepted_ms / 1000)
-               FROM known k JOIN new_keys USING (claim_id) ORDER BY k.claim_id, k.n
+             INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at,
+                                 fingerprint)
+             SELECT DISTINCT ON (claim_id) claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user,
+                    to_timestamp(accepted_ms / 1000), fingerprint
+               FROM known ORDER BY claim_id, n
              ON CONFLICT (claim_id) DO NOTHING
              RETURNING claim_id
            )
-           SELECT i.n AS "n!", (k.n IS NOT NULL) AS "known!", (nk.claim_id IS NOT NULL) AS "new_key!"
+           SELECT i.n AS "n!", (k.n IS NOT NULL) AS "known!", (nc.claim_id IS NOT NULL) AS "new!"
              FROM input i
              LEFT JOIN known k ON k.n = i.n
-             LEFT JOIN new_keys nk ON nk.claim_id = i.claim_id
+             LEFT JOIN new_claims nc ON nc.claim_id = i.claim_id
             ORDER BY i.n"#,
         &tenants as &[&str],
-        &keys as &[&str],
         &fingerprints as &[&[u8]],
         &claim_ids,
         &kinds as &[&str],
@@ -358,19 +332,18 @@ pub async fn reserve_claims(
     .await?;
     let mut reserved = vec![Reserved::UnknownResource; n];
     let mut conflicted = Vec::new();
-    // The first admission of a key in the batch owns it; later copies of a
-    // key the batch made new are retries (same request) or reuse.
-    let mut owner_of: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
+    // The first admission of a claim id in the batch owns it; later copies
+    // of a claim the batch made new are retries (same request) or reuse.
+    let mut owner_of: HashMap<ClaimId, usize> = HashMap::new();
     let mut copies = Vec::new();
     for row in rows.iter().filter(|row| row.known) {
         let i = usize::try_from(row.n - 1).unwrap_or(usize::MAX);
         let Some(a) = batch.get(i) else { continue };
-        let slot = (a.event.tenant_id.as_str(), a.idempotency_key);
-        match owner_of.entry(slot) {
-            std::collections::hash_map::Entry::Occupied(_) => copies.push((i, slot)),
+        match owner_of.entry(a.event.claim_id) {
+            std::collections::hash_map::Entry::Occupied(_) => copies.push(i),
             std::collections::hash_map::Entry::Vacant(first) => {
                 first.insert(i);
-                if row.new_key {
+                if row.new {
                     reserved[i] = Reserved::New;
                 } else {
                     conflicted.push(i);
@@ -378,8 +351,8 @@ pub async fn reserve_claims(
             }
         }
     }
-    for (i, slot) in copies {
-        let first = owner_of[&slot];
+    for i in copies {
+        let first = owner_of[&batch[i].event.claim_id];
         if reserved[first] == Reserved::New {
             reserved[i] = if batch[first].fingerprint == batch[i].fingerprint {
                 Reserved::Replay(batch[i].event.claim_id)
@@ -391,32 +364,19 @@ pub async fn reserve_claims(
         }
     }
     if !conflicted.is_empty() {
-        // A new statement, so keys committed by others meanwhile are seen.
-        let (tenants, keys): (Vec<String>, Vec<String>) = conflicted
-            .iter()
-            .map(|&i| {
-                (
-                    batch[i].event.tenant_id.as_str().to_owned(),
-                    batch[i].idempotency_key.to_owned(),
-                )
-            })
-            .unzip();
+        // A new statement, so claims committed by others meanwhile are seen.
+        let ids: Vec<Uuid> = conflicted.iter().map(|&i| batch[i].event.claim_id.as_uuid()).collect();
         let earlier = sqlx::query!(
-            "SELECT k.tenant_id, k.key, k.fingerprint, k.claim_id
-               FROM idempotency_keys k
-               JOIN unnest($1::text[], $2::text[]) AS c(tenant_id, key) USING (tenant_id, key)",
-            &tenants,
-            &keys,
+            "SELECT claim_id, fingerprint FROM claims WHERE claim_id = ANY($1)",
+            &ids,
         )
         .fetch_all(&mut *tx)
         .await?;
         for i in conflicted {
             let a = &batch[i];
-            let found = earlier
-                .iter()
-                .find(|e| e.tenant_id == a.event.tenant_id.as_str() && e.key == a.idempotency_key);
+            let found = earlier.iter().find(|e| e.claim_id == a.event.claim_id.as_uuid());
             reserved[i] = match found {
-                Some(e) if e.fingerprint == a.fingerprint[..] => Reserved::Replay(ClaimId::from_uuid(e.claim_id)),
+                Some(e) if same_request(e.fingerprint.as_deref(), a.fingerprint) => Reserved::Replay(a.event.claim_id),
                 _ => Reserved::KeyReused,
             };
         }
@@ -425,25 +385,15 @@ pub async fn reserve_claims(
 }
 
 /// Takes claims out of a [`reserve_claims`] transaction before it commits
-/// (their events could not be published): their keys and pending rows go.
+/// (their events could not be published): their pending rows, which are
+/// also their idempotency records, go.
 pub async fn forget_claims(
     tx: &mut Transaction<'static, Postgres>,
     claims: &[Admission<'_>],
 ) -> Result<(), StoreError> {
-    let (mut tenants, mut keys, mut claim_ids) = (Vec::new(), Vec::new(), Vec::new());
-    for a in claims {
-        tenants.push(a.event.tenant_id.as_str().to_owned());
-        keys.push(a.idempotency_key.to_owned());
-        claim_ids.push(a.event.claim_id.as_uuid());
-    }
+    let claim_ids: Vec<Uuid> = claims.iter().map(|a| a.event.claim_id.as_uuid()).collect();
     sqlx::query!(
-        "WITH gone AS (
-           DELETE FROM idempotency_keys k USING unnest($1::text[], $2::text[]) AS c(tenant_id, key)
-            WHERE k.tenant_id = c.tenant_id AND k.key = c.key
-         )
-         DELETE FROM claims WHERE claim_id = ANY($3) AND status = 'pending'",
-        &tenants,
-        &keys,
+        "DELETE FROM claims WHERE claim_id = ANY($1) AND status = 'pending'",
         &claim_ids,
     )
     .execute(&mut **tx)
@@ -766,18 +716,6 @@ pub async fn stale_pending(pool: &PgPool, older_than: Duration, limit: i64) -> R
             })
         })
         .collect())
-}
-
-/// Deletes idempotency records older than `retention`; returns how many.
-pub async fn purge_idempotency_keys(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
-    let secs = retention.as_secs_f64();
-    let done = sqlx::query!(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
-        secs,
-    )
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 /// One pass of the oversold audit (see [`crate::audit`]): Postgres' clock

@@ -117,9 +117,7 @@ async fn a_claim_whose_acceptance_commits_while_the_decision_waits_is_decided() 
     let pool = pool().await;
     let coupon = coupon(&pool, "RACE", 5).await;
     let claim = event(&coupon, &format!("race-{:08x}", rand::random::<u32>()), "u1");
-    let key = claim.claim_id.to_string();
     let admission = Admission {
-        idempotency_key: &key,
         fingerprint: &[7; 32],
         event: &claim,
     };

@@ -1,13 +1,15 @@
 //! Group-commit admission (`store::reserve_claims`) against the real
 //! PostgreSQL of `scripts/stack`: one batch holding new keys, in-batch
-//! retries and reuses, keys used before, and an unknown coupon.
+//! retries and reuses, keys used before, and an unknown coupon; and a key
+//! whose claim a worker wrote from the event alone.
 
 #![allow(clippy::unwrap_used)]
 
 use turnstile_claim::{
     ClaimId, ClaimRequested, IdempotencyKey, ResourceId, ResourceKey, TenantId, UserId,
-    store::{self, Admission, Reserved},
+    store::{self, Admission, FencedOutcome, Reserved},
 };
+use turnstile_lock::FencingToken;
 
 fn event(code: &str, key: &str, user: &str) -> ClaimRequested {
     let tenant = TenantId::default_tenant();
@@ -21,21 +23,22 @@ fn event(code: &str, key: &str, user: &str) -> ClaimRequested {
     }
 }
 
-fn admit<'a>(key: &'a str, fingerprint: &'a [u8; 32], event: &'a ClaimRequested) -> Admission<'a> {
-    Admission {
-        idempotency_key: key,
-        fingerprint,
-        event,
-    }
+fn admit<'a>(fingerprint: &'a [u8; 32], event: &'a ClaimRequested) -> Admission<'a> {
+    Admission { fingerprint, event }
 }
 
-#[tokio::test]
-async fn one_batch_classifies_every_admission_and_records_each_key_once() {
+async fn pool() -> sqlx::PgPool {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".into());
     let pool = store::connect(&url, 4, std::time::Duration::from_secs(5))
         .await
         .unwrap();
     store::migrate(&pool).await.unwrap();
+    pool
+}
+
+#[tokio::test]
+async fn one_batch_classifies_every_admission_and_records_each_key_once() {
+    let pool = pool().await;
     let run = format!("{:08x}", rand::random::<u32>());
     let code = format!("BATCH-{run}");
     let coupon = ResourceKey::coupon(ResourceId::parse("coupon", &code).unwrap());
@@ -45,9 +48,7 @@ async fn one_batch_classifies_every_admission_and_records_each_key_once() {
     // A key used before this batch.
     let old_key = format!("old-{run}");
     let old = event(&code, &old_key, "u0");
-    let (tx, first) = store::reserve_claims(&pool, &[admit(&old_key, &same, &old)])
-        .await
-        .unwrap();
+    let (tx, first) = store::reserve_claims(&pool, &[admit(&same, &old)]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(first, vec![Reserved::New]);
 
@@ -55,13 +56,13 @@ async fn one_batch_classifies_every_admission_and_records_each_key_once() {
     let (e1, e2) = (event(&code, &k1, "u1"), event(&code, &k2, "u2"));
     let missing = event("NO-SUCH-COUPON-EVER", &k3, "u3");
     let batch = [
-        admit(&k1, &same, &e1),
-        admit(&k1, &same, &e1),        // a retry in the same batch
-        admit(&k1, &other, &e1),       // the key reused in the same batch
-        admit(&old_key, &same, &old),  // a retry of an old key
-        admit(&old_key, &other, &old), // an old key reused
-        admit(&k3, &same, &missing),
-        admit(&k2, &same, &e2),
+        admit(&same, &e1),
+        admit(&same, &e1),   // a retry in the same batch
+        admit(&other, &e1),  // the key reused in the same batch
+        admit(&same, &old),  // a retry of an old key
+        admit(&other, &old), // an old key reused
+        admit(&same, &missing),
+        admit(&same, &e2),
     ];
     let (tx, reserved) = store::reserve_claims(&pool, &batch).await.unwrap();
     tx.commit().await.unwrap();
@@ -84,14 +85,35 @@ async fn one_batch_classifies_every_admission_and_records_each_key_once() {
         .unwrap();
     assert_eq!(rows, 3, "one pending claim per new key: old, k1, k2");
 
-    // Taking a claim out before the commit removes its key and row.
+    // Taking a claim out before the commit removes its row, which is its key.
     let k4 = format!("k4-{run}");
     let e4 = event(&code, &k4, "u4");
-    let (mut tx, reserved) = store::reserve_claims(&pool, &[admit(&k4, &same, &e4)]).await.unwrap();
+    let (mut tx, reserved) = store::reserve_claims(&pool, &[admit(&same, &e4)]).await.unwrap();
     assert_eq!(reserved, vec![Reserved::New]);
-    store::forget_claims(&mut tx, &[admit(&k4, &same, &e4)]).await.unwrap();
+    store::forget_claims(&mut tx, &[admit(&same, &e4)]).await.unwrap();
     tx.commit().await.unwrap();
-    let (tx, again) = store::reserve_claims(&pool, &[admit(&k4, &same, &e4)]).await.unwrap();
+    let (tx, again) = store::reserve_claims(&pool, &[admit(&same, &e4)]).await.unwrap();
     drop(tx);
     assert_eq!(again, vec![Reserved::New], "a forgotten key is free again");
+}
+
+/// A claim whose acceptance transaction failed after publishing is written
+/// by the worker from its event, without the request's fingerprint. The
+/// client's retry with that key, whatever its body, gets that claim back.
+#[tokio::test]
+async fn a_key_whose_claim_the_worker_wrote_replays_it() {
+    let pool = pool().await;
+    let run = format!("{:08x}", rand::random::<u32>());
+    let code = format!("ORPHAN-{run}");
+    let coupon = ResourceKey::coupon(ResourceId::parse("coupon", &code).unwrap());
+    store::create_resource(&pool, &coupon, 10, Some(1)).await.unwrap();
+    let orphan = event(&code, &format!("orphan-{run}"), "u1");
+    let decided = store::decide_fenced(&pool, &coupon, FencingToken::new(1), std::slice::from_ref(&orphan))
+        .await
+        .unwrap();
+    assert!(matches!(decided, FencedOutcome::Applied { .. }), "{decided:?}");
+
+    let (tx, reserved) = store::reserve_claims(&pool, &[admit(&[9; 32], &orphan)]).await.unwrap();
+    drop(tx);
+    assert_eq!(reserved, vec![Reserved::Replay(orphan.claim_id)]);
 }

@@ -86,7 +86,6 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         producer_queue_limit: 10_000,
         producer_linger: Duration::from_millis(5),
         max_consumer_lag: 0,
-        idempotency_retention: Duration::from_secs(24 * 3600),
         max_body_bytes: 16 * 1024,
     }
 }

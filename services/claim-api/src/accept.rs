@@ -143,7 +143,6 @@ async fn record_and_publish(deps: &AcceptDeps, batch: &[Pending]) -> Vec<Result<
     let admissions: Vec<Admission<'_>> = batch
         .iter()
         .map(|p| Admission {
-            idempotency_key: &p.job.idempotency_key,
             fingerprint: &p.job.fingerprint,
             event: &p.job.event,
         })

@@ -160,11 +160,6 @@ impl Application {
             metrics.consumer_lag.clone(),
             background.clone(),
         ));
-        tokio::spawn(purge_idempotency_keys(
-            write_pool.clone(),
-            settings.idempotency_retention,
-            background.clone(),
-        ));
 
         let postgres = Breaker::new("postgres", metrics.circuit_open.with_label_values(&["postgres"]));
         let kafka = Breaker::new("kafka", metrics.circuit_open.with_label_values(&["kafka"]));
@@ -341,19 +336,4 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
         tracing::debug!(correlation_id, http.route = %route, http.response.status_code = status, latency_ms, "request");
     }
     response
-}
-
-/// Deletes expired idempotency records hourly.
-async fn purge_idempotency_keys(pool: PgPool, retention: Duration, stop: CancellationToken) {
-    loop {
-        match store::purge_idempotency_keys(&pool, retention).await {
-            Ok(0) => {}
-            Ok(purged) => info!(purged, "expired idempotency keys deleted"),
-            Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
-        }
-    }
 }

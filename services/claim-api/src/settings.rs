@@ -49,8 +49,6 @@ pub struct Settings {
     pub producer_linger: Duration,
     /// `TURNSTILE_MAX_CONSUMER_LAG`: undecided claims in Kafka before 429 (0: off).
     pub max_consumer_lag: i64,
-    /// `TURNSTILE_IDEMPOTENCY_RETENTION_HOURS`: how long keys are kept.
-    pub idempotency_retention: Duration,
     /// `TURNSTILE_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
 }
@@ -58,7 +56,6 @@ pub struct Settings {
 impl Settings {
     /// Reads and validates every setting.
     pub fn from_env() -> Result<Self, SettingError> {
-        let retention_hours: u64 = setting("TURNSTILE_IDEMPOTENCY_RETENTION_HOURS", 24)?;
         let settings = Self {
             http_addr: setting("TURNSTILE_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             database_url: setting(
@@ -79,7 +76,6 @@ impl Settings {
             producer_queue_limit: setting("TURNSTILE_PRODUCER_QUEUE_LIMIT", 5_000)?,
             producer_linger: setting_millis_or("TURNSTILE_PRODUCER_LINGER_MS", ProducerTuning::default().linger)?,
             max_consumer_lag: setting("TURNSTILE_MAX_CONSUMER_LAG", 50_000)?,
-            idempotency_retention: Duration::from_secs(retention_hours.saturating_mul(3600)),
             max_body_bytes: setting("TURNSTILE_MAX_BODY_BYTES", 16 * 1024)?,
         };
         settings.validate()?;
@@ -88,14 +84,6 @@ impl Settings {
 
     /// Checks the settings that depend on each other or have a floor.
     pub fn validate(&self) -> Result<(), SettingError> {
-        let retention_hours = self.idempotency_retention.as_secs() / 3600;
-        if retention_hours < 24 {
-            return Err(SettingError {
-                name: "TURNSTILE_IDEMPOTENCY_RETENTION_HOURS",
-                value: retention_hours.to_string(),
-                problem: "keys must be kept at least 24 hours".to_owned(),
-            });
-        }
         if self.accept_batches == 0 || self.accept_batches >= self.pg_write_pool {
             return Err(SettingError {
                 name: "TURNSTILE_ACCEPT_BATCHES",

@@ -3,17 +3,17 @@
 //!
 //! No Kafka, no lock service, no worker: `POST /v1/claims` decides the claim
 //! inside the request, in one Postgres transaction, and answers `200` with
-//! the final decision. The transaction records the idempotency key and the
-//! claim row exactly as `claim-api` does (the same
-//! [`turnstile_claim::store::reserve_claim`]), then takes
+//! the final decision. The transaction records the claim row, which is also
+//! its idempotency record, as `claim-api` does (with
+//! [`turnstile_claim::store::reserve_claim`], the one-claim form), then takes
 //! `SELECT ... FOR UPDATE` on the resource row, decides with the same pure
 //! [`turnstile_claim::decide_batch`] (a batch of one), writes the decision
 //! and the new stock, and commits. The row lock is the whole concurrency
 //! story: every claim on a coupon waits for the one before it to commit, so
 //! a hot coupon is decided strictly one transaction at a time.
 //!
-//! It writes the same tables as the pipeline (`resources`, `claims`,
-//! `idempotency_keys`, migrated with [`turnstile_claim::store::migrate`]), so
+//! It writes the same tables as the pipeline (`resources` and `claims`,
+//! migrated with [`turnstile_claim::store::migrate`]), so
 //! `loadtest flash-sale --mode sql-for-update` audits it with the same
 //! queries: nothing oversold, no double grant, nothing undecided, stock equal
 //! to total minus grants.

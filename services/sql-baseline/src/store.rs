@@ -1,8 +1,8 @@
 //! The baseline's one write: a claim decided inside its request, in one
 //! Postgres transaction serialised by the resource's row lock.
 //!
-//! Statement order matters for how long the hot lock is held. The
-//! idempotency key and the pending claim row are written first (by
+//! Statement order matters for how long the hot lock is held. The pending
+//! claim row, which is also the idempotency record, is written first (by
 //! `turnstile-claim`'s own [`store::reserve_claim`], so replays and key
 //! reuse behave exactly as in `claim-api`), *before* the row lock: they touch
 //! only this request's rows. Then, under `FOR UPDATE`, three statements and
@@ -48,11 +48,10 @@ pub enum ClaimOutcome {
 /// Records, decides and commits `event` in one transaction.
 pub async fn claim_for_update(
     pool: &PgPool,
-    idempotency_key: &str,
     fingerprint: &[u8; 32],
     event: &ClaimRequested,
 ) -> Result<ClaimOutcome, StoreError> {
-    let mut tx = match store::reserve_claim(pool, idempotency_key, fingerprint, event).await? {
+    let mut tx = match store::reserve_claim(pool, fingerprint, event).await? {
         Reservation::New(tx) => tx,
         Reservation::Replay(claim_id) => return Ok(ClaimOutcome::Replay(claim_id)),
         Reservation::KeyReused => return Ok(ClaimOutcome::KeyReused),

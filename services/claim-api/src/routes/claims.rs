@@ -166,7 +166,6 @@ async fn accept(
     let waiting = wait.map(|_| state.decisions.register(claim_id));
 
     let job = AcceptJob {
-        idempotency_key: key.as_str().to_owned(),
         fingerprint: request.fingerprint(),
         event,
         correlation_id,
@@ -215,7 +214,6 @@ async fn accept(
 /// therefore under the adaptive concurrency limit (waiting for a decision
 /// is not: it costs nothing but a parked task).
 pub struct AcceptJob {
-    pub(crate) idempotency_key: String,
     pub(crate) fingerprint: [u8; 32],
     pub(crate) event: ClaimRequested,
     pub(crate) correlation_id: String,

@@ -97,7 +97,7 @@ pub async fn create_claim(
         quantity: request.quantity.get(),
         accepted_at_ms: now_ms(),
     };
-    let outcome = claim_for_update(&state.pool, key.as_str(), &request.fingerprint(), &event)
+    let outcome = claim_for_update(&state.pool, &request.fingerprint(), &event)
         .await
         .map_err(|e| ApiError::from_store(&e, "deciding a claim"))?;
     match outcome {
