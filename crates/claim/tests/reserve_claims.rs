@@ -5,56 +5,37 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{coupon, event, pool};
 use turnstile_claim::{
-    ClaimId, ClaimRequested, IdempotencyKey, ResourceId, ResourceKey, TenantId, UserId,
+    ClaimRequested, ResourceId, ResourceKey,
     store::{self, Admission, FencedOutcome, Reserved},
 };
 use turnstile_lock::FencingToken;
 
-fn event(code: &str, key: &str, user: &str) -> ClaimRequested {
-    let tenant = TenantId::default_tenant();
-    ClaimRequested {
-        claim_id: ClaimId::for_request(&tenant, &IdempotencyKey::parse(key).unwrap()),
-        tenant_id: tenant,
-        resource: ResourceKey::coupon(ResourceId::parse("coupon", code).unwrap()),
-        user_id: UserId::parse(user).unwrap(),
-        quantity: 1,
-        accepted_at_ms: 1_795_000_000_000,
-    }
-}
-
 fn admit<'a>(fingerprint: &'a [u8; 32], event: &'a ClaimRequested) -> Admission<'a> {
     Admission { fingerprint, event }
-}
-
-async fn pool() -> sqlx::PgPool {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".into());
-    let pool = store::connect(&url, 4, std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
-    store::migrate(&pool).await.unwrap();
-    pool
 }
 
 #[tokio::test]
 async fn one_batch_classifies_every_admission_and_records_each_key_once() {
     let pool = pool().await;
     let run = format!("{:08x}", rand::random::<u32>());
-    let code = format!("BATCH-{run}");
-    let coupon = ResourceKey::coupon(ResourceId::parse("coupon", &code).unwrap());
-    store::create_resource(&pool, &coupon, 10, Some(1)).await.unwrap();
+    let coupon = coupon(&pool, "BATCH", 10).await;
     let (same, other) = ([1; 32], [2; 32]);
 
     // A key used before this batch.
     let old_key = format!("old-{run}");
-    let old = event(&code, &old_key, "u0");
+    let old = event(&coupon, &old_key, "u0");
     let (tx, first) = store::reserve_claims(&pool, &[admit(&same, &old)]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(first, vec![Reserved::New]);
 
     let (k1, k2, k3) = (format!("k1-{run}"), format!("k2-{run}"), format!("k3-{run}"));
-    let (e1, e2) = (event(&code, &k1, "u1"), event(&code, &k2, "u2"));
-    let missing = event("NO-SUCH-COUPON-EVER", &k3, "u3");
+    let (e1, e2) = (event(&coupon, &k1, "u1"), event(&coupon, &k2, "u2"));
+    let nowhere = ResourceKey::coupon(ResourceId::parse("coupon", "NO-SUCH-COUPON-EVER").unwrap());
+    let missing = event(&nowhere, &k3, "u3");
     let batch = [
         admit(&same, &e1),
         admit(&same, &e1),   // a retry in the same batch
@@ -79,7 +60,7 @@ async fn one_batch_classifies_every_admission_and_records_each_key_once() {
         ]
     );
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE resource_id = $1")
-        .bind(&code)
+        .bind(coupon.id.as_str())
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -87,7 +68,7 @@ async fn one_batch_classifies_every_admission_and_records_each_key_once() {
 
     // Taking a claim out before the commit removes its row, which is its key.
     let k4 = format!("k4-{run}");
-    let e4 = event(&code, &k4, "u4");
+    let e4 = event(&coupon, &k4, "u4");
     let (mut tx, reserved) = store::reserve_claims(&pool, &[admit(&same, &e4)]).await.unwrap();
     assert_eq!(reserved, vec![Reserved::New]);
     store::forget_claims(&mut tx, &[admit(&same, &e4)]).await.unwrap();
@@ -104,10 +85,8 @@ async fn one_batch_classifies_every_admission_and_records_each_key_once() {
 async fn a_key_whose_claim_the_worker_wrote_replays_it() {
     let pool = pool().await;
     let run = format!("{:08x}", rand::random::<u32>());
-    let code = format!("ORPHAN-{run}");
-    let coupon = ResourceKey::coupon(ResourceId::parse("coupon", &code).unwrap());
-    store::create_resource(&pool, &coupon, 10, Some(1)).await.unwrap();
-    let orphan = event(&code, &format!("orphan-{run}"), "u1");
+    let coupon = coupon(&pool, "ORPHAN", 10).await;
+    let orphan = event(&coupon, &format!("orphan-{run}"), "u1");
     let decided = store::decide_fenced(&pool, &coupon, FencingToken::new(1), std::slice::from_ref(&orphan))
         .await
         .unwrap();

@@ -1,6 +1,9 @@
 //! Helpers shared by the store's tests against the real PostgreSQL of
 //! `scripts/stack`.
 
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::time::Duration;
 
 use sqlx::PgPool;
