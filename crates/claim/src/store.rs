@@ -189,45 +189,18 @@ pub enum Reservation {
 
 /// Records the pending claim for `event`, its idempotency key included: the
 /// claim's id is derived from the tenant and the key, so the claims primary
-/// key is the idempotency record.
+/// key is the idempotency record. [`reserve_claims`] with a batch of one.
 pub async fn reserve_claim(
     pool: &PgPool,
     fingerprint: &[u8; 32],
     event: &ClaimRequested,
 ) -> Result<Reservation, StoreError> {
-    let mut tx = pool.begin().await?;
-    let claimed = sqlx::query_scalar!(
-        "INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at,
-                             fingerprint)
-         SELECT $1, $2, r.kind, r.id, $5, $6, coalesce(r.per_user_limit = 1, false), to_timestamp($7::float8 / 1000), $8
-           FROM resources r WHERE r.kind = $3 AND r.id = $4
-         ON CONFLICT (claim_id) DO NOTHING
-         RETURNING true AS \"inserted!\"",
-        event.claim_id.as_uuid(),
-        event.tenant_id.as_str(),
-        event.resource.kind.as_str(),
-        event.resource.id.as_str(),
-        event.user_id.as_str(),
-        i32::try_from(event.quantity).unwrap_or(i32::MAX),
-        event.accepted_at_ms as f64,
-        &fingerprint[..],
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if claimed.is_some() {
-        return Ok(Reservation::New(tx));
-    }
-    // Reached only after any concurrent holder of this key committed.
-    let earlier = sqlx::query_scalar!(
-        "SELECT fingerprint FROM claims WHERE claim_id = $1",
-        event.claim_id.as_uuid(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(match earlier {
-        Some(earlier) if same_request(earlier.as_deref(), fingerprint) => Reservation::Replay(event.claim_id),
-        Some(_) => Reservation::KeyReused,
-        None => Reservation::UnknownResource,
+    let (tx, reserved) = reserve_claims(pool, &[Admission { fingerprint, event }]).await?;
+    Ok(match reserved.first() {
+        Some(Reserved::New) => Reservation::New(tx),
+        Some(Reserved::Replay(claim_id)) => Reservation::Replay(*claim_id),
+        Some(Reserved::KeyReused) => Reservation::KeyReused,
+        Some(Reserved::UnknownResource) | None => Reservation::UnknownResource,
     })
 }
 
