@@ -9,7 +9,9 @@
 //!   apart) and the claim headers (`Idempotency-Key`, `X-Tenant-Id`,
 //!   `Prefer: wait`), parsed into `turnstile-claim`'s types.
 //! - [`resources`]: the coupon and SKU bodies and their validation.
+//! - [`listener`]: the services' TCP listener, with a deep accept queue.
 
 pub mod extract;
+pub mod listener;
 pub mod problem;
 pub mod resources;

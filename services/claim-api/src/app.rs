@@ -197,8 +197,7 @@ impl Application {
             admission: crate::admission::admission(settings.max_inflight, settings.admission_slo, accept),
         }));
         let router = router(state, &settings);
-        let listener = TcpListener::bind(settings.http_addr)
-            .await
+        let listener = turnstile_http::listener::bind(settings.http_addr)
             .with_context(|| format!("binding {}", settings.http_addr))?;
         info!(addr = %listener.local_addr()?, "claim-api ready");
         Ok(Self {

@@ -48,8 +48,7 @@ impl Application {
             inflight: Arc::new(Semaphore::new(settings.max_inflight)),
         };
         let router = router(state, &settings);
-        let listener = TcpListener::bind(settings.http_addr)
-            .await
+        let listener = turnstile_http::listener::bind(settings.http_addr)
             .with_context(|| format!("binding {}", settings.http_addr))?;
         info!(
             addr = %listener.local_addr()?,
