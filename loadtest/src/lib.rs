@@ -13,6 +13,7 @@
 //! sale on private services, injects a fault and checks the same invariants.
 
 pub mod chaos;
+pub mod connections;
 pub mod flash_sale;
 pub mod html_report;
 pub mod latency;
