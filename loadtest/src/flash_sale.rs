@@ -3,7 +3,10 @@
 //!
 //! Requests are scheduled at a fixed rate and each latency is measured from
 //! its *scheduled* send time, so a stall in the system shows up as latency
-//! rather than as a politely slower client (no coordinated omission). After
+//! rather than as a politely slower client (no coordinated omission).
+//! Requests go over a fixed set of keep-alive connections opened before the
+//! clock starts ([`crate::connections`]); a request that waits for a free
+//! one is late, and the wait counts. After
 //! the offered load ends, every accepted claim is followed to its decision,
 //! and the invariants are checked in the database: nothing oversold, no user
 //! granted twice, fences increasing in commit order, nothing left undecided.
