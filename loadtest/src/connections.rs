@@ -18,6 +18,7 @@
 
 use std::{
     net::SocketAddr,
+    num::NonZeroUsize,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -61,10 +62,7 @@ pub struct Connections {
 
 impl Connections {
     /// Opens `count` connections to `api` (`http://host:port`), all at once.
-    pub async fn open(api: &str, count: usize) -> Result<Arc<Self>> {
-        if count == 0 {
-            bail!("--connections must be greater than zero");
-        }
+    pub async fn open(api: &str, count: NonZeroUsize) -> Result<Arc<Self>> {
         let url: Uri = api.parse().with_context(|| format!("--api {api} is not a URL"))?;
         if url.scheme_str() != Some("http") {
             bail!("--api {api}: only http:// is supported");
@@ -77,14 +75,14 @@ impl Connections {
             .next()
             .with_context(|| format!("{api} resolves to no address"))?;
         let host = HeaderValue::from_str(authority.as_str()).context("--api's host is not a header value")?;
-        let opening = (0..count).map(|_| connect(addr));
+        let opening = (0..count.get()).map(|_| connect(addr));
         let idle = futures::future::try_join_all(opening)
             .await
             .with_context(|| format!("opening {count} connections to {api}"))?;
         Ok(Arc::new(Self {
             addr,
             host,
-            free: Semaphore::new(count),
+            free: Semaphore::new(count.get()),
             idle: Mutex::new(idle),
         }))
     }

@@ -25,6 +25,7 @@
 
 use std::{
     collections::HashMap,
+    num::NonZeroUsize,
     path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
@@ -104,8 +105,8 @@ pub struct SaleParams {
     /// Keep-alive connections to the API, opened before the clock starts; a
     /// request waits for a free one, and the wait counts in its latency.
     /// The default is twice what claim-api admits at once.
-    #[arg(long, default_value_t = 512)]
-    pub connections: usize,
+    #[arg(long, default_value = "512")]
+    pub connections: NonZeroUsize,
     /// How long to wait for every accepted claim to be decided, in seconds.
     #[arg(long, default_value_t = 120)]
     pub decide_timeout: u64,
@@ -243,7 +244,10 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     if sale.coupons == 0 || sale.users == 0 || sale.rate <= 0.0 || sale.duration == 0 {
         bail!("--coupons, --users, --rate and --duration must be greater than zero");
     }
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    // Opened first: a wrong --api fails before anything is created.
+    let connections = Connections::open(&args.api, sale.connections)
+        .await
+        .with_context(|| format!("is the {} service running at {}?", args.mode.as_str(), args.api))?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(&sale.database_url)
@@ -252,24 +256,15 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     let run_id = format!("{:08X}", rand::random::<u32>());
     let codes: Arc<Vec<String>> = Arc::new((0..sale.coupons).map(|i| format!("FLASH-{run_id}-{i}")).collect());
     for code in codes.iter() {
-        let response = http
-            .post(format!("{}/v1/coupons", args.api))
-            .json(&serde_json::json!({"code": code, "total": sale.stock, "per_user_limit": 1}))
-            .send()
+        let body = serde_json::to_vec(&serde_json::json!({"code": code, "total": sale.stock, "per_user_limit": 1}))?;
+        let answer = connections
+            .post_json("/v1/coupons", &[], body)
             .await
-            .with_context(|| {
-                format!(
-                    "creating coupons (is the {} service running at {}?)",
-                    args.mode.as_str(),
-                    args.api
-                )
-            })?;
-        if response.status() != reqwest::StatusCode::CREATED {
-            bail!("creating coupon {code}: {}", response.status());
+            .with_context(|| format!("creating coupon {code}"))?;
+        if answer.status != StatusCode::CREATED {
+            bail!("creating coupon {code}: {}", answer.status);
         }
     }
-
-    let connections = Connections::open(&args.api, sale.connections).await?;
 
     let total = (sale.rate * sale.duration as f64).round() as u64;
     let progress = if args.json {

@@ -7,6 +7,7 @@
 use std::{
     collections::HashSet,
     net::SocketAddr,
+    num::NonZeroUsize,
     sync::{Arc, Mutex},
 };
 
@@ -41,7 +42,7 @@ async fn server(close: bool) -> (String, Peers) {
 #[tokio::test]
 async fn many_concurrent_requests_share_the_connections_opened_up_front() {
     let (api, peers) = server(false).await;
-    let connections = Connections::open(&api, 4).await.unwrap();
+    let connections = Connections::open(&api, NonZeroUsize::new(4).unwrap()).await.unwrap();
     let key = HeaderName::from_static("idempotency-key");
     let requests = (0..200).map(|i| {
         let (connections, key) = (Arc::clone(&connections), key.clone());
@@ -68,7 +69,7 @@ async fn many_concurrent_requests_share_the_connections_opened_up_front() {
 #[tokio::test]
 async fn a_connection_the_server_closed_is_replaced() {
     let (api, peers) = server(true).await;
-    let connections = Connections::open(&api, 1).await.unwrap();
+    let connections = Connections::open(&api, NonZeroUsize::MIN).await.unwrap();
     for i in 0..5 {
         let answer = connections.post_json("/echo", &[], vec![b'0' + i]).await.unwrap();
         assert_eq!(answer.status, StatusCode::ACCEPTED);
@@ -80,6 +81,9 @@ async fn a_connection_the_server_closed_is_replaced() {
 #[tokio::test]
 async fn an_api_that_is_not_a_plain_http_url_is_refused() {
     for api in ["https://127.0.0.1:1", "127.0.0.1:8080", "http://"] {
-        assert!(Connections::open(api, 1).await.is_err(), "{api} was accepted");
+        assert!(
+            Connections::open(api, NonZeroUsize::MIN).await.is_err(),
+            "{api} was accepted"
+        );
     }
 }

@@ -222,7 +222,7 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
             rate: 100.0,
             duration: 3,
             max_in_flight: 4096,
-            connections: 16,
+            connections: std::num::NonZeroUsize::new(16).unwrap(),
             decide_timeout: 30,
         },
         json: true,

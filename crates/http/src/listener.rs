@@ -7,7 +7,7 @@
 //! client sends it again only after TCP's initial retransmission timeout of
 //! one second. Measured on the 2-core machine at 5000 claims/s: 215 dropped
 //! SYNs (`TcpExtListenOverflows`) in one 10-second sale, and an accept p50 of
-//! 356 ms in its first 100 ms. [`bind`] asks for [`LISTEN_BACKLOG`]; the
+//! 356 ms in its first second. [`bind`] asks for [`LISTEN_BACKLOG`]; the
 //! kernel caps it at `net.core.somaxconn` (4096 on current kernels).
 
 use std::{io, net::SocketAddr};
