@@ -363,6 +363,24 @@ pub async fn db() -> Result<sqlx::PgPool> {
         .await?)
 }
 
+/// How many claims were recorded under the default tenant's idempotency
+/// `keys`. A claim row is its key's idempotency record (its id is derived
+/// from tenant and key), wherever the claim went; a string that is no valid
+/// `Idempotency-Key` cannot have one.
+pub async fn claims_under_keys(keys: &[String]) -> i64 {
+    let tenant = turnstile_claim::TenantId::default_tenant();
+    let ids: Vec<_> = keys
+        .iter()
+        .filter_map(|k| turnstile_claim::IdempotencyKey::parse(k).ok())
+        .map(|k| turnstile_claim::ClaimId::for_request(&tenant, &k).as_uuid())
+        .collect();
+    sqlx::query_scalar("SELECT count(*) FROM claims WHERE claim_id = ANY($1)")
+        .bind(&ids)
+        .fetch_one(&db().await.unwrap())
+        .await
+        .unwrap()
+}
+
 /// The pipeline's invariants for coupons `codes` of `stock` units each, read
 /// from Postgres: nothing pending, nothing oversold, `remaining` equal to the
 /// stock minus the grants, and no user granted twice. Returns the grants per

@@ -6,9 +6,9 @@
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use turnstile_claim::{ClaimId, IdempotencyKey, TenantId};
 use turnstile_testkit::{
-    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, assert_problem, db, unique, worker_settings,
+    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, assert_problem, claims_under_keys, db,
+    unique, worker_settings,
 };
 
 async fn api(test: &str) -> (TestApi, Namespace) {
@@ -260,18 +260,11 @@ async fn overload_answers_429_and_does_nothing() {
         assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "/problems/overloaded").await;
     }
     assert_eq!(claims_for(&code).await, 0, "a 429 must have no effect");
-    // A claim row is its key's idempotency record, wherever the claim went.
-    let tenant = TenantId::default_tenant();
-    let ids: Vec<uuid::Uuid> = keys
-        .iter()
-        .map(|k| ClaimId::for_request(&tenant, &IdempotencyKey::parse(k).unwrap()).as_uuid())
-        .collect();
-    let keys_kept: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE claim_id = ANY($1)")
-        .bind(&ids)
-        .fetch_one(&db().await.unwrap())
-        .await
-        .unwrap();
-    assert_eq!(keys_kept, 0, "a 429 must not consume the idempotency key");
+    assert_eq!(
+        claims_under_keys(&keys).await,
+        0,
+        "a 429 must not consume the idempotency key"
+    );
     let metrics = api.metrics_text().await.unwrap();
     assert!(
         metrics.contains(r#"turnstile_claims_throttled_total{cause="producer_queue"} 20"#),

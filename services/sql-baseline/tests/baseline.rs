@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sql_baseline::{Application, Settings};
 use tokio_util::sync::CancellationToken;
-use turnstile_testkit::{assert_claim_invariants, assert_problem, database_url, db, unique};
+use turnstile_testkit::{assert_claim_invariants, assert_problem, claims_under_keys, database_url, db, unique};
 
 /// A baseline serving on a free port for the length of a test.
 struct Baseline {
@@ -315,6 +315,7 @@ async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
             "/problems/unknown-resource",
         ),
     ];
+    let mut keys = Vec::new();
     for (body, content_type, key, status, kind) in cases {
         let mut request = api
             .http
@@ -322,12 +323,14 @@ async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
             .header("content-type", content_type)
             .body(body);
         if let Some(key) = key {
-            request = request.header("idempotency-key", format!("{key}-{code}"));
+            let key = format!("{key}-{code}");
+            request = request.header("idempotency-key", &key);
+            keys.push(key);
         }
         assert_problem(request.send().await.unwrap(), status, kind).await;
     }
-    // A claim row is also its key's idempotency record: none, no key taken.
     assert_eq!(claim_rows(&code).await, 0, "bad input wrote a claim");
+    assert_eq!(claims_under_keys(&keys).await, 0, "bad input took an idempotency key");
 
     let unknown_route = api.http.get(api.url("/v2/nothing")).send().await.unwrap();
     assert_problem(unknown_route, StatusCode::NOT_FOUND, "/problems/not-found").await;
