@@ -136,6 +136,17 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
     /// with [`LockError::Expired`] or [`LockError::HeldByOther`] instead.
     async fn release(&self, resource: &str, owner: &OwnerId, token: FencingToken) -> Result<(), LockError>;
 
+    /// Makes every token issued for `resource` from now on greater than
+    /// `floor`, in one atomic step; a counter already above it is left alone.
+    ///
+    /// The repair for a counter that fell behind the fenced store: a store
+    /// restored from an older snapshot, a failover to a replica that missed
+    /// the last increments, or a switch from another backend. The fenced
+    /// store refuses such tokens (safety never depends on this); the caller
+    /// passes the last token it accepted, and the next grant is usable. A
+    /// lease held now keeps its token.
+    async fn raise_floor(&self, resource: &str, floor: FencingToken) -> Result<(), LockError>;
+
     /// Waits for `resource` in the store's own fair queue until `deadline`,
     /// when the store keeps one (ZooKeeper's lock recipe: each waiter watches
     /// only its predecessor). `None` means it does not; [`crate::LockClient`]

@@ -150,6 +150,21 @@ impl LockClient {
         }
     }
 
+    /// Makes every token issued for `resource` from now on greater than
+    /// `floor` (see [`LockBackend::raise_floor`]). A fenced writer whose
+    /// token was refused calls this with the last token the store accepted,
+    /// then acquires again.
+    pub async fn raise_floor(&self, resource: &str, floor: FencingToken) -> Result<(), LockError> {
+        if resource.is_empty() {
+            return Err(LockError::InvalidRequest("resource name is empty"));
+        }
+        let raised = self.backend.raise_floor(resource, floor).await;
+        if raised.is_err() {
+            self.metrics.backend_errors.inc();
+        }
+        raised
+    }
+
     /// Takes `resource` for `ttl` if it is free right now, in one round trip.
     pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<LeaseGuard, LockError> {
         validate(resource, ttl)?;

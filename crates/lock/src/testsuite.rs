@@ -63,6 +63,7 @@ macro_rules! contract_tests {
         $crate::contract_tests!(@each $env,
             mutual_exclusion_under_contention,
             tokens_strictly_increase,
+            raised_floor_puts_later_tokens_above_it,
             busy_until_expiry_then_taken_over,
             release_is_owner_checked,
             extend_is_owner_checked,
@@ -86,6 +87,7 @@ macro_rules! contract_tests {
 pub async fn run_all(env: &ContractEnv) {
     mutual_exclusion_under_contention(env).await;
     tokens_strictly_increase(env).await;
+    raised_floor_puts_later_tokens_above_it(env).await;
     busy_until_expiry_then_taken_over(env).await;
     release_is_owner_checked(env).await;
     extend_is_owner_checked(env).await;
@@ -155,6 +157,45 @@ pub async fn tokens_strictly_increase(env: &ContractEnv) {
         last = Some(lease.token());
         lease.release().await.unwrap();
     }
+}
+
+/// After `raise_floor(F)`, from any client, every later token is above F,
+/// on a resource never locked and on one in use (whose holder keeps its
+/// lease); a floor below the counter changes nothing, and tokens keep
+/// strictly increasing across clients afterwards.
+pub async fn raised_floor_puts_later_tokens_above_it(env: &ContractEnv) {
+    let (a, b) = (env.client().await, env.client().await);
+    let ttl = Duration::from_secs(5);
+    // Above any clock-seeded Redis token (microseconds), exact in Lua.
+    let floor = FencingToken::new(1 << 52);
+
+    let fresh = env.resource("floor-fresh");
+    a.raise_floor(&fresh, floor).await.unwrap();
+    let lease = b.try_acquire(&fresh, ttl).await.unwrap();
+    assert!(lease.token() > floor, "token {} under floor {floor}", lease.token());
+    lease.release().await.unwrap();
+
+    let used = env.resource("floor-used");
+    let mut held = a.try_acquire(&used, ttl).await.unwrap();
+    assert!(held.token() <= floor, "a fresh resource starts below 2^52");
+    b.raise_floor(&used, floor).await.unwrap();
+    held.extend(ttl).await.expect("the holder keeps its lease");
+    held.release().await.unwrap();
+    let mut last = floor;
+    for i in 0..6 {
+        let client = if i % 2 == 0 { &a } else { &b };
+        if i == 3 {
+            // A lower floor is no repair to do.
+            client.raise_floor(&used, FencingToken::new(2)).await.unwrap();
+        }
+        let lease = client.try_acquire(&used, ttl).await.unwrap();
+        assert!(lease.token() > last, "token {} after {last}", lease.token());
+        last = lease.token();
+        lease.release().await.unwrap();
+    }
+
+    let empty = a.raise_floor("", floor).await.unwrap_err();
+    assert_eq!(empty.kind(), LockErrorKind::InvalidRequest);
 }
 
 /// A held lock is busy for others until its ttl runs out; then another

@@ -154,6 +154,22 @@ impl LockBackend for PostgresLockBackend {
         }
     }
 
+    /// Raises the row's token; a resource never locked gets an expired row
+    /// holding the floor, so its first grant counts on from there.
+    async fn raise_floor(&self, resource: &str, floor: FencingToken) -> Result<(), LockError> {
+        sqlx::query!(
+            "INSERT INTO turnstile_locks AS l (resource, owner, token, expires_at)
+             VALUES ($1, '', $2, '-infinity')
+             ON CONFLICT (resource) DO UPDATE SET token = greatest(l.token, EXCLUDED.token)",
+            resource,
+            floor.as_i64(),
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn release(&self, resource: &str, owner: &OwnerId, _token: FencingToken) -> Result<(), LockError> {
         let released = sqlx::query_scalar!(
             "UPDATE turnstile_locks SET expires_at = '-infinity'

@@ -87,6 +87,15 @@ return 0
 ";
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
+/// `KEYS`: fence. `ARGV`: floor. Raises the counter to the floor, never
+/// lowers it; the next `INCR` then issues a token above the floor.
+const FLOOR_LUA: &str = r"
+local f = redis.call('GET', KEYS[1])
+if (not f) or tonumber(f) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+";
+static FLOOR: LazyLock<Script> = LazyLock::new(|| Script::new(FLOOR_LUA));
+
 /// The Lua source of a lock script (`acquire`, `extend`, `release`), for
 /// comparisons with tools such as `redis-benchmark`.
 pub fn script_source(name: &str) -> Option<&'static str> {
@@ -247,6 +256,14 @@ impl RedisNode {
     }
 }
 
+impl RedisNode {
+    pub(crate) async fn raise_floor(&self, keys: &ResourceKeys, floor: FencingToken) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = FLOOR.key(&keys.fence).arg(floor.get()).invoke_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
 fn manager_config(config: &RedisLockConfig) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_response_timeout(Some(config.response_timeout))
@@ -347,6 +364,13 @@ impl LockBackend for RedisLockBackend {
             .await
             .map_err(|e| LockError::unavailable("redis", e))?;
         lease_error(state, resource).map_or(Ok(()), Err)
+    }
+
+    async fn raise_floor(&self, resource: &str, floor: FencingToken) -> Result<(), LockError> {
+        self.node
+            .raise_floor(&self.keys(resource), floor)
+            .await
+            .map_err(|e| LockError::unavailable("redis", e))
     }
 
     async fn watch_releases(&self, resource: &str) -> Result<Option<ReleaseSubscription>, LockError> {

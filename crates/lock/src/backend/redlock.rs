@@ -227,4 +227,30 @@ impl LockBackend for RedlockBackend {
             .await;
         self.settle(resource, &tally)
     }
+
+    /// Raises the counter on every master and succeeds when a majority did:
+    /// any later grant's majority shares a master with that one, so its
+    /// token (the greatest of its majority's counters) is above the floor.
+    async fn raise_floor(&self, resource: &str, floor: FencingToken) -> Result<(), LockError> {
+        let keys = ResourceKeys::new(&self.prefix, resource);
+        let raised = join_all(
+            self.nodes
+                .iter()
+                .map(|node| timeout(self.node_timeout, node.raise_floor(&keys, floor))),
+        )
+        .await
+        .into_iter()
+        .filter(|reply| matches!(reply, Ok(Ok(()))))
+        .count();
+        if raised >= self.quorum() {
+            Ok(())
+        } else {
+            Err(LockError::NoQuorum {
+                resource: resource.to_owned(),
+                granted: raised,
+                needed: self.quorum(),
+                failed: self.nodes.len() - raised,
+            })
+        }
+    }
 }

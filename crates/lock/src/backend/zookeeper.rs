@@ -7,13 +7,20 @@
 //! the lock. Waiters queue by creating their node and watch only the node
 //! just before theirs, so a release wakes exactly one waiter (no herd).
 //!
-//! - **Fencing token** = the node's sequence number + 1 (tokens start at 1,
-//!   since 0 is every fence's starting value). ZooKeeper assigns sequences
-//!   from the parent's child counter in its totally ordered log, so it
-//!   strictly increases per resource, and grants go in sequence order (only
-//!   the lowest node holds). Parents are never deleted, so the counter is as
-//!   durable as ZooKeeper's own data. (ZooKeeper's sequence is a signed
-//!   32-bit counter: 2^31 grants per resource.)
+//! - **Fencing token** = `epoch << 32 | (sequence + 1)`: the node's sequence
+//!   number plus one (0 is every fence's starting value), under the
+//!   resource's epoch, kept as the parent's data (none: 0). ZooKeeper assigns
+//!   sequences from the parent's child counter in its totally ordered log,
+//!   so it strictly increases per resource, and grants go in sequence order
+//!   (only the lowest node holds). A node is created in one multi-op with a
+//!   check of the parent's data version, so it is created under the epoch
+//!   its token uses, and an epoch never falls: tokens strictly increase.
+//!   Parents are never deleted, so the counter is as durable as ZooKeeper's
+//!   own data. (ZooKeeper's sequence is a signed 32-bit counter: 2^31 grants
+//!   per resource and epoch.)
+//! - **Floor.** [`raise_floor`](LockBackend::raise_floor) moves the epoch
+//!   past the floor's, so a resource switched from another backend (whose
+//!   tokens are larger) is usable after one refused write.
 //! - **Session = lifeline.** Nodes are ephemeral: when the holder's process
 //!   dies or stalls past the session timeout, ZooKeeper deletes its node and
 //!   the next waiter is woken. A session that expires while holding makes
@@ -32,13 +39,9 @@
 //!   a node; every failure path removes any node carrying our owner id, so a
 //!   lost answer cannot leave an orphan queued ahead of everyone while our
 //!   session lives.
-//!
-//! Tokens count from 1 per resource: switching a live resource from another
-//! backend (whose tokens are larger) makes the database refuse the new
-//! tokens until its fence is reset. That fails closed, but stalls writes.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -86,8 +89,9 @@ pub struct ZooKeeperLockBackend {
     session: Mutex<zk::Client>,
     /// Serialises re-connecting after a session expired.
     reconnecting: tokio::sync::Mutex<()>,
-    /// Parents known to exist, to skip a round trip per acquire.
-    parents: Mutex<HashSet<String>>,
+    /// Parents known to exist, with their epoch and its data version, to
+    /// skip a round trip per acquire.
+    parents: Mutex<HashMap<String, Epoch>>,
     held: Arc<HeldLeases>,
 }
 
@@ -98,6 +102,14 @@ impl std::fmt::Debug for ZooKeeperLockBackend {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// A resource's epoch as last read, with the parent's data version that
+/// holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Epoch {
+    value: u64,
+    version: i32,
 }
 
 /// The leases this process holds, by node path, each with the sender side
@@ -133,7 +145,7 @@ impl ZooKeeperLockBackend {
             config,
             session: Mutex::new(session),
             reconnecting: tokio::sync::Mutex::new(()),
-            parents: Mutex::new(HashSet::new()),
+            parents: Mutex::new(HashMap::new()),
             held: Arc::new(HeldLeases::default()),
         })
     }
@@ -192,41 +204,95 @@ impl ZooKeeperLockBackend {
         self.config.queue_path(resource)
     }
 
-    async fn ensure_parent(&self, client: &zk::Client, parent: &str) -> Result<(), zk::Error> {
-        if self
-            .parents
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(parent)
-        {
-            return Ok(());
+    /// The parent's epoch: cached, or made and read.
+    async fn ensure_parent(&self, client: &zk::Client, parent: &str) -> Result<Epoch, zk::Error> {
+        if let Some(epoch) = self.parents.lock().unwrap_or_else(PoisonError::into_inner).get(parent) {
+            return Ok(*epoch);
         }
-        client.mkdir(parent, &PERSISTENT).await?;
+        self.read_epoch(client, parent).await
+    }
+
+    /// Makes the parent if needed and reads its epoch into the cache.
+    async fn read_epoch(&self, client: &zk::Client, parent: &str) -> Result<Epoch, zk::Error> {
+        let (data, stat) = match client.get_data(parent).await {
+            Err(zk::Error::NoNode) => {
+                client.mkdir(parent, &PERSISTENT).await?;
+                client.get_data(parent).await?
+            }
+            other => other?,
+        };
+        let epoch = Epoch {
+            value: parse_epoch(&data),
+            version: stat.version,
+        };
         self.parents
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(parent.to_owned());
-        Ok(())
+            .insert(parent.to_owned(), epoch);
+        Ok(epoch)
     }
 
-    /// Creates our node in `parent`'s queue; returns its path and sequence.
-    async fn enqueue(&self, client: &zk::Client, parent: &str, owner: &OwnerId) -> Result<(String, i64), zk::Error> {
-        self.ensure_parent(client, parent).await?;
+    /// Creates our node in `parent`'s queue, under the epoch it was created
+    /// with; returns its path and token.
+    async fn enqueue(
+        &self,
+        client: &zk::Client,
+        parent: &str,
+        owner: &OwnerId,
+    ) -> Result<(String, FencingToken), zk::Error> {
         let prefix = format!("{parent}/{}-", owner.as_str());
-        let created = match client.create(&prefix, &[], &EPHEMERAL_SEQUENTIAL).await {
-            // Someone removed the parent: forget it and make it again.
-            Err(zk::Error::NoNode) => {
-                self.parents
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(parent);
-                self.ensure_parent(client, parent).await?;
-                client.create(&prefix, &[], &EPHEMERAL_SEQUENTIAL).await
+        let mut epoch = self.ensure_parent(client, parent).await?;
+        for _ in 0..8 {
+            let mut multi = client.new_multi_writer();
+            multi.add_check_version(parent, epoch.version)?;
+            multi.add_create(&prefix, &[], &EPHEMERAL_SEQUENTIAL)?;
+            match multi.commit().await {
+                Ok(results) => {
+                    let created = results.into_iter().nth(1).and_then(|r| match r {
+                        zk::MultiWriteResult::Create { path, .. } => Some(path),
+                        _ => None,
+                    });
+                    let path = created.ok_or_else(|| zk::Error::UnexpectedError("multi created no node".into()))?;
+                    let sequence = sequence_of(&path).unwrap_or(0);
+                    return Ok((path, token_of(epoch.value, sequence)));
+                }
+                // The epoch moved, or someone removed the parent: read again.
+                Err(zk::MultiWriteError::OperationFailed {
+                    index: 0,
+                    source: zk::Error::BadVersion | zk::Error::NoNode,
+                }) => epoch = self.read_epoch(client, parent).await?,
+                Err(e) => return Err(e.into()),
             }
-            other => other,
-        };
-        let (_, sequence) = created?;
-        Ok((format!("{prefix}{sequence}"), sequence.into_i64()))
+        }
+        Err(zk::Error::UnexpectedError("the resource's epoch kept moving".into()))
+    }
+
+    /// Moves the epoch past `floor`'s, unless tokens are already above it.
+    async fn raise_epoch(&self, client: &zk::Client, parent: &str, floor: FencingToken) -> Result<(), zk::Error> {
+        let needed = (floor.get() >> 32) + 1;
+        loop {
+            let epoch = self.read_epoch(client, parent).await?;
+            if epoch.value >= needed {
+                return Ok(());
+            }
+            match client
+                .set_data(parent, needed.to_string().as_bytes(), Some(epoch.version))
+                .await
+            {
+                Ok(stat) => {
+                    self.parents.lock().unwrap_or_else(PoisonError::into_inner).insert(
+                        parent.to_owned(),
+                        Epoch {
+                            value: needed,
+                            version: stat.version,
+                        },
+                    );
+                    return Ok(());
+                }
+                Err(zk::Error::BadVersion) => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Removes every node of `owner` under `parent`, best effort: the way
@@ -302,6 +368,7 @@ impl ZooKeeperLockBackend {
         client: &zk::Client,
         parent: &str,
         node: &str,
+        token: FencingToken,
         ttl: Duration,
         deadline: Instant,
     ) -> Result<Turn, zk::Error> {
@@ -317,7 +384,6 @@ impl ZooKeeperLockBackend {
             };
             if at == 0 {
                 self.hold(client, node.to_owned(), sent + ttl);
-                let token = token_of(sequence_of(name).unwrap_or(0));
                 return Ok(Turn::Granted {
                     token,
                     since: sent,
@@ -359,13 +425,11 @@ impl LockBackend for ZooKeeperLockBackend {
         let parent = self.parent(resource);
         let sent = Instant::now();
         let outcome = async {
-            let (node, sequence) = self.enqueue(&client, &parent, owner).await?;
+            let (node, token) = self.enqueue(&client, &parent, owner).await?;
             let children = client.list_children(&parent).await?;
             if head(&children).is_some_and(|h| *h == node[parent.len() + 1..]) {
                 self.hold(&client, node, sent + ttl);
-                return Ok(Attempt::Acquired {
-                    token: token_of(u64::try_from(sequence).unwrap_or(0)),
-                });
+                return Ok(Attempt::Acquired { token });
             }
             client.delete(&node, None).await?;
             Ok(Attempt::Busy { retry_after: None })
@@ -393,8 +457,8 @@ impl LockBackend for ZooKeeperLockBackend {
         }
         let parent = self.parent(resource);
         let outcome = async {
-            let (node, _) = self.enqueue(&client, &parent, owner).await?;
-            self.wait_turn(&client, &parent, &node, ttl, deadline).await
+            let (node, token) = self.enqueue(&client, &parent, owner).await?;
+            self.wait_turn(&client, &parent, &node, token, ttl, deadline).await
         }
         .await;
         Some(match outcome {
@@ -466,6 +530,19 @@ impl LockBackend for ZooKeeperLockBackend {
             Err(e) => Err(self.failed(&client, e).await),
         }
     }
+
+    async fn raise_floor(&self, resource: &str, floor: FencingToken) -> Result<(), LockError> {
+        let client = self.client();
+        match self.raise_epoch(&client, &self.parent(resource), floor).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(&client, e).await),
+        }
+    }
+}
+
+/// Reads an epoch as stored in a parent's data (none or garbage: 0).
+fn parse_epoch(data: &[u8]) -> u64 {
+    std::str::from_utf8(data).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 /// A resource name as one znode name: safe characters kept, the rest
@@ -483,16 +560,16 @@ fn encode_component(resource: &str) -> String {
     out
 }
 
-/// The token of the node with `sequence`. ZooKeeper counts from 0, which is
-/// where every fence starts; tokens must be above it.
-fn token_of(sequence: u64) -> FencingToken {
-    FencingToken::new(sequence + 1)
+/// The token of the node with `sequence` under `epoch`. ZooKeeper counts
+/// from 0, which is where every fence starts; tokens must be above it.
+fn token_of(epoch: u64, sequence: u64) -> FencingToken {
+    FencingToken::new((epoch << 32) | ((sequence & 0xFFFF_FFFF) + 1))
 }
 
 /// The path of `owner`'s node holding `token` under `parent`, as ZooKeeper
 /// formats sequences (ten digits, nineteen past `i32::MAX`).
 fn node_path(parent: &str, owner: &OwnerId, token: FencingToken) -> String {
-    let sequence = token.get().saturating_sub(1);
+    let sequence = (token.get() & 0xFFFF_FFFF).saturating_sub(1);
     if sequence <= i32::MAX as u64 {
         format!("{parent}/{}-{sequence:010}", owner.as_str())
     } else {
@@ -530,12 +607,25 @@ mod tests {
     #[test]
     fn node_names_round_trip_owner_and_sequence() {
         let owner = OwnerId::random();
-        let path = node_path("/r/x", &owner, token_of(42));
-        let child = path.rsplit_once('/').unwrap().1;
-        assert_eq!(child, format!("{}-0000000042", owner.as_str()));
-        assert_eq!(sequence_of(child), Some(42));
-        assert_eq!(token_of(0).get(), 1, "the first token is above a fresh fence");
-        assert_eq!(owner_of(child), Some(owner.as_str()));
+        for epoch in [0, 7] {
+            let path = node_path("/r/x", &owner, token_of(epoch, 42));
+            let child = path.rsplit_once('/').unwrap().1;
+            assert_eq!(child, format!("{}-0000000042", owner.as_str()));
+            assert_eq!(sequence_of(child), Some(42));
+            assert_eq!(owner_of(child), Some(owner.as_str()));
+        }
+        assert_eq!(token_of(0, 0).get(), 1, "the first token is above a fresh fence");
+    }
+
+    #[test]
+    fn a_raised_epoch_puts_every_token_above_the_floor() {
+        let floor = FencingToken::new(1_795_000_000_123_456);
+        let epoch = (floor.get() >> 32) + 1;
+        assert!(token_of(epoch, 0) > floor);
+        assert!(token_of(epoch, 1) > token_of(epoch, 0));
+        assert!(token_of(epoch + 1, 0) > token_of(epoch, 5));
+        assert_eq!(parse_epoch(b""), 0);
+        assert_eq!(parse_epoch(epoch.to_string().as_bytes()), epoch);
     }
 
     #[test]
