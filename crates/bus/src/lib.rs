@@ -108,10 +108,23 @@ impl Default for ProducerTuning {
     }
 }
 
-/// A producer that waits for every in-sync replica (`acks=all`).
+/// A producer for events whose order per key matters.
+///
+/// - `enable.idempotence=true`: librdkafka retries a send the broker may
+///   already have stored (a timed-out request, a reconnect) with the same
+///   producer id and sequence number, and the broker drops the duplicate.
+///   Without it a retry can store a message twice, or store a later message
+///   of the partition before an earlier one that is being retried; the
+///   pipeline relies on one partition being one ordered stream of claims.
+///   Idempotence implies `acks=all` and at most five requests in flight
+///   per connection, which librdkafka then enforces.
+/// - `acks=all`: a message counts as sent once every in-sync replica has it.
+/// - `linger.ms` and lz4: batches, which is where a producer's throughput
+///   comes from; `message.timeout.ms` bounds how long a send may be retried.
 pub fn producer(brokers: &str, tuning: &ProducerTuning) -> Result<FutureProducer, BusError> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", tuning.linger.as_millis().to_string())
         .set("message.timeout.ms", tuning.delivery_timeout.as_millis().to_string())

@@ -19,6 +19,6 @@ pub use decision::{BatchOutcome, Decision, PendingClaim, ResourceState, decide_b
 pub use events::{ClaimDecided, ClaimRequested};
 pub use model::{
     ClaimId, ClaimStatus, IdempotencyKey, ParseError, Quantity, RejectReason, ResourceId, ResourceKey, ResourceKind,
-    TenantId, UserId,
+    TenantId, UnixMillis, UserId,
 };
 pub use request::{ClaimRequest, ClaimRequestBody};

@@ -205,6 +205,61 @@ impl From<Quantity> for u32 {
     }
 }
 
+/// An instant on the wire, in Unix milliseconds, bounded to years 2000
+/// through 9999: every value converts to a Postgres `timestamptz`, and an
+/// absurd one is refused when the event is decoded rather than failing a
+/// statement later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct UnixMillis(i64);
+
+impl UnixMillis {
+    /// 2000-01-01T00:00:00Z.
+    const EARLIEST: i64 = 946_684_800_000;
+    /// 9999-12-31T23:59:59.999Z.
+    const LATEST: i64 = 253_402_300_799_999;
+
+    /// Parses milliseconds since the Unix epoch.
+    pub fn parse(raw: i64) -> Result<Self, ParseError> {
+        if (Self::EARLIEST..=Self::LATEST).contains(&raw) {
+            Ok(Self(raw))
+        } else {
+            Err(ParseError::new(
+                "timestamp",
+                "must be a Unix time in milliseconds from year 2000 to 9999",
+            ))
+        }
+    }
+
+    /// The system clock's current time (clamped into range).
+    pub fn now() -> Self {
+        let ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        Self(
+            i64::try_from(ms)
+                .unwrap_or(Self::LATEST)
+                .clamp(Self::EARLIEST, Self::LATEST),
+        )
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for UnixMillis {
+    type Error = ParseError;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<UnixMillis> for i64 {
+    fn from(value: UnixMillis) -> Self {
+        value.0
+    }
+}
+
 /// The tenant a request belongs to (`X-Tenant-Id`); idempotency keys and
 /// claims are scoped by it. 1 to 64 characters from `A-Z a-z 0-9 _ - .`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -348,15 +403,19 @@ pub enum RejectReason {
     PerUserLimit,
     /// No such coupon or SKU.
     UnknownResource,
+    /// The stored claim is not a valid claim (a row written or altered
+    /// outside the API); it is decided so that it cannot stay pending.
+    InvalidClaim,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::SoldOut,
         Self::InsufficientStock,
         Self::PerUserLimit,
         Self::UnknownResource,
+        Self::InvalidClaim,
     ];
 
     /// The name used in SQL and JSON.
@@ -366,6 +425,7 @@ impl RejectReason {
             Self::InsufficientStock => "insufficient_stock",
             Self::PerUserLimit => "per_user_limit",
             Self::UnknownResource => "unknown_resource",
+            Self::InvalidClaim => "invalid_claim",
         }
     }
 }
@@ -378,6 +438,7 @@ impl FromStr for RejectReason {
             "insufficient_stock" => Ok(Self::InsufficientStock),
             "per_user_limit" => Ok(Self::PerUserLimit),
             "unknown_resource" => Ok(Self::UnknownResource),
+            "invalid_claim" => Ok(Self::InvalidClaim),
             _ => Err(ParseError::new("reason", "unknown reject reason")),
         }
     }
@@ -411,6 +472,25 @@ mod tests {
         assert!(Quantity::parse(-1).is_err());
         assert_eq!(Quantity::parse(1000).map(Quantity::get), Ok(1000));
         assert!(Quantity::parse(1001).is_err());
+    }
+
+    #[test]
+    fn unix_millis_bounds() {
+        assert!(UnixMillis::parse(0).is_err());
+        assert!(UnixMillis::parse(-1).is_err());
+        assert!(UnixMillis::parse(i64::MAX).is_err());
+        assert_eq!(
+            UnixMillis::parse(1_795_000_000_000).map(UnixMillis::get),
+            Ok(1_795_000_000_000)
+        );
+        assert!(UnixMillis::parse(UnixMillis::now().get()).is_ok());
+    }
+
+    #[test]
+    fn reject_reasons_round_trip() {
+        for reason in RejectReason::ALL {
+            assert_eq!(reason.as_str().parse::<RejectReason>(), Ok(reason));
+        }
     }
 
     #[test]

@@ -1,33 +1,32 @@
 //! The worker's fenced batch decision (`store::decide_fenced`) against the
 //! real PostgreSQL of `scripts/stack`: earlier grants count toward the
-//! per-user limit, a claim without a row is decided from its event, a
-//! redelivered batch changes nothing, an older token is refused, and a claim
-//! whose acceptance commits while the decision waits on it is still decided.
+//! per-user limit, an event without a claim row creates nothing, a
+//! redelivered batch reports the decisions as stored, an older token is
+//! refused, and an event never decides another resource's claim.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::time::Duration;
-
 use common::{accept, coupon, event, pool};
 use turnstile_claim::{
-    Decision, RejectReason, ResourceId, ResourceKey,
-    store::{self, Admission, FencedOutcome},
+    ClaimStatus, Decision, RejectReason, ResourceId, ResourceKey,
+    store::{self, BatchDecided, EarlierDecision, FencedOutcome, OrphanReason},
 };
 use turnstile_lock::FencingToken;
 
-fn applied(outcome: FencedOutcome) -> (Vec<Decision>, i64) {
+fn applied(outcome: FencedOutcome) -> (BatchDecided, i64) {
     match outcome {
         FencedOutcome::Applied {
-            decisions, remaining, ..
-        } => (decisions, remaining),
-        other => panic!("expected the batch to be applied, got {other:?}"),
+            decided,
+            stock: Some((remaining, _)),
+        } => (decided, remaining),
+        other => panic!("expected the batch to be applied to a known resource, got {other:?}"),
     }
 }
 
 #[tokio::test]
-async fn a_batch_is_decided_in_arrival_order_counting_earlier_grants_and_rowless_claims() {
+async fn a_batch_is_decided_in_arrival_order_counting_earlier_grants() {
     let pool = pool().await;
     let coupon = coupon(&pool, "FENCED", 3).await;
     let run = format!("{:08x}", rand::random::<u32>());
@@ -36,52 +35,91 @@ async fn a_batch_is_decided_in_arrival_order_counting_earlier_grants_and_rowless
     // An earlier batch grants u1 its one coupon.
     let first = event(&coupon, &key("first"), "u1");
     accept(&pool, std::slice::from_ref(&first)).await;
-    let (decisions, remaining) = applied(
+    let (decided, remaining) = applied(
         store::decide_fenced(&pool, &coupon, FencingToken::new(10), std::slice::from_ref(&first))
             .await
             .unwrap(),
     );
-    assert_eq!((decisions, remaining), (vec![Decision::Granted(first.claim_id)], 2));
+    assert_eq!(
+        (decided.decisions, remaining),
+        (vec![Decision::Granted(first.claim_id)], 2)
+    );
 
     let again = event(&coupon, &key("again"), "u1"); // u1 already holds one
     let a = event(&coupon, &key("a"), "u2");
     let a_twice = event(&coupon, &key("a-twice"), "u2"); // u2, later in the same batch
     let rowless = event(&coupon, &key("rowless"), "u3"); // its acceptance never committed
-    let late = event(&coupon, &key("late"), "u4"); // nothing left by then
-    accept(&pool, &[again.clone(), a.clone(), a_twice.clone(), late.clone()]).await;
-    let batch = [again.clone(), a.clone(), a_twice.clone(), rowless.clone(), late.clone()];
-    let (decisions, remaining) = applied(
+    let b = event(&coupon, &key("b"), "u4");
+    let late = event(&coupon, &key("late"), "u5"); // nothing left by then
+    accept(
+        &pool,
+        &[again.clone(), a.clone(), a_twice.clone(), b.clone(), late.clone()],
+    )
+    .await;
+    let batch = [
+        again.clone(),
+        a.clone(),
+        a_twice.clone(),
+        rowless.clone(),
+        b.clone(),
+        late.clone(),
+    ];
+    let (decided, remaining) = applied(
         store::decide_fenced(&pool, &coupon, FencingToken::new(11), &batch)
             .await
             .unwrap(),
     );
+    let expected = vec![
+        Decision::Rejected(again.claim_id, RejectReason::PerUserLimit),
+        Decision::Granted(a.claim_id),
+        Decision::Rejected(a_twice.claim_id, RejectReason::PerUserLimit),
+        Decision::Granted(b.claim_id),
+        Decision::Rejected(late.claim_id, RejectReason::SoldOut),
+    ];
+    assert_eq!(decided.decisions, expected);
+    assert_eq!(decided.orphans.len(), 1);
     assert_eq!(
-        decisions,
-        vec![
-            Decision::Rejected(again.claim_id, RejectReason::PerUserLimit),
-            Decision::Granted(a.claim_id),
-            Decision::Rejected(a_twice.claim_id, RejectReason::PerUserLimit),
-            Decision::Granted(rowless.claim_id),
-            Decision::Rejected(late.claim_id, RejectReason::SoldOut),
-        ]
+        (decided.orphans[0].claim_id, decided.orphans[0].reason),
+        (rowless.claim_id, OrphanReason::NoClaim)
     );
     assert_eq!(remaining, 0);
     let row = store::resource(&pool, &coupon).await.unwrap().unwrap();
     assert_eq!((row.remaining, row.fence), (0, 11));
-    let rowless_row = store::claim(&pool, rowless.claim_id).await.unwrap().unwrap();
-    assert_eq!(rowless_row.fence, Some(11), "the rowless claim was stored and decided");
+    assert!(
+        store::claim(&pool, rowless.claim_id).await.unwrap().is_none(),
+        "the worker created no claim"
+    );
 
-    // Redelivered under a newer token: everything is decided already.
-    let (decisions, remaining) = applied(
+    // Redelivered under a newer token: everything is decided already, and
+    // each decision is reported as stored, to be announced again.
+    let (decided, remaining) = applied(
         store::decide_fenced(&pool, &coupon, FencingToken::new(12), &batch)
             .await
             .unwrap(),
     );
-    assert!(decisions.is_empty(), "{decisions:?}");
+    assert!(decided.decisions.is_empty(), "{:?}", decided.decisions);
+    let earlier: Vec<EarlierDecision> = expected
+        .iter()
+        .map(|d| match *d {
+            Decision::Granted(claim_id) => EarlierDecision {
+                claim_id,
+                status: ClaimStatus::Granted,
+                reason: None,
+                fence: 11,
+            },
+            Decision::Rejected(claim_id, reason) => EarlierDecision {
+                claim_id,
+                status: ClaimStatus::Rejected,
+                reason: Some(reason),
+                fence: 11,
+            },
+        })
+        .collect();
+    assert_eq!(decided.earlier, earlier);
     assert_eq!(remaining, 0);
 
     // A zombie holding an older token writes nothing.
-    let zombie = event(&coupon, &key("zombie"), "u5");
+    let zombie = event(&coupon, &key("zombie"), "u6");
     accept(&pool, std::slice::from_ref(&zombie)).await;
     let outcome = store::decide_fenced(&pool, &coupon, FencingToken::new(11), std::slice::from_ref(&zombie))
         .await
@@ -91,65 +129,68 @@ async fn a_batch_is_decided_in_arrival_order_counting_earlier_grants_and_rowless
     assert_eq!(zombie_row.fence, None, "the refused batch left its claim pending");
 }
 
+/// A claim row whose resource does not exist (rows are only written for
+/// known resources, so this takes a row written by hand) is rejected as
+/// `unknown_resource`.
 #[tokio::test]
 async fn claims_of_an_unknown_resource_are_rejected_as_such() {
     let pool = pool().await;
     let missing =
         ResourceKey::coupon(ResourceId::parse("coupon", &format!("NONE-{:08x}", rand::random::<u32>())).unwrap());
     let claim = event(&missing, &format!("k-{:08x}", rand::random::<u32>()), "u1");
+    sqlx::query(
+        "INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user)
+         VALUES ($1, 'default', 'coupon', $2, 'u1', 1, false)",
+    )
+    .bind(claim.claim_id.as_uuid())
+    .bind(missing.id.as_str())
+    .execute(&pool)
+    .await
+    .unwrap();
     let outcome = store::decide_fenced(&pool, &missing, FencingToken::new(1), std::slice::from_ref(&claim))
         .await
         .unwrap();
+    let FencedOutcome::Applied { decided, stock: None } = outcome else {
+        panic!("expected an unknown resource, got {outcome:?}")
+    };
     assert_eq!(
-        outcome,
-        FencedOutcome::UnknownResource {
-            decisions: vec![Decision::Rejected(claim.claim_id, RejectReason::UnknownResource)]
-        }
+        decided.decisions,
+        vec![Decision::Rejected(claim.claim_id, RejectReason::UnknownResource)]
     );
 }
 
-/// The worker can read a claim's event before claim-api commits its row
-/// (the API publishes, then commits). The decision's insert then waits on
-/// that row, and its snapshot predates the commit: the claim must still be
-/// decided in this batch, not left pending for the sweeper.
+/// Key K is first sent for coupon A, whose event goes out though the claim
+/// never commits; the client then reuses K for coupon B, which commits. The
+/// event for A names B's claim: deciding it under A would spend A's stock
+/// on B's claim and leave B's worker nothing to decide. It is an orphan:
+/// nothing is written, and B's worker decides the claim against B.
 #[tokio::test]
-async fn a_claim_whose_acceptance_commits_while_the_decision_waits_is_decided() {
+async fn an_event_never_decides_another_resources_claim() {
     let pool = pool().await;
-    let coupon = coupon(&pool, "RACE", 5).await;
-    let claim = event(&coupon, &format!("race-{:08x}", rand::random::<u32>()), "u1");
-    let admission = Admission {
-        fingerprint: &[7; 32],
-        event: &claim,
-    };
-    let (accepting, _) = store::reserve_claims(&pool, &[admission]).await.unwrap();
+    let (a, b) = (coupon(&pool, "WRONG-A", 1).await, coupon(&pool, "WRONG-B", 1).await);
+    let key = format!("reused-{:08x}", rand::random::<u32>());
+    let for_a = event(&a, &key, "u1");
+    let for_b = event(&b, &key, "u1");
+    assert_eq!(for_a.claim_id, for_b.claim_id, "one key, one claim id");
+    accept(&pool, std::slice::from_ref(&for_b)).await;
 
-    let decide = tokio::spawn({
-        let (pool, coupon, claim) = (pool.clone(), coupon.clone(), claim.clone());
-        async move { store::decide_fenced(&pool, &coupon, FencingToken::new(1), &[claim]).await }
-    });
-    // Wait until the decision is blocked on the uncommitted row.
-    let observer = pool.clone();
-    let blocked = async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO claims%'",
-            )
-            .fetch_one(&observer)
+    let (decided, remaining) = applied(
+        store::decide_fenced(&pool, &a, FencingToken::new(1), std::slice::from_ref(&for_a))
             .await
-            .unwrap();
-            if waiting > 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), blocked)
-        .await
-        .expect("the decision never waited on the accepting transaction");
-    accepting.commit().await.unwrap();
+            .unwrap(),
+    );
+    assert!(decided.decisions.is_empty() && decided.earlier.is_empty());
+    assert_eq!(decided.orphans.len(), 1);
+    assert_eq!(decided.orphans[0].reason, OrphanReason::OtherResource);
+    assert_eq!(remaining, 1, "A's stock is untouched");
+    let claim = store::claim(&pool, for_b.claim_id).await.unwrap().unwrap();
+    assert_eq!(claim.status, ClaimStatus::Pending);
 
-    let (decisions, remaining) = applied(decide.await.unwrap().unwrap());
-    assert_eq!(decisions, vec![Decision::Granted(claim.claim_id)]);
-    assert_eq!(remaining, 4);
+    let (decided, remaining) = applied(
+        store::decide_fenced(&pool, &b, FencingToken::new(1), std::slice::from_ref(&for_b))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(decided.decisions, vec![Decision::Granted(for_b.claim_id)]);
+    assert_eq!(remaining, 0);
 }

@@ -1,42 +1,77 @@
-//! Group commit for claim admission.
+//! Group commit for claim admission: record, commit, then publish.
 //!
-//! Every accepted claim needs its idempotency key and pending row committed
-//! in Postgres, and its event acknowledged by Kafka before that commit (a
-//! claim is never acknowledged unpublished). One transaction per claim puts
-//! a commit (and a WAL flush) on every request; under a flash sale that is
-//! the API's ceiling. So requests queue here, and whoever is free takes
-//! everything waiting: one statement records the whole batch
-//! ([`store::reserve_claims`]), the new events are published together, and
-//! one commit acknowledges them all. At low load a batch is one request and
-//! nothing waits; under load batches grow by themselves, with no linger.
+//! The Postgres row is the claim. Every accepted claim's pending row (which
+//! is also its idempotency record) is committed before anything else
+//! happens, and only then is its `ClaimRequested` handed to Kafka, to tell
+//! the partition's owner to decide it. So:
+//! - a `202` is sent only after the commit: the claim exists and will be
+//!   decided;
+//! - a `429` or `503` is sent only when nothing was committed: the key stays
+//!   free for the client's retry;
+//! - an event always names a row that exists. A publish that fails after
+//!   the commit leaves a pending claim, which the worker's sweeper decides
+//!   once it has been pending for the sweep window
+//!   (`TURNSTILE_SWEEP_AFTER_MS`); the answer is still `202`.
 //!
-//! A publish that fails takes only its own claim out of the batch (its rows
-//! are deleted before the commit), so a `429` or `503` still means nothing
-//! was recorded for that request.
+//! The answer does not wait for Kafka's acknowledgement: after the commit
+//! it would be `202` either way. Kafka's health reaches admission through
+//! the circuit breaker (fed by the acknowledgements) and the producer-queue
+//! gate, both checked before anything is recorded.
+//!
+//! One commit per claim puts a WAL flush on every request; under a flash
+//! sale that is the API's ceiling. So requests queue here, and whoever is
+//! free takes everything waiting: one autocommit statement records the
+//! whole batch ([`store::reserve_claims`]). At low load a batch is one
+//! request and nothing waits; under load batches grow by themselves, with
+//! no linger.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::future::join_all;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord},
 };
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use turnstile_bus::Topics;
-use turnstile_claim::store::{self, Admission, Reserved};
-
-use crate::{
-    metrics::ApiMetrics,
-    problem::ApiError,
-    resilience::Breaker,
-    routes::claims::{AcceptJob, Admitted},
+use turnstile_claim::{
+    ClaimRequested,
+    store::{self, Admission, ClaimRow, Reserved},
 };
 
-/// Most claims recorded by one transaction.
+use crate::{metrics::ApiMetrics, problem::ApiError, resilience::Breaker};
+
+/// Most claims recorded by one statement.
 const MAX_BATCH: usize = 256;
+
+/// One claim to admit: the part of `POST /v1/claims` that does work and is
+/// therefore under the adaptive concurrency limit (waiting for a decision
+/// is not: it costs nothing but a parked task).
+pub struct AcceptJob {
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) event: ClaimRequested,
+    pub(crate) correlation_id: String,
+}
+
+impl std::fmt::Debug for AcceptJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptJob")
+            .field("claim_id", &self.event.claim_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What admission did.
+#[derive(Debug)]
+pub enum Admitted {
+    /// A new claim, committed (and handed to Kafka).
+    Accepted,
+    /// The key was used before with this request; the claim as stored now.
+    Replayed(Option<ClaimRow>),
+}
 
 /// What a batch needs to record and publish claims.
 #[derive(Clone)]
@@ -64,7 +99,7 @@ pub struct AcceptQueue {
 }
 
 impl AcceptQueue {
-    /// Starts the batcher: at most `concurrent_batches` transactions at once
+    /// Starts the batcher: at most `concurrent_batches` statements at once
     /// (each holds one write connection), until `stop` fires.
     pub fn start(deps: AcceptDeps, concurrent_batches: usize, stop: CancellationToken) -> Self {
         // Admission's concurrency limit bounds what waits here.
@@ -127,17 +162,35 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
         db.collection.name = "claims",
         db.operation.batch.size = batch.len(),
     );
-    let answers = record_and_publish(deps, &batch).instrument(span).await;
+    let answers = record(deps, &batch).instrument(span).await;
+    publish_new(deps, &batch, &answers);
     for (pending, answer) in batch.into_iter().zip(answers) {
+        let answer = match answer {
+            Ok(Reserved::New) => {
+                deps.metrics.accepted.inc();
+                Ok(Admitted::Accepted)
+            }
+            Ok(Reserved::Replay(claim_id)) => {
+                deps.metrics.replays.inc();
+                Ok(Admitted::Replayed(
+                    store::claim(&deps.read_pool, claim_id).await.ok().flatten(),
+                ))
+            }
+            Ok(Reserved::KeyReused) => Err(ApiError::IdempotencyKeyReused),
+            Ok(Reserved::UnknownResource) => Err(ApiError::UnknownResource(pending.job.event.resource.to_string())),
+            Err(e) => Err(e),
+        };
         let _ = pending.reply.send(answer);
     }
 }
 
-/// One transaction for the batch: record, publish the new claims, take out
-/// the ones whose publish failed, commit. Returns one answer per job.
-async fn record_and_publish(deps: &AcceptDeps, batch: &[Pending]) -> Vec<Result<Admitted, ApiError>> {
+/// Records the batch in one autocommit statement. Returns one answer per
+/// job; an error means nothing was committed for that job.
+async fn record(deps: &AcceptDeps, batch: &[Pending]) -> Vec<Result<Reserved, ApiError>> {
     let fail_all = |e: &ApiError| batch.iter().map(|_| Err(e.clone())).collect();
-    if let Err(e) = deps.postgres.permit() {
+    // Kafka known to be down: refuse before recording, so the key stays
+    // free, rather than accept claims only the sweeper would decide.
+    if let Err(e) = deps.postgres.permit().and_then(|()| deps.kafka.permit()) {
         return fail_all(&e);
     }
     let admissions: Vec<Admission<'_>> = batch
@@ -147,85 +200,62 @@ async fn record_and_publish(deps: &AcceptDeps, batch: &[Pending]) -> Vec<Result<
             event: &p.job.event,
         })
         .collect();
-    let reserved = store::reserve_claims(&deps.write_pool, &admissions).await;
+    let reserved = async {
+        let mut conn = deps.write_pool.acquire().await?;
+        store::reserve_claims(&mut conn, &admissions).await
+    }
+    .await;
     deps.postgres
         .record(reserved.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
-    let (mut tx, reserved) = match reserved {
-        Ok(reserved) => reserved,
-        Err(e) if e.is_transient() => return fail_all(&deps.postgres.unavailable()),
+    match reserved {
+        Ok(reserved) => reserved.into_iter().map(Ok).collect(),
+        Err(e) if e.is_transient() => fail_all(&deps.postgres.unavailable()),
         Err(e) => {
             tracing::error!(error = %e, cause = ?e, "reserving claims failed");
-            return fail_all(&ApiError::Internal);
+            fail_all(&ApiError::Internal)
         }
-    };
-
-    let new: Vec<usize> = (0..batch.len()).filter(|&i| reserved[i] == Reserved::New).collect();
-    let published = if new.is_empty() {
-        Vec::new()
-    } else if let Err(e) = deps.kafka.permit() {
-        new.iter().map(|_| Err(e.clone())).collect()
-    } else {
-        join_all(new.iter().map(|&i| publish(deps, &batch[i]))).await
-    };
-    let failed: Vec<Admission<'_>> = new
-        .iter()
-        .zip(&published)
-        .filter(|(_, result)| result.is_err())
-        .map(|(&i, _)| admissions[i])
-        .collect();
-    if !failed.is_empty()
-        && let Err(e) = store::forget_claims(&mut tx, &failed).await
-    {
-        tracing::warn!(error = %e, "taking unpublished claims out of the batch failed; rolling it back");
-        deps.postgres.record(false);
-        return fail_all(&deps.postgres.unavailable());
     }
-    if let Err(e) = tx.commit().await {
-        tracing::warn!(error = %e, claims = new.len(), "commit after publish failed");
-        deps.postgres.record(false);
-        return fail_all(&deps.postgres.unavailable());
-    }
-
-    // A retry of a claim this batch failed to publish shares its failure:
-    // answering it "accepted" would promise a claim that does not exist.
-    let unpublished: std::collections::HashMap<_, ApiError> = new
-        .iter()
-        .zip(&published)
-        .filter_map(|(&i, result)| result.as_ref().err().map(|e| (batch[i].job.event.claim_id, e.clone())))
-        .collect();
-    let mut published = new
-        .iter()
-        .copied()
-        .zip(published)
-        .collect::<std::collections::HashMap<_, _>>();
-    let mut answers = Vec::with_capacity(batch.len());
-    for (i, reserved) in reserved.into_iter().enumerate() {
-        answers.push(match reserved {
-            Reserved::New => match published.remove(&i) {
-                Some(Ok(())) => {
-                    deps.metrics.accepted.inc();
-                    Ok(Admitted::Accepted)
-                }
-                Some(Err(e)) => Err(e),
-                None => Err(ApiError::Internal),
-            },
-            Reserved::Replay(claim_id) if unpublished.contains_key(&claim_id) => Err(unpublished[&claim_id].clone()),
-            Reserved::Replay(claim_id) => {
-                deps.metrics.replays.inc();
-                Ok(Admitted::Replayed(
-                    store::claim(&deps.read_pool, claim_id).await.ok().flatten(),
-                ))
-            }
-            Reserved::KeyReused => Err(ApiError::IdempotencyKeyReused),
-            Reserved::UnknownResource => Err(ApiError::UnknownResource(batch[i].job.event.resource.to_string())),
-        });
-    }
-    answers
 }
 
-/// Publishes one claim, in a producer span under its request's span whose
-/// context travels in the message headers (W3C `traceparent`).
-async fn publish(deps: &AcceptDeps, pending: &Pending) -> Result<(), ApiError> {
+/// Hands the batch's new claims to Kafka, committed already. Their
+/// acknowledgements are awaited by one task for the batch, which feeds the
+/// circuit breaker; a claim Kafka does not take is counted and left to the
+/// sweeper.
+fn publish_new(deps: &AcceptDeps, batch: &[Pending], answers: &[Result<Reserved, ApiError>]) {
+    let mut deliveries: Vec<DeliveryFuture> = Vec::new();
+    for (pending, answer) in batch.iter().zip(answers) {
+        if matches!(answer, Ok(Reserved::New))
+            && let Some(delivery) = publish(deps, pending)
+        {
+            deliveries.push(delivery);
+        }
+    }
+    if deliveries.is_empty() {
+        return;
+    }
+    let (kafka, metrics) = (deps.kafka.clone(), deps.metrics.clone());
+    let started = std::time::Instant::now();
+    tokio::spawn(async move {
+        for delivered in join_all(deliveries).await {
+            metrics.produce_duration.observe(started.elapsed().as_secs_f64());
+            match delivered {
+                Ok(Ok(_)) => kafka.record(true),
+                Ok(Err((e, _))) => {
+                    tracing::warn!(error = %e, "ClaimRequested not acknowledged; the sweeper will decide its claim");
+                    metrics.unpublished.inc();
+                    kafka.record(false);
+                }
+                // The producer was dropped: the API is stopping.
+                Err(_) => metrics.unpublished.inc(),
+            }
+        }
+    });
+}
+
+/// Queues one claim's event, in a producer span under its request's span
+/// whose context travels in the message headers (W3C `traceparent`).
+/// `None` when Kafka did not take it.
+fn publish(deps: &AcceptDeps, pending: &Pending) -> Option<DeliveryFuture> {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     let event = &pending.job.event;
@@ -239,8 +269,16 @@ async fn publish(deps: &AcceptDeps, pending: &Pending) -> Result<(), ApiError> {
         messaging.operation.type = "send",
         messaging.destination.name = topic,
         messaging.kafka.message.key = %event.resource,
-        otel.status_code = tracing::field::Empty,
     );
+    let failpoint: Option<()> = (|| {
+        fail::fail_point!("publish-after-commit", |_| Some(()));
+        None
+    })();
+    if failpoint.is_some() {
+        tracing::info!(claim_id = %event.claim_id, "failpoint: dropping the publish of a committed claim");
+        deps.metrics.unpublished.inc();
+        return None;
+    }
     let payload = turnstile_bus::encode(event);
     let key = event.resource.to_string();
     let headers = turnstile_bus::with_trace(
@@ -249,32 +287,18 @@ async fn publish(deps: &AcceptDeps, pending: &Pending) -> Result<(), ApiError> {
         &pending.job.correlation_id,
     );
     let record = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
-    let started = std::time::Instant::now();
-    // A zero queue timeout: a full local queue is load to shed, not to wait on.
-    let sent = deps
-        .producer
-        .send(record, Duration::ZERO)
-        .instrument(span.clone())
-        .await;
-    deps.metrics.produce_duration.observe(started.elapsed().as_secs_f64());
-    match sent {
-        Ok(_) => {
-            deps.kafka.record(true);
-            Ok(())
-        }
-        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-            span.record("otel.status_code", "ERROR");
-            deps.metrics.throttled.with_label_values(&["producer_queue"]).inc();
-            Err(ApiError::Overloaded {
-                cause: "producer_queue",
-                retry_after: 1,
-            })
-        }
+    match deps.producer.send_result(record) {
+        Ok(delivery) => Some(delivery),
         Err((e, _)) => {
-            span.record("otel.status_code", "ERROR");
-            tracing::warn!(error = %e, "publishing ClaimRequested failed");
-            deps.kafka.record(false);
-            Err(deps.kafka.unavailable())
+            if !matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) {
+                deps.kafka.record(false);
+            }
+            tracing::warn!(error = %e, claim_id = %event.claim_id, "ClaimRequested not queued; the sweeper will decide its claim");
+            deps.metrics.unpublished.inc();
+            None
         }
     }
 }
+
+/// How long to wait for the producer's queue to drain at shutdown.
+pub(crate) const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(5);

@@ -24,9 +24,8 @@ use tower::{BoxError, ServiceBuilder, util::BoxCloneSyncService};
 use tower_acc::{Aimd, ConcurrencyLimitLayer};
 
 use crate::{
-    accept::AcceptQueue,
+    accept::{AcceptJob, AcceptQueue, Admitted},
     problem::ApiError,
-    routes::claims::{AcceptJob, Admitted},
 };
 
 /// Admission slower than this counts as congestion, unless configured.

@@ -93,6 +93,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     background: CancellationToken,
+    producer: FutureProducer,
 }
 
 impl std::fmt::Debug for Application {
@@ -183,7 +184,7 @@ impl Application {
             redis,
             write_pool,
             read_pool,
-            producer,
+            producer: producer.clone(),
             topics,
             decisions,
             load_gate: LoadGate {
@@ -204,6 +205,7 @@ impl Application {
             listener,
             router,
             background,
+            producer,
         })
     }
 
@@ -212,13 +214,22 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` fires, then drains in-flight requests.
+    /// Serves until `shutdown` fires, then drains in-flight requests and
+    /// gives the events of claims accepted meanwhile a few seconds to reach
+    /// Kafka (what does not is decided by the sweeper).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        use rdkafka::producer::Producer;
+
         let background = self.background;
         let result = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         background.cancel();
+        let producer = self.producer;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(crate::accept::FLUSH_AT_SHUTDOWN)).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "ClaimRequested events still queued at exit; the sweeper will decide their claims");
+        }
         Ok(result?)
     }
 }

@@ -14,6 +14,8 @@ async fn main() -> anyhow::Result<()> {
         "claim-api",
         turnstile_telemetry::LogFormat::from_env().map_err(anyhow::Error::msg)?,
     );
+    // Inert unless FAILPOINTS is set (the chaos tests set it).
+    let _failpoints = fail::FailScenario::setup();
     let settings = Settings::from_env().context("invalid configuration")?;
     let app = Application::build(settings).await?;
     let shutdown = CancellationToken::new();

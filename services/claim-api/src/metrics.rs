@@ -12,6 +12,7 @@ pub struct ApiMetrics {
     pub(crate) http_duration: HistogramVec,
     pub(crate) accepted: IntCounter,
     pub(crate) replays: IntCounter,
+    pub(crate) unpublished: IntCounter,
     pub(crate) throttled: IntCounterVec,
     pub(crate) produce_duration: Histogram,
     pub(crate) accept_batch_size: Histogram,
@@ -43,7 +44,11 @@ impl ApiMetrics {
             )?,
             accepted: IntCounter::new(
                 "turnstile_claims_accepted_total",
-                "Claims accepted (202) and published.",
+                "Claims accepted (202): recorded in Postgres and handed to Kafka.",
+            )?,
+            unpublished: IntCounter::new(
+                "turnstile_claims_unpublished_total",
+                "Accepted claims whose ClaimRequested Kafka did not take; the worker's sweeper decides them.",
             )?,
             replays: IntCounter::new(
                 "turnstile_idempotent_replays_total",
@@ -90,6 +95,7 @@ impl ApiMetrics {
         registry.register(Box::new(m.http_duration.clone()))?;
         registry.register(Box::new(m.accepted.clone()))?;
         registry.register(Box::new(m.replays.clone()))?;
+        registry.register(Box::new(m.unpublished.clone()))?;
         registry.register(Box::new(m.throttled.clone()))?;
         registry.register(Box::new(m.produce_duration.clone()))?;
         registry.register(Box::new(m.accept_batch_size.clone()))?;

@@ -463,6 +463,101 @@ async fn pipeline_works_with_every_lock_backend() {
     }
 }
 
+/// A lock store whose token counter fell behind the database's fence (the
+/// lock backend switched on a live database, or Redis back from an older
+/// snapshot) is repaired by the first refused write: with every backend,
+/// a claim on such a resource is decided within one lock ttl (the wait
+/// below), under a token above the old fence.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_behind_the_database_are_repaired_at_once() {
+    use claim_worker::LockBackendKind;
+    let pool = db().await.unwrap();
+    for backend in [
+        LockBackendKind::Redis,
+        LockBackendKind::Redlock,
+        LockBackendKind::ZooKeeper,
+        LockBackendKind::Postgres,
+    ] {
+        let (api, ns) = api(&format!("repair-{backend:?}").to_lowercase()).await;
+        let mut settings = worker_settings(&ns);
+        settings.lock_backend = backend;
+        settings.redlock_urls = std::env::var("REDLOCK_URLS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        let lock_ttl = settings.lock_ttl;
+        let worker = TestWorker::start(settings).await.unwrap();
+        let code = unique("REPAIR");
+        api.create_coupon(&code, 5, Some(1)).await.unwrap();
+        // The database accepted tokens from a counter far ahead of this
+        // store's: another backend's, or this one's before a rollback.
+        let old_fence: i64 = 1 << 52;
+        sqlx::query("UPDATE resources SET fence = $2 WHERE kind = 'coupon' AND id = $1")
+            .bind(&code)
+            .bind(old_fence)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let response = api
+            .claim(
+                &unique("repair"),
+                json!({"coupon": code, "user_id": "u1"}),
+                Some(lock_ttl.as_secs()),
+            )
+            .await
+            .unwrap();
+        let view: Value = response.json().await.unwrap();
+        assert_eq!(view["status"], "granted", "{backend:?}: decided within one lock ttl");
+        assert!(view["fence"].as_i64().unwrap() > old_fence, "{backend:?}: {view}");
+        assert_claim_invariants(std::slice::from_ref(&code), 5).await;
+        worker.stop().await.unwrap();
+    }
+}
+
+/// Redis restored from an older snapshot: its fence counter goes back below
+/// what the database accepted. The next claim is decided all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_rolled_back_to_an_older_snapshot_recovers_on_the_next_claim() {
+    let (api, ns) = api("redis-rollback").await;
+    let worker = TestWorker::start(worker_settings(&ns)).await.unwrap();
+    let code = unique("ROLLBACK");
+    api.create_coupon(&code, 5, Some(1)).await.unwrap();
+    let first: Value = api
+        .claim(&unique("rollback-1"), json!({"coupon": code, "user_id": "u1"}), Some(5))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "granted");
+    let fence = first["fence"].as_i64().unwrap();
+
+    let redis = redis::Client::open(turnstile_testkit::redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("turnstile:{{coupon:{code}}}:fence"))
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let second: Value = api
+        .claim(&unique("rollback-2"), json!({"coupon": code, "user_id": "u2"}), Some(5))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["status"], "granted", "{second}");
+    assert!(
+        second["fence"].as_i64().unwrap() > fence,
+        "{second} after fence {fence}"
+    );
+    assert_claim_invariants(std::slice::from_ref(&code), 5).await;
+    worker.stop().await.unwrap();
+}
+
 #[test]
 fn accept_batches_must_leave_a_write_connection_for_everything_else() {
     let ns = Namespace::new("settings");

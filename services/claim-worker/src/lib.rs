@@ -5,31 +5,43 @@
 //! linger are configurable), and for every resource in a batch:
 //!
 //! 1. takes the resource's lease from `turnstile-lock` and its fencing token;
-//! 2. decides the claims in one Postgres transaction that first moves the
-//!    resource's fence to the token, which the database refuses if a newer
-//!    token was already accepted ([`turnstile_claim::store::decide_fenced`]);
+//! 2. decides the claims whose rows exist and belong to the resource, in one
+//!    Postgres transaction that first moves the resource's fence to the
+//!    token, which the database refuses if a newer token was already
+//!    accepted ([`turnstile_claim::store::decide_fenced`]);
 //! 3. updates the Redis cache (only if its fence is older) and publishes a
 //!    `ClaimDecided` event per claim;
-//! 4. stores the partition's offset, only after the commit.
+//! 4. stores the partition's offset once Kafka acknowledged those events.
 //!
 //! A worker that stalled past its lease and its group session (a zombie) has
-//! its writes refused by step 2; it counts the rejection, logs it, rewinds,
-//! and the partition's rightful owner decides those claims. Redelivered
-//! claims that were already decided are skipped, so replays are harmless.
+//! its writes refused by step 2; it counts the rejection, and the claims are
+//! decided once, by the partition's rightful owner. Redelivered claims that
+//! were already decided are announced again as they stand, never decided
+//! twice.
+//!
+//! Modules, in the order a message meets them: [`consume`] (batches,
+//! validation), [`decide`] (lease, fenced write, cache), [`announce`]
+//! (decisions, dead letters, offsets) and [`pipeline`], the loop that joins
+//! them; [`sweep`] decides what Kafka never delivered.
 
+mod announce;
+mod consume;
+mod decide;
 mod metrics;
 mod pipeline;
 pub mod settings;
+mod sweep;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, routing::get};
 use prometheus::Registry;
 use rdkafka::consumer::Consumer;
-use tokio::net::TcpListener;
+use rdkafka::producer::Producer;
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Topics};
 use turnstile_claim::{audit::OversoldLedger, cache::ResourceCache, store};
 use turnstile_lock::{
@@ -43,17 +55,29 @@ use turnstile_lock::{
 };
 use turnstile_telemetry::PoolGauges;
 
+use announce::{Announcer, Settle};
+use decide::Decider;
 pub use metrics::WorkerMetrics;
 use pipeline::Pipeline;
 pub use settings::{LockBackendKind, Settings};
+use sweep::Sweeper;
 
 /// A worker, connected and ready to run.
 pub struct Worker {
+    settings: Settings,
     pipeline: Pipeline,
+    sweeper: Sweeper,
+    settler: (mpsc::Receiver<Settle>, Announcer),
+    pool: sqlx::PgPool,
+    metrics: WorkerMetrics,
     registry: Registry,
     pool_gauges: PoolGauges,
     metrics_listener: TcpListener,
 }
+
+/// How many decided batches may wait for Kafka's acknowledgements before
+/// consuming pauses.
+const SETTLE_QUEUE: usize = 64;
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,6 +165,7 @@ impl Worker {
             context,
         )?;
         consumer.subscribe(&[&topics.requested])?;
+        let consumer = Arc::new(consumer);
         let producer = turnstile_bus::producer(&settings.brokers, &ProducerTuning::default())?;
 
         let metrics_listener = TcpListener::bind(settings.metrics_addr)
@@ -153,17 +178,46 @@ impl Worker {
             metrics = %settings.metrics_addr,
             "claim-worker ready"
         );
+        let decider = Decider {
+            pool: pool.clone(),
+            locks,
+            cache,
+            metrics: metrics.clone(),
+            lock_ttl: settings.lock_ttl,
+            lock_wait: settings.lock_wait,
+            topic: topics.requested.clone(),
+        };
+        let announcer = Announcer {
+            producer,
+            topics: topics.clone(),
+            metrics: metrics.clone(),
+        };
+        let (settle, settled) = mpsc::channel(SETTLE_QUEUE);
+        let sweeper = Sweeper {
+            database_url: settings.database_url.clone(),
+            decider: decider.clone(),
+            announcer: announcer.clone(),
+            settle: settle.clone(),
+            after: settings.sweep_after,
+            every: settings.sweep_interval,
+        };
+        let pipeline = Pipeline::new(
+            consumer,
+            topics.requested.clone(),
+            settings.batch_size,
+            settings.batch_linger,
+            decider,
+            announcer.clone(),
+            settle,
+            metrics.clone(),
+        );
         Ok(Self {
-            pipeline: Pipeline {
-                settings,
-                topics,
-                consumer,
-                producer,
-                pool,
-                locks,
-                cache,
-                metrics,
-            },
+            settings,
+            pipeline,
+            sweeper,
+            settler: (settled, announcer),
+            pool,
+            metrics,
             registry,
             pool_gauges,
             metrics_listener,
@@ -176,9 +230,10 @@ impl Worker {
     }
 
     /// Consumes until `shutdown` fires, then finishes the batch in hand,
-    /// commits stored offsets and leaves the group.
+    /// waits (a few seconds at most) for Kafka to take what it produced,
+    /// commits the offsets so settled and leaves the group.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (registry, pool, pool_gauges) = (self.registry.clone(), self.pipeline.pool.clone(), self.pool_gauges);
+        let (registry, pool, pool_gauges) = (self.registry.clone(), self.pool.clone(), self.pool_gauges);
         let app = Router::new()
             .route(
                 "/metrics",
@@ -195,17 +250,51 @@ impl Worker {
                 .await
         });
         let audit = tokio::spawn(audit_oversold(
-            self.pipeline.pool.clone(),
-            self.pipeline.metrics.oversold.clone(),
-            self.pipeline.settings.audit_interval,
+            self.pool.clone(),
+            self.metrics.oversold.clone(),
+            self.settings.audit_interval,
             shutdown.clone(),
         ));
+        let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
+        // The settler outlives the loop: it finishes the batches handed to
+        // it, unless Kafka keeps refusing past the grace period.
+        let settler_stop = CancellationToken::new();
+        let (settled, announcer) = self.settler;
+        let producer = announcer.producer.clone();
+        let settler = tokio::spawn(announce::settle_in_order(
+            settled,
+            Arc::clone(&self.pipeline.consumer),
+            announcer,
+            settler_stop.clone(),
+        ));
+
+        let consumer = Arc::clone(&self.pipeline.consumer);
+        // Both senders of settled batches go with the loop and the sweeper:
+        // the settler then ends once it has settled what they handed over.
         self.pipeline.run(shutdown).await;
         audit.abort();
+        let _ = sweeper.await;
+        let mut settler = settler;
+        tokio::select! {
+            _ = &mut settler => {}
+            () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                warn!("kafka did not acknowledge everything within the grace period; those batches come again");
+                settler_stop.cancel();
+                let _ = settler.await;
+            }
+        }
+        pipeline::leave(&consumer);
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(1))).await;
+        if let Ok(Err(e)) = flushed {
+            warn!(error = %e, "messages still queued at exit");
+        }
         server.await??;
         Ok(())
     }
 }
+
+/// How long a stopping worker waits for Kafka to take what it produced.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Recounts oversold units from the claims table every `interval` into
 /// `turnstile_oversold_units`, and shouts if it is ever above zero. Most

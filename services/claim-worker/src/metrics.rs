@@ -3,6 +3,8 @@
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use turnstile_claim::RejectReason;
 
+use crate::announce::DeadLetterCause;
+
 /// Instruments for the claim pipeline's consuming side.
 #[derive(Debug, Clone)]
 pub struct WorkerMetrics {
@@ -12,7 +14,9 @@ pub struct WorkerMetrics {
     pub(crate) decide_latency: Histogram,
     pub(crate) message_age: Histogram,
     pub(crate) fence_rejections: IntCounter,
-    pub(crate) dead_lettered: IntCounter,
+    pub(crate) dead_lettered: IntCounterVec,
+    pub(crate) fence_repairs: IntCounter,
+    pub(crate) announce_retries: IntCounter,
     pub(crate) dependency_failures: IntCounterVec,
     pub(crate) rebalances: IntCounter,
     pub(crate) partition_lag: IntGaugeVec,
@@ -51,9 +55,21 @@ impl WorkerMetrics {
                 "turnstile_fence_rejections_total",
                 "Batches the database refused because their fencing token was stale.",
             )?,
-            dead_lettered: IntCounter::new(
-                "turnstile_dead_lettered_total",
-                "Messages sent to the dead-letter topic.",
+            dead_lettered: IntCounterVec::new(
+                Opts::new(
+                    "turnstile_dead_lettered_total",
+                    "Messages sent to the dead-letter topic, by cause: undecodable or invalid events, events that \
+                     name no claim of their resource (orphan), batches that failed the same way too often (poison).",
+                ),
+                &["cause"],
+            )?,
+            fence_repairs: IntCounter::new(
+                "turnstile_fence_repairs_total",
+                "Times the lock's token counter was raised above the database's fence after a stale-token refusal.",
+            )?,
+            announce_retries: IntCounter::new(
+                "turnstile_announce_retries_total",
+                "ClaimDecided or dead-letter messages sent again because Kafka did not acknowledge them.",
             )?,
             dependency_failures: IntCounterVec::new(
                 Opts::new(
@@ -88,6 +104,9 @@ impl WorkerMetrics {
         for reason in RejectReason::ALL {
             m.decided.with_label_values(&[reason.as_str()]);
         }
+        for cause in DeadLetterCause::ALL {
+            m.dead_lettered.with_label_values(&[cause.as_str()]);
+        }
         for dependency in ["lock", "postgres", "kafka", "fence"] {
             m.dependency_failures.with_label_values(&[dependency]);
         }
@@ -98,6 +117,8 @@ impl WorkerMetrics {
         registry.register(Box::new(m.message_age.clone()))?;
         registry.register(Box::new(m.fence_rejections.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
+        registry.register(Box::new(m.fence_repairs.clone()))?;
+        registry.register(Box::new(m.announce_retries.clone()))?;
         registry.register(Box::new(m.dependency_failures.clone()))?;
         registry.register(Box::new(m.rebalances.clone()))?;
         registry.register(Box::new(m.partition_lag.clone()))?;

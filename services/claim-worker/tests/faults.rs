@@ -246,10 +246,14 @@ async fn killed_zookeeper_holder_is_released_within_the_session_timeout() {
     lease.release().await.unwrap();
 }
 
-/// A message that is not a claim goes to the dead-letter topic with its
-/// reason, and the claims behind it are still decided.
+/// Messages no worker can decide go to the dead-letter topic with their
+/// cause and reason, each at once, and the claims behind them in the same
+/// partition are still decided: an undecodable payload, a decodable event
+/// with a quantity the API would refuse, an event under another resource's
+/// key, and a valid event for a claim that does not exist. The last creates
+/// no claim.
 #[tokio::test(flavor = "multi_thread")]
-async fn undecodable_messages_are_dead_lettered() {
+async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
     let ns = Namespace::new("poison");
     let api = TestApi::start(api_settings(&ns)).await.unwrap();
     let _worker = WorkerProcess::spawn(WORKER, &ns, &[]).await.unwrap();
@@ -262,16 +266,50 @@ async fn undecodable_messages_are_dead_lettered() {
         .create()
         .unwrap();
     let resource_key = format!("coupon:{code}");
-    producer
-        .send(
-            FutureRecord::to(&topics.requested)
-                .key(&resource_key)
-                .payload("this is not a claim"),
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let event = |claim_id: &str, quantity: i64| {
+        json!({
+            "claim_id": claim_id,
+            "tenant_id": "default",
+            "resource": {"kind": "coupon", "id": code},
+            "user_id": "u-poison",
+            "quantity": quantity,
+            "accepted_at_ms": 1_795_000_000_000_i64,
+        })
+        .to_string()
+    };
+    let ghost = uuid::Uuid::new_v4().to_string();
+    let poison = [
+        (
+            "this is not a claim".to_owned(),
+            resource_key.clone(),
+            "invalid",
+            "undecodable",
+        ),
+        (
+            event(&uuid::Uuid::new_v4().to_string(), 0),
+            resource_key.clone(),
+            "invalid",
+            "quantity",
+        ),
+        (
+            event(&uuid::Uuid::new_v4().to_string(), 1),
+            "coupon:SOMEONE-ELSE".to_owned(),
+            "invalid",
+            "key",
+        ),
+        (event(&ghost, 1), resource_key.clone(), "orphan", "no claim row"),
+    ];
+    for (payload, key, _, _) in &poison {
+        // Keyed by the coupon, so all but one share the claim's partition.
+        producer
+            .send(
+                FutureRecord::to(&topics.requested).key(key).payload(payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
     let key = unique("after-poison");
     let body = json!({"coupon": code, "user_id": "u1"});
     assert_eq!(decide(&api, &key, &body).await["status"], "granted");
@@ -283,14 +321,100 @@ async fn undecodable_messages_are_dead_lettered() {
         .create()
         .unwrap();
     dlq.subscribe(&[&topics.dead_letter]).unwrap();
+    let mut dead: HashMap<String, (String, String)> = HashMap::new();
+    while dead.len() < poison.len() {
+        let message = tokio::time::timeout(Duration::from_secs(60), dlq.recv())
+            .await
+            .expect("every poison message reaches the dead-letter topic")
+            .unwrap();
+        let headers = message.headers().unwrap();
+        let reason = turnstile_bus::header(headers, turnstile_bus::DEAD_LETTER_REASON_HEADER).unwrap();
+        let cause = turnstile_bus::header(headers, "dead-letter-cause").unwrap();
+        let payload = String::from_utf8(message.payload().unwrap().to_vec()).unwrap();
+        dead.insert(payload, (cause.to_owned(), reason.to_owned()));
+    }
+    for (payload, _, cause, reason) in &poison {
+        let json: Option<Value> = serde_json::from_str(payload).ok();
+        let (got_cause, got_reason) = dead
+            .iter()
+            .find(|(p, _)| match &json {
+                // Valid events are re-encoded: compare them as JSON.
+                Some(json) => serde_json::from_str::<Value>(p).ok().as_ref() == Some(json),
+                None => *p == payload,
+            })
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("{payload} not dead-lettered: {dead:?}"));
+        assert_eq!(got_cause, cause, "{payload}");
+        assert!(got_reason.contains(reason), "{payload}: {got_reason}");
+    }
+    let pool = db().await.unwrap();
+    let ghost_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE claim_id = $1::uuid")
+        .bind(&ghost)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(ghost_rows, 0, "the worker created no claim for the orphan event");
+    assert_claim_invariants(&[code], 1).await;
+}
+
+/// A resource's claims that fail the same non-transient way every time (a
+/// statement the database refuses, injected) are dead-lettered after a
+/// bounded number of attempts, and the partition moves on to the next
+/// claim. The claim itself is still pending in Postgres, so the sweeper
+/// decides it once the fault is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_that_keeps_failing_is_dead_lettered_and_swept_later() {
+    let ns = Namespace::new("refused");
+    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let worker = WorkerProcess::spawn(
+        WORKER,
+        &ns,
+        &[
+            // Exactly the attempts the worker makes before giving up.
+            ("FAILPOINTS", "decide-refused=5*return".to_owned()),
+            ("TURNSTILE_SWEEP_AFTER_MS", "8000".to_owned()),
+            ("TURNSTILE_SWEEP_INTERVAL_MS", "500".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    let code = unique("REFUSED");
+    api.create_coupon(&code, 5, Some(1)).await.unwrap();
+    let (first, second) = (unique("refused-1"), unique("refused-2"));
+    let accepted = api
+        .claim_politely(&first, json!({"coupon": code, "user_id": "u1"}), None)
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
+
+    let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[&topics.dead_letter]).unwrap();
     let message = tokio::time::timeout(Duration::from_secs(60), dlq.recv())
         .await
-        .unwrap()
+        .expect("the refused batch reaches the dead-letter topic")
         .unwrap();
-    assert_eq!(message.payload(), Some(b"this is not a claim".as_slice()));
-    assert_eq!(message.key(), Some(resource_key.as_bytes()));
-    let reason = turnstile_bus::header(message.headers().unwrap(), turnstile_bus::DEAD_LETTER_REASON_HEADER).unwrap();
-    assert!(reason.contains("undecodable"), "{reason}");
+    let headers = message.headers().unwrap();
+    assert_eq!(turnstile_bus::header(headers, "dead-letter-cause"), Some("poison"));
+    let reason = turnstile_bus::header(headers, turnstile_bus::DEAD_LETTER_REASON_HEADER).unwrap();
+    assert!(reason.contains("failed 5 times"), "{reason}");
+    assert_eq!(worker.metric("turnstile_dead_lettered_total").await.unwrap(), 1.0);
+
+    // The partition moved on, and the first claim is swept once pending 8 s.
+    assert_eq!(
+        decide(&api, &second, &json!({"coupon": code, "user_id": "u2"})).await["status"],
+        "granted"
+    );
+    assert_eq!(
+        decide(&api, &first, &json!({"coupon": code, "user_id": "u1"})).await["status"],
+        "granted"
+    );
+    assert_claim_invariants(&[code], 5).await;
 }
 
 /// The claims table, not the broker, is the record of what was accepted: a

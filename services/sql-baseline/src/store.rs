@@ -51,8 +51,9 @@ pub async fn claim_for_update(
     fingerprint: &[u8; 32],
     event: &ClaimRequested,
 ) -> Result<ClaimOutcome, StoreError> {
-    let mut tx = match store::reserve_claim(pool, fingerprint, event).await? {
-        Reservation::New(tx) => tx,
+    let mut tx = pool.begin().await?;
+    match store::reserve_claim(&mut tx, fingerprint, event).await? {
+        Reservation::New => {}
         Reservation::Replay(claim_id) => return Ok(ClaimOutcome::Replay(claim_id)),
         Reservation::KeyReused => return Ok(ClaimOutcome::KeyReused),
         Reservation::UnknownResource => return Ok(ClaimOutcome::UnknownResource),
@@ -136,7 +137,7 @@ fn decide_one(remaining: i64, per_user_limit: Option<i32>, held: i64, event: &Cl
     let claim = PendingClaim {
         claim_id: event.claim_id,
         user_id: event.user_id.as_str().to_owned(),
-        quantity: event.quantity,
+        quantity: event.quantity.get(),
     };
     let granted_before = HashMap::from([(claim.user_id.clone(), u32::try_from(held).unwrap_or(u32::MAX))]);
     let state = ResourceState {
@@ -156,7 +157,7 @@ fn decide_one(remaining: i64, per_user_limit: Option<i32>, held: i64, event: &Cl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use turnstile_claim::{ResourceId, ResourceKey, TenantId, UserId};
+    use turnstile_claim::{Quantity, ResourceId, ResourceKey, TenantId, UnixMillis, UserId};
     use uuid::Uuid;
 
     fn event(quantity: u32) -> ClaimRequested {
@@ -165,8 +166,8 @@ mod tests {
             tenant_id: TenantId::default_tenant(),
             resource: ResourceKey::coupon(ResourceId::parse("coupon", "C").unwrap()),
             user_id: UserId::parse("u").unwrap(),
-            quantity,
-            accepted_at_ms: 0,
+            quantity: Quantity::parse(i64::from(quantity)).unwrap(),
+            accepted_at_ms: UnixMillis::parse(1_795_000_000_000).unwrap(),
         }
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use turnstile_claim::{
-    ClaimId, ClaimRequested, IdempotencyKey, ResourceId, ResourceKey, TenantId, UserId,
-    store::{self, Admission},
+    ClaimId, ClaimRequested, IdempotencyKey, Quantity, ResourceId, ResourceKey, TenantId, UnixMillis, UserId,
+    store::{self, Admission, Reserved},
 };
 
 /// A pool on `DATABASE_URL`, migrated.
@@ -28,22 +28,21 @@ pub fn event(coupon: &ResourceKey, key: &str, user: &str) -> ClaimRequested {
         tenant_id: tenant,
         resource: coupon.clone(),
         user_id: UserId::parse(user).unwrap(),
-        quantity: 1,
-        accepted_at_ms: 1_795_000_000_000,
+        quantity: Quantity::ONE,
+        accepted_at_ms: UnixMillis::parse(1_795_000_000_000).unwrap(),
     }
+}
+
+/// Records `events` as claim-api does (committed), each with `fingerprint`.
+pub async fn admit(pool: &PgPool, fingerprint: &[u8; 32], events: &[ClaimRequested]) -> Vec<Reserved> {
+    let admissions: Vec<Admission<'_>> = events.iter().map(|event| Admission { fingerprint, event }).collect();
+    let mut conn = pool.acquire().await.unwrap();
+    store::reserve_claims(&mut conn, &admissions).await.unwrap()
 }
 
 /// Records `events` as claim-api does, committed.
 pub async fn accept(pool: &PgPool, events: &[ClaimRequested]) {
-    let admissions: Vec<Admission<'_>> = events
-        .iter()
-        .map(|event| Admission {
-            fingerprint: &[7; 32],
-            event,
-        })
-        .collect();
-    let (tx, _) = store::reserve_claims(pool, &admissions).await.unwrap();
-    tx.commit().await.unwrap();
+    admit(pool, &[7; 32], events).await;
 }
 
 /// A new coupon of `total` units, one per user.

@@ -12,13 +12,14 @@ use serde::Serialize;
 use tower::ServiceExt;
 use turnstile_claim::{
     ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, IdempotencyKey, RejectReason,
-    TenantId,
+    TenantId, UnixMillis,
     store::{self, ClaimRow},
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
+    accept::{AcceptJob, Admitted},
     app::{AppState, ClaimContext, CorrelationId},
     extract::{self, JsonBody},
     problem::ApiError,
@@ -84,10 +85,6 @@ pub struct ClaimBody {
     quantity: Option<i64>,
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
 fn respond(view: ClaimView) -> Response {
     let location = format!("/v1/claims/{}", view.claim_id);
     let status = if view.is_final() {
@@ -112,8 +109,8 @@ fn respond(view: ClaimView) -> Response {
         (status = 200, description = "Decided within `Prefer: wait`", body = ClaimView),
         (status = 400, body = crate::problem::Problem), (status = 413, body = crate::problem::Problem),
         (status = 415, body = crate::problem::Problem), (status = 422, body = crate::problem::Problem),
-        (status = 429, description = "Overloaded; nothing was done", body = crate::problem::Problem),
-        (status = 503, body = crate::problem::Problem),
+        (status = 429, description = "Overloaded; nothing was recorded and the key is still free", body = crate::problem::Problem),
+        (status = 503, description = "A dependency is down; nothing was recorded and the key is still free", body = crate::problem::Problem),
     ))]
 pub async fn create_claim(
     State(state): State<AppState>,
@@ -159,8 +156,8 @@ async fn accept(
         tenant_id: tenant,
         resource: request.resource.clone(),
         user_id: request.user.clone(),
-        quantity: request.quantity.get(),
-        accepted_at_ms: now_ms(),
+        quantity: request.quantity,
+        accepted_at_ms: UnixMillis::now(),
     };
     // Before publishing, so the decision cannot arrive unobserved.
     let waiting = wait.map(|_| state.decisions.register(claim_id));
@@ -208,32 +205,6 @@ async fn accept(
             _ => Ok(respond(ClaimView::pending(claim_id))),
         },
     }
-}
-
-/// One claim to admit: the part of `POST /v1/claims` that does work and is
-/// therefore under the adaptive concurrency limit (waiting for a decision
-/// is not: it costs nothing but a parked task).
-pub struct AcceptJob {
-    pub(crate) fingerprint: [u8; 32],
-    pub(crate) event: ClaimRequested,
-    pub(crate) correlation_id: String,
-}
-
-impl std::fmt::Debug for AcceptJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AcceptJob")
-            .field("claim_id", &self.event.claim_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What admission did.
-#[derive(Debug)]
-pub enum Admitted {
-    /// A new claim, published and committed.
-    Accepted,
-    /// The key was used before with this request; the claim as stored now.
-    Replayed(Option<ClaimRow>),
 }
 
 /// Reads a claim.

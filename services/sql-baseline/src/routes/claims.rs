@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::Serialize;
 use turnstile_claim::{
-    ClaimId, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason,
+    ClaimId, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis,
     store::{self, ClaimRow},
 };
 use uuid::Uuid;
@@ -65,12 +65,6 @@ fn respond(view: ClaimView) -> Response {
     (status, [(header::LOCATION, location)], Json(view)).into_response()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Decides a claim for a coupon or SKU and answers with the decision.
 /// Exactly one claim exists per tenant and `Idempotency-Key`, however often
 /// and however concurrently the request is sent.
@@ -94,8 +88,8 @@ pub async fn create_claim(
         tenant_id: tenant,
         resource: request.resource.clone(),
         user_id: request.user.clone(),
-        quantity: request.quantity.get(),
-        accepted_at_ms: now_ms(),
+        quantity: request.quantity,
+        accepted_at_ms: UnixMillis::now(),
     };
     let outcome = claim_for_update(&state.pool, &request.fingerprint(), &event)
         .await

@@ -1,0 +1,115 @@
+//! The sweeper's queries: claims left pending past a window.
+//!
+//! Kafka is the fast path and the claims table the record. A claim whose
+//! event was never published (the API stopped or Kafka failed after the
+//! claim committed) or never consumed is still pending here, and the
+//! sweeper decides it, under the same lock and fence as the worker's path.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::{ClaimId, ClaimRequested, Quantity, RejectReason, ResourceId, ResourceKey, TenantId, UnixMillis, UserId};
+
+/// The advisory lock that makes one worker the sweeper at a time (an
+/// arbitrary constant, "turnstil").
+const SWEEP_LOCK: i64 = 0x7475_726e_7374_696c;
+
+/// The sweeper's own connection, which holds the session-level advisory lock
+/// while a pass runs. It is no pooled connection: a pooled one could go
+/// back to the pool still holding the lock. If the process dies the
+/// connection closes and the lock goes with it.
+#[derive(Debug)]
+pub struct SweepTurn {
+    conn: PgConnection,
+}
+
+impl SweepTurn {
+    /// Opens the sweeper's connection.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: PgConnection::connect(url).await?,
+        })
+    }
+
+    /// Runs `pass` if no other worker is sweeping; returns whether it ran.
+    /// No transaction stays open meanwhile: the lock belongs to the session.
+    pub async fn run<F: Future<Output = ()>>(&mut self, pass: F) -> Result<bool, StoreError> {
+        let ours = sqlx::query_scalar!("SELECT pg_try_advisory_lock($1) AS \"ours!\"", SWEEP_LOCK)
+            .fetch_one(&mut self.conn)
+            .await?;
+        if !ours {
+            return Ok(false);
+        }
+        pass.await;
+        sqlx::query_scalar!("SELECT pg_advisory_unlock($1) AS \"released!\"", SWEEP_LOCK)
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(true)
+    }
+}
+
+/// A claim left pending, as the sweeper found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StalePending {
+    /// A valid claim, as the event that would carry it.
+    Claim(ClaimRequested),
+    /// A row that is no valid claim (written or altered outside the API):
+    /// it is rejected as invalid rather than left pending.
+    Invalid(ClaimId),
+}
+
+/// At most `limit` claims still pending `older_than` after acceptance,
+/// oldest first.
+pub async fn stale_pending(pool: &PgPool, older_than: Duration, limit: i64) -> Result<Vec<StalePending>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT claim_id, tenant_id, kind, resource_id, user_id, quantity,
+                (extract(epoch FROM accepted_at) * 1000)::int8 AS \"accepted_at_ms!\"
+           FROM claims
+          WHERE status = 'pending' AND accepted_at < now() - make_interval(secs => $1)
+          ORDER BY accepted_at
+          LIMIT $2",
+        older_than.as_secs_f64(),
+        limit,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let claim_id = ClaimId::from_uuid(r.claim_id);
+            let parsed = (|| {
+                Some(ClaimRequested {
+                    claim_id,
+                    tenant_id: TenantId::parse(&r.tenant_id).ok()?,
+                    resource: ResourceKey {
+                        kind: r.kind.parse().ok()?,
+                        id: ResourceId::parse("resource", &r.resource_id).ok()?,
+                    },
+                    user_id: UserId::parse(&r.user_id).ok()?,
+                    quantity: Quantity::parse(i64::from(r.quantity)).ok()?,
+                    accepted_at_ms: UnixMillis::parse(r.accepted_at_ms).ok()?,
+                })
+            })();
+            parsed.map_or(StalePending::Invalid(claim_id), StalePending::Claim)
+        })
+        .collect())
+}
+
+/// Rejects pending claims whose rows are no valid claims, with the reason
+/// `invalid_claim`. No stock changes, so no fence is needed; a claim decided
+/// meanwhile is left as it is.
+pub async fn reject_invalid(pool: &PgPool, claims: &[ClaimId]) -> Result<u64, StoreError> {
+    let ids: Vec<Uuid> = claims.iter().map(ClaimId::as_uuid).collect();
+    let done = sqlx::query!(
+        "UPDATE claims SET status = 'rejected', reason = $2, decided_at = clock_timestamp()
+          WHERE claim_id = ANY($1) AND status = 'pending'",
+        &ids,
+        RejectReason::InvalidClaim.as_str(),
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,73 @@
+//! The claim is the Postgres row: a claim whose event Kafka never gets
+//! (here the API drops the publish after the commit, through a failpoint)
+//! was still answered 202, and is decided by the worker's sweeper once it
+//! has been pending for the sweep window. Its own test binary, because
+//! failpoints are global to the process.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use turnstile_testkit::{
+    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, unique, worker_settings,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_whose_publish_fails_after_commit_is_accepted_and_swept() {
+    let ns = Namespace::new("publish-after-commit");
+    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let mut settings = worker_settings(&ns);
+    settings.sweep_after = Duration::from_secs(2);
+    settings.sweep_interval = Duration::from_millis(250);
+    let worker = TestWorker::start(settings).await.unwrap();
+    let code = unique("UNPUBLISHED");
+    api.create_coupon(&code, 3, Some(1)).await.unwrap();
+
+    fail::cfg("publish-after-commit", "1*return").unwrap();
+    let key = unique("unpublished");
+    let body = json!({"coupon": code, "user_id": "u1"});
+    let started = Instant::now();
+    let accepted = api.claim_politely(&key, body.clone(), None).await.unwrap();
+    assert_eq!(
+        accepted.status(),
+        reqwest::StatusCode::ACCEPTED,
+        "committed, so accepted"
+    );
+    let unpublished = turnstile_testkit::metric(&api.url("/metrics"), "turnstile_claims_unpublished_total")
+        .await
+        .unwrap();
+    assert_eq!(unpublished, 1.0);
+
+    // A retry with the same key is a replay of the committed claim, not a
+    // new one and not a conflict.
+    let replay: Value = api
+        .claim_politely(&key, body.clone(), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replay["status"], "pending");
+
+    let mut decided = Value::Null;
+    for _ in 0..6 {
+        decided = api
+            .claim_politely(&key, body.clone(), Some(5))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if decided["status"] != "pending" {
+            break;
+        }
+    }
+    assert_eq!(decided["status"], "granted", "{decided}");
+    println!(
+        "unpublished claim decided {:.1} s after acceptance (sweep window 2 s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert_claim_invariants(&[code], 3).await;
+    worker.stop().await.unwrap();
+}
