@@ -8,9 +8,12 @@
 //! dead-letter topic with the reason in a header. Everything here is
 //! configuration and encoding; the decisions live elsewhere.
 
+mod publish;
+
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGaugeVec};
+pub use publish::{Publisher, QueueError, TraceHeaders};
 
 use rdkafka::{
     ClientConfig, ClientContext, Offset, TopicPartitionList,
@@ -108,7 +111,8 @@ impl Default for ProducerTuning {
     }
 }
 
-/// A producer for events whose order per key matters.
+/// A producer for events whose order per key matters (the services use it
+/// through [`Publisher`]).
 ///
 /// - `enable.idempotence=true`: librdkafka retries a send the broker may
 ///   already have stored (a timed-out request, a reconnect) with the same
@@ -277,6 +281,77 @@ pub async fn tail_from_end(brokers: &str, topic: &str) -> Result<StreamConsumer,
     }
     consumer.assign(&assignment)?;
     Ok(consumer)
+}
+
+/// How far a consumer group trails a topic, read from outside the group
+/// (its committed offsets against the partitions' high watermarks).
+pub struct GroupLag {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl std::fmt::Debug for GroupLag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupLag")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupLag {
+    /// A reader of `group_id`'s lag on `topic`. It never joins the group.
+    pub fn new(brokers: &str, group_id: &str, topic: &str) -> Result<Self, BusError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Messages the group has not committed yet, summed over partitions;
+    /// `None` when the broker did not say. Blocks: call it from a blocking
+    /// task.
+    pub fn read(&self) -> Option<i64> {
+        let timeout = Duration::from_secs(2);
+        let topic = self.topic.as_str();
+        let metadata = self.consumer.fetch_metadata(Some(topic), timeout).ok()?;
+        let mut partitions = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                partitions.add_partition(topic, p.id());
+            }
+        }
+        let committed = self.consumer.committed_offsets(partitions, timeout).ok()?;
+        let mut lag = 0i64;
+        for element in committed.elements() {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, element.partition(), timeout)
+                .ok()?;
+            let position = match element.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            lag += (high - position).max(0);
+        }
+        Some(lag)
+    }
+}
+
+/// A consumer in a group of its own that reads topics from their start:
+/// for tools and tests that inspect what was produced (the dead-letter
+/// topic, the decisions).
+pub fn reader_from_start(brokers: &str, group_id: &str) -> Result<StreamConsumer, BusError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("auto.offset.reset", "earliest")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create()?)
 }
 
 /// Creates `topics` with `partitions` each, if they do not exist yet.

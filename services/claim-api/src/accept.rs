@@ -28,15 +28,12 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::future::join_all;
-use rdkafka::{
-    error::{KafkaError, RDKafkaErrorCode},
-    producer::{DeliveryFuture, FutureProducer, FutureRecord},
-};
+use rdkafka::producer::DeliveryFuture;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
-use turnstile_bus::Topics;
+use turnstile_bus::{Publisher, QueueError, Topics, TraceHeaders};
 use turnstile_claim::{
     ClaimRequested,
     store::{self, Admission, ClaimRow, Reserved},
@@ -78,7 +75,7 @@ pub enum Admitted {
 pub struct AcceptDeps {
     pub(crate) write_pool: PgPool,
     pub(crate) read_pool: PgPool,
-    pub(crate) producer: FutureProducer,
+    pub(crate) publisher: Publisher,
     pub(crate) topics: Topics,
     pub(crate) postgres: Breaker,
     pub(crate) kafka: Breaker,
@@ -279,18 +276,17 @@ fn publish(deps: &AcceptDeps, pending: &Pending) -> Option<DeliveryFuture> {
         deps.metrics.unpublished.inc();
         return None;
     }
-    let payload = turnstile_bus::encode(event);
-    let key = event.resource.to_string();
-    let headers = turnstile_bus::with_trace(
-        turnstile_bus::event_headers("ClaimRequested"),
-        &span.context(),
-        &pending.job.correlation_id,
-    );
-    let record = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
-    match deps.producer.send_result(record) {
+    let trace = TraceHeaders {
+        context: &span.context(),
+        correlation_id: &pending.job.correlation_id,
+    };
+    let queued = deps
+        .publisher
+        .queue_event(topic, &event.resource.to_string(), "ClaimRequested", event, Some(trace));
+    match queued {
         Ok(delivery) => Some(delivery),
-        Err((e, _)) => {
-            if !matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) {
+        Err(e) => {
+            if matches!(e, QueueError::Refused(_)) {
                 deps.kafka.record(false);
             }
             tracing::warn!(error = %e, claim_id = %event.claim_id, "ClaimRequested not queued; the sweeper will decide its claim");

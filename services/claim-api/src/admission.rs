@@ -19,7 +19,7 @@
 //! changes landed together, so the split between them is not measured.
 
 use std::time::Duration;
-use tower::{BoxError, ServiceBuilder, util::BoxCloneSyncService};
+use tower::{BoxError, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 use tower_acc::{Aimd, ConcurrencyLimitLayer};
 
@@ -39,8 +39,39 @@ pub const DEFAULT_ADMISSION_SLO: Duration = Duration::from_millis(100);
 /// The limit never falls below this: enough to fill a few group commits.
 const MIN_LIMIT: usize = 8;
 
-/// The limited admission service.
-pub type Admission = BoxCloneSyncService<AcceptJob, Admitted, BoxError>;
+/// The limited admission service. Cheap to clone.
+#[derive(Clone)]
+pub struct Admission {
+    service: BoxCloneSyncService<AcceptJob, Admitted, BoxError>,
+}
+
+impl Admission {
+    /// Admits `job`, or says why not: a full limit is `429` with the cause
+    /// `concurrency`; every other refusal is admission's own [`ApiError`].
+    pub async fn admit(&self, job: AcceptJob) -> Result<Admitted, ApiError> {
+        self.service
+            .clone()
+            .oneshot(job)
+            .await
+            .map_err(|e| match e.downcast::<ApiError>() {
+                Ok(api) => *api,
+                Err(other) if other.is::<tower::load_shed::error::Overloaded>() => ApiError::Overloaded {
+                    cause: "concurrency",
+                    retry_after: 1,
+                },
+                Err(other) => {
+                    tracing::error!(error = %other, "admission failed");
+                    ApiError::Internal
+                }
+            })
+    }
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission").finish_non_exhaustive()
+    }
+}
 
 /// Builds admission into `queue` with a limit that adapts between
 /// [`MIN_LIMIT`] and `max_inflight`, backing off when an admission takes
@@ -58,10 +89,12 @@ pub fn admission(max_inflight: usize, slo: Duration, queue: AcceptQueue) -> Admi
     // says nothing about capacity.
     let failed =
         |result: &Result<Admitted, ApiError>| matches!(result, Err(ApiError::Unavailable { .. } | ApiError::Internal));
-    BoxCloneSyncService::new(
-        ServiceBuilder::new()
-            .load_shed()
-            .layer(ConcurrencyLimitLayer::with_classifier(aimd, failed))
-            .service_fn(move |job| queue.clone().admit(job)),
-    )
+    Admission {
+        service: BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .load_shed()
+                .layer(ConcurrencyLimitLayer::with_classifier(aimd, failed))
+                .service_fn(move |job| queue.clone().admit(job)),
+        ),
+    }
 }

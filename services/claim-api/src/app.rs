@@ -16,12 +16,11 @@ use axum::{
     routing::{get, post},
 };
 use prometheus::Registry;
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use turnstile_bus::{ProducerTuning, Topics};
+use turnstile_bus::{ProducerTuning, Publisher, Topics};
 use turnstile_claim::{cache::ResourceCache, store};
 use utoipa::OpenApi;
 
@@ -55,7 +54,7 @@ pub struct Shared {
     pub(crate) read_pool: PgPool,
     pub(crate) cache: ResourceCache,
     pub(crate) redis: redis::aio::ConnectionManager,
-    pub(crate) producer: FutureProducer,
+    pub(crate) publisher: Publisher,
     pub(crate) topics: Topics,
     pub(crate) decisions: DecisionWaiters,
     pub(crate) load_gate: LoadGate,
@@ -93,7 +92,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     background: CancellationToken,
-    producer: FutureProducer,
+    publisher: Publisher,
 }
 
 impl std::fmt::Debug for Application {
@@ -138,7 +137,7 @@ impl Application {
             .ensure(&settings.brokers, settings.partitions)
             .await
             .context("creating topics")?;
-        let producer = turnstile_bus::producer(
+        let publisher = Publisher::connect(
             &settings.brokers,
             &ProducerTuning {
                 delivery_timeout: Duration::from_secs(5),
@@ -170,7 +169,7 @@ impl Application {
             AcceptDeps {
                 write_pool: write_pool.clone(),
                 read_pool: read_pool.clone(),
-                producer: producer.clone(),
+                publisher: publisher.clone(),
                 topics: topics.clone(),
                 postgres: postgres.clone(),
                 kafka: kafka.clone(),
@@ -184,7 +183,7 @@ impl Application {
             redis,
             write_pool,
             read_pool,
-            producer: producer.clone(),
+            publisher: publisher.clone(),
             topics,
             decisions,
             load_gate: LoadGate {
@@ -205,7 +204,7 @@ impl Application {
             listener,
             router,
             background,
-            producer,
+            publisher,
         })
     }
 
@@ -218,15 +217,13 @@ impl Application {
     /// gives the events of claims accepted meanwhile a few seconds to reach
     /// Kafka (what does not is decided by the sweeper).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        use rdkafka::producer::Producer;
-
         let background = self.background;
         let result = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         background.cancel();
-        let producer = self.producer;
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(crate::accept::FLUSH_AT_SHUTDOWN)).await;
+        let publisher = self.publisher;
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(crate::accept::FLUSH_AT_SHUTDOWN)).await;
         if let Ok(Err(e)) = flushed {
             tracing::warn!(error = %e, "ClaimRequested events still queued at exit; the sweeper will decide their claims");
         }

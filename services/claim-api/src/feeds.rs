@@ -10,13 +10,11 @@ use std::{
     time::Duration,
 };
 
-use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer, StreamConsumer},
-};
+use rdkafka::{Message, consumer::StreamConsumer};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use turnstile_bus::GroupLag;
 use turnstile_claim::{ClaimDecided, ClaimId};
 
 /// Requests waiting for their claim's decision.
@@ -100,23 +98,16 @@ pub async fn watch_lag(
     gauge: prometheus::IntGauge,
     stop: CancellationToken,
 ) {
-    let consumer: BaseConsumer = match ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group_id)
-        .set("enable.auto.commit", "false")
-        .create()
-    {
-        Ok(c) => c,
+    let watcher = match GroupLag::new(&brokers, &group_id, &topic) {
+        Ok(watcher) => Arc::new(watcher),
         Err(e) => {
             warn!(error = %e, "lag watcher disabled");
             return;
         }
     };
-    let consumer = Arc::new(consumer);
     loop {
-        let c = Arc::clone(&consumer);
-        let t = topic.clone();
-        let lag = tokio::task::spawn_blocking(move || group_lag(&c, &t)).await;
+        let w = Arc::clone(&watcher);
+        let lag = tokio::task::spawn_blocking(move || w.read()).await;
         match lag {
             Ok(Some(lag)) => {
                 gauge.set(lag);
@@ -130,26 +121,4 @@ pub async fn watch_lag(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-}
-
-fn group_lag(consumer: &BaseConsumer, topic: &str) -> Option<i64> {
-    let timeout = Duration::from_secs(2);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout).ok()?;
-    let mut partitions = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            partitions.add_partition(topic, p.id());
-        }
-    }
-    let committed = consumer.committed_offsets(partitions, timeout).ok()?;
-    let mut lag = 0i64;
-    for element in committed.elements() {
-        let (low, high) = consumer.fetch_watermarks(topic, element.partition(), timeout).ok()?;
-        let position = match element.offset() {
-            Offset::Offset(o) => o,
-            _ => low,
-        };
-        lag += (high - position).max(0);
-    }
-    Some(lag)
 }

@@ -11,7 +11,7 @@ use std::{
 
 use failsafe::{StateMachine, backoff, failure_policy};
 use prometheus::IntGauge;
-use rdkafka::producer::{FutureProducer, Producer};
+use turnstile_bus::Publisher;
 
 use crate::problem::ApiError;
 
@@ -90,8 +90,8 @@ pub struct LoadGate {
 
 impl LoadGate {
     /// Refuses with 429 if Kafka's queue or the workers' backlog is too deep.
-    pub fn check(&self, producer: &FutureProducer) -> Result<(), ApiError> {
-        if producer.in_flight_count() >= self.producer_queue_limit {
+    pub fn check(&self, publisher: &Publisher) -> Result<(), ApiError> {
+        if publisher.in_flight() >= self.producer_queue_limit {
             return Err(ApiError::Overloaded {
                 cause: "producer_queue",
                 retry_after: 1,

@@ -13,14 +13,14 @@ use std::{sync::Arc, time::Duration};
 use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
-    error::{KafkaError, RDKafkaErrorCode},
+    error::KafkaError,
     message::{Header, OwnedHeaders, OwnedMessage},
-    producer::{DeliveryFuture, FutureProducer, FutureRecord},
+    producer::DeliveryFuture,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use turnstile_bus::{GroupContext, Topics};
+use turnstile_bus::{GroupContext, Publisher, QueueError, Topics};
 use turnstile_claim::ClaimDecided;
 
 use crate::WorkerMetrics;
@@ -55,7 +55,7 @@ pub(crate) const DEAD_LETTER_CAUSE_HEADER: &str = "dead-letter-cause";
 /// Produces the worker's messages. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Announcer {
-    pub(crate) producer: FutureProducer,
+    pub(crate) publisher: Publisher,
     pub(crate) topics: Topics,
     pub(crate) metrics: WorkerMetrics,
 }
@@ -78,23 +78,19 @@ impl Announcer {
             messaging.destination.name = topic,
             messaging.batch.message_count = decided.len(),
         );
-        self.queue_decisions(decided).instrument(span).await
-    }
-
-    async fn queue_decisions(&self, decided: &[ClaimDecided]) -> Vec<DeliveryFuture> {
-        let mut deliveries = Vec::with_capacity(decided.len());
-        for event in decided {
-            let key = event.resource.to_string();
-            let payload = turnstile_bus::encode(event);
-            let record = FutureRecord::to(&self.topics.decided)
-                .key(&key)
-                .payload(&payload)
-                .headers(turnstile_bus::event_headers("ClaimDecided"));
-            if let Some(delivery) = self.queue(record).await {
-                deliveries.push(delivery);
+        async {
+            let mut deliveries = Vec::with_capacity(decided.len());
+            for event in decided {
+                let key = event.resource.to_string();
+                let queued = self
+                    .queue(|| self.publisher.queue_event(topic, &key, "ClaimDecided", event, None))
+                    .await;
+                deliveries.extend(queued);
             }
+            deliveries
         }
-        deliveries
+        .instrument(span)
+        .await
     }
 
     /// Queues a message for the dead-letter topic, its headers extended by
@@ -110,34 +106,23 @@ impl Announcer {
             key: DEAD_LETTER_CAUSE_HEADER,
             value: Some(cause.as_str()),
         });
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topics.dead_letter).headers(headers);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
         self.metrics.dead_lettered.with_label_values(&[cause.as_str()]).inc();
-        self.queue(record).await
+        self.queue(|| {
+            self.publisher
+                .queue_message(&self.topics.dead_letter, key, payload, headers.clone())
+        })
+        .await
     }
 
-    /// Hands a record to librdkafka, waiting for room when its queue is
-    /// full. `None` when it refused it for good (the caller's batch then
+    /// Queues through `send`, waiting for room while librdkafka's queue is
+    /// full. `None` when it refused the message for good (the batch then
     /// settles without it; see [`settle_in_order`] for why that is rare).
-    async fn queue<K, P>(&self, record: FutureRecord<'_, K, P>) -> Option<DeliveryFuture>
-    where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
-    {
-        let mut record = record;
+    async fn queue(&self, send: impl Fn() -> Result<DeliveryFuture, QueueError>) -> Option<DeliveryFuture> {
         for _ in 0..50 {
-            match self.producer.send_result(record) {
+            match send() {
                 Ok(delivery) => return Some(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err((e, _)) => {
+                Err(QueueError::Full) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
                     warn!(error = %e, "message not queued");
                     return None;
                 }
@@ -208,19 +193,9 @@ async fn resend(announcer: &Announcer, first: KafkaError, message: OwnedMessage,
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));
-        let mut record = FutureRecord::<[u8], [u8]>::to(message.topic());
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(headers) = message.headers() {
-            record = record.headers(headers.clone());
-        }
-        match announcer.producer.send(record, Duration::from_secs(5)).await {
-            Ok(_) => return true,
-            Err((e, _)) => error = e,
+        match announcer.publisher.resend(&message, Duration::from_secs(5)).await {
+            Ok(()) => return true,
+            Err(e) => error = e,
         }
     }
 }

@@ -38,11 +38,10 @@ use anyhow::Context;
 use axum::{Router, routing::get};
 use prometheus::Registry;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::Producer;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Topics};
+use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Publisher, Topics};
 use turnstile_claim::{audit::OversoldLedger, cache::ResourceCache, store};
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
@@ -166,7 +165,7 @@ impl Worker {
         )?;
         consumer.subscribe(&[&topics.requested])?;
         let consumer = Arc::new(consumer);
-        let producer = turnstile_bus::producer(&settings.brokers, &ProducerTuning::default())?;
+        let publisher = Publisher::connect(&settings.brokers, &ProducerTuning::default())?;
 
         let metrics_listener = TcpListener::bind(settings.metrics_addr)
             .await
@@ -188,7 +187,7 @@ impl Worker {
             topic: topics.requested.clone(),
         };
         let announcer = Announcer {
-            producer,
+            publisher,
             topics: topics.clone(),
             metrics: metrics.clone(),
         };
@@ -260,7 +259,7 @@ impl Worker {
         // it, unless Kafka keeps refusing past the grace period.
         let settler_stop = CancellationToken::new();
         let (settled, announcer) = self.settler;
-        let producer = announcer.producer.clone();
+        let publisher = announcer.publisher.clone();
         let settler = tokio::spawn(announce::settle_in_order(
             settled,
             Arc::clone(&self.pipeline.consumer),
@@ -284,7 +283,7 @@ impl Worker {
             }
         }
         pipeline::leave(&consumer);
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(1))).await;
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(1))).await;
         if let Ok(Err(e)) = flushed {
             warn!(error = %e, "messages still queued at exit");
         }

@@ -62,7 +62,14 @@ impl Sweeper {
                 }
             }
             let Some(current) = turn.as_mut() else { continue };
-            if let Err(e) = current.run(self.pass()).await {
+            // Stopping abandons a pass midway: its transaction rolls back,
+            // its lease expires, and the advisory lock goes with the
+            // connection, which is dropped with the task.
+            let swept = tokio::select! {
+                () = stop.cancelled() => return,
+                swept = current.run(self.pass()) => swept,
+            };
+            if let Err(e) = swept {
                 // The connection is suspect: open a new one next time.
                 debug!(error = %e, "sweep turn failed");
                 turn = None;

@@ -7,11 +7,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::future::join_all;
-use rdkafka::{
-    ClientConfig, Message,
-    consumer::{Consumer, StreamConsumer},
-    producer::{FutureProducer, FutureRecord},
-};
+use rdkafka::{Message, consumer::Consumer};
 use serde_json::{Value, json};
 use turnstile_testkit::{
     Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, brokers, db, unique,
@@ -261,10 +257,7 @@ async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
     api.create_coupon(&code, 1, None).await.unwrap();
     let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let publisher = turnstile_bus::Publisher::connect(&brokers(), &turnstile_bus::ProducerTuning::default()).unwrap();
     let resource_key = format!("coupon:{code}");
     let event = |claim_id: &str, quantity: i64| {
         json!({
@@ -301,25 +294,16 @@ async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
     ];
     for (payload, key, _, _) in &poison {
         // Keyed by the coupon, so all but one share the claim's partition.
-        producer
-            .send(
-                FutureRecord::to(&topics.requested).key(key).payload(payload),
-                Duration::from_secs(5),
-            )
+        publisher
+            .send_raw(&topics.requested, key.as_bytes(), payload.as_bytes())
             .await
-            .map_err(|(e, _)| e)
             .unwrap();
     }
     let key = unique("after-poison");
     let body = json!({"coupon": code, "user_id": "u1"});
     assert_eq!(decide(&api, &key, &body).await["status"], "granted");
 
-    let dlq: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+    let dlq = turnstile_bus::reader_from_start(&brokers(), &unique("dlq-reader")).unwrap();
     dlq.subscribe(&[&topics.dead_letter]).unwrap();
     let mut dead: HashMap<String, (String, String)> = HashMap::new();
     while dead.len() < poison.len() {
@@ -388,12 +372,7 @@ async fn a_batch_that_keeps_failing_is_dead_lettered_and_swept_later() {
     assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
 
     let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
-    let dlq: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+    let dlq = turnstile_bus::reader_from_start(&brokers(), &unique("dlq-reader")).unwrap();
     dlq.subscribe(&[&topics.dead_letter]).unwrap();
     let message = tokio::time::timeout(Duration::from_secs(60), dlq.recv())
         .await

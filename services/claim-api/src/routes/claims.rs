@@ -9,10 +9,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use tower::ServiceExt;
 use turnstile_claim::{
-    ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, IdempotencyKey, RejectReason,
-    TenantId, UnixMillis,
+    ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, TenantId,
+    UnixMillis,
     store::{self, ClaimRow},
 };
 use utoipa::ToSchema;
@@ -121,36 +120,33 @@ pub async fn create_claim(
     let key = extract::idempotency_key(&headers)?;
     let tenant = extract::tenant(&headers)?;
     let request = body.parse().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let claim_id = ClaimId::for_request(&tenant, &key);
     let context = ClaimContext {
         tenant_id: tenant.as_str().to_owned(),
-        claim_id: ClaimId::for_request(&tenant, &key).to_string(),
+        claim_id: claim_id.to_string(),
     };
     let correlation_id = correlation.map(|Extension(CorrelationId(id))| id).unwrap_or_default();
-    let mut response = accept(state, headers, key, tenant, request, correlation_id)
-        .await
-        .into_response();
+    let accepted = accept(&state, &headers, claim_id, tenant, request, correlation_id).await;
+    if let Err(ApiError::Overloaded { cause, .. }) = &accepted {
+        state.metrics.throttled.with_label_values(&[cause]).inc();
+    }
+    let mut response = accepted.into_response();
     response.extensions_mut().insert(context);
     Ok(response)
 }
 
 /// The work of `POST /v1/claims` once the request parsed.
 async fn accept(
-    state: AppState,
-    headers: HeaderMap,
-    key: IdempotencyKey,
+    state: &AppState,
+    headers: &HeaderMap,
+    claim_id: ClaimId,
     tenant: TenantId,
     request: ClaimRequest,
     correlation_id: String,
 ) -> Result<Response, ApiError> {
-    let wait = extract::prefer_wait(&headers).map(Duration::from_secs);
-    if let Err(e) = state.load_gate.check(&state.producer) {
-        if let ApiError::Overloaded { cause, .. } = &e {
-            state.metrics.throttled.with_label_values(&[cause]).inc();
-        }
-        return Err(e);
-    }
+    let wait = extract::prefer_wait(headers).map(Duration::from_secs);
+    state.load_gate.check(&state.publisher)?;
 
-    let claim_id = ClaimId::for_request(&tenant, &key);
     let event = ClaimRequested {
         claim_id,
         tenant_id: tenant,
@@ -167,25 +163,7 @@ async fn accept(
         event,
         correlation_id,
     };
-    let admitted = state
-        .admission
-        .clone()
-        .oneshot(job)
-        .await
-        .map_err(|e| match e.downcast::<ApiError>() {
-            Ok(api) => *api,
-            Err(other) if other.is::<tower::load_shed::error::Overloaded>() => {
-                state.metrics.throttled.with_label_values(&["concurrency"]).inc();
-                ApiError::Overloaded {
-                    cause: "concurrency",
-                    retry_after: 1,
-                }
-            }
-            Err(other) => {
-                tracing::error!(error = %other, "admission failed");
-                ApiError::Internal
-            }
-        })?;
+    let admitted = state.admission.admit(job).await?;
     if let Admitted::Replayed(Some(row)) = &admitted {
         // A replay reports the claim as it stands now.
         if row.status != ClaimStatus::Pending || wait.is_none() {

@@ -8,7 +8,6 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use rdkafka::producer::Producer;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -52,11 +51,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         )
     };
     let kafka = async {
-        let producer = state.producer.clone();
+        let publisher = state.publisher.clone();
         let topic = state.topics.requested.clone();
         matches!(
-            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), limit)).await,
-            Ok(Ok(_))
+            tokio::task::spawn_blocking(move || publisher.reaches(&topic, limit)).await,
+            Ok(true)
         )
     };
     let (postgres, redis, kafka) = tokio::join!(postgres, redis, kafka);
