@@ -20,6 +20,25 @@
 //!   with altered bodies: one claim per key, altered copies refused with 422.
 //! - `overload`: an offered rate far above capacity: 429s must appear and
 //!   nothing breaks.
+//! - `freeze-postgres`: SIGSTOP every PostgreSQL process for 8 s, then
+//!   SIGCONT: the API answers 503 or waits, nothing accepted is lost.
+//! - `publish-fails-after-commit`: claim-api drops the publish of 20 claims
+//!   after their commit (a failpoint): they were answered 202, and the
+//!   sweeper decides them.
+//! - `redis-snapshot-rollback`: the lock Redis is snapshotted early in the
+//!   sale, then killed and restarted from that older snapshot: its token
+//!   counter is behind the database's fence, and the first refused write
+//!   repairs it.
+//! - `backend-switch`: the workers are replaced mid-sale by workers locking
+//!   in PostgreSQL, whose tokens start far below the Redis tokens the
+//!   database accepted.
+//! - `poison-decodable`: valid JSON the API would never send (quantity 0),
+//!   and a valid event for a claim that does not exist, on the hot
+//!   partition: both are dead-lettered at once and nothing stalls.
+//!
+//! Every scenario checks the sale's invariants, among them that no key
+//! answered 429 or 5xx has a claim (those answers promise nothing was
+//! recorded).
 
 use std::{
     path::{Path, PathBuf},
@@ -50,12 +69,17 @@ pub enum Scenario {
     RebalanceStorm,
     DupKeys,
     Overload,
+    FreezePostgres,
+    PublishFailsAfterCommit,
+    RedisSnapshotRollback,
+    BackendSwitch,
+    PoisonDecodable,
     /// Every scenario, one after the other.
     All,
 }
 
 impl Scenario {
-    const EACH: [Self; 7] = [
+    const EACH: [Self; 12] = [
         Self::PauseWorker,
         Self::KillWorker,
         Self::KillRedis,
@@ -63,6 +87,11 @@ impl Scenario {
         Self::RebalanceStorm,
         Self::DupKeys,
         Self::Overload,
+        Self::FreezePostgres,
+        Self::PublishFailsAfterCommit,
+        Self::RedisSnapshotRollback,
+        Self::BackendSwitch,
+        Self::PoisonDecodable,
     ];
 
     fn name(self) -> &'static str {
@@ -74,6 +103,11 @@ impl Scenario {
             Self::RebalanceStorm => "rebalance-storm",
             Self::DupKeys => "dup-keys",
             Self::Overload => "overload",
+            Self::FreezePostgres => "freeze-postgres",
+            Self::PublishFailsAfterCommit => "publish-fails-after-commit",
+            Self::RedisSnapshotRollback => "redis-snapshot-rollback",
+            Self::BackendSwitch => "backend-switch",
+            Self::PoisonDecodable => "poison-decodable",
             Self::All => "all",
         }
     }
@@ -170,7 +204,7 @@ impl ChaosReport {
     pub fn summary(&self) -> String {
         let field = |k: &str| self.sale.get(k).cloned().unwrap_or(Value::Null);
         format!(
-            "{:<17} {:<6} accepted={} granted={} 429={} 5xx={} oversold={} double={} fence_regr={} undecided={} fence_rejections={} swept={} checks={}",
+            "{:<26} {:<6} accepted={} granted={} 429={} 5xx={} oversold={} double={} fence_regr={} undecided={} refused_taken={} fence_rejections={} swept={} checks={}",
             self.scenario.name(),
             if self.passed { "PASS" } else { "FAIL" },
             field("accepted"),
@@ -181,6 +215,7 @@ impl ChaosReport {
             field("double_claims"),
             field("fence_regressions"),
             field("undecided"),
+            field("refused_keys_taken"),
             self.fence_rejections,
             self.swept,
             Value::Object(self.checks.clone()),
@@ -274,6 +309,24 @@ impl Rig {
         Ok(())
     }
 
+    /// Stops every worker and starts `count` new ones with `extra` added to
+    /// their environment.
+    async fn replace_workers(&mut self, count: usize, extra: &[(&'static str, String)]) -> Result<()> {
+        for worker in std::mem::take(&mut self.workers) {
+            worker.stop().await;
+        }
+        self.env.extend_from_slice(extra);
+        for _ in 0..count {
+            self.add_worker().await?;
+        }
+        Ok(())
+    }
+
+    /// Sums a counter of the API.
+    async fn api_counter(&self, name: &str) -> f64 {
+        counter(&format!("{}/metrics", self.api_url), name).await
+    }
+
     /// Waits until some worker logs a line containing `needle`; returns
     /// that worker's index. The services write their logs to files, so
     /// this polls them.
@@ -308,18 +361,9 @@ impl Rig {
 
     /// Sums counters over the running workers (a killed worker's are lost).
     async fn worker_counter(&self, name: &str) -> f64 {
-        let http = reqwest::Client::new();
         let mut total = 0.0;
         for url in self.workers.iter().filter_map(|w| w.metrics.as_deref()) {
-            let Ok(response) = http.get(url).send().await else {
-                continue;
-            };
-            let Ok(text) = response.text().await else { continue };
-            total += text
-                .lines()
-                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-                .sum::<f64>();
+            total += counter(url, name).await;
         }
         total
     }
@@ -330,6 +374,19 @@ impl Rig {
         }
         self.api.stop().await;
     }
+}
+
+/// A counter read from a Prometheus text endpoint, summed over its labels
+/// (0 when the endpoint does not answer).
+async fn counter(url: &str, name: &str) -> f64 {
+    let Ok(response) = reqwest::get(url).await else {
+        return 0.0;
+    };
+    let Ok(text) = response.text().await else { return 0.0 };
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
 }
 
 fn spawn(
@@ -406,6 +463,13 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
         ("RUST_LOG", "info".to_owned()),
     ];
     let mut env = env;
+    if scenario == Scenario::PublishFailsAfterCommit {
+        // After 50 publishes, claim-api drops the next 20 after their commit.
+        env.push((
+            "FAILPOINTS",
+            format!("publish-after-commit=50*off->{UNPUBLISHED}*return"),
+        ));
+    }
     if scenario == Scenario::PauseWorker {
         // On its 21st resource batch, the worker on the hot partition holds
         // its lease 3 s between taking the token and writing: the window the
@@ -422,7 +486,8 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
     } else {
         args.rate
     };
-    let sale = sale_args(&rig.api_url, &postgres.url(), args, rate)?;
+    let sale = sale_args(&rig.api_url, &postgres.url(), args, rate, &run_id)?;
+    let hot_coupon = format!("coupon:{}", flash_sale::coupon_code(&run_id, 0));
     let started = Instant::now();
     let sale_task = tokio::spawn(async move { flash_sale::run(&sale).await });
     // The pause lands inside a held lease (announced in the worker's log);
@@ -432,6 +497,13 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
             rig.wait_for_log("failpoint: holding lease before write", Duration::from_secs(30))
                 .await?,
         )
+    } else if scenario == Scenario::RedisSnapshotRollback {
+        // The older snapshot: once some claims were decided, well before
+        // the fault.
+        sleep(Duration::from_secs_f64(args.duration as f64 / 8.0)).await;
+        redis.snapshot().await?;
+        sleep(Duration::from_secs_f64(args.duration as f64 / 8.0)).await;
+        None
     } else {
         sleep(Duration::from_secs_f64(args.duration as f64 / 4.0)).await;
         None
@@ -518,11 +590,50 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
             )
         }
         Scenario::Overload => format!("{rate:.0} claims/s offered, 20x the normal rate"),
+        Scenario::FreezePostgres => {
+            postgres.freeze(Duration::from_secs(8)).await?;
+            "SIGSTOP every PostgreSQL process for 8 s, then SIGCONT".to_owned()
+        }
+        Scenario::PublishFailsAfterCommit => {
+            format!("claim-api dropped the publish of {UNPUBLISHED} claims after their commit (failpoint)")
+        }
+        Scenario::RedisSnapshotRollback => {
+            redis.roll_back().await?;
+            "the lock Redis killed and restarted from a snapshot taken earlier in the sale".to_owned()
+        }
+        Scenario::BackendSwitch => {
+            rig.replace_workers(2, &[("LOCK_BACKEND", "postgres".to_owned())])
+                .await?;
+            "both workers (Redis locks) replaced by two locking in PostgreSQL".to_owned()
+        }
+        Scenario::PoisonDecodable => {
+            let topic = format!("chaos-{run_id}-claims.requested");
+            poison(&args.brokers, &topic, &hot_coupon).await?;
+            "on the hot coupon's partition: an event with quantity 0 and one for a claim that does not exist".to_owned()
+        }
         Scenario::All => unreachable!("expanded above"),
     };
     let sale_report = sale_task.await??;
-    if scenario == Scenario::Overload {
-        checks.insert("shed_with_429".to_owned(), json!(sale_report.throttled_429 > 0));
+    match scenario {
+        Scenario::Overload => {
+            checks.insert("shed_with_429".to_owned(), json!(sale_report.throttled_429 > 0));
+        }
+        Scenario::PublishFailsAfterCommit => {
+            let unpublished = rig.api_counter("turnstile_claims_unpublished_total").await;
+            checks.insert(
+                "unpublished_claims_accepted_and_decided".to_owned(),
+                json!(unpublished == f64::from(UNPUBLISHED)),
+            );
+        }
+        Scenario::RedisSnapshotRollback | Scenario::BackendSwitch => {
+            let repairs = rig.worker_counter("turnstile_fence_repairs_total").await;
+            checks.insert("token_counter_repaired".to_owned(), json!(repairs >= 1.0));
+        }
+        Scenario::PoisonDecodable => {
+            let dead = rig.worker_counter("turnstile_dead_lettered_total").await;
+            checks.insert("poison_dead_lettered".to_owned(), json!(dead >= 2.0));
+        }
+        _ => {}
     }
     let passed = sale_report.invariants_hold()
         && sale_report.undecided == 0
@@ -545,7 +656,32 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
     })
 }
 
-fn sale_args(api: &str, database_url: &str, args: &ChaosArgs, rate: f64) -> Result<FlashSaleArgs> {
+/// Claims whose publish `publish-fails-after-commit` drops.
+const UNPUBLISHED: u32 = 20;
+
+/// Puts two decodable poison messages on `topic`, keyed by `resource` (so
+/// on its partition): an event with quantity 0, and a valid event naming a
+/// claim that does not exist.
+async fn poison(brokers: &str, topic: &str, resource: &str) -> Result<()> {
+    let publisher = turnstile_bus::Publisher::connect(brokers, &turnstile_bus::ProducerTuning::default())?;
+    let (kind, id) = resource.split_once(':').context("resource key is kind:id")?;
+    for quantity in [0, 1] {
+        let event = json!({
+            "claim_id": uuid::Uuid::new_v4(),
+            "tenant_id": "default",
+            "resource": {"kind": kind, "id": id},
+            "user_id": "poison",
+            "quantity": quantity,
+            "accepted_at_ms": 1_795_000_000_000_i64,
+        });
+        publisher
+            .send_raw(topic, resource.as_bytes(), &serde_json::to_vec(&event)?)
+            .await?;
+    }
+    Ok(())
+}
+
+fn sale_args(api: &str, database_url: &str, args: &ChaosArgs, rate: f64, run_id: &str) -> Result<FlashSaleArgs> {
     #[derive(Parser)]
     struct Wrapper {
         #[command(flatten)]
@@ -567,6 +703,8 @@ fn sale_args(api: &str, database_url: &str, args: &ChaosArgs, rate: f64) -> Resu
         rate.to_string(),
         "--duration".to_owned(),
         args.duration.to_string(),
+        "--run-id".to_owned(),
+        run_id.to_owned(),
         "--json".to_owned(),
     ];
     Ok(Wrapper::try_parse_from(argv)?.sale)
@@ -792,6 +930,26 @@ mod stores {
             )
         }
 
+        /// SIGSTOP to every process of the server (its process group), and
+        /// SIGCONT after `pause`: connections stay open and nothing answers.
+        pub async fn freeze(&mut self, pause: Duration) -> Result<()> {
+            let pid = self
+                .server
+                .as_ref()
+                .and_then(Child::id)
+                .context("PostgreSQL is not running")?;
+            let group = format!("-{pid}");
+            let signal = |sig: &str| std::process::Command::new("kill").args([sig, "--", &group]).status();
+            if !signal("-STOP")?.success() {
+                bail!("kill -STOP -- {group} failed");
+            }
+            sleep(pause).await;
+            if !signal("-CONT")?.success() {
+                bail!("kill -CONT -- {group} failed");
+            }
+            Ok(())
+        }
+
         /// Fast shutdown (SIGINT to the server's process group), then start
         /// again on the same port and data. Returns how long it was down.
         pub async fn restart(&mut self) -> Result<Duration> {
@@ -858,9 +1016,13 @@ mod stores {
                 .create(true)
                 .append(true)
                 .open(self.log_dir.join("redis.log"))?;
+            // No automatic snapshots; `snapshot` writes one into the log
+            // directory, and a restart loads it if there is one.
             let child = Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"])
                 .arg(self.port.to_string())
+                .arg("--dir")
+                .arg(&self.log_dir)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -890,6 +1052,25 @@ mod stores {
         }
 
         pub async fn restart(&mut self) -> Result<()> {
+            self.launch().await
+        }
+
+        /// Writes a snapshot (`SAVE`) that a later [`roll_back`](Self::roll_back) restores.
+        pub async fn snapshot(&self) -> Result<()> {
+            let client = redis::Client::open(self.url())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("SAVE").query_async::<()>(&mut conn).await?;
+            Ok(())
+        }
+
+        /// SIGKILL, then start again from the last snapshot: the data goes
+        /// back to what it was then, as after a restore from backup or a
+        /// failover to a replica that was behind.
+        pub async fn roll_back(&mut self) -> Result<()> {
+            if !self.log_dir.join("dump.rdb").is_file() {
+                bail!("no snapshot to roll back to");
+            }
+            self.kill().await?;
             self.launch().await
         }
 

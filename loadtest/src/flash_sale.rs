@@ -110,6 +110,23 @@ pub struct SaleParams {
     /// How long to wait for every accepted claim to be decided, in seconds.
     #[arg(long, default_value_t = 120)]
     pub decide_timeout: u64,
+    /// Names the run's coupons (`FLASH-<run id>-<n>`) and idempotency keys
+    /// (default: eight random hex digits).
+    #[arg(long, value_parser = parse_run_id)]
+    pub run_id: Option<String>,
+}
+
+fn parse_run_id(raw: &str) -> Result<String, String> {
+    if (1..=16).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(raw.to_owned())
+    } else {
+        Err("1 to 16 ASCII letters and digits".to_owned())
+    }
+}
+
+/// The code of coupon `n` in a run named `run_id`.
+pub fn coupon_code(run_id: &str, n: usize) -> String {
+    format!("FLASH-{run_id}-{n}")
 }
 
 /// Arguments of `loadtest flash-sale`.
@@ -156,6 +173,9 @@ pub struct FlashSaleReport {
     pub double_claims: i64,
     pub fence_regressions: i64,
     pub remaining_mismatches: i64,
+    /// Claims recorded under keys that were answered 429 or 5xx, which
+    /// promise that nothing was recorded. Must be 0.
+    pub refused_keys_taken: i64,
     pub claims_per_sec: f64,
     pub accept_p50_ms: f64,
     pub accept_p99_ms: f64,
@@ -175,6 +195,7 @@ impl FlashSaleReport {
             && self.double_claims == 0
             && self.fence_regressions == 0
             && self.remaining_mismatches == 0
+            && self.refused_keys_taken == 0
     }
 }
 
@@ -230,6 +251,8 @@ struct ClaimAnswer {
 struct Collected {
     accept: Latencies,
     accepted: Vec<AcceptedClaim>,
+    /// The request numbers answered 429 or 5xx (the key is `{run_id}-{n}`).
+    refused: Vec<u64>,
     timeline: Timeline,
 }
 
@@ -253,8 +276,11 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
         .connect(&sale.database_url)
         .await
         .context("connecting to postgres for the audit")?;
-    let run_id = format!("{:08X}", rand::random::<u32>());
-    let codes: Arc<Vec<String>> = Arc::new((0..sale.coupons).map(|i| format!("FLASH-{run_id}-{i}")).collect());
+    let run_id = sale
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("{:08X}", rand::random::<u32>()));
+    let codes: Arc<Vec<String>> = Arc::new((0..sale.coupons).map(|i| coupon_code(&run_id, i)).collect());
     for code in codes.iter() {
         let body = serde_json::to_vec(&serde_json::json!({"code": code, "total": sale.stock, "per_user_limit": 1}))?;
         let answer = connections
@@ -340,6 +366,9 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
             if answer == Answer::Accepted {
                 collected.accept.record(accept_latency);
             }
+            if matches!(answer, Answer::Throttled | Answer::ServerError) {
+                collected.refused.push(i);
+            }
             if let Some(id) = claim_id {
                 collected.accepted.push(AcceptedClaim {
                     id,
@@ -356,12 +385,14 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     let Collected {
         accept,
         accepted,
+        refused,
         mut timeline,
     } = std::mem::take(&mut *lock(&collected));
     let ids: Vec<Uuid> = accepted.iter().map(|c| c.id).collect();
     let decided_by = Instant::now() + Duration::from_secs(sale.decide_timeout);
     let undecided = wait_for_decisions(&pool, &ids, decided_by).await?;
     let mut report = audit(&pool, &codes, &ids, sale.stock).await?;
+    report.refused_keys_taken = refused_keys_taken(&pool, &run_id, &refused).await?;
     let start_epoch = started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let decisions = decision_times(&pool, &ids).await?;
     let decided = measure_decisions(args.mode, start_epoch, &accepted, &decisions, &mut timeline);
@@ -388,6 +419,24 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     report.claims_per_sec = decided.per_sec;
     report.timeline = timeline.stats();
     Ok(report)
+}
+
+/// How many of the keys answered 429 or 5xx have a claim row. Those answers
+/// promise that nothing was recorded: a retry with the key is a new request.
+async fn refused_keys_taken(pool: &PgPool, run_id: &str, refused: &[u64]) -> Result<i64> {
+    use turnstile_claim::{ClaimId, IdempotencyKey, TenantId};
+
+    let tenant = TenantId::default_tenant();
+    let ids = refused
+        .iter()
+        .map(|n| Ok(ClaimId::for_request(&tenant, &IdempotencyKey::parse(&format!("{run_id}-{n}"))?).as_uuid()))
+        .collect::<Result<Vec<Uuid>, turnstile_claim::ParseError>>()?;
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM claims WHERE claim_id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// When a claim was accepted and decided, by Postgres' clock (epoch seconds).

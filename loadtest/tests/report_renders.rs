@@ -224,6 +224,7 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
             max_in_flight: 4096,
             connections: std::num::NonZeroUsize::new(16).unwrap(),
             decide_timeout: 30,
+            run_id: None,
         },
         json: true,
         report: None,
