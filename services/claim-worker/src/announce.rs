@@ -139,6 +139,8 @@ pub(crate) struct Settle {
     /// no offset (the sweeper's).
     pub(crate) offset: Option<(i32, i64)>,
     pub(crate) deliveries: Vec<DeliveryFuture>,
+    /// When the batch was handed over.
+    pub(crate) since: std::time::Instant,
 }
 
 /// Awaits each batch's acknowledgements in the order the batches were
@@ -161,6 +163,10 @@ pub(crate) async fn settle_in_order(
                 Err(_) => landed = false,
             }
         }
+        announcer
+            .metrics
+            .settle_seconds
+            .observe(settle.since.elapsed().as_secs_f64());
         match settle.offset {
             Some((partition, next)) if landed => {
                 if let Err(e) = consumer.store_offset(&announcer.topics.requested, partition, next) {

@@ -13,6 +13,8 @@ pub struct WorkerMetrics {
     pub(crate) decided: IntCounterVec,
     pub(crate) decide_latency: Histogram,
     pub(crate) message_age: Histogram,
+    pub(crate) settle_seconds: Histogram,
+    pub(crate) settle_blocked_seconds: Histogram,
     pub(crate) fence_rejections: IntCounter,
     pub(crate) dead_lettered: IntCounterVec,
     pub(crate) fence_repairs: IntCounter,
@@ -43,6 +45,22 @@ impl WorkerMetrics {
                     "Time from the API accepting a claim to the worker committing its decision.",
                 )
                 .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
+            )?,
+            settle_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "turnstile_worker_settle_seconds",
+                    "Time from a decided batch's hand-over to its offset being stored: Kafka acknowledging its \
+                     ClaimDecided and dead-letter messages, in batch order.",
+                )
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
+            )?,
+            settle_blocked_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "turnstile_worker_settle_blocked_seconds",
+                    "Time the consume loop waited to hand a decided batch over, because too many batches were \
+                     still waiting for Kafka's acknowledgements.",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 4.0, 10)?),
             )?,
             message_age: Histogram::with_opts(
                 HistogramOpts::new(
@@ -115,6 +133,8 @@ impl WorkerMetrics {
         registry.register(Box::new(m.decided.clone()))?;
         registry.register(Box::new(m.decide_latency.clone()))?;
         registry.register(Box::new(m.message_age.clone()))?;
+        registry.register(Box::new(m.settle_seconds.clone()))?;
+        registry.register(Box::new(m.settle_blocked_seconds.clone()))?;
         registry.register(Box::new(m.fence_rejections.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.fence_repairs.clone()))?;

@@ -144,13 +144,18 @@ impl Pipeline {
                         next_offset = next,
                         "partition batch decided"
                     );
+                    let since = std::time::Instant::now();
                     let settle = Settle {
                         offset: Some((partition, next)),
                         deliveries,
+                        since,
                     };
                     if self.settle.send(settle).await.is_err() {
                         warn!(partition, "settler gone; offset not stored");
                     }
+                    self.metrics
+                        .settle_blocked_seconds
+                        .observe(since.elapsed().as_secs_f64());
                 }
                 Err(failure) => {
                     all_done = false;

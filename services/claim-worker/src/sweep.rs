@@ -126,6 +126,7 @@ impl Sweeper {
                         .send(Settle {
                             offset: None,
                             deliveries,
+                            since: std::time::Instant::now(),
                         })
                         .await;
                 }

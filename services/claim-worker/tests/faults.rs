@@ -421,3 +421,106 @@ async fn claims_whose_message_was_lost_are_still_decided() {
     assert_claim_invariants(&[code], 3).await;
     worker.stop().await.unwrap();
 }
+
+/// `ClaimDecided` is at least once: an event delivered again for a claim
+/// decided long ago (a redelivery after a crash, a rewind) decides nothing
+/// new and announces the decision again, exactly as stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_claim_is_announced_again_as_decided() {
+    let ns = Namespace::new("reannounce");
+    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let worker = turnstile_testkit::TestWorker::start(turnstile_testkit::worker_settings(&ns))
+        .await
+        .unwrap();
+    let code = unique("AGAIN");
+    api.create_coupon(&code, 1, Some(1)).await.unwrap();
+    let decided = decide(&api, &unique("again"), &json!({"coupon": code, "user_id": "u1"})).await;
+    assert_eq!(decided["status"], "granted");
+    let claim_id = decided["claim_id"].as_str().unwrap().to_owned();
+
+    let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
+    let resource = format!("coupon:{code}");
+    let event = json!({
+        "claim_id": claim_id,
+        "tenant_id": "default",
+        "resource": {"kind": "coupon", "id": code},
+        "user_id": "u1",
+        "quantity": 1,
+        "accepted_at_ms": 1_795_000_000_000_i64,
+    });
+    let publisher = turnstile_bus::Publisher::connect(&brokers(), &turnstile_bus::ProducerTuning::default()).unwrap();
+    publisher
+        .send_raw(&topics.requested, resource.as_bytes(), event.to_string().as_bytes())
+        .await
+        .unwrap();
+
+    let decisions = turnstile_bus::reader_from_start(&brokers(), &unique("decided-reader")).unwrap();
+    decisions.subscribe(&[&topics.decided]).unwrap();
+    let mut announced: Vec<Value> = Vec::new();
+    while announced.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(60), decisions.recv())
+            .await
+            .expect("the decision is announced twice")
+            .unwrap();
+        let view: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        if view["claim_id"] == claim_id.as_str() {
+            announced.push(view);
+        }
+    }
+    for view in &announced {
+        assert_eq!(view["status"], "granted", "{view}");
+        assert_eq!(view["fence"], decided["fence"], "{view}");
+    }
+    assert_claim_invariants(&[code], 1).await;
+    worker.stop().await.unwrap();
+}
+
+/// A pending claim row that is no valid claim (written or altered outside
+/// the API: here a user id with a space) is not skipped by the sweeper,
+/// which would leave it pending forever: it is rejected as `invalid_claim`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_row_that_is_no_valid_claim_is_rejected_by_the_sweeper() {
+    let ns = Namespace::new("invalid-row");
+    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let mut settings = turnstile_testkit::worker_settings(&ns);
+    settings.sweep_after = Duration::from_secs(1);
+    settings.sweep_interval = Duration::from_millis(200);
+    let worker = turnstile_testkit::TestWorker::start(settings).await.unwrap();
+    let code = unique("INVALID");
+    api.create_coupon(&code, 1, Some(1)).await.unwrap();
+    let pool = db().await.unwrap();
+    let claim_id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at)
+         VALUES ($1, 'default', 'coupon', $2, 'has space', 1, true, now() - interval '1 minute')",
+    )
+    .bind(claim_id)
+    .bind(&code)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (status, reason) = loop {
+        let row: (String, Option<String>) = sqlx::query_as("SELECT status, reason FROM claims WHERE claim_id = $1")
+            .bind(claim_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if row.0 != "pending" || tokio::time::Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("rejected", Some("invalid_claim"))
+    );
+    let remaining: i64 = sqlx::query_scalar("SELECT remaining FROM resources WHERE kind = 'coupon' AND id = $1")
+        .bind(&code)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(remaining, 1, "the stock is untouched");
+    worker.stop().await.unwrap();
+}
