@@ -7,7 +7,9 @@
 //! - a `202` is sent only after the commit: the claim exists and will be
 //!   decided;
 //! - a `429` or `503` is sent only when nothing was committed: the key stays
-//!   free for the client's retry;
+//!   free for the client's retry (a failure that may hide a commit is
+//!   resolved by recording once more, which finds what the first attempt
+//!   committed);
 //! - an event always names a row that exists. A publish that fails after
 //!   the commit leaves a pending claim, which the worker's sweeper decides
 //!   once it has been pending for the sweep window
@@ -27,6 +29,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use backon::{ExponentialBuilder, Retryable};
 use futures::future::join_all;
 use rdkafka::producer::DeliveryFuture;
 use sqlx::PgPool;
@@ -36,7 +39,7 @@ use tracing::{Instrument, Span};
 use turnstile_bus::{Publisher, QueueError, Topics, TraceHeaders};
 use turnstile_claim::{
     ClaimRequested,
-    store::{self, Admission, ClaimRow, Reserved},
+    store::{self, Admission, ClaimRow, Reserved, StoreError},
 };
 
 use crate::{metrics::ApiMetrics, problem::ApiError, resilience::Breaker};
@@ -197,10 +200,28 @@ async fn record(deps: &AcceptDeps, batch: &[Pending]) -> Vec<Result<Reserved, Ap
             event: &p.job.event,
         })
         .collect();
-    let reserved = async {
+    // A transient failure can hide a commit (the connection died after
+    // Postgres committed, before the answer arrived): answering 503 then
+    // would break its promise. Recording is idempotent, so it is tried once
+    // more: claims the first attempt did commit come back as replays of
+    // themselves, still pending (their events were not published; the
+    // sweeper decides them).
+    let reserved = (|| async {
         let mut conn = deps.write_pool.acquire().await?;
-        store::reserve_claims(&mut conn, &admissions).await
-    }
+        let reserved = store::reserve_claims(&mut conn, &admissions).await?;
+        // Fault injection for the tests: the commit happened, its answer is lost.
+        fail::fail_point!("reserve-answer-lost", |_| Err(StoreError::Unavailable(
+            sqlx::Error::PoolClosed
+        )));
+        Ok(reserved)
+    })
+    .retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_times(1)
+            .with_jitter(),
+    )
+    .when(StoreError::is_transient)
     .await;
     deps.postgres
         .record(reserved.as_ref().map_or_else(|e| !e.is_transient(), |_| true));

@@ -422,25 +422,32 @@ async fn sku_quantities_are_granted_while_stock_lasts() {
     worker.stop().await.unwrap();
 }
 
+/// Every lock backend a worker can use.
+const EVERY_BACKEND: [claim_worker::LockBackendKind; 4] = [
+    claim_worker::LockBackendKind::Redis,
+    claim_worker::LockBackendKind::Redlock,
+    claim_worker::LockBackendKind::ZooKeeper,
+    claim_worker::LockBackendKind::Postgres,
+];
+
+/// Settings for a worker in `ns` that locks with `backend`.
+fn locking_with(ns: &Namespace, backend: claim_worker::LockBackendKind) -> claim_worker::Settings {
+    let mut settings = worker_settings(ns);
+    settings.lock_backend = backend;
+    settings.redlock_urls = std::env::var("REDLOCK_URLS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    settings
+}
+
 /// The pipeline decides correctly whichever lock backend the worker uses.
 #[tokio::test(flavor = "multi_thread")]
 async fn pipeline_works_with_every_lock_backend() {
-    use claim_worker::LockBackendKind;
-    for backend in [
-        LockBackendKind::Redis,
-        LockBackendKind::Redlock,
-        LockBackendKind::ZooKeeper,
-        LockBackendKind::Postgres,
-    ] {
+    for backend in EVERY_BACKEND {
         let (api, ns) = api(&format!("backend-{backend:?}").to_lowercase()).await;
-        let mut settings = worker_settings(&ns);
-        settings.lock_backend = backend;
-        settings.redlock_urls = std::env::var("REDLOCK_URLS")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
-            .split(',')
-            .map(str::to_owned)
-            .collect();
-        let worker = TestWorker::start(settings).await.unwrap();
+        let worker = TestWorker::start(locking_with(&ns, backend)).await.unwrap();
         let code = unique("BACKEND");
         api.create_coupon(&code, 20, Some(1)).await.unwrap();
         let keys: Vec<String> = (0..60).map(|i| format!("{code}-{i}")).collect();
@@ -470,22 +477,10 @@ async fn pipeline_works_with_every_lock_backend() {
 /// below), under a token above the old fence.
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_behind_the_database_are_repaired_at_once() {
-    use claim_worker::LockBackendKind;
     let pool = db().await.unwrap();
-    for backend in [
-        LockBackendKind::Redis,
-        LockBackendKind::Redlock,
-        LockBackendKind::ZooKeeper,
-        LockBackendKind::Postgres,
-    ] {
+    for backend in EVERY_BACKEND {
         let (api, ns) = api(&format!("repair-{backend:?}").to_lowercase()).await;
-        let mut settings = worker_settings(&ns);
-        settings.lock_backend = backend;
-        settings.redlock_urls = std::env::var("REDLOCK_URLS")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
-            .split(',')
-            .map(str::to_owned)
-            .collect();
+        let settings = locking_with(&ns, backend);
         let lock_ttl = settings.lock_ttl;
         let worker = TestWorker::start(settings).await.unwrap();
         let code = unique("REPAIR");

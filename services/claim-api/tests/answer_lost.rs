@@ -1,0 +1,55 @@
+//! A 503 promises that nothing was recorded. When the connection dies after
+//! Postgres committed a batch but before the answer arrived (injected: the
+//! `reserve-answer-lost` failpoint), the API must not answer 503: it records
+//! once more, finds the claim its first attempt committed, and answers 202.
+//! Its own test binary, because failpoints are global to the process.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use turnstile_testkit::{
+    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, claims_under_keys, unique, worker_settings,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_whose_answer_was_lost_is_accepted_not_refused() {
+    let ns = Namespace::new("answer-lost");
+    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let mut settings = worker_settings(&ns);
+    settings.sweep_after = Duration::from_secs(2);
+    settings.sweep_interval = Duration::from_millis(250);
+    let worker = TestWorker::start(settings).await.unwrap();
+    let code = unique("LOST-ANSWER");
+    api.create_coupon(&code, 3, Some(1)).await.unwrap();
+
+    fail::cfg("reserve-answer-lost", "1*return").unwrap();
+    let key = unique("lost-answer");
+    let body = json!({"coupon": code, "user_id": "u1"});
+    let accepted = api.claim_politely(&key, body.clone(), None).await.unwrap();
+    assert_eq!(
+        accepted.status(),
+        reqwest::StatusCode::ACCEPTED,
+        "the claim was committed, so it was accepted"
+    );
+    assert_eq!(claims_under_keys(std::slice::from_ref(&key)).await, 1);
+
+    // Its event was never published: the sweeper decides it.
+    let mut decided = Value::Null;
+    for _ in 0..6 {
+        decided = api
+            .claim_politely(&key, body.clone(), Some(5))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if decided["status"] != "pending" {
+            break;
+        }
+    }
+    assert_eq!(decided["status"], "granted", "{decided}");
+    assert_claim_invariants(&[code], 3).await;
+    worker.stop().await.unwrap();
+}
