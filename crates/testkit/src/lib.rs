@@ -159,6 +159,21 @@ impl TestApi {
         bail!("claim {key} still throttled after 60 attempts")
     }
 
+    /// Posts (or re-posts, which is idempotent) a claim until it is
+    /// decided, each time waiting for the decision event up to 10 s, for
+    /// two minutes at most. Returns the decided claim's view.
+    pub async fn claim_until_decided(&self, key: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        for _ in 0..12 {
+            let response = self.claim_politely(key, body.clone(), Some(10)).await?;
+            anyhow::ensure!(response.status().is_success(), "claim {key}: {}", response.status());
+            let view: serde_json::Value = response.json().await?;
+            if view["status"] != "pending" {
+                return Ok(view);
+            }
+        }
+        bail!("claim {key} still pending after two minutes")
+    }
+
     /// The API's Prometheus text.
     pub async fn metrics_text(&self) -> Result<String> {
         Ok(self.http.get(self.url("/metrics")).send().await?.text().await?)
@@ -209,6 +224,16 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         sweep_interval: Duration::from_secs(2),
         audit_interval: Duration::from_secs(2),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+/// [`worker_settings`] with a sweeper that decides claims pending 2 s,
+/// looking every 250 ms: for tests of claims whose events never arrive.
+pub fn quickly_sweeping_worker_settings(ns: &Namespace) -> claim_worker::Settings {
+    claim_worker::Settings {
+        sweep_after: Duration::from_secs(2),
+        sweep_interval: Duration::from_millis(250),
+        ..worker_settings(ns)
     }
 }
 

@@ -6,21 +6,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
-use serde_json::{Value, json};
+use serde_json::json;
 use turnstile_testkit::{
-    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, claims_under_keys, unique, worker_settings,
+    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, claims_under_keys,
+    quickly_sweeping_worker_settings, unique,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_whose_answer_was_lost_is_accepted_not_refused() {
     let ns = Namespace::new("answer-lost");
     let api = TestApi::start(api_settings(&ns)).await.unwrap();
-    let mut settings = worker_settings(&ns);
-    settings.sweep_after = Duration::from_secs(2);
-    settings.sweep_interval = Duration::from_millis(250);
-    let worker = TestWorker::start(settings).await.unwrap();
+    let worker = TestWorker::start(quickly_sweeping_worker_settings(&ns)).await.unwrap();
     let code = unique("LOST-ANSWER");
     api.create_coupon(&code, 3, Some(1)).await.unwrap();
 
@@ -36,19 +32,7 @@ async fn a_commit_whose_answer_was_lost_is_accepted_not_refused() {
     assert_eq!(claims_under_keys(std::slice::from_ref(&key)).await, 1);
 
     // Its event was never published: the sweeper decides it.
-    let mut decided = Value::Null;
-    for _ in 0..6 {
-        decided = api
-            .claim_politely(&key, body.clone(), Some(5))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if decided["status"] != "pending" {
-            break;
-        }
-    }
+    let decided = api.claim_until_decided(&key, &body).await.unwrap();
     assert_eq!(decided["status"], "granted", "{decided}");
     assert_claim_invariants(&[code], 3).await;
     worker.stop().await.unwrap();

@@ -6,21 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use turnstile_testkit::{
-    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, unique, worker_settings,
+    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, quickly_sweeping_worker_settings, unique,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_whose_publish_fails_after_commit_is_accepted_and_swept() {
     let ns = Namespace::new("publish-after-commit");
     let api = TestApi::start(api_settings(&ns)).await.unwrap();
-    let mut settings = worker_settings(&ns);
-    settings.sweep_after = Duration::from_secs(2);
-    settings.sweep_interval = Duration::from_millis(250);
-    let worker = TestWorker::start(settings).await.unwrap();
+    let worker = TestWorker::start(quickly_sweeping_worker_settings(&ns)).await.unwrap();
     let code = unique("UNPUBLISHED");
     api.create_coupon(&code, 3, Some(1)).await.unwrap();
 
@@ -50,19 +47,7 @@ async fn a_claim_whose_publish_fails_after_commit_is_accepted_and_swept() {
         .unwrap();
     assert_eq!(replay["status"], "pending");
 
-    let mut decided = Value::Null;
-    for _ in 0..6 {
-        decided = api
-            .claim_politely(&key, body.clone(), Some(5))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if decided["status"] != "pending" {
-            break;
-        }
-    }
+    let decided = api.claim_until_decided(&key, &body).await.unwrap();
     assert_eq!(decided["status"], "granted", "{decided}");
     println!(
         "unpublished claim decided {:.1} s after acceptance (sweep window 2 s)",

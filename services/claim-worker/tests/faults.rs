@@ -15,18 +15,9 @@ use turnstile_testkit::{
 
 const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
 
-/// Posts (or re-posts, which is idempotent) a claim until it is decided,
-/// each time waiting for the decision event up to 10 s.
+/// The claim's view once decided (see [`TestApi::claim_until_decided`]).
 async fn decide(api: &TestApi, key: &str, body: &Value) -> Value {
-    for _ in 0..12 {
-        let response = api.claim_politely(key, body.clone(), Some(10)).await.unwrap();
-        assert!(response.status().is_success(), "claim {key}: {}", response.status());
-        let view: Value = response.json().await.unwrap();
-        if view["status"] != "pending" {
-            return view;
-        }
-    }
-    panic!("claim {key} still pending after two minutes");
+    api.claim_until_decided(key, body).await.unwrap()
 }
 
 /// Two workers share the load; one is SIGKILLed mid-run and a replacement
@@ -411,9 +402,7 @@ async fn claims_whose_message_was_lost_are_still_decided() {
     assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
 
     // A worker of another deployment: it never sees the message.
-    let mut settings = turnstile_testkit::worker_settings(&Namespace::new("lost-msg-worker"));
-    settings.sweep_after = Duration::from_secs(1);
-    settings.sweep_interval = Duration::from_millis(200);
+    let settings = turnstile_testkit::quickly_sweeping_worker_settings(&Namespace::new("lost-msg-worker"));
     let worker = turnstile_testkit::TestWorker::start(settings).await.unwrap();
     let decided = decide(&api, &key, &body).await;
     assert_eq!(decided["status"], "granted");
@@ -482,10 +471,9 @@ async fn a_redelivered_claim_is_announced_again_as_decided() {
 async fn a_pending_row_that_is_no_valid_claim_is_rejected_by_the_sweeper() {
     let ns = Namespace::new("invalid-row");
     let api = TestApi::start(api_settings(&ns)).await.unwrap();
-    let mut settings = turnstile_testkit::worker_settings(&ns);
-    settings.sweep_after = Duration::from_secs(1);
-    settings.sweep_interval = Duration::from_millis(200);
-    let worker = turnstile_testkit::TestWorker::start(settings).await.unwrap();
+    let worker = turnstile_testkit::TestWorker::start(turnstile_testkit::quickly_sweeping_worker_settings(&ns))
+        .await
+        .unwrap();
     let code = unique("INVALID");
     api.create_coupon(&code, 1, Some(1)).await.unwrap();
     let pool = db().await.unwrap();
