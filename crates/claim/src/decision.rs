@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::{ClaimId, RejectReason};
+use crate::{ClaimId, ClaimStatus, RejectReason};
 
 /// A resource as the decision needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,15 @@ impl Decision {
     pub fn claim_id(&self) -> ClaimId {
         match self {
             Self::Granted(id) | Self::Rejected(id, _) => *id,
+        }
+    }
+
+    /// The claim's status after this decision, and the reason when rejected:
+    /// what is stored and announced.
+    pub fn outcome(&self) -> (ClaimStatus, Option<RejectReason>) {
+        match self {
+            Self::Granted(_) => (ClaimStatus::Granted, None),
+            Self::Rejected(_, reason) => (ClaimStatus::Rejected, Some(*reason)),
         }
     }
 }

@@ -16,7 +16,7 @@ use tracing::warn;
 use turnstile_bus::GroupContext;
 use turnstile_claim::{ClaimRequested, UnixMillis};
 
-use crate::{WorkerMetrics, announce::DeadLetterCause};
+use crate::WorkerMetrics;
 
 /// One consumed message, decoded or not.
 pub(crate) struct Incoming {
@@ -34,9 +34,9 @@ pub(crate) struct Origin {
     pub(crate) correlation_id: Option<String>,
 }
 
-/// A message kept whole for the dead-letter topic.
+/// A message that is no valid claim event, kept whole for the dead-letter
+/// topic (cause `invalid`).
 pub(crate) struct DeadLetter {
-    pub(crate) cause: DeadLetterCause,
     pub(crate) reason: String,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) payload: Option<Vec<u8>>,
@@ -95,9 +95,8 @@ fn take(message: &BorrowedMessage<'_>, metrics: &WorkerMetrics) -> Incoming {
 
 fn decode(message: &BorrowedMessage<'_>) -> Incoming {
     let headers = message.headers();
-    let event = check(message.key(), message.payload()).map_err(|(cause, reason)| DeadLetter {
+    let event = check(message.key(), message.payload()).map_err(|reason| DeadLetter {
         headers: turnstile_bus::dead_letter_headers(headers, &reason),
-        cause,
         reason,
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
@@ -117,14 +116,11 @@ fn decode(message: &BorrowedMessage<'_>) -> Incoming {
 
 /// A message's event, or why it is none: its payload must decode into a
 /// valid event, and its key must name the event's resource.
-fn check(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<ClaimRequested, (DeadLetterCause, String)> {
-    let event: ClaimRequested = turnstile_bus::decode(payload).map_err(|reason| (DeadLetterCause::Invalid, reason))?;
+fn check(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<ClaimRequested, String> {
+    let event: ClaimRequested = turnstile_bus::decode(payload)?;
     let expected = event.resource.to_string();
     if key != Some(expected.as_bytes()) {
-        return Err((
-            DeadLetterCause::Invalid,
-            format!("message key is not the event's resource {expected}"),
-        ));
+        return Err(format!("message key is not the event's resource {expected}"));
     }
     Ok(event)
 }
@@ -160,8 +156,7 @@ mod tests {
             (None, Some(payload(1))),
         ];
         for (key, body) in refused {
-            let (cause, reason) = check(key, body.as_deref()).unwrap_err();
-            assert_eq!(cause, DeadLetterCause::Invalid, "{reason}");
+            let reason = check(key, body.as_deref()).unwrap_err();
             assert!(!reason.is_empty());
         }
     }

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio::time::{Instant, sleep};
 use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
 use turnstile_claim::{
-    ClaimDecided, ClaimId, ClaimRequested, ClaimStatus, Decision, RejectReason, ResourceKey, UnixMillis,
+    ClaimDecided, ClaimId, ClaimRequested, Decision, RejectReason, ResourceKey, UnixMillis,
     cache::ResourceCache,
     store::{self, FencedOutcome, Orphan, StoreError},
 };
@@ -314,10 +314,7 @@ impl Decider {
             let Some(&(event, origin)) = by_id.get(&decision.claim_id()) else {
                 continue;
             };
-            let (status, reason) = match decision {
-                Decision::Granted(_) => (ClaimStatus::Granted, None),
-                Decision::Rejected(_, reason) => (ClaimStatus::Rejected, Some(*reason)),
-            };
+            let (status, reason) = decision.outcome();
             let latency_ms = (decided_at_ms - event.accepted_at_ms.get()).max(0);
             self.metrics
                 .decided

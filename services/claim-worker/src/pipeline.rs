@@ -196,7 +196,12 @@ impl Pipeline {
                     warn!(partition, offset = item.offset, reason = %dead.reason, "dead-lettering an invalid message");
                     deliveries.extend(
                         self.announcer
-                            .dead_letter(dead.cause, dead.key.as_deref(), dead.payload.as_deref(), dead.headers)
+                            .dead_letter(
+                                DeadLetterCause::Invalid,
+                                dead.key.as_deref(),
+                                dead.payload.as_deref(),
+                                dead.headers,
+                            )
                             .await,
                     );
                 }

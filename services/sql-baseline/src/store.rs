@@ -91,10 +91,7 @@ pub async fn claim_for_update(
         None => 0,
     };
     let (decision, remaining) = decide_one(resource.remaining, resource.per_user_limit, held, event);
-    let (status, reason) = match decision {
-        Decision::Granted(_) => (ClaimStatus::Granted, None),
-        Decision::Rejected(_, reason) => (ClaimStatus::Rejected, Some(reason)),
-    };
+    let (status, reason) = decision.outcome();
 
     // Decision and stock in one round trip. The claim is updated only while
     // pending, and the resource only if the claim was: a claim row decided

@@ -329,12 +329,9 @@ async fn write_decisions(
     let (mut ids, mut statuses, mut reasons) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for d in decisions {
         ids.push(d.claim_id().as_uuid());
-        let (status, reason) = match d {
-            Decision::Granted(_) => (ClaimStatus::Granted, None),
-            Decision::Rejected(_, reason) => (ClaimStatus::Rejected, Some(reason.as_str())),
-        };
+        let (status, reason) = d.outcome();
         statuses.push(status.as_str());
-        reasons.push(reason);
+        reasons.push(reason.map(RejectReason::as_str));
     }
     sqlx::query!(
         "WITH decided AS (
