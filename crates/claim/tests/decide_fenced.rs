@@ -98,24 +98,34 @@ async fn a_batch_is_decided_in_arrival_order_counting_earlier_grants() {
             .unwrap(),
     );
     assert!(decided.decisions.is_empty(), "{:?}", decided.decisions);
+    // Each as stored: the decision, its fence, and when it was made.
+    let decided_at: i64 =
+        sqlx::query_scalar("SELECT (extract(epoch FROM decided_at) * 1000)::int8 FROM claims WHERE claim_id = $1")
+            .bind(a.claim_id.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let earlier: Vec<EarlierDecision> = expected
         .iter()
-        .map(|d| match *d {
-            Decision::Granted(claim_id) => EarlierDecision {
-                claim_id,
-                status: ClaimStatus::Granted,
-                reason: None,
+        .map(|d| {
+            let (status, reason) = d.outcome();
+            EarlierDecision {
+                claim_id: d.claim_id(),
+                status,
+                reason,
                 fence: 11,
-            },
-            Decision::Rejected(claim_id, reason) => EarlierDecision {
-                claim_id,
-                status: ClaimStatus::Rejected,
-                reason: Some(reason),
-                fence: 11,
-            },
+                decided_at_ms: 0,
+            }
         })
         .collect();
-    assert_eq!(decided.earlier, earlier);
+    assert!(decided.earlier.iter().all(|e| e.decided_at_ms > 0));
+    assert!(decided.earlier.iter().any(|e| e.decided_at_ms == decided_at));
+    let without_time: Vec<EarlierDecision> = decided
+        .earlier
+        .iter()
+        .map(|e| EarlierDecision { decided_at_ms: 0, ..*e })
+        .collect();
+    assert_eq!(without_time, earlier);
     assert_eq!(remaining, 0);
 
     // A zombie holding an older token writes nothing.

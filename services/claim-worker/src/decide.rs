@@ -352,7 +352,7 @@ impl Decider {
                 status: earlier.status,
                 reason: earlier.reason,
                 fence: earlier.fence,
-                decided_at_ms,
+                decided_at_ms: earlier.decided_at_ms,
             });
         }
         out

@@ -58,6 +58,8 @@ pub struct EarlierDecision {
     /// The token it was decided under (0 when none, as for a claim rejected
     /// because it was invalid).
     pub fence: u64,
+    /// When it was decided, in Unix milliseconds.
+    pub decided_at_ms: i64,
 }
 
 /// An event the worker must not decide.
@@ -190,6 +192,7 @@ struct StoredClaim {
     status: String,
     reason: Option<String>,
     fence: Option<i64>,
+    decided_at_ms: Option<i64>,
     /// Grants the claim's user already holds on the resource (pending
     /// claims of a resource with a per-user limit only).
     granted_before: Option<i64>,
@@ -206,6 +209,7 @@ async fn stored_claims(
     let ids: Vec<Uuid> = events.iter().map(|e| e.claim_id.as_uuid()).collect();
     let rows = sqlx::query!(
         r#"SELECT c.claim_id, c.tenant_id, c.kind, c.resource_id, c.user_id, c.quantity, c.status, c.reason, c.fence,
+                  (extract(epoch FROM c.decided_at) * 1000)::int8 AS decided_at_ms,
                   CASE WHEN $3::int4 IS NOT NULL AND c.status = 'pending' AND c.kind = $1 AND c.resource_id = $2 THEN
                     (SELECT count(*) FROM claims g
                       WHERE g.kind = $1 AND g.resource_id = $2 AND g.status = 'granted' AND g.user_id = c.user_id)
@@ -230,6 +234,7 @@ async fn stored_claims(
             status: r.status,
             reason: r.reason,
             fence: r.fence,
+            decided_at_ms: r.decided_at_ms,
             granted_before: r.granted_before,
         })
         .collect())
@@ -286,6 +291,7 @@ fn sort_batch(resource: &ResourceKey, events: &[ClaimRequested], stored: Vec<Sto
                     status,
                     reason: row.reason.as_deref().and_then(|r| r.parse().ok()),
                     fence: row.fence.and_then(|f| u64::try_from(f).ok()).unwrap_or(0),
+                    decided_at_ms: row.decided_at_ms.unwrap_or(0),
                 });
                 continue;
             }
@@ -385,6 +391,7 @@ mod tests {
             status: status.into(),
             reason: (status == "rejected").then(|| "sold_out".into()),
             fence: (status != "pending").then_some(9),
+            decided_at_ms: (status != "pending").then_some(1_795_000_000_123),
             granted_before: None,
         }
     }
@@ -427,6 +434,7 @@ mod tests {
                 status: ClaimStatus::Rejected,
                 reason: Some(RejectReason::SoldOut),
                 fence: 9,
+                decided_at_ms: 1_795_000_000_123,
             }]
         );
         let orphans: Vec<(u128, OrphanReason)> = sorted
