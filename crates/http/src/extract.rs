@@ -15,8 +15,14 @@ use crate::problem::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// A JSON body: 415 for another content type, 413 when too large, 400 when
-/// not JSON, 422 when JSON of the wrong shape.
+/// How long a client may take to send its body once its headers arrived.
+/// A claim holds one of admission's slots while its body arrives, so a
+/// client that sends headers and then dawdles must not hold it for long.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A JSON body: 415 for another content type, 413 when too large, 408 when
+/// slower than [`BODY_READ_TIMEOUT`], 400 when not JSON, 422 when JSON of
+/// the wrong shape.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -42,8 +48,10 @@ where
             return Err(ApiError::UnsupportedMediaType);
         }
         let limit = req.extensions().get::<BodyLimit>().map_or(16 * 1024, |l| l.0);
-        let bytes = axum::body::to_bytes(Body::new(req.into_body()), limit)
+        let reading = axum::body::to_bytes(Body::new(req.into_body()), limit);
+        let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, reading)
             .await
+            .map_err(|_| ApiError::BodyTimeout(BODY_READ_TIMEOUT.as_millis() as u64))?
             .map_err(|_| ApiError::PayloadTooLarge(limit))?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)

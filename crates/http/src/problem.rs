@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The body is larger than allowed.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
     /// The key was used before with a different request.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
@@ -106,6 +109,11 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "/problems/payload-too-large",
                 "Payload too large",
+            ),
+            BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "/problems/body-timeout",
+                "Request body too slow",
             ),
             IdempotencyKeyReused => (
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -82,6 +82,7 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         partitions: 3,
         worker_group_id: ns.group_id.clone(),
         max_inflight: 512,
+        admission_limiter: claim_api::LimiterKind::Aimd,
         admission_slo: claim_api::DEFAULT_ADMISSION_SLO,
         producer_queue_limit: 10_000,
         producer_linger: Duration::from_millis(5),

@@ -27,6 +27,7 @@ use utoipa::OpenApi;
 use crate::{
     Settings,
     accept::{AcceptDeps, AcceptQueue},
+    admission::{AdmissionGate, admit_claims},
     extract::BodyLimit,
     feeds::{self, DecisionWaiters},
     metrics::ApiMetrics,
@@ -57,12 +58,11 @@ pub struct Shared {
     pub(crate) publisher: Publisher,
     pub(crate) topics: Topics,
     pub(crate) decisions: DecisionWaiters,
-    pub(crate) load_gate: LoadGate,
     pub(crate) postgres: Breaker,
     pub(crate) metrics: ApiMetrics,
     pub(crate) registry: Registry,
     pub(crate) pool_gauges: turnstile_telemetry::PoolGauges,
-    pub(crate) admission: crate::admission::Admission,
+    pub(crate) accept: AcceptQueue,
 }
 
 /// The OpenAPI 3.1 description of the API, generated from the handlers.
@@ -186,17 +186,24 @@ impl Application {
             publisher: publisher.clone(),
             topics,
             decisions,
-            load_gate: LoadGate {
-                producer_queue_limit: settings.producer_queue_limit,
-                lag_exceeded,
-            },
             postgres,
             metrics,
             registry,
             pool_gauges,
-            admission: crate::admission::admission(settings.max_inflight, settings.admission_slo, accept),
+            accept,
         }));
-        let router = router(state, &settings);
+        let gate = AdmissionGate::new(
+            settings.admission_limiter,
+            settings.max_inflight,
+            settings.admission_slo,
+            LoadGate {
+                producer_queue_limit: settings.producer_queue_limit,
+                lag_exceeded,
+            },
+            publisher.clone(),
+            &state.metrics,
+        );
+        let router = router(state, gate, &settings);
         let listener = turnstile_http::listener::bind(settings.http_addr)
             .with_context(|| format!("binding {}", settings.http_addr))?;
         info!(addr = %listener.local_addr()?, "claim-api ready");
@@ -231,7 +238,7 @@ impl Application {
     }
 }
 
-fn router(state: AppState, settings: &Settings) -> Router {
+fn router(state: AppState, gate: AdmissionGate, settings: &Settings) -> Router {
     Router::new()
         .route("/v1/claims", post(claims::create_claim))
         .route("/v1/claims/{claim_id}", get(claims::get_claim))
@@ -247,6 +254,8 @@ fn router(state: AppState, settings: &Settings) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(Extension(BodyLimit(settings.max_body_bytes)))
+        // Outermost: a refused claim costs no span, no log line, no body read.
+        .layer(middleware::from_fn_with_state(gate, admit_claims))
         .with_state(state)
 }
 

@@ -20,6 +20,6 @@ pub mod settings;
 // The HTTP edge shared with the other services.
 use turnstile_http::{extract, problem};
 
-pub use admission::DEFAULT_ADMISSION_SLO;
+pub use admission::{DEFAULT_ADMISSION_SLO, LimiterKind, MIN_LIMIT as MIN_ADMISSION_LIMIT};
 pub use app::{ApiDoc, Application};
 pub use settings::Settings;

@@ -18,6 +18,8 @@ pub struct ApiMetrics {
     pub(crate) accept_batch_size: Histogram,
     pub(crate) consumer_lag: IntGauge,
     pub(crate) circuit_open: IntGaugeVec,
+    pub(crate) admission_limit: IntGauge,
+    pub(crate) admission_in_flight: IntGauge,
 }
 
 impl ApiMetrics {
@@ -83,6 +85,14 @@ impl ApiMetrics {
                 ),
                 &["dependency"],
             )?,
+            admission_limit: IntGauge::new(
+                "turnstile_admission_limit",
+                "Claims admission lets in at once now (the adaptive concurrency limit).",
+            )?,
+            admission_in_flight: IntGauge::new(
+                "turnstile_admission_in_flight",
+                "Claims holding an admission slot now (being read, parsed or recorded).",
+            )?,
         };
         // Every cause exists from the start: a 429 rate reads 0, not absent.
         for cause in ["concurrency", "producer_queue", "consumer_lag"] {
@@ -101,6 +111,8 @@ impl ApiMetrics {
         registry.register(Box::new(m.accept_batch_size.clone()))?;
         registry.register(Box::new(m.consumer_lag.clone()))?;
         registry.register(Box::new(m.circuit_open.clone()))?;
+        registry.register(Box::new(m.admission_limit.clone()))?;
+        registry.register(Box::new(m.admission_in_flight.clone()))?;
         Ok(m)
     }
 }

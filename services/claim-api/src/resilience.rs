@@ -2,16 +2,12 @@
 //! load-shedding checks that turn saturation into 429 instead of timeouts.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
 use failsafe::{StateMachine, backoff, failure_policy};
 use prometheus::IntGauge;
-use turnstile_bus::Publisher;
 
 use crate::problem::ApiError;
 
@@ -81,28 +77,10 @@ impl Breaker {
     }
 }
 
-/// The non-concurrency load checks: Kafka's local queue and the workers' lag.
+/// The non-concurrency load checks, made by admission before a claim gets a
+/// slot: Kafka's local queue and the workers' lag.
 #[derive(Debug, Clone)]
 pub struct LoadGate {
     pub(crate) producer_queue_limit: i32,
     pub(crate) lag_exceeded: Arc<AtomicBool>,
-}
-
-impl LoadGate {
-    /// Refuses with 429 if Kafka's queue or the workers' backlog is too deep.
-    pub fn check(&self, publisher: &Publisher) -> Result<(), ApiError> {
-        if publisher.in_flight() >= self.producer_queue_limit {
-            return Err(ApiError::Overloaded {
-                cause: "producer_queue",
-                retry_after: 1,
-            });
-        }
-        if self.lag_exceeded.load(Ordering::Relaxed) {
-            return Err(ApiError::Overloaded {
-                cause: "consumer_lag",
-                retry_after: 2,
-            });
-        }
-        Ok(())
-    }
 }

@@ -3,6 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use turnstile_bus::ProducerTuning;
+
+use crate::admission::LimiterKind;
 use turnstile_telemetry::{SettingError, setting, setting_millis, setting_millis_or};
 
 /// Everything the API needs to know.
@@ -37,8 +39,11 @@ pub struct Settings {
     pub worker_group_id: String,
     /// `TURNSTILE_MAX_INFLIGHT`: claims in progress at once before 429.
     pub max_inflight: usize,
-    /// `TURNSTILE_ADMISSION_SLO_MS`: an admission slower than this counts
-    /// as congestion and lowers the adaptive limit.
+    /// `TURNSTILE_ADMISSION_LIMITER`: `aimd` (default) or `gradient`, the algorithm
+    /// that adapts how many claims are admitted at once.
+    pub admission_limiter: LimiterKind,
+    /// `TURNSTILE_ADMISSION_SLO_MS`: for the `aimd` limiter, an admission
+    /// slower than this counts as congestion and lowers the limit.
     pub admission_slo: Duration,
     /// `TURNSTILE_PRODUCER_QUEUE_LIMIT`: unacknowledged Kafka messages before 429.
     pub producer_queue_limit: i32,
@@ -72,6 +77,7 @@ impl Settings {
             partitions: setting("TURNSTILE_PARTITIONS", 6)?,
             worker_group_id: setting("TURNSTILE_GROUP_ID", "claim-workers".to_owned())?,
             max_inflight: setting("TURNSTILE_MAX_INFLIGHT", 256)?,
+            admission_limiter: setting("TURNSTILE_ADMISSION_LIMITER", LimiterKind::Aimd)?,
             admission_slo: setting_millis_or("TURNSTILE_ADMISSION_SLO_MS", crate::DEFAULT_ADMISSION_SLO)?,
             producer_queue_limit: setting("TURNSTILE_PRODUCER_QUEUE_LIMIT", 5_000)?,
             producer_linger: setting_millis_or("TURNSTILE_PRODUCER_LINGER_MS", ProducerTuning::default().linger)?,

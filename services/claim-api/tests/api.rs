@@ -272,6 +272,107 @@ async fn overload_answers_429_and_does_nothing() {
     );
 }
 
+/// A claim request's head, sent alone: the body it announces never comes.
+async fn send_head_only(base: &str, key: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/claims HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Idempotency-Key: {key}\r\nContent-Length: 100\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads one HTTP response's head and body from a raw connection.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            head.lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|len| body.len() >= len)
+        });
+        if n == 0 || complete {
+            return text.into_owned();
+        }
+    }
+}
+
+async fn admission_gauge(api: &TestApi, name: &str) -> i64 {
+    let metrics = api.metrics_text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// Admission decides before the body is read: with every slot held by
+/// clients that sent headers only, the next claim is refused with 429 at
+/// once, without its body, and its key stays free. The dawdlers get 408
+/// when the body timeout passes, and their slots serve the next claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_admission_refuses_before_reading_the_body() {
+    let ns = Namespace::new("admission-full");
+    let mut settings = api_settings(&ns);
+    settings.max_inflight = claim_api::MIN_ADMISSION_LIMIT;
+    let api = TestApi::start(settings).await.unwrap();
+    let code = unique("DOOR");
+    api.create_coupon(&code, 10, None).await.unwrap();
+    let slots = admission_gauge(&api, "turnstile_admission_limit").await;
+    assert_eq!(slots, claim_api::MIN_ADMISSION_LIMIT as i64);
+
+    let mut holders = Vec::new();
+    for i in 0..slots {
+        holders.push(send_head_only(&api.base, &unique(&format!("slow{i}"))).await);
+    }
+    // Each head takes its slot once the server has read it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while admission_gauge(&api, "turnstile_admission_in_flight").await < slots {
+        assert!(std::time::Instant::now() < deadline, "the heads did not take the slots");
+        tokio::task::yield_now().await;
+    }
+
+    // Refused on its head alone: no body was sent.
+    let mut bodiless = send_head_only(&api.base, &unique("bodiless")).await;
+    let answer = read_answer(&mut bodiless).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains(r#""type":"/problems/overloaded""#), "{answer}");
+    let refused = unique("refused");
+    let response = api
+        .claim(&refused, json!({"coupon": code, "user_id": "u-refused"}), None)
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "/problems/overloaded").await;
+    assert_eq!(claims_under_keys(&[refused]).await, 0, "a 429 must not consume the key");
+
+    // The body timeout frees every slot.
+    for holder in &mut holders {
+        let answer = read_answer(holder).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains(r#""type":"/problems/body-timeout""#), "{answer}");
+    }
+    assert_eq!(admission_gauge(&api, "turnstile_admission_in_flight").await, 0);
+    let response = api
+        .claim(&unique("after"), json!({"coupon": code, "user_id": "u-after"}), None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let metrics = api.metrics_text().await.unwrap();
+    assert!(
+        metrics.contains(r#"turnstile_claims_throttled_total{cause="concurrency"} 2"#),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn operational_endpoints() {
     let (api, _ns) = api("ops").await;

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     accept::{AcceptJob, Admitted},
+    admission::AdmissionTicket,
     app::{AppState, ClaimContext, CorrelationId},
     extract::{self, JsonBody},
     problem::ApiError,
@@ -114,9 +115,15 @@ fn respond(view: ClaimView) -> Response {
 pub async fn create_claim(
     State(state): State<AppState>,
     correlation: Option<Extension<CorrelationId>>,
+    ticket: Option<Extension<AdmissionTicket>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ClaimRequestBody>,
 ) -> Result<Response, ApiError> {
+    // The admission layer gives every claim request a ticket.
+    let Some(Extension(ticket)) = ticket else {
+        tracing::error!("a claim reached its handler without an admission ticket");
+        return Err(ApiError::Internal);
+    };
     let key = extract::idempotency_key(&headers)?;
     let tenant = extract::tenant(&headers)?;
     let request = body.parse().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
@@ -126,10 +133,7 @@ pub async fn create_claim(
         claim_id: claim_id.to_string(),
     };
     let correlation_id = correlation.map(|Extension(CorrelationId(id))| id).unwrap_or_default();
-    let accepted = accept(&state, &headers, claim_id, tenant, request, correlation_id).await;
-    if let Err(ApiError::Overloaded { cause, .. }) = &accepted {
-        state.metrics.throttled.with_label_values(&[cause]).inc();
-    }
+    let accepted = accept(&state, &ticket, &headers, claim_id, tenant, request, correlation_id).await;
     let mut response = accepted.into_response();
     response.extensions_mut().insert(context);
     Ok(response)
@@ -138,6 +142,7 @@ pub async fn create_claim(
 /// The work of `POST /v1/claims` once the request parsed.
 async fn accept(
     state: &AppState,
+    ticket: &AdmissionTicket,
     headers: &HeaderMap,
     claim_id: ClaimId,
     tenant: TenantId,
@@ -145,7 +150,6 @@ async fn accept(
     correlation_id: String,
 ) -> Result<Response, ApiError> {
     let wait = extract::prefer_wait(headers).map(Duration::from_secs);
-    state.load_gate.check(&state.publisher)?;
 
     let event = ClaimRequested {
         claim_id,
@@ -163,7 +167,14 @@ async fn accept(
         event,
         correlation_id,
     };
-    let admitted = state.admission.admit(job).await?;
+    let admitted = state.accept.clone().admit(job).await;
+    // Recorded or refused: the slot is free for the next claim (waiting
+    // for the decision needs none).
+    ticket.complete(matches!(
+        admitted,
+        Err(ApiError::Unavailable { .. } | ApiError::Internal)
+    ));
+    let admitted = admitted?;
     if let Admitted::Replayed(Some(row)) = &admitted {
         // A replay reports the claim as it stands now.
         if row.status != ClaimStatus::Pending || wait.is_none() {
