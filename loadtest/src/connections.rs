@@ -33,7 +33,7 @@ use hyper::{
         TrySendError,
         http1::{self, SendRequest},
     },
-    header::{self, HeaderName, HeaderValue},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, sync::Semaphore};
@@ -41,10 +41,11 @@ use tokio::{net::TcpStream, sync::Semaphore};
 /// A request not answered in this long counts as a transport error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A status and the whole body.
+/// A status, the headers and the whole body.
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -88,12 +89,13 @@ impl Connections {
     }
 
     /// POSTs a JSON `body` to `path` with `headers` on the next free
-    /// connection, and reads the whole answer.
+    /// connection, and reads the whole answer. A `Bytes` body is shared, not
+    /// copied, so sending the same request again costs no allocation.
     pub async fn post_json(
         &self,
         path: &'static str,
         headers: &[(&HeaderName, HeaderValue)],
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
     ) -> Result<Answer> {
         let _free = self.free.acquire().await?;
         let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
@@ -107,7 +109,7 @@ impl Connections {
         for (name, value) in headers {
             request = request.header(*name, value.clone());
         }
-        let request = request.body(Full::new(Bytes::from(body)))?;
+        let request = request.body(Full::new(body.into()))?;
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
             // A connection the server closed while it sat idle gives the
             // request back unsent: send it once more on a new connection.
@@ -121,9 +123,13 @@ impl Connections {
                     None => return Err(failed.into_error().into()),
                 },
             };
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok(Answer { status, body })
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            anyhow::Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
         })
         .await
         .context("no answer in time")??;

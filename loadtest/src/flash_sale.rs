@@ -22,6 +22,19 @@
 //! In both modes `decide_from_send` is the end-to-end figure, from the
 //! request's scheduled send time to the commit of its decision: the number
 //! to compare across modes. Client and Postgres share this machine's clock.
+//!
+//! Every request is built before the clock starts (body bytes and
+//! idempotency key), so the send loop only waits for each scheduled time and
+//! sends: the generator shares the machine with what it measures.
+//!
+//! Each scheduled request is one arrival: one shopper, one user id, one
+//! idempotency key. By default an arrival answered 429 or 503 is counted and
+//! gone. With `--retry` it behaves like a person: it waits what
+//! `Retry-After` asks (with jitter) and sends the same request under the
+//! same key again, until it is accepted or the offered load's window ends.
+//! Then `decide_from_first_attempt` (from the arrival's first scheduled
+//! send to its decision) is what the shopper lived through, and
+//! `grants_to_earliest_share` says how first-come-first-served the sale was.
 
 use std::{
     collections::HashMap,
@@ -35,19 +48,25 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hyper::{
     StatusCode,
-    header::{HeaderName, HeaderValue},
+    header::{HeaderName, HeaderValue, RETRY_AFTER},
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 use uuid::Uuid;
 
 use crate::{
-    connections::Connections,
+    connections::{self, Connections},
+    generator_cpu::CpuStopwatch,
     latency::Latencies,
     timeline::{Answer, SecondStats, Timeline},
 };
@@ -92,7 +111,7 @@ pub struct SaleParams {
     /// Distinct users; a user may come back, and the limit of one per user holds.
     #[arg(long, default_value_t = 20_000)]
     pub users: u64,
-    /// Offered load, claims per second.
+    /// Offered load, claims per second (`compare --sweep` ignores it).
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
     /// How long the load is offered, in seconds.
@@ -114,6 +133,12 @@ pub struct SaleParams {
     /// (default: eight random hex digits).
     #[arg(long, value_parser = parse_run_id)]
     pub run_id: Option<String>,
+    /// Shoppers come back: an arrival answered 429 or 503 waits the
+    /// `Retry-After` seconds (1 when absent, at most 10) times a random
+    /// factor in [0.5, 1.5), then sends the same request under the same
+    /// idempotency key again, until it is accepted or `--duration` is over.
+    #[arg(long)]
+    pub retry: bool,
 }
 
 fn parse_run_id(raw: &str) -> Result<String, String> {
@@ -183,6 +208,31 @@ pub struct FlashSaleReport {
     pub decide_p99_ms: f64,
     pub decide_from_send_p50_ms: f64,
     pub decide_from_send_p99_ms: f64,
+    /// Whether arrivals answered 429 or 503 came back (`--retry`).
+    pub retry: bool,
+    /// HTTP requests sent, retries included (dropped ones were not sent).
+    pub requests_sent: u64,
+    /// Of `requests_sent`, those that were an arrival's second or later try.
+    pub retries: u64,
+    /// `retries / requests_sent`.
+    pub retry_share: f64,
+    /// Arrivals whose last answer was not 200/202 (429, other 4xx, 5xx,
+    /// transport error, or dropped by the client).
+    pub arrivals_refused: u64,
+    /// From an arrival's first scheduled send to its decision's commit: what
+    /// the shopper lived through. Equal to `decide_from_send` without retries.
+    pub decide_from_first_attempt_p50_ms: f64,
+    /// See `decide_from_first_attempt_p50_ms`.
+    pub decide_from_first_attempt_p99_ms: f64,
+    /// Of the granted claims, the share that came from the first
+    /// `stock × coupons` arrivals: 1.0 is first come, first served (less when
+    /// an early user came twice, since each user is granted once).
+    pub grants_to_earliest_share: f64,
+    /// The load generator's CPU time over the sending phase's wall time,
+    /// as a share of the machine's CPUs (0..1).
+    pub generator_cpu_share: f64,
+    /// The same in cores: CPU seconds per wall second.
+    pub generator_cores: f64,
     /// The run second by second.
     pub timeline: Vec<SecondStats>,
 }
@@ -197,6 +247,21 @@ impl FlashSaleReport {
             && self.remaining_mismatches == 0
             && self.refused_keys_taken == 0
     }
+
+    /// The share of HTTP requests answered 429 (of those offered, for
+    /// reports saved before `requests_sent` was counted).
+    pub fn throttled_share(&self) -> f64 {
+        let sent = if self.requests_sent > 0 {
+            self.requests_sent
+        } else {
+            self.offered
+        };
+        if sent == 0 {
+            0.0
+        } else {
+            self.throttled_429 as f64 / sent as f64
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -207,6 +272,9 @@ struct Counters {
     errors_5xx: AtomicU64,
     transport: AtomicU64,
     dropped: AtomicU64,
+    requests_sent: AtomicU64,
+    retries: AtomicU64,
+    arrivals_refused: AtomicU64,
 }
 
 impl Counters {
@@ -221,16 +289,109 @@ impl Counters {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One accepted claim, as the client saw it.
 #[derive(Debug, Clone, Copy)]
 struct AcceptedClaim {
     id: Uuid,
-    /// Scheduled send time, from the start of the load.
+    /// The arrival's number: arrivals are scheduled in this order.
+    arrival: u64,
+    /// The arrival's first scheduled send, from the start of the load.
+    first_sent: Duration,
+    /// Scheduled send time of the request that was accepted (a retry's is
+    /// when its wait ended), from the start of the load.
     sent: Duration,
     /// From the scheduled send time to the answer.
     accept_latency: Duration,
+}
+
+/// One arrival's request, built before the clock starts.
+#[derive(Debug, Clone)]
+struct PreparedRequest {
+    /// The JSON body; a slice of one buffer shared by every request.
+    body: Bytes,
+    /// `{run_id}-{n}`; likewise a slice of one shared buffer.
+    key: HeaderValue,
+}
+
+/// Builds the `total` requests of a run: request `n` has the idempotency key
+/// `{run_id}-{n}`, a coupon of `codes` and one of `users` user ids, both
+/// drawn from `rng`. The bodies share one buffer and the keys another,
+/// whatever `total` is.
+fn prepare_requests(
+    run_id: &str,
+    codes: &[String],
+    users: u64,
+    total: u64,
+    rng: &mut impl Rng,
+) -> Result<Vec<PreparedRequest>> {
+    use std::fmt::Write as _;
+
+    let count = usize::try_from(total)?;
+    let (mut bodies, mut keys) = (
+        Vec::with_capacity(count.saturating_mul(64)),
+        Vec::with_capacity(count.saturating_mul(16)),
+    );
+    let (mut body_ends, mut key_ends) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    let mut text = String::new();
+    for n in 0..total {
+        text.clear();
+        write!(text, "user-{}", rng.random_range(0..users))?;
+        serde_json::to_writer(
+            &mut bodies,
+            &ClaimBody {
+                coupon: &codes[rng.random_range(0..codes.len())],
+                user_id: &text,
+            },
+        )?;
+        body_ends.push(bodies.len());
+        text.clear();
+        write!(text, "{run_id}-{n}")?;
+        keys.extend_from_slice(text.as_bytes());
+        key_ends.push(keys.len());
+    }
+    let (bodies, keys) = (Bytes::from(bodies), Bytes::from(keys));
+    let (mut body_start, mut key_start) = (0, 0);
+    body_ends
+        .into_iter()
+        .zip(key_ends)
+        .map(|(body_end, key_end)| {
+            let request = PreparedRequest {
+                body: bodies.slice(body_start..body_end),
+                key: HeaderValue::from_maybe_shared(keys.slice(key_start..key_end))?,
+            };
+            (body_start, key_start) = (body_end, key_end);
+            Ok(request)
+        })
+        .collect()
+}
+
+/// The longest `Retry-After` a returning shopper honours, in seconds.
+const MAX_RETRY_AFTER_S: u64 = 10;
+
+/// The seconds a `Retry-After` header asks to wait: 1 when it is absent or
+/// not a number of seconds (an HTTP date included), at most
+/// [`MAX_RETRY_AFTER_S`].
+fn retry_after_secs(header: Option<&HeaderValue>) -> u64 {
+    header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1)
+        .min(MAX_RETRY_AFTER_S)
+}
+
+/// How long a shopper waits before trying again: what `Retry-After` asks,
+/// times a jitter factor in [0.5, 1.5) drawn from `unit` in [0, 1), so that
+/// shoppers refused together do not all come back together.
+fn retry_wait(header: Option<&HeaderValue>, unit: f64) -> Duration {
+    // Short of 1.5 by more than a nanosecond's rounding at the longest wait.
+    let factor = 0.5 + unit.clamp(0.0, 0.999_999);
+    Duration::from_secs(retry_after_secs(header)).mul_f64(factor)
 }
 
 /// The claim request's body.
@@ -251,7 +412,8 @@ struct ClaimAnswer {
 struct Collected {
     accept: Latencies,
     accepted: Vec<AcceptedClaim>,
-    /// The request numbers answered 429 or 5xx (the key is `{run_id}-{n}`).
+    /// The arrivals whose last answer was 429 or 5xx (the key is
+    /// `{run_id}-{n}`): nothing may be recorded under their keys.
     refused: Vec<u64>,
     timeline: Timeline,
 }
@@ -280,8 +442,8 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
         .run_id
         .clone()
         .unwrap_or_else(|| format!("{:08X}", rand::random::<u32>()));
-    let codes: Arc<Vec<String>> = Arc::new((0..sale.coupons).map(|i| coupon_code(&run_id, i)).collect());
-    for code in codes.iter() {
+    let codes: Vec<String> = (0..sale.coupons).map(|i| coupon_code(&run_id, i)).collect();
+    for code in &codes {
         let body = serde_json::to_vec(&serde_json::json!({"code": code, "total": sale.stock, "per_user_limit": 1}))?;
         let answer = connections
             .post_json("/v1/coupons", &[], body)
@@ -293,6 +455,7 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     }
 
     let total = (sale.rate * sale.duration as f64).round() as u64;
+    let requests = prepare_requests(&run_id, &codes, sale.users, total, &mut rand::rng())?;
     let progress = if args.json {
         ProgressBar::hidden()
     } else {
@@ -301,93 +464,63 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         )
     };
-    let counters = Arc::new(Counters::default());
-    let collected = Arc::new(Mutex::new(Collected {
-        accepted: Vec::with_capacity(total as usize),
+    let collected = Mutex::new(Collected {
+        accepted: Vec::with_capacity(usize::try_from(total)?),
         ..Collected::default()
-    }));
-    let in_flight = Arc::new(Semaphore::new(sale.max_in_flight));
+    });
     let interval = Duration::from_secs_f64(1.0 / sale.rate);
+    let cpu = CpuStopwatch::start();
     let started = Instant::now();
     let started_wall = SystemTime::now();
-    // Finished requests are reaped as the run goes, so the generator's
-    // memory stays flat instead of holding every request's task to the end.
+    let shared = Arc::new(Shared {
+        connections,
+        idempotency_key: HeaderName::from_static("idempotency-key"),
+        counters: Counters::default(),
+        collected,
+        in_flight: Arc::new(Semaphore::new(sale.max_in_flight)),
+        started,
+        window: Duration::from_secs(sale.duration),
+        retry: sale.retry,
+    });
+    // Finished arrivals are reaped as the run goes, so the generator's
+    // memory stays flat instead of holding every arrival's task to the end.
     let mut tasks = JoinSet::new();
-    let idempotency_key = HeaderName::from_static("idempotency-key");
-    for i in 0..total {
+    for (index, request) in (0u64..).zip(requests) {
         while let Some(finished) = tasks.try_join_next() {
             finished?;
         }
-        let sent = interval.mul_f64(i as f64);
-        let scheduled = started + sent;
-        tokio::time::sleep_until(scheduled.into()).await;
+        let scheduled = interval.mul_f64(index as f64);
+        tokio::time::sleep_until((started + scheduled).into()).await;
         progress.inc(1);
-        lock(&collected).timeline.offered(sent);
-        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-            counters.count(Answer::Dropped);
-            lock(&collected)
+        let Ok(permit) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
+            shared.counters.count(Answer::Dropped);
+            Counters::add(&shared.counters.arrivals_refused);
+            lock(&shared.collected)
                 .timeline
-                .answered(sent, started.elapsed(), Answer::Dropped);
+                .answered(scheduled, started.elapsed(), Answer::Dropped);
             continue;
         };
-        let body = serde_json::to_vec(&ClaimBody {
-            coupon: &codes[rand::random_range(0..codes.len())],
-            user_id: &format!("user-{}", rand::random_range(0..sale.users)),
-        })?;
-        let key = HeaderValue::try_from(format!("{run_id}-{i}"))?;
-        let (counters, collected, connections, idempotency_key) = (
-            Arc::clone(&counters),
-            Arc::clone(&collected),
-            Arc::clone(&connections),
-            idempotency_key.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = permit;
-            let response = connections
-                .post_json("/v1/claims", &[(&idempotency_key, key)], body)
-                .await;
-            // From the scheduled time: a late send counts against the system.
-            let answered = started.elapsed();
-            let answer = match &response {
-                Ok(r) if matches!(r.status, StatusCode::ACCEPTED | StatusCode::OK) => Answer::Accepted,
-                Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => Answer::Throttled,
-                Ok(r) if r.status.is_client_error() => Answer::ClientError,
-                Ok(_) => Answer::ServerError,
-                Err(_) => Answer::Transport,
-            };
-            counters.count(answer);
-            let claim_id = match (answer, response) {
-                (Answer::Accepted, Ok(r)) => serde_json::from_slice::<ClaimAnswer>(&r.body).ok().map(|a| a.claim_id),
-                _ => None,
-            };
-            let accept_latency = answered.saturating_sub(sent);
-            let mut collected = lock(&collected);
-            collected.timeline.answered(sent, answered, answer);
-            if answer == Answer::Accepted {
-                collected.accept.record(accept_latency);
-            }
-            if matches!(answer, Answer::Throttled | Answer::ServerError) {
-                collected.refused.push(i);
-            }
-            if let Some(id) = claim_id {
-                collected.accepted.push(AcceptedClaim {
-                    id,
-                    sent,
-                    accept_latency,
-                });
-            }
-        });
+        let arrival = Arrival {
+            index,
+            scheduled,
+            request,
+        };
+        tasks.spawn(arrive(Arc::clone(&shared), arrival, permit));
     }
     while let Some(finished) = tasks.join_next().await {
         finished?;
     }
+    let generator = cpu.read();
     progress.finish_and_clear();
     let Collected {
         accept,
         accepted,
         refused,
         mut timeline,
-    } = std::mem::take(&mut *lock(&collected));
+    } = std::mem::take(&mut *lock(&shared.collected));
+    for index in 0..total {
+        timeline.offered(interval.mul_f64(index as f64));
+    }
     let ids: Vec<Uuid> = accepted.iter().map(|c| c.id).collect();
     let decided_by = Instant::now() + Duration::from_secs(sale.decide_timeout);
     let undecided = wait_for_decisions(&pool, &ids, decided_by).await?;
@@ -396,6 +529,11 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     let start_epoch = started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let decisions = decision_times(&pool, &ids).await?;
     let decided = measure_decisions(args.mode, start_epoch, &accepted, &decisions, &mut timeline);
+    let earliest = u64::try_from(sale.stock)
+        .unwrap_or(0)
+        .saturating_mul(sale.coupons as u64);
+    let counters = &shared.counters;
+    let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     report.mode = args.mode;
     report.coupons = sale.coupons;
     report.stock_per_coupon = sale.stock;
@@ -403,12 +541,12 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     report.rate = sale.rate;
     report.duration_s = sale.duration;
     report.offered = total;
-    report.accepted = counters.accepted.load(Ordering::Relaxed);
-    report.throttled_429 = counters.throttled.load(Ordering::Relaxed);
-    report.errors_4xx = counters.errors_4xx.load(Ordering::Relaxed);
-    report.errors_5xx = counters.errors_5xx.load(Ordering::Relaxed);
-    report.transport_errors = counters.transport.load(Ordering::Relaxed);
-    report.dropped = counters.dropped.load(Ordering::Relaxed);
+    report.accepted = count(&counters.accepted);
+    report.throttled_429 = count(&counters.throttled);
+    report.errors_4xx = count(&counters.errors_4xx);
+    report.errors_5xx = count(&counters.errors_5xx);
+    report.transport_errors = count(&counters.transport);
+    report.dropped = count(&counters.dropped);
     report.undecided = undecided;
     report.accept_p50_ms = accept.quantile_ms(0.5).unwrap_or(0.0);
     report.accept_p99_ms = accept.quantile_ms(0.99).unwrap_or(0.0);
@@ -417,8 +555,147 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     report.decide_from_send_p50_ms = decided.from_send.quantile_ms(0.5).unwrap_or(0.0);
     report.decide_from_send_p99_ms = decided.from_send.quantile_ms(0.99).unwrap_or(0.0);
     report.claims_per_sec = decided.per_sec;
+    report.retry = sale.retry;
+    report.requests_sent = count(&counters.requests_sent);
+    report.retries = count(&counters.retries);
+    report.retry_share = if report.requests_sent > 0 {
+        report.retries as f64 / report.requests_sent as f64
+    } else {
+        0.0
+    };
+    report.arrivals_refused = count(&counters.arrivals_refused);
+    report.decide_from_first_attempt_p50_ms = decided.from_first_attempt.quantile_ms(0.5).unwrap_or(0.0);
+    report.decide_from_first_attempt_p99_ms = decided.from_first_attempt.quantile_ms(0.99).unwrap_or(0.0);
+    report.grants_to_earliest_share = grants_to_earliest_share(&accepted, &decisions, earliest);
+    report.generator_cpu_share = generator.share;
+    report.generator_cores = generator.cores;
     report.timeline = timeline.stats();
     Ok(report)
+}
+
+/// What every arrival's task shares, behind one `Arc`.
+#[derive(Debug)]
+struct Shared {
+    connections: Arc<Connections>,
+    idempotency_key: HeaderName,
+    counters: Counters,
+    collected: Mutex<Collected>,
+    /// One permit per request in flight, counting those waiting for a
+    /// connection; a retry needs one like any request.
+    in_flight: Arc<Semaphore>,
+    started: Instant,
+    /// The end of the offered load, from `started`: no retry leaves after it.
+    window: Duration,
+    retry: bool,
+}
+
+/// One shopper: when they first come, and what they send.
+#[derive(Debug)]
+struct Arrival {
+    index: u64,
+    /// The first scheduled send, from the start of the load.
+    scheduled: Duration,
+    request: PreparedRequest,
+}
+
+/// How a request ended, from its HTTP answer or the lack of one.
+fn classify(response: &Result<connections::Answer>) -> Answer {
+    match response {
+        Ok(r) if matches!(r.status, StatusCode::ACCEPTED | StatusCode::OK) => Answer::Accepted,
+        Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => Answer::Throttled,
+        Ok(r) if r.status.is_client_error() => Answer::ClientError,
+        Ok(_) => Answer::ServerError,
+        Err(_) => Answer::Transport,
+    }
+}
+
+/// Sends an arrival's request, holding `permit` while it is in flight;
+/// with `--retry`, sends it again after a 429 or 503 for as long as the
+/// window is open and a permit is free.
+async fn arrive(shared: Arc<Shared>, arrival: Arrival, mut permit: OwnedSemaphorePermit) {
+    let Arrival {
+        index,
+        scheduled,
+        request,
+    } = arrival;
+    // Latency runs from this time: the arrival's schedule, then each retry's.
+    let mut sent = scheduled;
+    loop {
+        Counters::add(&shared.counters.requests_sent);
+        let response = shared
+            .connections
+            .post_json(
+                "/v1/claims",
+                &[(&shared.idempotency_key, request.key.clone())],
+                request.body.clone(),
+            )
+            .await;
+        let answered = shared.started.elapsed();
+        // Waiting to come back is not being in flight.
+        drop(permit);
+        let answer = classify(&response);
+        shared.counters.count(answer);
+        let retry_at = match &response {
+            Ok(r)
+                if shared.retry
+                    && matches!(
+                        r.status,
+                        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                    ) =>
+            {
+                Some(answered + retry_wait(r.headers.get(RETRY_AFTER), rand::random()))
+            }
+            _ => None,
+        }
+        .filter(|at| *at < shared.window);
+        let claim_id = match (answer, response) {
+            (Answer::Accepted, Ok(r)) => serde_json::from_slice::<ClaimAnswer>(&r.body).ok().map(|a| a.claim_id),
+            _ => None,
+        };
+        // From the scheduled time: a late send counts against the system.
+        let accept_latency = answered.saturating_sub(sent);
+        {
+            let mut collected = lock(&shared.collected);
+            collected.timeline.answered(sent, answered, answer);
+            if answer == Answer::Accepted {
+                collected.accept.record(accept_latency);
+            }
+            if retry_at.is_none() && matches!(answer, Answer::Throttled | Answer::ServerError) {
+                collected.refused.push(index);
+            }
+            if let Some(id) = claim_id {
+                collected.accepted.push(AcceptedClaim {
+                    id,
+                    arrival: index,
+                    first_sent: scheduled,
+                    sent,
+                    accept_latency,
+                });
+            }
+        }
+        if answer == Answer::Accepted {
+            return;
+        }
+        let Some(retry_at) = retry_at else {
+            Counters::add(&shared.counters.arrivals_refused);
+            return;
+        };
+        tokio::time::sleep_until((shared.started + retry_at).into()).await;
+        let Ok(next) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
+            // Never sent: the arrival's last answer stays the 429 or 503.
+            shared.counters.count(Answer::Dropped);
+            Counters::add(&shared.counters.arrivals_refused);
+            let mut collected = lock(&shared.collected);
+            collected
+                .timeline
+                .answered(retry_at, shared.started.elapsed(), Answer::Dropped);
+            collected.refused.push(index);
+            return;
+        };
+        Counters::add(&shared.counters.retries);
+        permit = next;
+        sent = retry_at;
+    }
 }
 
 /// How many of the keys answered 429 or 5xx have a claim row. Those answers
@@ -439,16 +716,19 @@ async fn refused_keys_taken(pool: &PgPool, run_id: &str, refused: &[u64]) -> Res
     )
 }
 
-/// When a claim was accepted and decided, by Postgres' clock (epoch seconds).
+/// When a claim was accepted and decided, by Postgres' clock (epoch
+/// seconds), and whether it was granted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecisionTime {
     pub accepted_at: f64,
     pub decided_at: f64,
+    pub granted: bool,
 }
 
 async fn decision_times(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, DecisionTime>> {
-    let rows: Vec<(Uuid, f64, f64)> = sqlx::query_as(
-        "SELECT claim_id, extract(epoch FROM accepted_at)::float8, extract(epoch FROM decided_at)::float8
+    let rows: Vec<(Uuid, f64, f64, bool)> = sqlx::query_as(
+        "SELECT claim_id, extract(epoch FROM accepted_at)::float8, extract(epoch FROM decided_at)::float8,
+                status = 'granted'
            FROM claims WHERE claim_id = ANY($1) AND status <> 'pending'",
     )
     .bind(ids)
@@ -456,12 +736,13 @@ async fn decision_times(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, Dec
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, accepted_at, decided_at)| {
+        .map(|(id, accepted_at, decided_at, granted)| {
             (
                 id,
                 DecisionTime {
                     accepted_at,
                     decided_at,
+                    granted,
                 },
             )
         })
@@ -474,6 +755,7 @@ async fn decision_times(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, Dec
 struct DecideMeasures {
     decide: Latencies,
     from_send: Latencies,
+    from_first_attempt: Latencies,
     per_sec: f64,
 }
 
@@ -487,21 +769,28 @@ fn measure_decisions(
     let secs = |s: f64| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO);
     let mut decide = Latencies::new();
     let mut from_send = Latencies::new();
+    let mut from_first_attempt = Latencies::new();
     let (mut first_accepted, mut last_decided, mut count) = (f64::INFINITY, f64::NEG_INFINITY, 0u64);
     for claim in accepted {
         let Some(t) = decisions.get(&claim.id) else {
             continue;
         };
-        let (latency, end_to_end) = match mode {
+        let (latency, end_to_end, lived) = match mode {
             Mode::Pipeline => (
                 secs(t.decided_at - t.accepted_at),
                 secs(t.decided_at - start_epoch - claim.sent.as_secs_f64()),
+                secs(t.decided_at - start_epoch - claim.first_sent.as_secs_f64()),
             ),
             // Decided before the answer: the answer's latency is the decision's.
-            Mode::SqlForUpdate => (claim.accept_latency, claim.accept_latency),
+            Mode::SqlForUpdate => (
+                claim.accept_latency,
+                claim.accept_latency,
+                (claim.sent + claim.accept_latency).saturating_sub(claim.first_sent),
+            ),
         };
         decide.record(latency);
         from_send.record(end_to_end);
+        from_first_attempt.record(lived);
         timeline.decided(claim.sent, claim.sent + end_to_end);
         first_accepted = first_accepted.min(t.accepted_at);
         last_decided = last_decided.max(t.decided_at);
@@ -511,11 +800,31 @@ fn measure_decisions(
     DecideMeasures {
         decide,
         from_send,
+        from_first_attempt,
         per_sec: if count > 0 && span > 0.0 {
             count as f64 / span
         } else {
             0.0
         },
+    }
+}
+
+/// Of the granted claims among `accepted`, the share whose arrival is one of
+/// the first `earliest` (0 when nothing was granted). Arrivals are numbered
+/// in the order they first came, so a sale that serves first come first
+/// with `earliest` units in all scores 1.
+fn grants_to_earliest_share(accepted: &[AcceptedClaim], decisions: &HashMap<Uuid, DecisionTime>, earliest: u64) -> f64 {
+    let (mut granted, mut to_earliest) = (0u64, 0u64);
+    for claim in accepted {
+        if decisions.get(&claim.id).is_some_and(|t| t.granted) {
+            granted += 1;
+            to_earliest += u64::from(claim.arrival < earliest);
+        }
+    }
+    if granted == 0 {
+        0.0
+    } else {
+        to_earliest as f64 / granted as f64
     }
 }
 
@@ -594,8 +903,27 @@ mod tests {
     fn claim(n: u128, sent_ms: u64, accept_ms: u64) -> AcceptedClaim {
         AcceptedClaim {
             id: Uuid::from_u128(n),
+            arrival: u64::try_from(n).unwrap(),
+            first_sent: Duration::from_millis(sent_ms),
             sent: Duration::from_millis(sent_ms),
             accept_latency: Duration::from_millis(accept_ms),
+        }
+    }
+
+    /// A claim whose arrival first came at `first_ms` and was accepted on a
+    /// retry sent at `sent_ms`.
+    fn retried(n: u128, first_ms: u64, sent_ms: u64, accept_ms: u64) -> AcceptedClaim {
+        AcceptedClaim {
+            first_sent: Duration::from_millis(first_ms),
+            ..claim(n, sent_ms, accept_ms)
+        }
+    }
+
+    fn decision(accepted_at: f64, decided_at: f64, granted: bool) -> DecisionTime {
+        DecisionTime {
+            accepted_at,
+            decided_at,
+            granted,
         }
     }
 
@@ -606,20 +934,8 @@ mod tests {
         // Claim 1: accepted by the API at +0.51 s, decided at +0.61 s.
         // Claim 2: accepted at +1.52 s, decided at +2.02 s. Claim 3: undecided.
         let decisions = HashMap::from([
-            (
-                Uuid::from_u128(1),
-                DecisionTime {
-                    accepted_at: 1_000.51,
-                    decided_at: 1_000.61,
-                },
-            ),
-            (
-                Uuid::from_u128(2),
-                DecisionTime {
-                    accepted_at: 1_001.52,
-                    decided_at: 1_002.02,
-                },
-            ),
+            (Uuid::from_u128(1), decision(1_000.51, 1_000.61, false)),
+            (Uuid::from_u128(2), decision(1_001.52, 1_002.02, false)),
         ]);
         let mut timeline = Timeline::new();
         let m = measure_decisions(Mode::Pipeline, start, &accepted, &decisions, &mut timeline);
@@ -643,16 +959,122 @@ mod tests {
     #[test]
     fn sql_decide_latency_is_the_answer() {
         let accepted = [claim(1, 0, 7)];
-        let decisions = HashMap::from([(
-            Uuid::from_u128(1),
-            DecisionTime {
-                accepted_at: 10.001,
-                decided_at: 10.005,
-            },
-        )]);
+        let decisions = HashMap::from([(Uuid::from_u128(1), decision(10.001, 10.005, false))]);
         let m = measure_decisions(Mode::SqlForUpdate, 10.0, &accepted, &decisions, &mut Timeline::new());
         assert_eq!(m.decide.quantile_us(0.5), m.from_send.quantile_us(0.5));
         assert!((6.9..=7.1).contains(&m.decide.quantile_ms(0.5).unwrap()));
+    }
+
+    #[test]
+    fn without_retries_from_first_attempt_is_from_send() {
+        let accepted = [claim(1, 500, 20), claim(2, 900, 30)];
+        let decisions = HashMap::from([
+            (Uuid::from_u128(1), decision(1_000.51, 1_000.61, true)),
+            (Uuid::from_u128(2), decision(1_000.92, 1_001.40, false)),
+        ]);
+        for mode in [Mode::Pipeline, Mode::SqlForUpdate] {
+            let m = measure_decisions(mode, 1_000.0, &accepted, &decisions, &mut Timeline::new());
+            for q in [0.5, 0.99, 1.0] {
+                assert_eq!(
+                    m.from_first_attempt.quantile_us(q),
+                    m.from_send.quantile_us(q),
+                    "{mode:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn from_first_attempt_counts_the_waits_before_the_accepted_retry() {
+        // First came at +0.2 s, refused, accepted on a retry sent at +1.7 s,
+        // answered 50 ms later; the pipeline decided it at +2.0 s.
+        let accepted = [retried(1, 200, 1_700, 50)];
+        let decisions = HashMap::from([(Uuid::from_u128(1), decision(1_001.74, 1_002.0, true))]);
+        let pipeline = measure_decisions(Mode::Pipeline, 1_000.0, &accepted, &decisions, &mut Timeline::new());
+        let from_send = pipeline.from_send.quantile_ms(1.0).unwrap();
+        let lived = pipeline.from_first_attempt.quantile_ms(1.0).unwrap();
+        assert!((299.0..=301.0).contains(&from_send), "{from_send}");
+        assert!((1_798.0..=1_802.0).contains(&lived), "{lived}");
+        // Decided in the request: from the first attempt to the final answer.
+        let sql = measure_decisions(Mode::SqlForUpdate, 1_000.0, &accepted, &decisions, &mut Timeline::new());
+        let lived = sql.from_first_attempt.quantile_ms(1.0).unwrap();
+        assert!((1_549.0..=1_551.0).contains(&lived), "{lived}");
+        assert!((49.0..=51.0).contains(&sql.from_send.quantile_ms(1.0).unwrap()));
+    }
+
+    #[test]
+    fn grants_to_earliest_counts_granted_claims_of_early_arrivals() {
+        // Arrivals 0..4; stock 2. Granted: 1 (early), 3 (late), 4 (late);
+        // 0 rejected; 2 undecided.
+        let accepted: Vec<AcceptedClaim> = (0..5).map(|n| claim(n, 0, 1)).collect();
+        let decisions = HashMap::from([
+            (Uuid::from_u128(0), decision(1.0, 2.0, false)),
+            (Uuid::from_u128(1), decision(1.0, 2.0, true)),
+            (Uuid::from_u128(3), decision(1.0, 2.0, true)),
+            (Uuid::from_u128(4), decision(1.0, 2.0, true)),
+        ]);
+        let share = grants_to_earliest_share(&accepted, &decisions, 2);
+        assert!((share - 1.0 / 3.0).abs() < 1e-12, "{share}");
+        assert!((grants_to_earliest_share(&accepted, &decisions, 5) - 1.0).abs() < 1e-12);
+        assert_eq!(grants_to_earliest_share(&accepted, &HashMap::new(), 2), 0.0);
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_bounded_and_defaults_to_one() {
+        let header = |v: &'static str| HeaderValue::from_static(v);
+        assert_eq!(retry_after_secs(None), 1);
+        assert_eq!(retry_after_secs(Some(&header("3"))), 3);
+        assert_eq!(retry_after_secs(Some(&header("0"))), 0);
+        assert_eq!(retry_after_secs(Some(&header("120"))), MAX_RETRY_AFTER_S);
+        for unparsable in ["soon", "-1", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT", ""] {
+            assert_eq!(retry_after_secs(Some(&header(unparsable))), 1, "{unparsable:?}");
+        }
+    }
+
+    #[test]
+    fn retry_wait_is_jittered_between_half_and_one_and_a_half_times() {
+        let two = HeaderValue::from_static("2");
+        assert_eq!(retry_wait(Some(&two), 0.0), Duration::from_secs(1));
+        assert_eq!(retry_wait(Some(&two), 0.5), Duration::from_secs(2));
+        assert!(retry_wait(Some(&two), 1.0) < Duration::from_secs(3));
+        let mut rng = rand::rng();
+        for _ in 0..10_000 {
+            let wait = retry_wait(Some(&two), rng.random());
+            assert!(
+                wait >= Duration::from_secs(1) && wait < Duration::from_secs(3),
+                "{wait:?}"
+            );
+            let wait = retry_wait(None, rng.random());
+            assert!(
+                wait >= Duration::from_millis(500) && wait < Duration::from_millis(1_500),
+                "{wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_are_prepared_with_their_keys_and_a_coupon_and_user_each() {
+        let codes = vec![coupon_code("R1", 0), coupon_code("R1", 1)];
+        let requests = prepare_requests("R1", &codes, 7, 1_000, &mut rand::rng()).unwrap();
+        assert_eq!(requests.len(), 1_000);
+        let mut coupons = std::collections::HashSet::new();
+        for (n, request) in requests.iter().enumerate() {
+            assert_eq!(request.key.to_str().unwrap(), format!("R1-{n}"));
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            let coupon = body["coupon"].as_str().unwrap();
+            assert!(codes.iter().any(|c| c == coupon), "{body}");
+            let user: u64 = body["user_id"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("user-")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(user < 7, "{body}");
+            assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
+            coupons.insert(coupon.to_owned());
+        }
+        assert_eq!(coupons.len(), 2, "both coupons drawn");
     }
 
     #[test]

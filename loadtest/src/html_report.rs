@@ -7,7 +7,8 @@
 //! Element ids are stable for tests and links: `summary`, `invariants`,
 //! `chart-outcomes`, and per run `chart-throughput-<mode>` and
 //! `chart-latency-<mode>`; with several runs also `chart-decided-compare`
-//! and `chart-latency-compare`.
+//! and `chart-latency-compare`. A sweep's report has `sweep` (its table),
+//! `chart-sweep` (decided against offered) and `invariants`.
 
 use std::{fmt::Write as _, path::Path};
 
@@ -15,6 +16,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     flash_sale::{FlashSaleReport, Mode},
+    sale_sweep::{self, SweepReport},
     svg_chart::{self, BarRun, LineChart, Scale, Series, Unit, escape},
 };
 
@@ -23,7 +25,8 @@ h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}\
 th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}\
 td.pass{color:#1a7f37}td.fail{color:#fff;background:#cf222e;font-weight:bold}\
-p.note{color:#555;font-size:13px}svg.chart{display:block;margin:12px 0}";
+p.note{color:#555;font-size:13px}svg.chart{display:block;margin:12px 0}figure{margin:12px 0}\
+#sweep{font-size:12px}#sweep th,#sweep td{padding:3px 6px}";
 
 /// A run's slug for element ids: its mode, made unique by position when two
 /// runs share one.
@@ -206,7 +209,7 @@ fn ms(v: f64) -> String {
 
 fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> String {
     type Row = (&'static str, fn(&FlashSaleReport) -> String);
-    let rows: [Row; 17] = [
+    let rows: [Row; 22] = [
         ("coupons × units", |r| {
             format!("{} × {}", r.coupons, r.stock_per_coupon)
         }),
@@ -214,7 +217,11 @@ fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> String {
         ("offered", |r| {
             format!("{} ({}/s for {} s)", r.offered, r.rate, r.duration_s)
         }),
+        ("requests sent (retries)", |r| {
+            format!("{} ({})", r.requests_sent, r.retries)
+        }),
         ("accepted (200/202)", |r| r.accepted.to_string()),
+        ("arrivals refused", |r| r.arrivals_refused.to_string()),
         ("granted", |r| r.granted.to_string()),
         ("rejected", |r| r.rejected.to_string()),
         ("throttled (429)", |r| r.throttled_429.to_string()),
@@ -231,6 +238,19 @@ fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> String {
         }),
         ("send → decided p50 / p99", |r| {
             format!("{} / {}", ms(r.decide_from_send_p50_ms), ms(r.decide_from_send_p99_ms))
+        }),
+        ("first attempt → decided p50 / p99", |r| {
+            format!(
+                "{} / {}",
+                ms(r.decide_from_first_attempt_p50_ms),
+                ms(r.decide_from_first_attempt_p99_ms)
+            )
+        }),
+        ("grants to the earliest arrivals", |r| {
+            format!("{:.1}%", 100.0 * r.grants_to_earliest_share)
+        }),
+        ("load generator CPU", |r| {
+            format!("{:.2} cores ({:.0}%)", r.generator_cores, 100.0 * r.generator_cpu_share)
         }),
         ("undecided", |r| r.undecided.to_string()),
         ("all invariants hold", |r| {
@@ -382,10 +402,72 @@ pub fn render(title: &str, runs: &[FlashSaleReport]) -> String {
 
 /// Renders `runs` into the file at `path`.
 pub fn write(path: &Path, title: &str, runs: &[FlashSaleReport]) -> Result<()> {
+    write_html(path, &render(title, runs))
+}
+
+fn sweep_table(sweep: &SweepReport) -> String {
+    let mut out = String::from(r#"<table id="sweep"><thead><tr>"#);
+    for column in sale_sweep::COLUMNS {
+        let _ = write!(out, "<th>{}</th>", escape(column));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for row in sweep.rows() {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", escape(&cell));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// The report of a sweep: its table, the decided-against-offered chart and
+/// every run's invariants.
+pub fn render_sweep(title: &str, sweep: &SweepReport) -> String {
+    let runs = sweep.runs();
+    let slugs: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} {}/s", r.mode.as_str(), r.rate))
+        .collect();
+    let chart = match sweep.chart_svg() {
+        Ok(svg) => svg,
+        Err(e) => format!(r#"<p class="note">{}</p>"#, escape(&format!("{e:#}"))),
+    };
+    let mut out = String::with_capacity(64 * 1024);
+    let _ = write!(
+        out,
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>"#,
+        escape(title),
+        escape(title)
+    );
+    out.push_str(
+        r#"<p class="note">Each rate is a whole comparison: the pipeline, then the baseline, each offered the same open-loop load. Decided/s: decisions over the span from the first acceptance to the last decision. Decide p99: from the scheduled send to the decision's commit. 429 share: of all HTTP requests sent. Generator CPU share: the load generator's own CPU time over the sending phase, as a share of the machine.</p>"#,
+    );
+    let _ = write!(
+        out,
+        r#"<section><h2>Decided against offered</h2><figure id="chart-sweep">{chart}</figure></section>"#
+    );
+    let _ = write!(out, "<section><h2>Per rate</h2>{}</section>", sweep_table(sweep));
+    let _ = write!(
+        out,
+        "<section><h2>Invariants</h2>{}</section>",
+        invariant_table(&runs, &slugs)
+    );
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// Renders a sweep into the file at `path`.
+pub fn write_sweep(path: &Path, title: &str, sweep: &SweepReport) -> Result<()> {
+    write_html(path, &render_sweep(title, sweep))
+}
+
+fn write_html(path: &Path, html: &str) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(path, render(title, runs)).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -442,6 +524,32 @@ mod tests {
         for needle in ["<script", "<link", "src=", "href=", "url(", "@import"] {
             assert!(!html.contains(needle), "{needle}");
         }
+    }
+
+    #[test]
+    fn a_sweep_has_its_table_chart_and_every_runs_invariants() {
+        use crate::sale_compare::CompareReport;
+
+        let point = |rate: f64| {
+            let (mut pipeline, mut baseline) = (run(Mode::Pipeline), run(Mode::SqlForUpdate));
+            (pipeline.rate, baseline.rate) = (rate, rate);
+            (pipeline.claims_per_sec, baseline.claims_per_sec) = (rate * 0.9, rate * 0.3);
+            CompareReport {
+                pipeline,
+                sql_for_update: baseline,
+            }
+        };
+        let sweep = SweepReport {
+            points: vec![point(2_000.0), point(5_000.0)],
+        };
+        let html = render_sweep("t", &sweep);
+        for id in ["sweep", "chart-sweep", "invariants"] {
+            assert!(html.contains(&format!(r#"id="{id}""#)), "{id}");
+        }
+        assert!(html.contains("<svg"));
+        assert!(html.contains("<th>sql-for-update 5000/s</th>"));
+        assert_eq!(html.matches(r#"<td class="pass">0 ✓</td>"#).count(), 5 * 4);
+        assert_eq!(html.matches("<tr><td>").count(), 2, "one table row per rate");
     }
 
     #[test]

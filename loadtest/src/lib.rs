@@ -6,7 +6,9 @@
 //! one process; `flash-sale` drives a whole flash sale through the claim
 //! pipeline or, with `--mode sql-for-update`, through the
 //! `SELECT ... FOR UPDATE` baseline; `compare` runs the same sale through
-//! both and sets them side by side. Numbers go to the terminal or, with
+//! both and sets them side by side, and with `--sweep` does so at several
+//! offered rates; `seed` fills the claims table with decided claims, to
+//! measure a sale against a large table. Numbers go to the terminal or, with
 //! `--json`, as one JSON object on the last line for scripts to collect;
 //! `--report FILE.html` also writes a self-contained HTML report with
 //! per-second charts (`report` renders one from saved JSON). `chaos` runs a
@@ -15,10 +17,14 @@
 pub mod chaos;
 pub mod connections;
 pub mod flash_sale;
+pub mod generator_cpu;
 pub mod html_report;
 pub mod latency;
 pub mod lock_bench;
 pub mod lock_compare;
 pub mod sale_compare;
+pub mod sale_sweep;
+pub mod seed;
 pub mod svg_chart;
+pub mod sweep_chart;
 pub mod timeline;

@@ -14,6 +14,8 @@ use turnstile_loadtest::{
     lock_bench::{self, LockBenchArgs},
     lock_compare::{self, LockCompareArgs},
     sale_compare::{self, CompareArgs, CompareReport},
+    sale_sweep::{self, SweepReport},
+    seed::{self, SeedArgs},
 };
 
 #[global_allocator]
@@ -37,11 +39,16 @@ enum Command {
     LockCompare(LockCompareArgs),
     /// A flash sale through the HTTP API, audited against Postgres.
     FlashSale(FlashSaleArgs),
-    /// The same flash sale through the pipeline and the SQL baseline, side by side.
+    /// The same flash sale through the pipeline and the SQL baseline, side by
+    /// side; with `--sweep`, at several offered rates.
     Compare(CompareArgs),
+    /// Bulk-loads decided claims into Postgres, to measure a sale against a
+    /// large claims table.
+    Seed(SeedArgs),
     /// A flash sale on private services with a fault injected, then the invariants.
     Chaos(ChaosArgs),
-    /// Renders the HTML report of a saved `flash-sale --json` or `compare` JSON line.
+    /// Renders the HTML report of a saved `flash-sale --json`, `compare` or
+    /// `compare --sweep` JSON line.
     Report {
         /// The JSON (the last line of the file is read).
         input: PathBuf,
@@ -83,6 +90,19 @@ fn compare_title(c: &CompareReport) -> String {
         "Flash sale, pipeline vs sql-for-update: {} × {} units, {} users, {}/s for {} s",
         r.coupons, r.stock_per_coupon, r.users, r.rate, r.duration_s
     )
+}
+
+fn sweep_title(s: &SweepReport) -> String {
+    match s.points.first() {
+        Some(c) => {
+            let r = &c.pipeline;
+            format!(
+                "Flash sale sweep, pipeline vs sql-for-update: {} × {} units, {} users, {} s per rate",
+                r.coupons, r.stock_per_coupon, r.users, r.duration_s
+            )
+        }
+        None => "Flash sale sweep".to_owned(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -168,6 +188,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(exit_code(report.invariants_hold()))
         }
+        Command::Compare(args) if !args.sweep.is_empty() => {
+            let sweep = sale_sweep::run(&args).await?;
+            println!("{}", sweep.table());
+            println!("{}", serde_json::to_string(&sweep)?);
+            if let Some(path) = &args.chart {
+                std::fs::write(path, sweep.chart_svg()?)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                eprintln!("chart written to {}", path.display());
+            }
+            if let Some(path) = &args.report {
+                html_report::write_sweep(path, &sweep_title(&sweep), &sweep)?;
+                eprintln!("report written to {}", path.display());
+            }
+            Ok(exit_code(sweep.invariants_hold()))
+        }
         Command::Compare(args) => {
             let report = sale_compare::run(&args).await?;
             println!("{}", report.table());
@@ -181,13 +216,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report { input, out } => {
             let text = std::fs::read_to_string(&input)?;
             let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-            if let Ok(compare) = serde_json::from_str::<CompareReport>(line) {
+            if let Ok(sweep) = serde_json::from_str::<SweepReport>(line) {
+                html_report::write_sweep(&out, &sweep_title(&sweep), &sweep)?;
+            } else if let Ok(compare) = serde_json::from_str::<CompareReport>(line) {
                 html_report::write(&out, &compare_title(&compare), &compare.runs())?;
             } else {
-                let report: FlashSaleReport = serde_json::from_str(line)
-                    .map_err(|e| anyhow::anyhow!("{}: not a flash-sale or compare report: {e}", input.display()))?;
+                let report: FlashSaleReport = serde_json::from_str(line).map_err(|e| {
+                    anyhow::anyhow!("{}: not a flash-sale, compare or sweep report: {e}", input.display())
+                })?;
                 html_report::write(&out, &sale_title(&report), std::slice::from_ref(&report))?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seed(args) => {
+            let report = seed::run(&args).await?;
+            println!("{}", report.summary());
+            println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::RedisScript { name } => {

@@ -9,6 +9,7 @@
 //! so each service runs in its own process, as in production, and the load
 //! generator's runtime is not shared with either. The pipeline goes first;
 //! between the runs the machine is left alone for `--pause` seconds.
+//! `--sweep` repeats all this at several rates ([`crate::sale_sweep`]).
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -48,9 +49,20 @@ pub struct CompareArgs {
     pub pause: u64,
     #[command(flatten)]
     pub sale: SaleParams,
-    /// Also write both runs as one self-contained HTML report.
+    /// Also write both runs as one self-contained HTML report (with
+    /// `--sweep`: the sweep's table and chart, and every run's invariants).
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
+    /// Run the comparison at each of these offered rates in turn
+    /// (claims/s, comma-separated, e.g. 2000,5000,10000,20000,40000), with
+    /// `--pause` between runs; `--rate` is then ignored. Prints one row per
+    /// rate, then the sweep as one JSON line.
+    #[arg(long, value_delimiter = ',', value_name = "RATES")]
+    pub sweep: Vec<f64>,
+    /// With `--sweep`: write the chart of decided against offered claims/s
+    /// to this SVG file.
+    #[arg(long, value_name = "FILE.svg", requires = "sweep")]
+    pub chart: Option<PathBuf>,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -77,11 +89,20 @@ impl CompareReport {
     /// A Markdown table, the two runs side by side.
     pub fn table(&self) -> String {
         type Row = (&'static str, fn(&FlashSaleReport) -> String);
-        let rows: [Row; 16] = [
+        let rows: [Row; 23] = [
             ("offered", |r| {
                 format!("{} ({}/s × {} s)", r.offered, r.rate, r.duration_s)
             }),
+            ("refused come back (--retry)", |r| {
+                if r.retry { "yes" } else { "no" }.to_owned()
+            }),
+            ("requests sent (retries, share)", |r| {
+                format!("{} ({}, {:.1}%)", r.requests_sent, r.retries, 100.0 * r.retry_share)
+            }),
             ("accepted (200/202)", |r| r.accepted.to_string()),
+            ("arrivals refused (last answer not 200/202)", |r| {
+                r.arrivals_refused.to_string()
+            }),
             ("granted", |r| r.granted.to_string()),
             ("rejected", |r| r.rejected.to_string()),
             ("claims decided/s", |r| format!("{:.0}", r.claims_per_sec)),
@@ -94,7 +115,16 @@ impl CompareReport {
             ("send → decided p50 / p99 ms", |r| {
                 format!("{:.1} / {:.1}", r.decide_from_send_p50_ms, r.decide_from_send_p99_ms)
             }),
-            ("429", |r| r.throttled_429.to_string()),
+            ("first attempt → decided p50 / p99 ms", |r| {
+                format!(
+                    "{:.1} / {:.1}",
+                    r.decide_from_first_attempt_p50_ms, r.decide_from_first_attempt_p99_ms
+                )
+            }),
+            ("grants to the earliest arrivals", |r| {
+                format!("{:.1}%", 100.0 * r.grants_to_earliest_share)
+            }),
+            ("429 (every attempt)", |r| r.throttled_429.to_string()),
             ("5xx", |r| r.errors_5xx.to_string()),
             ("other errors (4xx, transport, dropped)", |r| {
                 (r.errors_4xx + r.transport_errors + r.dropped).to_string()
@@ -104,6 +134,10 @@ impl CompareReport {
             ("undecided", |r| r.undecided.to_string()),
             ("fence_regressions", |r| r.fence_regressions.to_string()),
             ("remaining_mismatches", |r| r.remaining_mismatches.to_string()),
+            ("refused_keys_taken", |r| r.refused_keys_taken.to_string()),
+            ("load generator CPU (cores, machine share)", |r| {
+                format!("{:.2} ({:.0}%)", r.generator_cores, 100.0 * r.generator_cpu_share)
+            }),
         ];
         let mut out = String::from("| | pipeline | sql-for-update |\n|---|---:|---:|\n");
         for (name, value) in rows {

@@ -225,6 +225,7 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
             connections: std::num::NonZeroUsize::new(16).unwrap(),
             decide_timeout: 30,
             run_id: None,
+            retry: false,
         },
         json: true,
         report: None,
@@ -243,6 +244,15 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
     assert_eq!(report.undecided, 0);
     // Decided in the request: the decide latency is the accept latency.
     assert_eq!(report.decide_p99_ms, report.accept_p99_ms);
+    // No retries: one request per arrival, and the first attempt is the send.
+    assert_eq!((report.requests_sent, report.retries), (300, 0));
+    assert_eq!(report.arrivals_refused, report.offered - report.accepted);
+    assert_eq!(report.decide_from_first_attempt_p99_ms, report.decide_from_send_p99_ms);
+    assert!(report.grants_to_earliest_share > 0.0 && report.grants_to_earliest_share <= 1.0);
+    assert!(
+        report.generator_cores > 0.0 && report.generator_cpu_share <= 1.0,
+        "{report:?}"
+    );
     assert!(report.timeline.len() >= 3, "{:?}", report.timeline);
     assert_eq!(report.timeline.iter().map(|s| s.offered).sum::<u64>(), 300);
     assert_eq!(report.timeline.iter().map(|s| s.decided).sum::<u64>(), 300);

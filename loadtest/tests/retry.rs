@@ -1,0 +1,154 @@
+//! `flash-sale --retry` against a stub claim API whose answers are known in
+//! advance: every arrival's first request is refused (429 or 503 with
+//! `Retry-After: 1`, or a final 409), and a request that comes back is
+//! accepted. The audit runs against the stack's Postgres, where no claim of
+//! the stub exists.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use turnstile_loadtest::flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams};
+use uuid::Uuid;
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".to_owned())
+}
+
+/// Every request the stub saw, by idempotency key: when, and the body.
+type Seen = Arc<Mutex<HashMap<String, Vec<(Instant, Bytes)>>>>;
+
+/// The arrival number in a key `{run_id}-{n}`.
+fn arrival(key: &str) -> u64 {
+    key.rsplit('-').next().unwrap().parse().unwrap()
+}
+
+async fn claim(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
+    let key = headers["idempotency-key"].to_str().unwrap().to_owned();
+    let n = arrival(&key);
+    let attempts = {
+        let mut seen = seen.lock().unwrap();
+        let attempts = seen.entry(key).or_default();
+        attempts.push((Instant::now(), body));
+        attempts.len()
+    };
+    let retry_after = [(header::RETRY_AFTER, "1")];
+    match (attempts, n % 3) {
+        (1, 0) => (StatusCode::TOO_MANY_REQUESTS, retry_after).into_response(),
+        (1, 1) => (StatusCode::SERVICE_UNAVAILABLE, retry_after).into_response(),
+        (1, _) => StatusCode::CONFLICT.into_response(),
+        _ => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({"claim_id": Uuid::new_v4()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn stub() -> (String, Seen) {
+    let seen = Seen::default();
+    let app = Router::new()
+        .route("/v1/coupons", post(|| async { StatusCode::CREATED }))
+        .route("/v1/claims", post(claim))
+        .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (api, seen)
+}
+
+async fn sale(retry: bool, duration: u64) -> (FlashSaleReport, HashMap<String, Vec<(Instant, Bytes)>>) {
+    let (api, seen) = stub().await;
+    let args = FlashSaleArgs {
+        api,
+        mode: Mode::Pipeline,
+        sale: SaleParams {
+            database_url: database_url(),
+            coupons: 1,
+            stock: 10,
+            users: 100,
+            rate: 20.0,
+            duration,
+            max_in_flight: 4096,
+            connections: std::num::NonZeroUsize::new(4).unwrap(),
+            decide_timeout: 5,
+            run_id: None,
+            retry,
+        },
+        json: true,
+        report: None,
+    };
+    let report = flash_sale::run(&args).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    (report, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_arrivals_come_back_with_the_same_request_until_the_window_ends() {
+    let (report, seen) = sale(true, 3).await;
+    assert!(report.retry);
+    assert_eq!(report.offered, 60);
+    assert_eq!(seen.len(), 60, "one key per arrival");
+    assert_eq!(report.dropped, 0);
+    // Every first request was refused: a third each 429, 503 and 409.
+    assert_eq!(
+        (report.throttled_429, report.errors_5xx, report.errors_4xx),
+        (20, 20, 20)
+    );
+    // Every retry was accepted, and only retries were.
+    assert_eq!(report.accepted, report.retries);
+    assert_eq!(report.requests_sent, report.offered + report.retries);
+    assert_eq!(report.arrivals_refused, report.offered - report.accepted);
+    assert!((report.retry_share - report.retries as f64 / report.requests_sent as f64).abs() < 1e-12);
+    // Arrivals of the first second came back within the 3 s window (a wait
+    // is at most 1.5 s); those of the last half second could not.
+    let came_back = |n: u64| {
+        seen.iter()
+            .any(|(key, attempts)| arrival(key) == n && attempts.len() > 1)
+    };
+    for n in (0..20).filter(|n| n % 3 != 2) {
+        assert!(came_back(n), "arrival {n} never came back");
+    }
+    for n in 50..60 {
+        assert!(!came_back(n), "arrival {n} came back after the window");
+    }
+    for (key, attempts) in &seen {
+        if arrival(key) % 3 == 2 {
+            assert_eq!(attempts.len(), 1, "{key}: a 409 is final");
+        }
+        assert!(attempts.len() <= 2, "{key}: retried after it was accepted");
+        if let [(first, first_body), (again, again_body)] = attempts.as_slice() {
+            assert_eq!(first_body, again_body, "{key}: the same body again");
+            // Retry-After: 1, jittered by at least half.
+            assert!(
+                *again - *first >= Duration::from_millis(500),
+                "{key} came back after {:?}",
+                *again - *first
+            );
+        }
+    }
+    assert_eq!(report.refused_keys_taken, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retry_a_refused_arrival_is_counted_and_gone() {
+    let (report, seen) = sale(false, 1).await;
+    assert!(!report.retry);
+    assert_eq!(report.offered, 20);
+    assert_eq!((report.requests_sent, report.retries, report.accepted), (20, 0, 0));
+    assert_eq!(report.arrivals_refused, 20);
+    assert!(seen.values().all(|attempts| attempts.len() == 1));
+    assert_eq!(report.retry_share, 0.0);
+}
