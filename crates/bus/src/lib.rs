@@ -99,6 +99,8 @@ pub struct ProducerTuning {
     pub delivery_timeout: Duration,
     /// The most messages the local queue may hold.
     pub queue_limit: u32,
+    /// `enable.idempotence`: off unless asked for (see [`producer`]).
+    pub idempotence: bool,
 }
 
 impl Default for ProducerTuning {
@@ -107,6 +109,7 @@ impl Default for ProducerTuning {
             linger: Duration::from_millis(5),
             delivery_timeout: Duration::from_secs(10),
             queue_limit: 100_000,
+            idempotence: false,
         }
     }
 }
@@ -114,21 +117,27 @@ impl Default for ProducerTuning {
 /// A producer for events whose order per key matters (the services use it
 /// through [`Publisher`]).
 ///
-/// - `enable.idempotence=true`: librdkafka retries a send the broker may
-///   already have stored (a timed-out request, a reconnect) with the same
-///   producer id and sequence number, and the broker drops the duplicate.
-///   Without it a retry can store a message twice, or store a later message
-///   of the partition before an earlier one that is being retried; the
-///   pipeline relies on one partition being one ordered stream of claims.
-///   Idempotence implies `acks=all` and at most five requests in flight
-///   per connection, which librdkafka then enforces.
+/// - `enable.idempotence` when [`ProducerTuning::idempotence`] asks for it
+///   (`TURNSTILE_KAFKA_IDEMPOTENCE`; docker-compose's Apache Kafka turns it
+///   on): librdkafka retries a send the broker may already have stored with
+///   the same producer id and sequence number, and the broker drops the
+///   duplicate. Without it a retry after a failed request can store a
+///   message twice, or behind a later one of its partition. Neither breaks
+///   a claim: a worker decides a claim once whatever it reads (the database
+///   row is the claim), and a reordered claim is still decided under a
+///   fence, only in a different place in the queue. It is off by default
+///   because the native stack's broker, tansu 0.6, cannot bump an
+///   idempotent producer's epoch: after one delivery timeout librdkafka
+///   asks for a bump, tansu refuses, and every later send of that producer
+///   fails with `ProducerFenced` until the process restarts (seen under
+///   load on one core: 5 974 answers 503 in a 10-second sale).
 /// - `acks=all`: a message counts as sent once every in-sync replica has it.
 /// - `linger.ms` and lz4: batches, which is where a producer's throughput
 ///   comes from; `message.timeout.ms` bounds how long a send may be retried.
 pub fn producer(brokers: &str, tuning: &ProducerTuning) -> Result<FutureProducer, BusError> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", if tuning.idempotence { "true" } else { "false" })
         .set("acks", "all")
         .set("linger.ms", tuning.linger.as_millis().to_string())
         .set("message.timeout.ms", tuning.delivery_timeout.as_millis().to_string())

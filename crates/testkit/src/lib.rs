@@ -78,6 +78,7 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         pg_acquire_timeout: Duration::from_secs(2),
         redis_url: redis_url(),
         brokers: brokers(),
+        kafka_idempotence: false,
         topic_prefix: ns.topic_prefix.clone(),
         partitions: 3,
         worker_group_id: ns.group_id.clone(),
@@ -204,6 +205,7 @@ impl Drop for TestApi {
 pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
     claim_worker::Settings {
         brokers: brokers(),
+        kafka_idempotence: false,
         topic_prefix: ns.topic_prefix.clone(),
         group_id: ns.group_id.clone(),
         partitions: 3,

@@ -142,6 +142,7 @@ impl Application {
             &ProducerTuning {
                 delivery_timeout: Duration::from_secs(5),
                 linger: settings.producer_linger,
+                idempotence: settings.kafka_idempotence,
                 ..ProducerTuning::default()
             },
         )?;

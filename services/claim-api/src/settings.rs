@@ -52,6 +52,9 @@ pub struct Settings {
     /// cost the broker less per event; every accepted claim waits up to this
     /// long for Kafka's acknowledgement. The default is [`ProducerTuning`]'s.
     pub producer_linger: Duration,
+    /// `TURNSTILE_KAFKA_IDEMPOTENCE`: the idempotent producer (off by
+    /// default; see `turnstile_bus::producer`).
+    pub kafka_idempotence: bool,
     /// `TURNSTILE_MAX_CONSUMER_LAG`: undecided claims in Kafka before 429 (0: off).
     pub max_consumer_lag: i64,
     /// `TURNSTILE_MAX_BODY_BYTES`.
@@ -81,6 +84,7 @@ impl Settings {
             admission_slo: setting_millis_or("TURNSTILE_ADMISSION_SLO_MS", crate::DEFAULT_ADMISSION_SLO)?,
             producer_queue_limit: setting("TURNSTILE_PRODUCER_QUEUE_LIMIT", 5_000)?,
             producer_linger: setting_millis_or("TURNSTILE_PRODUCER_LINGER_MS", ProducerTuning::default().linger)?,
+            kafka_idempotence: setting("TURNSTILE_KAFKA_IDEMPOTENCE", false)?,
             max_consumer_lag: setting("TURNSTILE_MAX_CONSUMER_LAG", 50_000)?,
             max_body_bytes: setting("TURNSTILE_MAX_BODY_BYTES", 16 * 1024)?,
         };

@@ -165,7 +165,13 @@ impl Worker {
         )?;
         consumer.subscribe(&[&topics.requested])?;
         let consumer = Arc::new(consumer);
-        let publisher = Publisher::connect(&settings.brokers, &ProducerTuning::default())?;
+        let publisher = Publisher::connect(
+            &settings.brokers,
+            &ProducerTuning {
+                idempotence: settings.kafka_idempotence,
+                ..ProducerTuning::default()
+            },
+        )?;
 
         let metrics_listener = TcpListener::bind(settings.metrics_addr)
             .await

@@ -38,6 +38,9 @@ impl std::str::FromStr for LockBackendKind {
 pub struct Settings {
     /// `KAFKA_BROKERS`.
     pub brokers: String,
+    /// `TURNSTILE_KAFKA_IDEMPOTENCE`: the idempotent producer (off by
+    /// default; see `turnstile_bus::producer`).
+    pub kafka_idempotence: bool,
     /// `TURNSTILE_TOPIC_PREFIX`: prefix of the topic names.
     pub topic_prefix: String,
     /// `TURNSTILE_GROUP_ID`: the consumer group.
@@ -96,6 +99,7 @@ impl Settings {
         )?;
         let settings = Self {
             brokers: setting("KAFKA_BROKERS", "127.0.0.1:9092".to_owned())?,
+            kafka_idempotence: setting("TURNSTILE_KAFKA_IDEMPOTENCE", false)?,
             topic_prefix: setting("TURNSTILE_TOPIC_PREFIX", String::new())?,
             group_id: setting("TURNSTILE_GROUP_ID", "claim-workers".to_owned())?,
             partitions: setting("TURNSTILE_PARTITIONS", 6)?,
