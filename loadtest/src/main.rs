@@ -55,6 +55,10 @@ enum Command {
         /// Where to write the HTML.
         #[arg(long, value_name = "FILE.html")]
         out: PathBuf,
+        /// For a sweep: also write the chart of decided against offered
+        /// claims/s on its own.
+        #[arg(long, value_name = "FILE.svg")]
+        chart: Option<PathBuf>,
     },
     /// Print a lock script's source, e.g. for redis-benchmark comparisons.
     RedisScript {
@@ -213,11 +217,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(exit_code(report.invariants_hold()))
         }
-        Command::Report { input, out } => {
+        Command::Report { input, out, chart } => {
             let text = std::fs::read_to_string(&input)?;
             let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
             if let Ok(sweep) = serde_json::from_str::<SweepReport>(line) {
                 html_report::write_sweep(&out, &sweep_title(&sweep), &sweep)?;
+                if let Some(path) = &chart {
+                    std::fs::write(path, sweep.chart_svg()?)?;
+                }
             } else if let Ok(compare) = serde_json::from_str::<CompareReport>(line) {
                 html_report::write(&out, &compare_title(&compare), &compare.runs())?;
             } else {
