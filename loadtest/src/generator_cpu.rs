@@ -15,9 +15,23 @@ pub fn process_cpu_time() -> Duration {
     Duration::try_from(clock_gettime(ClockId::ProcessCPUTime)).unwrap_or(Duration::ZERO)
 }
 
-/// The number of CPUs this process may run on.
+/// The machine's online CPUs, whatever this process's affinity: under
+/// `taskset -c 1` the generator still reports its share of the machine.
 pub fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|list| online_cpus(list.trim()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+}
+
+/// Counts a kernel CPU list such as `0-3,6`.
+fn online_cpus(list: &str) -> Option<usize> {
+    list.split(',')
+        .map(|range| match range.split_once('-') {
+            Some((first, last)) => Some(last.parse::<usize>().ok()? + 1 - first.parse::<usize>().ok()?),
+            None => range.parse::<usize>().ok().map(|_| 1),
+        })
+        .sum()
 }
 
 /// What the generator used over an interval.
@@ -69,6 +83,14 @@ impl CpuStopwatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(online_cpus("0-1"), Some(2));
+        assert_eq!(online_cpus("0-3,6"), Some(5));
+        assert_eq!(online_cpus("0"), Some(1));
+        assert_eq!(online_cpus("x"), None);
+    }
 
     #[test]
     fn cores_and_share_of_the_machine() {
