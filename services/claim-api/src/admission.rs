@@ -243,9 +243,7 @@ impl AdmissionGate {
             publisher,
             instruments: ShedInstruments {
                 throttled: ShedCause::ALL.map(|c| metrics.throttled.with_label_values(&[c.as_str()])),
-                requests: metrics
-                    .http_requests
-                    .with_label_values(&[CLAIMS_PATH, "POST", "4xx"]),
+                requests: metrics.http_requests.with_label_values(&[CLAIMS_PATH, "POST", "4xx"]),
                 duration: metrics.http_duration.with_label_values(&[CLAIMS_PATH, "POST"]),
                 limit: metrics.admission_limit.clone(),
                 in_flight: metrics.admission_in_flight.clone(),

@@ -296,7 +296,11 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
         let text = String::from_utf8_lossy(&answer);
         let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
             head.lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
                 .and_then(|v| v.parse::<usize>().ok())
                 .is_some_and(|len| body.len() >= len)
         });
