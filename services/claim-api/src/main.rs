@@ -14,8 +14,16 @@ async fn main() -> anyhow::Result<()> {
         "claim-api",
         turnstile_telemetry::LogFormat::from_env().map_err(anyhow::Error::msg)?,
     );
-    // Inert unless FAILPOINTS is set (the chaos tests set it).
+    // Fault injection exists only in builds with the `failpoints` feature
+    // (the tests and `loadtest chaos`); any other build refuses FAILPOINTS
+    // rather than ignore it.
+    #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    #[cfg(not(feature = "failpoints"))]
+    anyhow::ensure!(
+        std::env::var_os("FAILPOINTS").is_none(),
+        "FAILPOINTS is set, but this build has no failpoints (build with --features failpoints)"
+    );
     let settings = Settings::from_env().context("invalid configuration")?;
     let app = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
