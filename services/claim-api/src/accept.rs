@@ -33,7 +33,7 @@
 //! request and nothing waits; under load batches grow by themselves, with
 //! no linger.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::future::join_all;
@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use turnstile_bus::{Publisher, QueueError, Topics, TraceHeaders};
 use turnstile_claim::{
-    ClaimRequested,
+    ClaimId, ClaimRequested,
     store::{self, Admission, ClaimRow, Reserved, StoreError},
 };
 
@@ -170,6 +170,7 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
     );
     let answers = record(deps, &batch).instrument(span).await;
     let deliveries = publish_new(deps, &batch, &answers);
+    let mut replays = Vec::new();
     for (pending, answer) in batch.into_iter().zip(answers) {
         let answer = match answer {
             Ok(Reserved::New) => {
@@ -178,9 +179,8 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
             }
             Ok(Reserved::Replay(claim_id)) => {
                 deps.metrics.replays.inc();
-                Ok(Admitted::Replayed(
-                    store::claim(&deps.read_pool, claim_id).await.ok().flatten(),
-                ))
+                replays.push((pending.reply, claim_id));
+                continue;
             }
             Ok(Reserved::KeyReused) => Err(ApiError::IdempotencyKeyReused),
             Ok(Reserved::UnknownResource) => Err(ApiError::UnknownResource(pending.job.event.resource.to_string())),
@@ -188,9 +188,29 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
         };
         let _ = pending.reply.send(answer);
     }
+    if !replays.is_empty() {
+        // Outside the batch's slot: the slot is for recording new claims.
+        tokio::spawn(answer_replays(deps.read_pool.clone(), replays));
+    }
     // The clients have their answers; the batch's slot is held until Kafka
     // acknowledged its events (see the module docs).
     settle_deliveries(deps, deliveries).await;
+}
+
+/// Answers a batch's replays with their claims as stored now, read in one
+/// statement. A failed read answers without the row: the handler then
+/// reports the claim as pending, which a later read corrects.
+async fn answer_replays(read_pool: PgPool, replays: Vec<(oneshot::Sender<Result<Admitted, ApiError>>, ClaimId)>) {
+    let ids: Vec<ClaimId> = replays.iter().map(|(_, id)| *id).collect();
+    let rows: HashMap<ClaimId, ClaimRow> = store::claims(&read_pool, &ids)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|row| (row.claim_id, row))
+        .collect();
+    for (reply, claim_id) in replays {
+        let _ = reply.send(Ok(Admitted::Replayed(rows.get(&claim_id).cloned())));
+    }
 }
 
 /// Records the batch in one autocommit statement. Returns one answer per

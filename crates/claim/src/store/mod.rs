@@ -178,3 +178,25 @@ pub async fn claim(pool: &PgPool, claim_id: ClaimId) -> Result<Option<ClaimRow>,
         fence: r.fence,
     }))
 }
+
+/// Reads the claims among `claim_ids` that exist, in one statement.
+pub async fn claims(pool: &PgPool, claim_ids: &[ClaimId]) -> Result<Vec<ClaimRow>, StoreError> {
+    let ids: Vec<uuid::Uuid> = claim_ids.iter().map(|id| id.as_uuid()).collect();
+    let rows = sqlx::query!(
+        "SELECT claim_id, tenant_id, status, reason, fence FROM claims WHERE claim_id = ANY($1)",
+        &ids,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ClaimRow {
+            claim_id: ClaimId::from_uuid(r.claim_id),
+            tenant_id: r.tenant_id,
+            // The CHECK constraints admit only the names these parse.
+            status: r.status.parse().unwrap_or(ClaimStatus::Pending),
+            reason: r.reason.and_then(|s| s.parse().ok()),
+            fence: r.fence,
+        })
+        .collect())
+}
