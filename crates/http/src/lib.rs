@@ -10,8 +10,11 @@
 //!   `Prefer: wait`), parsed into `turnstile-claim`'s types.
 //! - [`resources`]: the coupon and SKU bodies and their validation.
 //! - [`listener`]: the services' TCP listener, with a deep accept queue.
+//! - [`serve`]: serving a router with a header-read timeout, a connection
+//!   cap and a graceful drain.
 
 pub mod extract;
 pub mod listener;
 pub mod problem;
 pub mod resources;
+pub mod serve;

@@ -45,6 +45,10 @@ pub enum ApiError {
     /// The body is larger than allowed.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// The request took longer than the server allows. It may have been
+    /// recorded: a retry with the same `Idempotency-Key` tells.
+    #[error("the request took longer than {0} ms; retry with the same Idempotency-Key")]
+    RequestTimeout(u64),
     /// The body did not arrive in time.
     #[error("the request body did not arrive within {0} ms")]
     BodyTimeout(u64),
@@ -109,6 +113,11 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "/problems/payload-too-large",
                 "Payload too large",
+            ),
+            RequestTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "/problems/request-timeout",
+                "Request timeout",
             ),
             BodyTimeout(_) => (
                 StatusCode::REQUEST_TIMEOUT,

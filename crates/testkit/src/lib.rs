@@ -89,6 +89,9 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         producer_linger: Duration::from_millis(5),
         max_consumer_lag: 0,
         max_body_bytes: 16 * 1024,
+        header_read_timeout: Duration::from_secs(5),
+        max_connections: 10_000,
+        max_waiters: 10_000,
     }
 }
 

@@ -12,7 +12,7 @@ use axum::{
     Extension, Json, Router,
     extract::{MatchedPath, Request, State},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use prometheus::Registry;
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use turnstile_bus::{ProducerTuning, Publisher, Topics};
 use turnstile_claim::{cache::ResourceCache, store};
+use turnstile_http::serve::{ServeLimits, serve};
 use utoipa::OpenApi;
 
 use crate::{
@@ -63,6 +64,10 @@ pub struct Shared {
     pub(crate) registry: Registry,
     pub(crate) pool_gauges: turnstile_telemetry::PoolGauges,
     pub(crate) accept: AcceptQueue,
+    /// Slots for requests waiting on a decision (`Prefer: wait`).
+    pub(crate) waiters: Arc<tokio::sync::Semaphore>,
+    /// The last readiness check, reused for [`health::READINESS_TTL`].
+    pub(crate) readiness: tokio::sync::Mutex<Option<(Instant, health::Readiness)>>,
 }
 
 /// The OpenAPI 3.1 description of the API, generated from the handlers.
@@ -90,6 +95,7 @@ pub struct ApiDoc;
 /// A built API, bound to its port, not yet serving.
 pub struct Application {
     listener: TcpListener,
+    limits: ServeLimits,
     router: Router,
     background: CancellationToken,
     publisher: Publisher,
@@ -192,6 +198,8 @@ impl Application {
             registry,
             pool_gauges,
             accept,
+            waiters: Arc::new(tokio::sync::Semaphore::new(settings.max_waiters)),
+            readiness: tokio::sync::Mutex::new(None),
         }));
         let gate = AdmissionGate::new(
             settings.admission_limiter,
@@ -210,6 +218,11 @@ impl Application {
         info!(addr = %listener.local_addr()?, "claim-api ready");
         Ok(Self {
             listener,
+            limits: ServeLimits {
+                header_read_timeout: settings.header_read_timeout,
+                max_connections: settings.max_connections,
+                ..ServeLimits::default()
+            },
             router,
             background,
             publisher,
@@ -226,9 +239,10 @@ impl Application {
     /// Kafka (what does not is decided by the sweeper).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let background = self.background;
-        let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let result = serve(self.listener, self.router, self.limits, async move {
+            shutdown.cancelled().await;
+        })
+        .await;
         background.cancel();
         let publisher = self.publisher;
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(crate::accept::FLUSH_AT_SHUTDOWN)).await;
@@ -276,6 +290,26 @@ pub(crate) struct CorrelationId(pub(crate) String);
 /// The name of the response header that returns the correlation id.
 pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
 
+/// The longest a request may take, `Prefer: wait` included (at most 10 s):
+/// past it the answer is `408` and the client retries with the same key.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The method as a metric and span label: a fixed set, so a client cannot
+/// grow the registry with made-up methods.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Per request: the server span (OpenTelemetry HTTP semantic conventions,
 /// continuing an incoming `traceparent`), the correlation id (returned in
 /// `x-correlation-id`), metrics by route template and status class, and one
@@ -289,7 +323,7 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let span = tracing::info_span!(
         "HTTP request",
         otel.name = %format_args!("{method} {route}"),
@@ -309,7 +343,10 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     span.record("correlation_id", correlation_id.as_str());
     request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
 
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request).instrument(span.clone())).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout(REQUEST_TIMEOUT.as_millis() as u64).into_response(),
+    };
     let status = response.status().as_u16();
     let class = match status {
         100..=199 => "1xx",
@@ -326,12 +363,12 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     state
         .metrics
         .http_requests
-        .with_label_values(&[&route, &method, class])
+        .with_label_values(&[&route, method, class])
         .inc();
     state
         .metrics
         .http_duration
-        .with_label_values(&[&route, &method])
+        .with_label_values(&[&route, method])
         .observe(elapsed.as_secs_f64());
     if let Ok(value) = axum::http::HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(CORRELATION_ID_HEADER, value);

@@ -20,6 +20,8 @@ pub struct ApiMetrics {
     pub(crate) circuit_open: IntGaugeVec,
     pub(crate) admission_limit: IntGauge,
     pub(crate) admission_in_flight: IntGauge,
+    pub(crate) readiness_checks: IntCounter,
+    pub(crate) decision_waiters: IntGauge,
 }
 
 impl ApiMetrics {
@@ -89,6 +91,14 @@ impl ApiMetrics {
                 "turnstile_admission_limit",
                 "Claims admission lets in at once now (the adaptive concurrency limit).",
             )?,
+            readiness_checks: IntCounter::new(
+                "turnstile_readiness_checks_total",
+                "Checks of the dependencies made for /readyz (at most one a second).",
+            )?,
+            decision_waiters: IntGauge::new(
+                "turnstile_decision_waiters",
+                "Requests waiting for their claim's decision (Prefer: wait).",
+            )?,
             admission_in_flight: IntGauge::new(
                 "turnstile_admission_in_flight",
                 "Claims holding an admission slot now (being read, parsed or recorded).",
@@ -113,6 +123,8 @@ impl ApiMetrics {
         registry.register(Box::new(m.circuit_open.clone()))?;
         registry.register(Box::new(m.admission_limit.clone()))?;
         registry.register(Box::new(m.admission_in_flight.clone()))?;
+        registry.register(Box::new(m.readiness_checks.clone()))?;
+        registry.register(Box::new(m.decision_waiters.clone()))?;
         Ok(m)
     }
 }

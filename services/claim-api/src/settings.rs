@@ -59,6 +59,15 @@ pub struct Settings {
     pub max_consumer_lag: i64,
     /// `TURNSTILE_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
+    /// `TURNSTILE_HEADER_READ_TIMEOUT_MS`: how long a request's head may
+    /// take to arrive before the connection is closed.
+    pub header_read_timeout: Duration,
+    /// `TURNSTILE_MAX_CONNECTIONS`: open connections at most; past it new
+    /// ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// `TURNSTILE_MAX_WAITERS`: requests waiting for a decision
+    /// (`Prefer: wait`) at most; past it a claim is answered `202` at once.
+    pub max_waiters: usize,
 }
 
 impl Settings {
@@ -87,6 +96,9 @@ impl Settings {
             kafka_idempotence: setting("TURNSTILE_KAFKA_IDEMPOTENCE", false)?,
             max_consumer_lag: setting("TURNSTILE_MAX_CONSUMER_LAG", 50_000)?,
             max_body_bytes: setting("TURNSTILE_MAX_BODY_BYTES", 16 * 1024)?,
+            header_read_timeout: setting_millis("TURNSTILE_HEADER_READ_TIMEOUT_MS", 5_000)?,
+            max_connections: setting("TURNSTILE_MAX_CONNECTIONS", 10_000)?,
+            max_waiters: setting("TURNSTILE_MAX_WAITERS", 10_000)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -107,6 +119,20 @@ impl Settings {
         if self.admission_slo.is_zero() {
             return Err(SettingError {
                 name: "TURNSTILE_ADMISSION_SLO_MS",
+                value: "0".to_owned(),
+                problem: "must be at least 1".to_owned(),
+            });
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err(SettingError {
+                name: "TURNSTILE_HEADER_READ_TIMEOUT_MS",
+                value: "0".to_owned(),
+                problem: "must be at least 1".to_owned(),
+            });
+        }
+        if self.max_connections == 0 {
+            return Err(SettingError {
+                name: "TURNSTILE_MAX_CONNECTIONS",
                 value: "0".to_owned(),
                 problem: "must be at least 1".to_owned(),
             });

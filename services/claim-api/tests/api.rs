@@ -377,6 +377,109 @@ async fn a_full_admission_refuses_before_reading_the_body() {
     );
 }
 
+/// A client that sends its request head a byte at a time (slowloris) is
+/// disconnected when the header-read timeout passes, not kept forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dribbled_request_head_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ns = Namespace::new("slowloris");
+    let mut settings = api_settings(&ns);
+    settings.header_read_timeout = std::time::Duration::from_secs(1);
+    let api = TestApi::start(settings).await.unwrap();
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut reader, mut writer) = stream.split();
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n");
+    // The client's pace is the behaviour under test: one byte every 200 ms
+    // would take 14 s for this head.
+    let dribble = async {
+        for byte in head.bytes() {
+            if writer.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let mut answer = Vec::new();
+    let closed = async { reader.read_to_end(&mut answer).await };
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::select! {
+            () = dribble => None,
+            read = closed => Some(read),
+        }
+    })
+    .await
+    .expect("the server kept a dribbling connection open past 10 s");
+    let read = outcome.expect("the whole head was sent before the server closed the connection");
+    assert!(
+        read.is_err() || !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "a dribbled head was served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// Past `TURNSTILE_MAX_WAITERS`, a claim asking to wait is answered 202
+/// at once instead of holding a connection and a task for up to 10 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiters_beyond_the_cap_are_answered_at_once() {
+    let ns = Namespace::new("waiter-cap");
+    let mut settings = api_settings(&ns);
+    settings.max_waiters = 1;
+    let api = std::sync::Arc::new(TestApi::start(settings).await.unwrap());
+    let code = unique("WAIT");
+    api.create_coupon(&code, 10, None).await.unwrap();
+    // No worker runs: nothing is decided, so the first waiter waits.
+    let first = tokio::spawn({
+        let (api, code) = (std::sync::Arc::clone(&api), code.clone());
+        async move {
+            api.claim(&unique("w1"), json!({"coupon": code, "user_id": "u1"}), Some(10))
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while admission_gauge(&api, "turnstile_decision_waiters").await < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first claim never started waiting"
+        );
+        tokio::task::yield_now().await;
+    }
+    let second = api
+        .claim(&unique("w2"), json!({"coupon": code, "user_id": "u2"}), Some(10))
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::ACCEPTED);
+    assert!(!first.is_finished(), "the first waiter should still be waiting");
+    assert_eq!(admission_gauge(&api, "turnstile_decision_waiters").await, 1);
+    first.abort();
+}
+
+/// `/readyz` checks the dependencies at most once a second however often
+/// it is asked, and a made-up HTTP method does not become a metric label.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_is_cached_and_method_labels_are_bounded() {
+    let (api, _ns) = api("readyz-cache").await;
+    let before = admission_gauge(&api, "turnstile_readiness_checks_total").await;
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let ready = api.http.get(api.url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), StatusCode::OK);
+    }
+    let elapsed = started.elapsed().as_secs() as i64;
+    let checks = admission_gauge(&api, "turnstile_readiness_checks_total").await - before;
+    assert!(
+        (1..=1 + elapsed).contains(&checks),
+        "{checks} checks for 20 probes over {elapsed} s"
+    );
+
+    let odd = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let answer = api.http.request(odd, api.url("/v1/claims")).send().await.unwrap();
+    assert_problem(answer, StatusCode::METHOD_NOT_ALLOWED, "/problems/method-not-allowed").await;
+    let metrics = api.metrics_text().await.unwrap();
+    assert!(!metrics.contains("BREW"), "{metrics}");
+    assert!(metrics.contains(r#"method="other""#), "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn operational_endpoints() {
     let (api, _ns) = api("ops").await;

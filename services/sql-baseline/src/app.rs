@@ -66,9 +66,13 @@ impl Application {
 
     /// Serves until `shutdown` fires, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        turnstile_http::serve::serve(
+            self.listener,
+            self.router,
+            turnstile_http::serve::ServeLimits::default(),
+            async move { shutdown.cancelled().await },
+        )
+        .await?;
         Ok(())
     }
 }

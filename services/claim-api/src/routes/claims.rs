@@ -1,6 +1,6 @@
 //! `POST /v1/claims` and `GET /v1/claims/{claim_id}`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Extension, Json,
@@ -8,7 +8,9 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use prometheus::IntGauge;
 use serde::Serialize;
+use tokio::sync::OwnedSemaphorePermit;
 use turnstile_claim::{
     ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, TenantId,
     UnixMillis,
@@ -139,6 +141,28 @@ pub async fn create_claim(
     Ok(response)
 }
 
+/// A held `Prefer: wait` slot, counted in `turnstile_decision_waiters`.
+struct WaiterSlot {
+    _slot: OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+impl WaiterSlot {
+    fn new(slot: OwnedSemaphorePermit, gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self {
+            _slot: slot,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for WaiterSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 /// The work of `POST /v1/claims` once the request parsed.
 async fn accept(
     state: &AppState,
@@ -149,7 +173,17 @@ async fn accept(
     request: ClaimRequest,
     correlation_id: String,
 ) -> Result<Response, ApiError> {
-    let wait = extract::prefer_wait(headers).map(Duration::from_secs);
+    // A waiter holds a slot of `TURNSTILE_MAX_WAITERS`; with none free the
+    // claim is answered 202 at once, as without `Prefer: wait`.
+    let waiter_slot = extract::prefer_wait(headers).and_then(|secs| {
+        Arc::clone(&state.waiters).try_acquire_owned().ok().map(|slot| {
+            (
+                Duration::from_secs(secs),
+                WaiterSlot::new(slot, &state.metrics.decision_waiters),
+            )
+        })
+    });
+    let wait = waiter_slot.as_ref().map(|(wait, _)| *wait);
 
     let event = ClaimRequested {
         claim_id,

@@ -13,8 +13,13 @@ use utoipa::ToSchema;
 
 use crate::app::AppState;
 
+/// How long a readiness check is reused: probes and load balancers may ask
+/// as often as they like, and the dependencies see at most one check a
+/// second.
+pub const READINESS_TTL: Duration = Duration::from_secs(1);
+
 /// Whether each dependency answered.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready` or `not_ready`.
     pub status: &'static str,
@@ -32,10 +37,33 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Every dependency answers within a second.
+/// Every dependency answers within a second (checked at most once per
+/// [`READINESS_TTL`]).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    // One check at a time; whoever waited gets its result.
+    let mut cached = state.readiness.lock().await;
+    let readiness = match &*cached {
+        Some((at, readiness)) if at.elapsed() < READINESS_TTL => readiness.clone(),
+        _ => {
+            let readiness = check(&state).await;
+            *cached = Some((std::time::Instant::now(), readiness.clone()));
+            readiness
+        }
+    };
+    drop(cached);
+    let status = if readiness.status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
+}
+
+/// Asks each dependency once.
+async fn check(state: &AppState) -> Readiness {
+    state.metrics.readiness_checks.inc();
     let limit = Duration::from_secs(1);
     let postgres = async {
         matches!(
@@ -60,18 +88,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     };
     let (postgres, redis, kafka) = tokio::join!(postgres, redis, kafka);
     let ready = postgres && redis && kafka;
-    let body = Readiness {
+    Readiness {
         status: if ready { "ready" } else { "not_ready" },
         postgres,
         redis,
         kafka,
-    };
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    }
 }
 
 /// Prometheus text exposition.
