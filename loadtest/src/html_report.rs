@@ -347,9 +347,8 @@ fn outcome_chart(runs: &[FlashSaleReport], slugs: &[String]) -> String {
     svg_chart::bar_chart("chart-outcomes", "Outcomes of the offered claims", &categories, &bars)
 }
 
-/// The report for `runs` (one run, or several side by side).
-pub fn render(title: &str, runs: &[FlashSaleReport]) -> String {
-    let slugs = slugs(runs);
+/// A report page up to its title: doctype, head with the style, `<h1>`.
+fn page_start(title: &str) -> String {
     let mut out = String::with_capacity(64 * 1024);
     let _ = write!(
         out,
@@ -357,6 +356,13 @@ pub fn render(title: &str, runs: &[FlashSaleReport]) -> String {
         escape(title),
         escape(title)
     );
+    out
+}
+
+/// The report for `runs` (one run, or several side by side).
+pub fn render(title: &str, runs: &[FlashSaleReport]) -> String {
+    let slugs = slugs(runs);
+    let mut out = page_start(title);
     out.push_str(
         r#"<p class="note">Open loop: requests leave on schedule whatever the service does, and every latency counts from the scheduled send time. Accept: the HTTP answer. Decide: the pipeline's is the server's, from acceptance to the worker's commit; sql-for-update decides inside the request, so its decide latency is its accept latency. Send → decided: from the scheduled send to the decision's commit, the same clock for every mode.</p>"#,
     );
@@ -434,13 +440,7 @@ pub fn render_sweep(title: &str, sweep: &SweepReport) -> String {
         Ok(svg) => svg,
         Err(e) => format!(r#"<p class="note">{}</p>"#, escape(&format!("{e:#}"))),
     };
-    let mut out = String::with_capacity(64 * 1024);
-    let _ = write!(
-        out,
-        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>"#,
-        escape(title),
-        escape(title)
-    );
+    let mut out = page_start(title);
     out.push_str(
         r#"<p class="note">Each rate is a whole comparison: the pipeline, then the baseline, each offered the same open-loop load. Decided/s: decisions over the span from the first acceptance to the last decision. Decide p99: from the scheduled send to the decision's commit. 429 share: of all HTTP requests sent. Generator CPU share: the load generator's own CPU time over the sending phase, as a share of the machine.</p>"#,
     );
