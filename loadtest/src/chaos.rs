@@ -39,6 +39,10 @@
 //! Every scenario checks the sale's invariants, among them that no key
 //! answered 429 or 5xx has a claim (those answers promise nothing was
 //! recorded).
+//!
+//! Each run mints an admin key and a claim key for tenant `default` in its
+//! private PostgreSQL once claim-api has migrated it; the sale, the
+//! dup-keys clients and the poison events all act in that tenant.
 
 use std::{
     path::{Path, PathBuf},
@@ -49,14 +53,19 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, ValueEnum};
+use hyper::header::AUTHORIZATION;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::{
     process::{Child, Command},
     time::sleep,
 };
+use turnstile_claim::{ResourceId, ResourceKey, TenantId};
 
-use crate::flash_sale::{self, FlashSaleArgs};
+use crate::{
+    credentials::Credentials,
+    flash_sale::{self, FlashSaleArgs},
+};
 
 /// A fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -230,6 +239,8 @@ struct Rig {
     env: Vec<(&'static str, String)>,
     api: Service,
     api_url: String,
+    /// claim-api's operator listener (`/metrics`, `/readyz`).
+    api_operator_url: String,
     workers: Vec<Service>,
     next_worker: usize,
 }
@@ -269,12 +280,16 @@ impl Service {
 impl Rig {
     async fn start(bin_dir: &Path, log_dir: &Path, env: Vec<(&'static str, String)>, workers: usize) -> Result<Self> {
         let api_port = free_port()?;
+        let operator_port = free_port()?;
         let api = spawn(
             &bin_dir.join("claim-api"),
             "claim-api",
             log_dir,
             &env,
-            &[("TURNSTILE_HTTP_ADDR", format!("127.0.0.1:{api_port}"))],
+            &[
+                ("TURNSTILE_HTTP_ADDR", format!("127.0.0.1:{api_port}")),
+                ("TURNSTILE_METRICS_ADDR", format!("127.0.0.1:{operator_port}")),
+            ],
         )?;
         let mut rig = Self {
             bin_dir: bin_dir.to_path_buf(),
@@ -282,10 +297,11 @@ impl Rig {
             env,
             api,
             api_url: format!("http://127.0.0.1:{api_port}"),
+            api_operator_url: format!("http://127.0.0.1:{operator_port}"),
             workers: Vec::new(),
             next_worker: 1,
         };
-        wait_ready(&format!("{}/readyz", rig.api_url), "claim-api", log_dir).await?;
+        wait_ready(&format!("{}/readyz", rig.api_operator_url), "claim-api", log_dir).await?;
         for _ in 0..workers {
             rig.add_worker().await?;
         }
@@ -324,7 +340,7 @@ impl Rig {
 
     /// Sums a counter of the API.
     async fn api_counter(&self, name: &str) -> f64 {
-        counter(&format!("{}/metrics", self.api_url), name).await
+        counter(&format!("{}/metrics", self.api_operator_url), name).await
     }
 
     /// Waits until some worker logs a line containing `needle`; returns
@@ -480,14 +496,24 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
         ));
     }
     let mut rig = Rig::start(bin_dir, &log_dir, env, 2).await?;
+    // claim-api is ready, so it has migrated the database: keys can go in.
+    let credentials = {
+        let pool = sqlx::PgPool::connect(&postgres.url()).await?;
+        let credentials = Credentials::mint(&pool, &TenantId::default_tenant()).await?;
+        pool.close().await;
+        credentials
+    };
 
     let rate = if scenario == Scenario::Overload {
         args.rate * 20.0
     } else {
         args.rate
     };
-    let sale = sale_args(&rig.api_url, &postgres.url(), args, rate, &run_id)?;
-    let hot_coupon = format!("coupon:{}", flash_sale::coupon_code(&run_id, 0));
+    let sale = sale_args(&rig.api_url, &postgres.url(), &credentials, args, rate, &run_id)?;
+    let hot_coupon = ResourceKey::coupon(
+        credentials.tenant().clone(),
+        ResourceId::parse("coupon", &flash_sale::coupon_code(&run_id, 0))?,
+    );
     let started = Instant::now();
     let sale_task = tokio::spawn(async move { flash_sale::run(&sale).await });
     // The pause lands inside a held lease (announced in the worker's log);
@@ -570,7 +596,7 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
             format!("{changes} worker starts and stops while claims flowed")
         }
         Scenario::DupKeys => {
-            let dup = dup_keys(&rig.api_url, &postgres.url()).await?;
+            let dup = dup_keys(&rig.api_url, &postgres.url(), &credentials).await?;
             checks.insert(
                 "one_claim_per_key".to_owned(),
                 json!(dup.claim_rows == i64::try_from(dup.keys_accepted).unwrap_or(-1)),
@@ -616,7 +642,11 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
     let sale_report = sale_task.await??;
     match scenario {
         Scenario::Overload => {
-            checks.insert("shed_with_429".to_owned(), json!(sale_report.throttled_429 > 0));
+            // Shed for load, not refused by a key's or a user's own rate.
+            checks.insert(
+                "shed_with_429".to_owned(),
+                json!(sale_report.throttled_429 > sale_report.rate_limited_429),
+            );
         }
         Scenario::PublishFailsAfterCommit => {
             let unpublished = rig.api_counter("turnstile_claims_unpublished_total").await;
@@ -661,27 +691,36 @@ const UNPUBLISHED: u32 = 20;
 
 /// Puts two decodable poison messages on `topic`, keyed by `resource` (so
 /// on its partition): an event with quantity 0, and a valid event naming a
-/// claim that does not exist.
-async fn poison(brokers: &str, topic: &str, resource: &str) -> Result<()> {
+/// claim that does not exist. Written by hand, as a foreign producer would.
+async fn poison(brokers: &str, topic: &str, resource: &ResourceKey) -> Result<()> {
     let publisher = turnstile_bus::Publisher::connect(brokers, &turnstile_bus::ProducerTuning::default())?;
-    let (kind, id) = resource.split_once(':').context("resource key is kind:id")?;
+    let tenant = resource.tenant.as_str();
+    // `tenant/kind:id`, as the API keys its own events.
+    let key = resource.to_string();
     for quantity in [0, 1] {
         let event = json!({
             "claim_id": uuid::Uuid::new_v4(),
-            "tenant_id": "default",
-            "resource": {"kind": kind, "id": id},
+            "tenant_id": tenant,
+            "resource": {"tenant": tenant, "kind": resource.kind.as_str(), "id": resource.id.as_str()},
             "user_id": "poison",
             "quantity": quantity,
             "accepted_at_ms": 1_795_000_000_000_i64,
         });
         publisher
-            .send_raw(topic, resource.as_bytes(), &serde_json::to_vec(&event)?)
+            .send_raw(topic, key.as_bytes(), &serde_json::to_vec(&event)?)
             .await?;
     }
     Ok(())
 }
 
-fn sale_args(api: &str, database_url: &str, args: &ChaosArgs, rate: f64, run_id: &str) -> Result<FlashSaleArgs> {
+fn sale_args(
+    api: &str,
+    database_url: &str,
+    credentials: &Credentials,
+    args: &ChaosArgs,
+    rate: f64,
+    run_id: &str,
+) -> Result<FlashSaleArgs> {
     #[derive(Parser)]
     struct Wrapper {
         #[command(flatten)]
@@ -707,7 +746,9 @@ fn sale_args(api: &str, database_url: &str, args: &ChaosArgs, rate: f64, run_id:
         run_id.to_owned(),
         "--json".to_owned(),
     ];
-    Ok(Wrapper::try_parse_from(argv)?.sale)
+    let mut sale = Wrapper::try_parse_from(argv)?.sale;
+    sale.sale.keys = credentials.as_args();
+    Ok(sale)
 }
 
 fn now_rfc3339() -> String {
@@ -733,13 +774,14 @@ struct DupKeys {
 /// 100 keys, each sent 10 times at once; every fifth copy carries another
 /// user (an altered body). Whichever body arrives first wins its key: the
 /// copies with the same body get the same claim, the others 422.
-async fn dup_keys(api: &str, database_url: &str) -> Result<DupKeys> {
+async fn dup_keys(api: &str, database_url: &str, credentials: &Credentials) -> Result<DupKeys> {
     const KEYS: usize = 100;
     const COPIES: usize = 10;
     let http = Arc::new(reqwest::Client::new());
     let code = format!("DUP-{:08X}", rand::random::<u32>());
     let created = http
         .post(format!("{api}/v1/coupons"))
+        .header(AUTHORIZATION, credentials.admin_authorization().clone())
         .json(&json!({"code": code, "total": KEYS * 2, "per_user_limit": 1}))
         .send()
         .await?;
@@ -752,9 +794,11 @@ async fn dup_keys(api: &str, database_url: &str) -> Result<DupKeys> {
             let altered = c % 5 == 4;
             let user = if altered { format!("x{k}") } else { format!("u{k}") };
             let (http, api, code) = (Arc::clone(&http), api.to_owned(), code.clone());
+            let authorization = credentials.claim_authorization().clone();
             sends.push(tokio::spawn(async move {
                 let status = http
                     .post(format!("{api}/v1/claims"))
+                    .header(AUTHORIZATION, authorization)
                     .header("idempotency-key", format!("dup-{code}-{k}"))
                     .json(&json!({"coupon": code, "user_id": user}))
                     .send()
@@ -776,10 +820,12 @@ async fn dup_keys(api: &str, database_url: &str) -> Result<DupKeys> {
         }
     }
     let pool = sqlx::PgPool::connect(database_url).await?;
-    let claim_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE resource_id = $1")
-        .bind(&code)
-        .fetch_one(&pool)
-        .await?;
+    let claim_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM claims WHERE tenant_id = $1 AND kind = 'coupon' AND resource_id = $2")
+            .bind(credentials.tenant().as_str())
+            .bind(&code)
+            .fetch_one(&pool)
+            .await?;
     pool.close().await;
     Ok(DupKeys {
         keys: KEYS,

@@ -24,8 +24,13 @@
 //! to compare across modes. Client and Postgres share this machine's clock.
 //!
 //! Every request is built before the clock starts (body bytes and
-//! idempotency key), so the send loop only waits for each scheduled time and
-//! sends: the generator shares the machine with what it measures.
+//! idempotency key; the `Authorization` value is one for the whole run), so
+//! the send loop only waits for each scheduled time and sends: the generator
+//! shares the machine with what it measures.
+//!
+//! The sale acts as one tenant ([`crate::credentials`]): its coupons are
+//! created with the tenant's admin key, its claims sent with its claim key,
+//! and the audit reads that tenant's resources and claims only.
 //!
 //! Each scheduled request is one arrival: one shopper, one user id, one
 //! idempotency key. By default an arrival answered 429 or 503 is counted and
@@ -52,7 +57,7 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hyper::{
     StatusCode,
-    header::{HeaderName, HeaderValue, RETRY_AFTER},
+    header::{AUTHORIZATION, HeaderName, HeaderValue, RETRY_AFTER},
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
@@ -62,10 +67,12 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
+use turnstile_claim::TenantId;
 use uuid::Uuid;
 
 use crate::{
     connections::{self, Connections},
+    credentials::{Credentials, KeyArgs},
     generator_cpu::CpuStopwatch,
     latency::Latencies,
     timeline::{Answer, SecondStats, Timeline},
@@ -102,6 +109,8 @@ pub struct SaleParams {
         default_value = "postgres://postgres@127.0.0.1:5432/turnstile"
     )]
     pub database_url: String,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// Coupons on sale (claims are spread over them at random).
     #[arg(long, default_value_t = 1)]
     pub coupons: usize,
@@ -189,6 +198,10 @@ pub struct FlashSaleReport {
     pub granted: u64,
     pub rejected: u64,
     pub throttled_429: u64,
+    /// Of `throttled_429`, the answers refusing a caller's own rate (the
+    /// API key's or the user's bucket, `/problems/rate-limited`) rather
+    /// than shedding load.
+    pub rate_limited_429: u64,
     pub errors_4xx: u64,
     pub errors_5xx: u64,
     pub transport_errors: u64,
@@ -268,6 +281,7 @@ impl FlashSaleReport {
 struct Counters {
     accepted: AtomicU64,
     throttled: AtomicU64,
+    rate_limited: AtomicU64,
     errors_4xx: AtomicU64,
     errors_5xx: AtomicU64,
     transport: AtomicU64,
@@ -423,21 +437,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Runs the sale and the audit.
+/// Runs the sale and the audit, with the keys `args` names or, when it
+/// names none, a pair minted for this run and revoked after it.
 pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     let sale = &args.sale;
     if sale.coupons == 0 || sale.users == 0 || sale.rate <= 0.0 || sale.duration == 0 {
         bail!("--coupons, --users, --rate and --duration must be greater than zero");
     }
-    // Opened first: a wrong --api fails before anything is created.
-    let connections = Connections::open(&args.api, sale.connections)
-        .await
-        .with_context(|| format!("is the {} service running at {}?", args.mode.as_str(), args.api))?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(&sale.database_url)
         .await
         .context("connecting to postgres for the audit")?;
+    let credentials = Credentials::resolve(&sale.keys, &pool).await?;
+    let report = run_as(args, &credentials, &pool).await;
+    credentials.revoke_minted(&pool).await;
+    report
+}
+
+async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) -> Result<FlashSaleReport> {
+    let sale = &args.sale;
+    // Opened before the coupons: a wrong --api fails before anything is created.
+    let connections = Connections::open(&args.api, sale.connections)
+        .await
+        .with_context(|| format!("is the {} service running at {}?", args.mode.as_str(), args.api))?;
     let run_id = sale
         .run_id
         .clone()
@@ -446,11 +469,22 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     for code in &codes {
         let body = serde_json::to_vec(&serde_json::json!({"code": code, "total": sale.stock, "per_user_limit": 1}))?;
         let answer = connections
-            .post_json("/v1/coupons", &[], body)
+            .post_json(
+                "/v1/coupons",
+                &[(&AUTHORIZATION, credentials.admin_authorization().clone())],
+                body,
+            )
             .await
             .with_context(|| format!("creating coupon {code}"))?;
-        if answer.status != StatusCode::CREATED {
-            bail!("creating coupon {code}: {}", answer.status);
+        match answer.status {
+            StatusCode::CREATED => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => bail!(
+                "creating coupon {code}: {} (does {} read its API keys from --database-url's database?): {}",
+                answer.status,
+                args.api,
+                String::from_utf8_lossy(&answer.body)
+            ),
+            status => bail!("creating coupon {code}: {status}"),
         }
     }
 
@@ -475,6 +509,7 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     let shared = Arc::new(Shared {
         connections,
         idempotency_key: HeaderName::from_static("idempotency-key"),
+        authorization: credentials.claim_authorization().clone(),
         counters: Counters::default(),
         collected,
         in_flight: Arc::new(Semaphore::new(sale.max_in_flight)),
@@ -523,11 +558,12 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     }
     let ids: Vec<Uuid> = accepted.iter().map(|c| c.id).collect();
     let decided_by = Instant::now() + Duration::from_secs(sale.decide_timeout);
-    let undecided = wait_for_decisions(&pool, &ids, decided_by).await?;
-    let mut report = audit(&pool, &codes, &ids, sale.stock).await?;
-    report.refused_keys_taken = refused_keys_taken(&pool, &run_id, &refused).await?;
+    let undecided = wait_for_decisions(pool, &ids, decided_by).await?;
+    let tenant = credentials.tenant();
+    let mut report = audit(pool, tenant, &codes, &ids, sale.stock).await?;
+    report.refused_keys_taken = refused_keys_taken(pool, tenant, &run_id, &refused).await?;
     let start_epoch = started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    let decisions = decision_times(&pool, &ids).await?;
+    let decisions = decision_times(pool, &ids).await?;
     let decided = measure_decisions(args.mode, start_epoch, &accepted, &decisions, &mut timeline);
     let earliest = u64::try_from(sale.stock)
         .unwrap_or(0)
@@ -543,6 +579,7 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
     report.offered = total;
     report.accepted = count(&counters.accepted);
     report.throttled_429 = count(&counters.throttled);
+    report.rate_limited_429 = count(&counters.rate_limited);
     report.errors_4xx = count(&counters.errors_4xx);
     report.errors_5xx = count(&counters.errors_5xx);
     report.transport_errors = count(&counters.transport);
@@ -578,6 +615,9 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
 struct Shared {
     connections: Arc<Connections>,
     idempotency_key: HeaderName,
+    /// `Bearer <claim key>`, the same for every request (a sensitive
+    /// value: debug output shows none of it).
+    authorization: HeaderValue,
     counters: Counters,
     collected: Mutex<Collected>,
     /// One permit per request in flight, counting those waiting for a
@@ -609,6 +649,13 @@ fn classify(response: &Result<connections::Answer>) -> Answer {
     }
 }
 
+/// Whether a 429's problem body refuses the caller's own rate (its key's or
+/// its user's bucket) rather than shedding load.
+fn is_rate_limited(body: &[u8]) -> bool {
+    const TYPE: &[u8] = b"/problems/rate-limited";
+    body.windows(TYPE.len()).any(|w| w == TYPE)
+}
+
 /// Sends an arrival's request, holding `permit` while it is in flight;
 /// with `--retry`, sends it again after a 429 or 503 for as long as the
 /// window is open and a permit is free.
@@ -626,7 +673,10 @@ async fn arrive(shared: Arc<Shared>, arrival: Arrival, mut permit: OwnedSemaphor
             .connections
             .post_json(
                 "/v1/claims",
-                &[(&shared.idempotency_key, request.key.clone())],
+                &[
+                    (&shared.idempotency_key, request.key.clone()),
+                    (&AUTHORIZATION, shared.authorization.clone()),
+                ],
                 request.body.clone(),
             )
             .await;
@@ -635,6 +685,9 @@ async fn arrive(shared: Arc<Shared>, arrival: Arrival, mut permit: OwnedSemaphor
         drop(permit);
         let answer = classify(&response);
         shared.counters.count(answer);
+        if answer == Answer::Throttled && response.as_ref().is_ok_and(|r| is_rate_limited(&r.body)) {
+            Counters::add(&shared.counters.rate_limited);
+        }
         let retry_at = match &response {
             Ok(r)
                 if shared.retry
@@ -700,13 +753,12 @@ async fn arrive(shared: Arc<Shared>, arrival: Arrival, mut permit: OwnedSemaphor
 
 /// How many of the keys answered 429 or 5xx have a claim row. Those answers
 /// promise that nothing was recorded: a retry with the key is a new request.
-async fn refused_keys_taken(pool: &PgPool, run_id: &str, refused: &[u64]) -> Result<i64> {
-    use turnstile_claim::{ClaimId, IdempotencyKey, TenantId};
+async fn refused_keys_taken(pool: &PgPool, tenant: &TenantId, run_id: &str, refused: &[u64]) -> Result<i64> {
+    use turnstile_claim::{ClaimId, IdempotencyKey};
 
-    let tenant = TenantId::default_tenant();
     let ids = refused
         .iter()
-        .map(|n| Ok(ClaimId::for_request(&tenant, &IdempotencyKey::parse(&format!("{run_id}-{n}"))?).as_uuid()))
+        .map(|n| Ok(ClaimId::for_request(tenant, &IdempotencyKey::parse(&format!("{run_id}-{n}"))?).as_uuid()))
         .collect::<Result<Vec<Uuid>, turnstile_claim::ParseError>>()?;
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM claims WHERE claim_id = ANY($1)")
@@ -843,8 +895,15 @@ async fn wait_for_decisions(pool: &PgPool, ids: &[Uuid], deadline: Instant) -> R
     }
 }
 
-/// The invariants, from what Postgres holds.
-async fn audit(pool: &PgPool, codes: &[String], ids: &[Uuid], stock: i64) -> Result<FlashSaleReport> {
+/// The invariants, from what Postgres holds about `tenant`'s coupons `codes`
+/// (the same codes in another tenant are other coupons).
+async fn audit(
+    pool: &PgPool,
+    tenant: &TenantId,
+    codes: &[String],
+    ids: &[Uuid],
+    stock: i64,
+) -> Result<FlashSaleReport> {
     let mut report = FlashSaleReport::default();
     let (granted, rejected): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'granted'), count(*) FILTER (WHERE status = 'rejected')
@@ -858,18 +917,21 @@ async fn audit(pool: &PgPool, codes: &[String], ids: &[Uuid], stock: i64) -> Res
     report.oversold = sqlx::query_scalar(
         "SELECT coalesce(sum(greatest(g.units - $2, 0)), 0)::bigint FROM (
            SELECT sum(quantity) AS units FROM claims
-            WHERE kind = 'coupon' AND resource_id = ANY($1) AND status = 'granted' GROUP BY resource_id) g",
+            WHERE tenant_id = $3 AND kind = 'coupon' AND resource_id = ANY($1) AND status = 'granted'
+            GROUP BY resource_id) g",
     )
     .bind(codes)
     .bind(stock)
+    .bind(tenant.as_str())
     .fetch_one(pool)
     .await?;
     report.double_claims = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM claims
-            WHERE kind = 'coupon' AND resource_id = ANY($1) AND status = 'granted'
+            WHERE tenant_id = $2 AND kind = 'coupon' AND resource_id = ANY($1) AND status = 'granted'
             GROUP BY resource_id, user_id HAVING count(*) > 1) d",
     )
     .bind(codes)
+    .bind(tenant.as_str())
     .fetch_one(pool)
     .await?;
     // In commit order per resource, a decision's fence is never below an
@@ -878,19 +940,23 @@ async fn audit(pool: &PgPool, codes: &[String], ids: &[Uuid], stock: i64) -> Res
         "SELECT count(*) FROM (
            SELECT fence, max(fence) OVER (PARTITION BY resource_id ORDER BY decided_at, fence
                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
-             FROM claims WHERE kind = 'coupon' AND resource_id = ANY($1) AND status <> 'pending') t
+             FROM claims
+            WHERE tenant_id = $2 AND kind = 'coupon' AND resource_id = ANY($1) AND status <> 'pending') t
           WHERE fence < before",
     )
     .bind(codes)
+    .bind(tenant.as_str())
     .fetch_one(pool)
     .await?;
     report.remaining_mismatches = sqlx::query_scalar(
         "SELECT count(*) FROM resources r
-          WHERE r.kind = 'coupon' AND r.id = ANY($1)
+          WHERE r.tenant_id = $2 AND r.kind = 'coupon' AND r.id = ANY($1)
             AND r.remaining <> r.total - coalesce((SELECT sum(quantity) FROM claims c
-                 WHERE c.kind = r.kind AND c.resource_id = r.id AND c.status = 'granted'), 0)",
+                 WHERE c.tenant_id = r.tenant_id AND c.kind = r.kind AND c.resource_id = r.id
+                   AND c.status = 'granted'), 0)",
     )
     .bind(codes)
+    .bind(tenant.as_str())
     .fetch_one(pool)
     .await?;
     Ok(report)
@@ -1075,6 +1141,17 @@ mod tests {
             coupons.insert(coupon.to_owned());
         }
         assert_eq!(coupons.len(), 2, "both coupons drawn");
+    }
+
+    #[test]
+    fn rate_limits_are_told_from_load_shedding_by_the_problem_type() {
+        let problem = |kind: &str| format!(r#"{{"type":"{kind}","title":"t","status":429}}"#).into_bytes();
+        assert!(is_rate_limited(&problem("/problems/rate-limited")));
+        assert!(is_rate_limited(&problem(
+            "https://turnstile.example/problems/rate-limited"
+        )));
+        assert!(!is_rate_limited(&problem("/problems/overloaded")));
+        assert!(!is_rate_limited(b""));
     }
 
     #[test]

@@ -224,7 +224,16 @@ fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> String {
         ("arrivals refused", |r| r.arrivals_refused.to_string()),
         ("granted", |r| r.granted.to_string()),
         ("rejected", |r| r.rejected.to_string()),
-        ("throttled (429)", |r| r.throttled_429.to_string()),
+        ("throttled (429)", |r| {
+            if r.rate_limited_429 > 0 {
+                format!(
+                    "{} ({} a key's or user's rate limit)",
+                    r.throttled_429, r.rate_limited_429
+                )
+            } else {
+                r.throttled_429.to_string()
+            }
+        }),
         ("other 4xx", |r| r.errors_4xx.to_string()),
         ("5xx", |r| r.errors_5xx.to_string()),
         ("transport errors", |r| r.transport_errors.to_string()),

@@ -13,9 +13,14 @@
 //! `--report FILE.html` also writes a self-contained HTML report with
 //! per-second charts (`report` renders one from saved JSON). `chaos` runs a
 //! sale on private services, injects a fault and checks the same invariants.
+//!
+//! Every request to the API carries an API key of one tenant
+//! ([`credentials`]): given with `--api-key` and `--admin-key`, or minted
+//! for the run in the database it audits.
 
 pub mod chaos;
 pub mod connections;
+pub mod credentials;
 pub mod flash_sale;
 pub mod generator_cpu;
 pub mod html_report;

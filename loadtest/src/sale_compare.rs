@@ -10,6 +10,8 @@
 //! generator's runtime is not shared with either. The pipeline goes first;
 //! between the runs the machine is left alone for `--pause` seconds.
 //! `--sweep` repeats all this at several rates ([`crate::sale_sweep`]).
+//! Both runs send the same API keys ([`crate::credentials`]): the baseline
+//! reads its keys from the same database as the pipeline.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -18,7 +20,10 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
-use crate::flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams};
+use crate::{
+    credentials::Credentials,
+    flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams},
+};
 
 /// Arguments of `loadtest compare`.
 #[derive(Debug, Clone, Args)]
@@ -89,7 +94,7 @@ impl CompareReport {
     /// A Markdown table, the two runs side by side.
     pub fn table(&self) -> String {
         type Row = (&'static str, fn(&FlashSaleReport) -> String);
-        let rows: [Row; 23] = [
+        let rows: [Row; 24] = [
             ("offered", |r| {
                 format!("{} ({}/s × {} s)", r.offered, r.rate, r.duration_s)
             }),
@@ -125,6 +130,9 @@ impl CompareReport {
                 format!("{:.1}%", 100.0 * r.grants_to_earliest_share)
             }),
             ("429 (every attempt)", |r| r.throttled_429.to_string()),
+            ("of which a key's or user's rate limit", |r| {
+                r.rate_limited_429.to_string()
+            }),
             ("5xx", |r| r.errors_5xx.to_string()),
             ("other errors (4xx, transport, dropped)", |r| {
                 (r.errors_4xx + r.transport_errors + r.dropped).to_string()
@@ -151,7 +159,8 @@ impl CompareReport {
     }
 }
 
-/// Runs the sale against both services.
+/// Runs the sale against both services, with the keys `args` names or,
+/// when it names none, one pair minted for both runs and revoked after them.
 pub async fn run(args: &CompareArgs) -> Result<CompareReport> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     if !ready(&http, &args.pipeline_api).await {
@@ -160,10 +169,26 @@ pub async fn run(args: &CompareArgs) -> Result<CompareReport> {
             args.pipeline_api
         );
     }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&args.sale.database_url)
+        .await
+        .context("connecting to postgres for the API keys")?;
+    let credentials = Credentials::resolve(&args.sale.keys, &pool).await?;
+    let report = run_as(args, &http, &credentials).await;
+    credentials.revoke_minted(&pool).await;
+    pool.close().await;
+    report
+}
+
+async fn run_as(args: &CompareArgs, http: &reqwest::Client, credentials: &Credentials) -> Result<CompareReport> {
     let sale = |mode: Mode, api: &str| FlashSaleArgs {
         api: api.to_owned(),
         mode,
-        sale: args.sale.clone(),
+        sale: SaleParams {
+            keys: credentials.as_args(),
+            ..args.sale.clone()
+        },
         json: args.quiet,
         report: None,
     };
@@ -171,12 +196,12 @@ pub async fn run(args: &CompareArgs) -> Result<CompareReport> {
     tokio::time::sleep(Duration::from_secs(args.pause)).await;
 
     let baseline = if args.baseline_running {
-        if !ready(&http, &args.baseline_api).await {
+        if !ready(http, &args.baseline_api).await {
             bail!("no sql-baseline is ready at {}", args.baseline_api);
         }
         None
     } else {
-        Some(BaselineProcess::start(args, &http).await?)
+        Some(BaselineProcess::start(args, http).await?)
     };
     let sql = flash_sale::run(&sale(Mode::SqlForUpdate, &args.baseline_api)).await;
     if let Some(baseline) = baseline {
@@ -188,8 +213,10 @@ pub async fn run(args: &CompareArgs) -> Result<CompareReport> {
     })
 }
 
+/// The API answers (`/healthz` is on the public port of both services;
+/// `/readyz` is on claim-api's operator listener).
 async fn ready(http: &reqwest::Client, api: &str) -> bool {
-    matches!(http.get(format!("{api}/readyz")).send().await, Ok(r) if r.status().is_success())
+    matches!(http.get(format!("{api}/healthz")).send().await, Ok(r) if r.status().is_success())
 }
 
 /// A sql-baseline process of this run's own.

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    credentials::Credentials,
     flash_sale::FlashSaleReport,
     sale_compare::{self, CompareArgs, CompareReport},
     sweep_chart::{self, Curve},
@@ -131,6 +132,20 @@ pub async fn run(args: &CompareArgs) -> Result<SweepReport> {
     if let Some(bad) = args.sweep.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
         bail!("--sweep: {bad} is not a rate (claims per second, greater than zero)");
     }
+    // One pair of keys for every point, rather than one per point.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&args.sale.database_url)
+        .await
+        .context("connecting to postgres for the API keys")?;
+    let credentials = Credentials::resolve(&args.sale.keys, &pool).await?;
+    let points = run_points(args, &credentials).await;
+    credentials.revoke_minted(&pool).await;
+    pool.close().await;
+    Ok(SweepReport { points: points? })
+}
+
+async fn run_points(args: &CompareArgs, credentials: &Credentials) -> Result<Vec<CompareReport>> {
     let mut points = Vec::with_capacity(args.sweep.len());
     for (n, &rate) in args.sweep.iter().enumerate() {
         if n > 0 {
@@ -142,12 +157,13 @@ pub async fn run(args: &CompareArgs) -> Result<SweepReport> {
         let mut point = args.clone();
         point.sweep.clear();
         point.sale.rate = rate;
+        point.sale.keys = credentials.as_args();
         let report = sale_compare::run(&point)
             .await
             .with_context(|| format!("the sweep's point at {rate} claims/s"))?;
         points.push(report);
     }
-    Ok(SweepReport { points })
+    Ok(points)
 }
 
 #[cfg(test)]

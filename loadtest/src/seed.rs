@@ -2,7 +2,8 @@
 //! a sale's cost grows with the size of the claims table.
 //!
 //! The rows are claims rejected as `sold_out` on a coupon of their own
-//! (`SEED-<eight hex digits>`, created here with no stock), so they disturb
+//! (`SEED-<eight hex digits>` of the default tenant, created here with no
+//! stock), so they disturb
 //! no invariant: none is granted, so the one-grant-per-user index and every
 //! coupon's remaining stock are untouched, and the coupon's row in
 //! `resources` agrees with its claims. They are otherwise like real decided
@@ -138,14 +139,16 @@ pub async fn run(args: &SeedArgs) -> Result<SeedReport> {
         Some(id) => id.clone(),
         None => ResourceId::parse("resource", &format!("SEED-{:08X}", rand::random::<u32>()))?,
     };
+    let tenant = TenantId::default_tenant();
     let mut conn = PgConnection::connect(&args.database_url)
         .await
         .context("connecting to postgres")?;
     let created = sqlx::query(
-        "INSERT INTO resources (kind, id, total, remaining, per_user_limit)
-         VALUES ('coupon', $1, 0, 0, 1) ON CONFLICT DO NOTHING",
+        "INSERT INTO resources (tenant_id, kind, id, total, remaining, per_user_limit)
+         VALUES ($2, 'coupon', $1, 0, 0, 1) ON CONFLICT DO NOTHING",
     )
     .bind(resource.as_str())
+    .bind(tenant.as_str())
     .execute(&mut conn)
     .await?
     .rows_affected();
@@ -160,7 +163,6 @@ pub async fn run(args: &SeedArgs) -> Result<SeedReport> {
         .await?;
     let span = f64::from(args.days) * 86_400.0;
     let (first_accepted, spacing) = (now - span, span / args.claims as f64);
-    let tenant = TenantId::default_tenant();
     let started = Instant::now();
     for (first, last) in chunks(args.claims, args.chunk) {
         let (first_i, last_i) = (i64::try_from(first)?, i64::try_from(last)?);
@@ -178,11 +180,12 @@ pub async fn run(args: &SeedArgs) -> Result<SeedReport> {
         // As a worker leaves it: the newest fence, and when it decided.
         sqlx::query(
             "UPDATE resources SET fence = $2, decided_at = to_timestamp($3 + 0.02)
-              WHERE kind = 'coupon' AND id = $1",
+              WHERE tenant_id = $4 AND kind = 'coupon' AND id = $1",
         )
         .bind(resource.as_str())
         .bind(last_i)
         .bind(first_accepted + spacing * (last - 1) as f64)
+        .bind(tenant.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -17,7 +17,9 @@ use std::{
 };
 
 use tokio_util::sync::CancellationToken;
+use turnstile_http::auth::RateLimit;
 use turnstile_loadtest::{
+    credentials::KeyArgs,
     flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams},
     html_report,
     timeline::SecondStats,
@@ -200,6 +202,16 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
         pg_acquire_timeout: Duration::from_secs(30),
         max_inflight: 1024,
         max_body_bytes: 16 * 1024,
+        key_refresh: Duration::from_secs(2),
+        // This test measures the report, not the buckets.
+        key_rate: RateLimit {
+            per_second: 0,
+            burst: 0,
+        },
+        user_rate: RateLimit {
+            per_second: 0,
+            burst: 0,
+        },
     };
     let app = sql_baseline::Application::build(settings)
         .await
@@ -213,6 +225,9 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
         mode: Mode::SqlForUpdate,
         sale: SaleParams {
             database_url: database_url(),
+            // None given: the sale mints a pair in the stack's database,
+            // where sql-baseline reads its keys.
+            keys: KeyArgs::default(),
             coupons: 1,
             stock: 50,
             users: 400,

@@ -2,7 +2,9 @@
 //! advance: every arrival's first request is refused (429 or 503 with
 //! `Retry-After: 1`, or a final 409), and a request that comes back is
 //! accepted. The audit runs against the stack's Postgres, where no claim of
-//! the stub exists.
+//! the stub exists. The stub also checks the keys: coupons are created with
+//! the admin key, claims sent with the claim key (401 otherwise, which the
+//! counts would show).
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,12 +17,16 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::State,
+    extract::{FromRef, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::post,
 };
-use turnstile_loadtest::flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams};
+use turnstile_claim::{TenantId, access::Role, store::keys};
+use turnstile_loadtest::{
+    credentials::KeyArgs,
+    flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams},
+};
 use uuid::Uuid;
 
 fn database_url() -> String {
@@ -35,7 +41,40 @@ fn arrival(key: &str) -> u64 {
     key.rsplit('-').next().unwrap().parse().unwrap()
 }
 
-async fn claim(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
+/// The `Authorization` each route expects.
+#[derive(Clone)]
+struct Expected {
+    admin: String,
+    claim: String,
+}
+
+#[derive(Clone, FromRef)]
+struct Stub {
+    seen: Seen,
+    expected: Expected,
+}
+
+fn authorized(headers: &HeaderMap, expected: &str) -> bool {
+    headers.get(header::AUTHORIZATION).is_some_and(|v| v == expected)
+}
+
+async fn coupon(State(expected): State<Expected>, headers: HeaderMap) -> StatusCode {
+    if authorized(&headers, &expected.admin) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
+}
+
+async fn claim(
+    State(seen): State<Seen>,
+    State(expected): State<Expected>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&headers, &expected.claim) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
     let key = headers["idempotency-key"].to_str().unwrap().to_owned();
     let n = arrival(&key);
     let attempts = {
@@ -57,12 +96,15 @@ async fn claim(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Res
     }
 }
 
-async fn stub() -> (String, Seen) {
+async fn stub(expected: Expected) -> (String, Seen) {
     let seen = Seen::default();
     let app = Router::new()
-        .route("/v1/coupons", post(|| async { StatusCode::CREATED }))
+        .route("/v1/coupons", post(coupon))
         .route("/v1/claims", post(claim))
-        .with_state(Arc::clone(&seen));
+        .with_state(Stub {
+            seen: Arc::clone(&seen),
+            expected,
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -70,12 +112,30 @@ async fn stub() -> (String, Seen) {
 }
 
 async fn sale(retry: bool, duration: u64) -> (FlashSaleReport, HashMap<String, Vec<(Instant, Bytes)>>) {
-    let (api, seen) = stub().await;
+    // Keys of the stack's database: loadtest checks given keys there.
+    let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
+    let tenant = TenantId::default_tenant();
+    let (claim_id, claim_key) = keys::create_key(&pool, &tenant, Role::Claim, Some("loadtest-retry-test"))
+        .await
+        .unwrap();
+    let (admin_id, admin_key) = keys::create_key(&pool, &tenant, Role::Admin, Some("loadtest-retry-test"))
+        .await
+        .unwrap();
+    let (api, seen) = stub(Expected {
+        admin: format!("Bearer {}", admin_key.reveal()),
+        claim: format!("Bearer {}", claim_key.reveal()),
+    })
+    .await;
     let args = FlashSaleArgs {
         api,
         mode: Mode::Pipeline,
         sale: SaleParams {
             database_url: database_url(),
+            keys: KeyArgs {
+                api_key: Some(claim_key.reveal().to_owned()),
+                admin_key: Some(admin_key.reveal().to_owned()),
+                tenant: None,
+            },
             coupons: 1,
             stock: 10,
             users: 100,
@@ -91,6 +151,9 @@ async fn sale(retry: bool, duration: u64) -> (FlashSaleReport, HashMap<String, V
         report: None,
     };
     let report = flash_sale::run(&args).await.unwrap();
+    for key_id in [claim_id, admin_id] {
+        keys::revoke_key(&pool, key_id).await.unwrap();
+    }
     let seen = seen.lock().unwrap().clone();
     (report, seen)
 }

@@ -71,30 +71,31 @@ async fn seeds_decided_claims_on_a_coupon_of_their_own() {
     );
 
     // The coupon's row agrees: no stock, nothing granted, its fence the newest.
-    let (total, remaining, fence): (i64, i64, i64) =
-        sqlx::query_as("SELECT total, remaining, fence FROM resources WHERE kind = 'coupon' AND id = $1")
-            .bind(&resource)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (total, remaining, fence): (i64, i64, i64) = sqlx::query_as(
+        "SELECT total, remaining, fence FROM resources WHERE tenant_id = 'default' AND kind = 'coupon' AND id = $1",
+    )
+    .bind(&resource)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!((total, remaining, fence), (0, 0, 1_000));
 
     // Seeding into an existing coupon is refused, and adds nothing.
     let again = seed::run(&args).await;
     assert!(again.is_err(), "seeded into an existing coupon");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE resource_id = $1")
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE tenant_id = 'default' AND resource_id = $1")
         .bind(&resource)
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(rows, 1_000);
 
-    sqlx::query("DELETE FROM claims WHERE kind = 'coupon' AND resource_id = $1")
+    sqlx::query("DELETE FROM claims WHERE tenant_id = 'default' AND kind = 'coupon' AND resource_id = $1")
         .bind(&resource)
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("DELETE FROM resources WHERE kind = 'coupon' AND id = $1")
+    sqlx::query("DELETE FROM resources WHERE tenant_id = 'default' AND kind = 'coupon' AND id = $1")
         .bind(&resource)
         .execute(&pool)
         .await

@@ -38,6 +38,7 @@ pub enum AuditScope {
 /// One resource's recount: units granted beyond its total (0 when none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceRecount {
+    pub tenant_id: String,
     pub kind: String,
     pub id: String,
     pub oversold: i64,
@@ -46,8 +47,8 @@ pub struct ResourceRecount {
 /// The audit's state between passes.
 #[derive(Debug, Default)]
 pub struct OversoldLedger {
-    /// Resources last counted oversold, by (kind, id).
-    oversold: HashMap<(String, String), i64>,
+    /// Resources last counted oversold, by (tenant, kind, id).
+    oversold: HashMap<(String, String, String), i64>,
     /// When the previous pass began, by Postgres' clock; `None` before the
     /// first pass completed.
     last_started: Option<OffsetDateTime>,
@@ -84,9 +85,9 @@ impl OversoldLedger {
         }
         for r in recounts {
             if r.oversold > 0 {
-                self.oversold.insert((r.kind, r.id), r.oversold);
+                self.oversold.insert((r.tenant_id, r.kind, r.id), r.oversold);
             } else {
-                self.oversold.remove(&(r.kind, r.id));
+                self.oversold.remove(&(r.tenant_id, r.kind, r.id));
             }
         }
         self.last_started = Some(started);
@@ -108,6 +109,7 @@ mod tests {
 
     fn recount(id: &str, oversold: i64) -> ResourceRecount {
         ResourceRecount {
+            tenant_id: "default".into(),
             kind: "coupon".into(),
             id: id.into(),
             oversold,

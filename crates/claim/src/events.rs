@@ -5,19 +5,26 @@
 //! same rules the API applies to a request: a message that decodes is a
 //! claim the store can hold, so no payload can fail a statement later and
 //! stall its partition.
+//!
+//! The tenant travels twice on the wire: as `tenant_id`, as it always has,
+//! and inside `resource`, which is the tenant's. An event whose two disagree
+//! does not decode; one without `resource.tenant` (written before resources
+//! had tenants) takes `tenant_id`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClaimId, ClaimStatus, Quantity, RejectReason, ResourceKey, TenantId, UnixMillis, UserId};
+use crate::{
+    ClaimId, ClaimStatus, ParseError, Quantity, RejectReason, ResourceId, ResourceKey, ResourceKind, TenantId,
+    UnixMillis, UserId,
+};
 
 /// A claim accepted by the API, to be decided by a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RequestedWire", into = "RequestedWire")]
 pub struct ClaimRequested {
     /// The claim.
     pub claim_id: ClaimId,
-    /// Its tenant.
-    pub tenant_id: TenantId,
-    /// What is claimed (also the message key).
+    /// What is claimed, and so whose (also the message key).
     pub resource: ResourceKey,
     /// Who claims.
     pub user_id: UserId,
@@ -27,14 +34,20 @@ pub struct ClaimRequested {
     pub accepted_at_ms: UnixMillis,
 }
 
+impl ClaimRequested {
+    /// The claim's tenant: the resource's.
+    pub fn tenant(&self) -> &TenantId {
+        &self.resource.tenant
+    }
+}
+
 /// A claim's final state, published after the fenced write committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "DecidedWire", into = "DecidedWire")]
 pub struct ClaimDecided {
     /// The claim.
     pub claim_id: ClaimId,
-    /// Its tenant.
-    pub tenant_id: TenantId,
-    /// What was claimed.
+    /// What was claimed, and so whose.
     pub resource: ResourceKey,
     /// Granted or rejected.
     pub status: ClaimStatus,
@@ -44,6 +57,118 @@ pub struct ClaimDecided {
     pub fence: u64,
     /// When it was decided, in Unix milliseconds.
     pub decided_at_ms: i64,
+}
+
+impl ClaimDecided {
+    /// The claim's tenant: the resource's.
+    pub fn tenant(&self) -> &TenantId {
+        &self.resource.tenant
+    }
+}
+
+/// A resource as written in events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResourceWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<TenantId>,
+    kind: ResourceKind,
+    id: ResourceId,
+}
+
+impl ResourceWire {
+    fn from_key(key: ResourceKey) -> Self {
+        Self {
+            tenant: Some(key.tenant),
+            kind: key.kind,
+            id: key.id,
+        }
+    }
+
+    fn into_key(self, tenant_id: TenantId) -> Result<ResourceKey, ParseError> {
+        match self.tenant {
+            Some(tenant) if tenant != tenant_id => Err(ParseError::new("resource.tenant", "must equal tenant_id")),
+            _ => Ok(ResourceKey {
+                tenant: tenant_id,
+                kind: self.kind,
+                id: self.id,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RequestedWire {
+    claim_id: ClaimId,
+    tenant_id: TenantId,
+    resource: ResourceWire,
+    user_id: UserId,
+    quantity: Quantity,
+    accepted_at_ms: UnixMillis,
+}
+
+impl TryFrom<RequestedWire> for ClaimRequested {
+    type Error = ParseError;
+    fn try_from(w: RequestedWire) -> Result<Self, Self::Error> {
+        Ok(Self {
+            claim_id: w.claim_id,
+            resource: w.resource.into_key(w.tenant_id)?,
+            user_id: w.user_id,
+            quantity: w.quantity,
+            accepted_at_ms: w.accepted_at_ms,
+        })
+    }
+}
+
+impl From<ClaimRequested> for RequestedWire {
+    fn from(e: ClaimRequested) -> Self {
+        Self {
+            claim_id: e.claim_id,
+            tenant_id: e.resource.tenant.clone(),
+            resource: ResourceWire::from_key(e.resource),
+            user_id: e.user_id,
+            quantity: e.quantity,
+            accepted_at_ms: e.accepted_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DecidedWire {
+    claim_id: ClaimId,
+    tenant_id: TenantId,
+    resource: ResourceWire,
+    status: ClaimStatus,
+    reason: Option<RejectReason>,
+    fence: u64,
+    decided_at_ms: i64,
+}
+
+impl TryFrom<DecidedWire> for ClaimDecided {
+    type Error = ParseError;
+    fn try_from(w: DecidedWire) -> Result<Self, Self::Error> {
+        Ok(Self {
+            claim_id: w.claim_id,
+            resource: w.resource.into_key(w.tenant_id)?,
+            status: w.status,
+            reason: w.reason,
+            fence: w.fence,
+            decided_at_ms: w.decided_at_ms,
+        })
+    }
+}
+
+impl From<ClaimDecided> for DecidedWire {
+    fn from(e: ClaimDecided) -> Self {
+        Self {
+            claim_id: e.claim_id,
+            tenant_id: e.resource.tenant.clone(),
+            resource: ResourceWire::from_key(e.resource),
+            status: e.status,
+            reason: e.reason,
+            fence: e.fence,
+            decided_at_ms: e.decided_at_ms,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +195,23 @@ mod tests {
         let event = decode(valid()).unwrap();
         let again: ClaimRequested = serde_json::from_slice(&serde_json::to_vec(&event).unwrap()).unwrap();
         assert_eq!(event, again);
+    }
+
+    #[test]
+    fn the_resource_belongs_to_the_events_tenant() {
+        let old = decode(valid()).unwrap();
+        assert_eq!(
+            old.tenant().as_str(),
+            "default",
+            "an event without resource.tenant takes tenant_id"
+        );
+        let json = serde_json::to_value(&old).unwrap();
+        assert_eq!(json["resource"]["tenant"], "default");
+        assert_eq!(json["tenant_id"], "default");
+
+        let mut foreign = valid();
+        foreign["resource"]["tenant"] = serde_json::json!("other");
+        assert!(decode(foreign).is_err(), "a resource of another tenant decoded");
     }
 
     #[test]

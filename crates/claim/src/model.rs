@@ -99,11 +99,15 @@ impl From<ResourceId> for String {
     }
 }
 
-/// One claimable thing: a coupon or a SKU. Its display form
-/// (`coupon:SPRING`) is the Kafka message key and the lock's resource name,
-/// so every claim for it lands in one partition and under one lock.
+/// One claimable thing: a tenant's coupon or SKU. The same code in two
+/// tenants is two resources. Its display form (`acme/coupon:SPRING`) is the
+/// Kafka message key, the lock's resource name and the cache key, so every
+/// claim for it lands in one partition and under one lock, and no two
+/// tenants ever share either.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ResourceKey {
+    /// The tenant that owns it.
+    pub tenant: TenantId,
     /// Coupon or SKU.
     pub kind: ResourceKind,
     /// The code or SKU.
@@ -111,26 +115,41 @@ pub struct ResourceKey {
 }
 
 impl ResourceKey {
-    /// A coupon key.
-    pub fn coupon(id: ResourceId) -> Self {
+    /// A tenant's coupon.
+    pub fn coupon(tenant: TenantId, id: ResourceId) -> Self {
         Self {
+            tenant,
             kind: ResourceKind::Coupon,
             id,
         }
     }
 
-    /// A SKU key.
-    pub fn sku(id: ResourceId) -> Self {
+    /// A tenant's SKU.
+    pub fn sku(tenant: TenantId, id: ResourceId) -> Self {
         Self {
+            tenant,
             kind: ResourceKind::Sku,
             id,
         }
+    }
+
+    /// The resource as its owner names it (`coupon:SPRING`), for messages
+    /// shown to that owner.
+    pub fn local_name(&self) -> String {
+        format!("{}:{}", self.kind.as_str(), self.id.as_str())
     }
 }
 
 impl fmt::Display for ResourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind.as_str(), self.id.as_str())
+        // The tenant alphabet has no '/', so the split is unambiguous.
+        write!(
+            f,
+            "{}/{}:{}",
+            self.tenant.as_str(),
+            self.kind.as_str(),
+            self.id.as_str()
+        )
     }
 }
 
@@ -260,21 +279,21 @@ impl From<UnixMillis> for i64 {
     }
 }
 
-/// The tenant a request belongs to (`X-Tenant-Id`); idempotency keys and
+/// The tenant a credential belongs to; resources, idempotency keys and
 /// claims are scoped by it. 1 to 64 characters from `A-Z a-z 0-9 _ - .`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 
 impl TenantId {
-    /// The tenant of requests that name none.
+    /// The tenant that rows from before tenants existed were moved into.
     pub fn default_tenant() -> Self {
         Self("default".to_owned())
     }
 
     /// Parses a tenant id.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        ResourceId::parse("X-Tenant-Id", raw).map(|id| Self(id.0))
+        ResourceId::parse("tenant", raw).map(|id| Self(id.0))
     }
 
     /// The id.
@@ -504,7 +523,16 @@ mod tests {
 
     #[test]
     fn resource_key_is_the_kafka_key() {
-        let key = ResourceKey::coupon(ResourceId::parse("coupon", "SPRING").unwrap());
-        assert_eq!(key.to_string(), "coupon:SPRING");
+        let key = ResourceKey::coupon(
+            TenantId::parse("acme").unwrap(),
+            ResourceId::parse("coupon", "SPRING").unwrap(),
+        );
+        assert_eq!(key.to_string(), "acme/coupon:SPRING");
+        assert_eq!(key.local_name(), "coupon:SPRING");
+        let other = ResourceKey::coupon(
+            TenantId::parse("beta").unwrap(),
+            ResourceId::parse("coupon", "SPRING").unwrap(),
+        );
+        assert_ne!(key.to_string(), other.to_string());
     }
 }

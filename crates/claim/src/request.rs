@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{ParseError, Quantity, ResourceId, ResourceKey, ResourceKind, UserId};
+use crate::{ParseError, Quantity, ResourceId, ResourceKey, ResourceKind, TenantId, UserId};
 
 /// The JSON body as sent. Unknown fields are refused, so a typo such as
 /// `"quantitiy"` is an error rather than a silent default.
@@ -32,11 +32,12 @@ pub struct ClaimRequest {
 }
 
 impl ClaimRequestBody {
-    /// Checks every rule and builds the request.
-    pub fn parse(self) -> Result<ClaimRequest, ParseError> {
+    /// Checks every rule and builds the request, for a resource of
+    /// `tenant` (the caller's: the body cannot name another).
+    pub fn parse(self, tenant: TenantId) -> Result<ClaimRequest, ParseError> {
         let resource = match (self.coupon, self.sku) {
-            (Some(code), None) => ResourceKey::coupon(ResourceId::parse("coupon", &code)?),
-            (None, Some(sku)) => ResourceKey::sku(ResourceId::parse("sku", &sku)?),
+            (Some(code), None) => ResourceKey::coupon(tenant, ResourceId::parse("coupon", &code)?),
+            (None, Some(sku)) => ResourceKey::sku(tenant, ResourceId::parse("sku", &sku)?),
             _ => {
                 return Err(ParseError::new(
                     "coupon/sku",
@@ -85,14 +86,14 @@ mod tests {
     fn body(json: &str) -> Result<ClaimRequest, String> {
         serde_json::from_str::<ClaimRequestBody>(json)
             .map_err(|e| e.to_string())?
-            .parse()
+            .parse(TenantId::parse("acme").unwrap())
             .map_err(|e| e.to_string())
     }
 
     #[test]
     fn coupon_claim() {
         let req = body(r#"{"coupon":"SPRING","user_id":"u-42"}"#).unwrap();
-        assert_eq!(req.resource.to_string(), "coupon:SPRING");
+        assert_eq!(req.resource.to_string(), "acme/coupon:SPRING");
         assert_eq!(req.quantity, Quantity::ONE);
     }
 

@@ -2,15 +2,16 @@
 //! real PostgreSQL of `scripts/stack`: earlier grants count toward the
 //! per-user limit, an event without a claim row creates nothing, a
 //! redelivered batch reports the decisions as stored, an older token is
-//! refused, and an event never decides another resource's claim.
+//! refused, an event never decides another resource's claim, and one
+//! coupon code in two tenants is two coupons.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{accept, coupon, event, pool};
+use common::{accept, coupon, coupon_of, event, fresh_tenant, pool};
 use turnstile_claim::{
-    ClaimStatus, Decision, RejectReason, ResourceId, ResourceKey,
+    ClaimStatus, Decision, RejectReason, ResourceId, ResourceKey, TenantId,
     store::{self, BatchDecided, EarlierDecision, FencedOutcome, OrphanReason},
 };
 use turnstile_lock::FencingToken;
@@ -145,8 +146,10 @@ async fn a_batch_is_decided_in_arrival_order_counting_earlier_grants() {
 #[tokio::test]
 async fn claims_of_an_unknown_resource_are_rejected_as_such() {
     let pool = pool().await;
-    let missing =
-        ResourceKey::coupon(ResourceId::parse("coupon", &format!("NONE-{:08x}", rand::random::<u32>())).unwrap());
+    let missing = ResourceKey::coupon(
+        TenantId::default_tenant(),
+        ResourceId::parse("coupon", &format!("NONE-{:08x}", rand::random::<u32>())).unwrap(),
+    );
     let claim = event(&missing, &format!("k-{:08x}", rand::random::<u32>()), "u1");
     sqlx::query(
         "INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user)
@@ -203,4 +206,58 @@ async fn an_event_never_decides_another_resources_claim() {
     );
     assert_eq!(decided.decisions, vec![Decision::Granted(for_b.claim_id)]);
     assert_eq!(remaining, 0);
+}
+
+/// The same code in two tenants: two stocks, two fences, two per-user
+/// limits. Granting tenant A's last unit leaves B's untouched, a token B's
+/// coupon accepted says nothing about A's, and a user's grant in one tenant
+/// does not count in the other.
+#[tokio::test]
+async fn one_code_in_two_tenants_is_two_coupons() {
+    let pool = pool().await;
+    let code = format!("SHARED-{:08x}", rand::random::<u32>());
+    let a = coupon_of(&pool, &fresh_tenant("tenant-a"), &code, 1).await;
+    let b = coupon_of(&pool, &fresh_tenant("tenant-b"), &code, 1).await;
+    assert_eq!(a.local_name(), b.local_name());
+    assert_ne!(a.to_string(), b.to_string(), "the Kafka key and lock name differ");
+    let run = format!("{:08x}", rand::random::<u32>());
+
+    let in_a = event(&a, &format!("a-{run}"), "same-user");
+    accept(&pool, std::slice::from_ref(&in_a)).await;
+    let (decided, remaining) = applied(
+        store::decide_fenced(&pool, &a, FencingToken::new(50), std::slice::from_ref(&in_a))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(decided.decisions, vec![Decision::Granted(in_a.claim_id)]);
+    assert_eq!(remaining, 0);
+
+    // B's fence is still 0 and its stock still 1: a smaller token works there.
+    let in_b = event(&b, &format!("b-{run}"), "same-user");
+    accept(&pool, std::slice::from_ref(&in_b)).await;
+    let (decided, remaining) = applied(
+        store::decide_fenced(&pool, &b, FencingToken::new(3), std::slice::from_ref(&in_b))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(decided.decisions, vec![Decision::Granted(in_b.claim_id)]);
+    assert_eq!(remaining, 0);
+    assert_eq!(store::resource(&pool, &a).await.unwrap().unwrap().fence, 50);
+    assert_eq!(store::resource(&pool, &b).await.unwrap().unwrap().fence, 3);
+
+    // An event of A's claim in a batch for B's coupon decides nothing.
+    let late_a = event(&a, &format!("late-a-{run}"), "other-user");
+    accept(&pool, std::slice::from_ref(&late_a)).await;
+    let outcome = store::decide_fenced(&pool, &b, FencingToken::new(4), std::slice::from_ref(&late_a))
+        .await
+        .unwrap();
+    let FencedOutcome::Applied { decided, .. } = outcome else {
+        panic!("expected the batch to be applied, got {outcome:?}")
+    };
+    assert!(decided.decisions.is_empty(), "{:?}", decided.decisions);
+    assert_eq!(decided.orphans.len(), 1);
+    assert_eq!(
+        store::claim(&pool, late_a.claim_id).await.unwrap().unwrap().status,
+        ClaimStatus::Pending
+    );
 }

@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{admit, coupon, event, pool};
+use common::{admit, coupon, coupon_of, event, fresh_tenant, pool};
 use turnstile_claim::{
-    ClaimRequested, ResourceId, ResourceKey,
+    ClaimRequested, ResourceId, ResourceKey, TenantId,
     store::{self, Admission, FencedOutcome, OrphanReason, Reserved},
 };
 use turnstile_lock::FencingToken;
@@ -35,7 +35,10 @@ async fn one_batch_classifies_every_admission_and_records_each_key_once() {
 
     let (k1, k2, k3) = (format!("k1-{run}"), format!("k2-{run}"), format!("k3-{run}"));
     let (e1, e2) = (event(&coupon, &k1, "u1"), event(&coupon, &k2, "u2"));
-    let nowhere = ResourceKey::coupon(ResourceId::parse("coupon", "NO-SUCH-COUPON-EVER").unwrap());
+    let nowhere = ResourceKey::coupon(
+        TenantId::default_tenant(),
+        ResourceId::parse("coupon", "NO-SUCH-COUPON-EVER").unwrap(),
+    );
     let missing = event(&nowhere, &k3, "u3");
     let batch = [
         admission(&same, &e1),
@@ -95,4 +98,25 @@ async fn an_event_without_a_claim_leaves_its_key_free() {
         admit(&pool, &[9; 32], std::slice::from_ref(&another_body)).await,
         vec![Reserved::New]
     );
+}
+
+/// A caller names coupons of its own tenant only: a claim on a code that
+/// exists only in another tenant is a claim on an unknown coupon, and
+/// records nothing.
+#[tokio::test]
+async fn another_tenants_coupon_is_unknown() {
+    let pool = pool().await;
+    let code = format!("THEIRS-{:08x}", rand::random::<u32>());
+    let theirs = coupon_of(&pool, &fresh_tenant("owner"), &code, 5).await;
+    let intruder = ResourceKey {
+        tenant: fresh_tenant("intruder"),
+        ..theirs.clone()
+    };
+    let claim = event(&intruder, &format!("k-{code}"), "u1");
+    assert_eq!(
+        admit(&pool, &[3; 32], std::slice::from_ref(&claim)).await,
+        vec![Reserved::UnknownResource]
+    );
+    assert!(store::claim(&pool, claim.claim_id).await.unwrap().is_none());
+    assert_eq!(store::resource(&pool, &theirs).await.unwrap().unwrap().remaining, 5);
 }

@@ -7,7 +7,7 @@ use axum::{
     http::{HeaderMap, header},
 };
 use serde::de::DeserializeOwned;
-use turnstile_claim::{IdempotencyKey, TenantId};
+use turnstile_claim::IdempotencyKey;
 
 use crate::problem::ApiError;
 
@@ -59,17 +59,6 @@ where
                 serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
                 _ => ApiError::MalformedJson(e.to_string()),
             })
-    }
-}
-
-/// The tenant named by `X-Tenant-Id`, or the default tenant.
-pub fn tenant(headers: &HeaderMap) -> Result<TenantId, ApiError> {
-    match headers.get("x-tenant-id") {
-        None => Ok(TenantId::default_tenant()),
-        Some(value) => value
-            .to_str()
-            .map_err(|_| ApiError::InvalidHeader("X-Tenant-Id must be visible ASCII".to_owned()))
-            .and_then(|v| TenantId::parse(v).map_err(|e| ApiError::InvalidHeader(e.to_string()))),
     }
 }
 

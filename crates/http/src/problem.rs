@@ -83,9 +83,54 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after: u64,
     },
+    /// No credential, or one that is malformed, unknown or revoked.
+    #[error("{}", .0.detail())]
+    Unauthenticated(AuthFailure),
+    /// The credential is valid but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller's own rate is exceeded (its key's, or its user's); other
+    /// callers are unaffected. Nothing was done.
+    #[error("the {scope} rate limit is exceeded; retry later")]
+    RateLimited {
+        /// `key`, `user` or `tenant`.
+        scope: &'static str,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
     /// A bug.
     #[error("internal error")]
     Internal,
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// Not `Bearer` and a well-formed key.
+    Malformed,
+    /// A well-formed key that is unknown or revoked.
+    Unknown,
+}
+
+impl AuthFailure {
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            Self::Missing => "an API key is required: Authorization: Bearer <key>",
+            Self::Malformed => "the Authorization header must be Bearer and an API key",
+            Self::Unknown => "the API key is unknown or revoked",
+        }
+    }
 }
 
 impl ApiError {
@@ -147,6 +192,13 @@ impl ApiError {
                 "/problems/unavailable",
                 "Dependency unavailable",
             ),
+            Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "/problems/unauthenticated", "Unauthenticated"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "/problems/forbidden", "Forbidden"),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/rate-limited",
+                "Rate limit exceeded",
+            ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "/problems/internal",
@@ -178,7 +230,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title) = self.parts();
         let retry_after = match &self {
-            Self::Overloaded { retry_after, .. } | Self::Unavailable { retry_after, .. } => Some(*retry_after),
+            Self::Overloaded { retry_after, .. }
+            | Self::Unavailable { retry_after, .. }
+            | Self::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
         let body = Problem {
@@ -195,6 +249,16 @@ impl IntoResponse for ApiError {
         );
         if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::Unauthenticated(failure) = self {
+            // RFC 6750: no error code when no credential was sent.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(match failure {
+                    AuthFailure::Missing => "Bearer realm=\"turnstile\"",
+                    _ => "Bearer realm=\"turnstile\", error=\"invalid_token\"",
+                }),
+            );
         }
         response
     }

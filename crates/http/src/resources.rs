@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
-use turnstile_claim::{ResourceId, ResourceKey, ResourceKind};
+use turnstile_claim::{ResourceId, ResourceKey, ResourceKind, TenantId};
 use utoipa::ToSchema;
 
 use crate::problem::ApiError;
@@ -85,8 +85,9 @@ fn parse_id(field: &'static str, raw: &str) -> Result<ResourceId, ApiError> {
 }
 
 impl NewCoupon {
-    /// Checks the code, the total and the per-user limit (422 otherwise).
-    pub fn validate(&self) -> Result<NewResource, ApiError> {
+    /// Checks the code, the total and the per-user limit (422 otherwise),
+    /// for a coupon of `tenant`.
+    pub fn validate(&self, tenant: TenantId) -> Result<NewResource, ApiError> {
         let id = parse_id("code", &self.code)?;
         let total = parse_stock("total", self.total)?;
         if self.per_user_limit.is_some_and(|l| l < 1) {
@@ -95,7 +96,7 @@ impl NewCoupon {
             ));
         }
         Ok(NewResource {
-            key: ResourceKey::coupon(id),
+            key: ResourceKey::coupon(tenant, id),
             total,
             per_user_limit: self.per_user_limit,
         })
@@ -103,10 +104,10 @@ impl NewCoupon {
 }
 
 impl NewSku {
-    /// Checks the SKU and the stock (422 otherwise).
-    pub fn validate(&self) -> Result<NewResource, ApiError> {
+    /// Checks the SKU and the stock (422 otherwise), for a SKU of `tenant`.
+    pub fn validate(&self, tenant: TenantId) -> Result<NewResource, ApiError> {
         Ok(NewResource {
-            key: ResourceKey::sku(parse_id("sku", &self.sku)?),
+            key: ResourceKey::sku(tenant, parse_id("sku", &self.sku)?),
             total: parse_stock("stock", self.stock)?,
             per_user_limit: None,
         })
@@ -140,9 +141,10 @@ impl NewResource {
     }
 }
 
-/// The resource a path names; an id that cannot exist is simply not found.
-pub fn path_key(kind: ResourceKind, raw: &str) -> Result<ResourceKey, ApiError> {
+/// The resource of `tenant` a path names; an id that cannot exist is simply
+/// not found.
+pub fn path_key(tenant: TenantId, kind: ResourceKind, raw: &str) -> Result<ResourceKey, ApiError> {
     ResourceId::parse("id", raw)
-        .map(|id| ResourceKey { kind, id })
+        .map(|id| ResourceKey { tenant, kind, id })
         .map_err(|_| ApiError::NotFound(format!("{}:{raw} does not exist", kind.as_str())))
 }

@@ -92,28 +92,80 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         header_read_timeout: Duration::from_secs(5),
         max_connections: 10_000,
         max_waiters: 10_000,
+        key_refresh: Duration::from_secs(2),
+        key_rate: turnstile_http::auth::RateLimit::UNLIMITED,
+        user_rate: turnstile_http::auth::RateLimit::UNLIMITED,
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
     }
 }
 
-/// A claim-api running in this process on a free port.
+/// A new API key of `tenant` with `role`, stored in the test database.
+pub async fn mint_key(tenant: &str, role: turnstile_claim::access::Role) -> String {
+    let tenant = turnstile_claim::TenantId::parse(tenant).expect("a valid tenant");
+    let (_, key) = turnstile_claim::store::keys::create_key(&db().await.unwrap(), &tenant, role, Some("test"))
+        .await
+        .expect("minting a test key");
+    key.reveal().to_owned()
+}
+
+/// A client that sends `key` as its bearer token on every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("a valid key");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .default_headers(headers)
+        .build()
+        .expect("a client")
+}
+
+/// A claim-api running in this process on a free port, with a claim key
+/// and an admin key of the default tenant.
 #[derive(Debug)]
 pub struct TestApi {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    /// A client for it.
+    /// `http://127.0.0.1:PORT` of the operator listener (`/metrics`, `/readyz`).
+    pub operator: String,
+    /// A client that sends the claim key.
     pub http: reqwest::Client,
+    /// A client that sends the admin key.
+    pub admin: reqwest::Client,
+    /// A client that sends no key.
+    pub anonymous: reqwest::Client,
+    /// The claim key `http` sends.
+    pub claim_key: String,
+    /// The admin key `admin` sends.
+    pub admin_key: String,
     stop: CancellationToken,
 }
 
 impl TestApi {
     /// Builds and serves an API with `settings`.
     pub async fn start(settings: claim_api::Settings) -> Result<Self> {
+        use turnstile_claim::access::Role;
         let app = claim_api::Application::build(settings).await?;
         let base = format!("http://{}", app.local_addr()?);
+        let operator = format!("http://{}", app.metrics_addr()?);
         let stop = CancellationToken::new();
         tokio::spawn(app.run_until_stopped(stop.clone()));
-        let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
-        Ok(Self { base, http, stop })
+        let claim_key = mint_key("default", Role::Claim).await;
+        let admin_key = mint_key("default", Role::Admin).await;
+        let http = client_with_key(&claim_key);
+        let admin = client_with_key(&admin_key);
+        let anonymous = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
+        Ok(Self {
+            base,
+            operator,
+            http,
+            admin,
+            anonymous,
+            claim_key,
+            admin_key,
+            stop,
+        })
     }
 
     /// `base` + `path`.
@@ -121,10 +173,15 @@ impl TestApi {
         format!("{}{path}", self.base)
     }
 
+    /// The operator listener's `path`.
+    pub fn operator_url(&self, path: &str) -> String {
+        format!("{}{path}", self.operator)
+    }
+
     /// Creates a coupon, failing the test if the API refuses.
     pub async fn create_coupon(&self, code: &str, total: i64, per_user_limit: Option<i32>) -> Result<()> {
         let response = self
-            .http
+            .admin
             .post(self.url("/v1/coupons"))
             .json(&serde_json::json!({ "code": code, "total": total, "per_user_limit": per_user_limit }))
             .send()
@@ -179,9 +236,41 @@ impl TestApi {
         bail!("claim {key} still pending after two minutes")
     }
 
+    /// A claim request's head with `api_key`, sent alone on a raw
+    /// connection: the body it announces never comes, so it takes an
+    /// admission slot and holds it until the body timeout.
+    pub async fn send_claim_head(&self, api_key: &str, idempotency_key: &str) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connecting to the API");
+        let head = format!(
+            "POST /v1/claims HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Authorization: Bearer {api_key}\r\nIdempotency-Key: {idempotency_key}\r\nContent-Length: 100\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("sending a request head");
+        stream
+    }
+
+    /// The value of the unlabelled metric `name` (a counter or gauge).
+    pub async fn metric_value(&self, name: &str) -> i64 {
+        let metrics = self.metrics_text().await.expect("reading /metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    }
+
     /// The API's Prometheus text.
     pub async fn metrics_text(&self) -> Result<String> {
-        Ok(self.http.get(self.url("/metrics")).send().await?.text().await?)
+        Ok(self
+            .anonymous
+            .get(self.operator_url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 
     /// Posts a claim with `key` and optional `Prefer: wait`.
@@ -423,8 +512,9 @@ pub async fn assert_claim_invariants(codes: &[String], stock: i64) -> Vec<i64> {
         let (granted, pending, remaining): (i64, i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE c.status = 'granted'), count(*) FILTER (WHERE c.status = 'pending'),
                     max(r.remaining)
-               FROM claims c JOIN resources r ON r.kind = c.kind AND r.id = c.resource_id
-              WHERE c.kind = 'coupon' AND c.resource_id = $1",
+               FROM claims c
+               JOIN resources r ON r.tenant_id = c.tenant_id AND r.kind = c.kind AND r.id = c.resource_id
+              WHERE c.tenant_id = 'default' AND c.kind = 'coupon' AND c.resource_id = $1",
         )
         .bind(code)
         .fetch_one(&pool)
@@ -434,8 +524,9 @@ pub async fn assert_claim_invariants(codes: &[String], stock: i64) -> Vec<i64> {
         assert!(granted <= stock, "{code}: oversold, {granted} granted of {stock}");
         assert_eq!(remaining, stock - granted, "{code}: remaining does not match grants");
         let double: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT user_id FROM claims WHERE resource_id = $1 AND status = 'granted'
-               GROUP BY user_id HAVING count(*) > 1) d",
+            "SELECT count(*) FROM (SELECT user_id FROM claims
+                WHERE tenant_id = 'default' AND kind = 'coupon' AND resource_id = $1 AND status = 'granted'
+                GROUP BY user_id HAVING count(*) > 1) d",
         )
         .bind(code)
         .fetch_one(&pool)

@@ -183,7 +183,7 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
                 continue;
             }
             Ok(Reserved::KeyReused) => Err(ApiError::IdempotencyKeyReused),
-            Ok(Reserved::UnknownResource) => Err(ApiError::UnknownResource(pending.job.event.resource.to_string())),
+            Ok(Reserved::UnknownResource) => Err(ApiError::UnknownResource(pending.job.event.resource.local_name())),
             Err(e) => Err(e),
         };
         let _ = pending.reply.send(answer);

@@ -19,8 +19,17 @@
 //! How many slots there are is adapted by a concurrency limiter
 //! ([`LimiterKind`]) from how long each admission took, between
 //! [`MIN_LIMIT`] and `TURNSTILE_MAX_INFLIGHT`.
+//!
+//! The gate runs after authentication (and the key's own bucket), so it
+//! knows the caller's tenant, and no tenant may hold more than its fair
+//! share of the slots: the limit divided by the tenants active now, those
+//! holding a slot or refused one within [`TENANT_ACTIVE_FOR`]
+//! ([`fair_share`]). Alone, a tenant may use them all; when a second one
+//! knocks, even if every slot is taken, the first is refused past half as
+//! its claims finish (milliseconds), so the freed slots go to the second.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -37,6 +46,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_acc::{Aimd, Algorithm, Gradient2};
 use turnstile_bus::Publisher;
+use turnstile_claim::{TenantId, access::Principal};
 
 use crate::{metrics::ApiMetrics, resilience::LoadGate};
 
@@ -96,11 +106,18 @@ pub enum ShedCause {
     ProducerQueue,
     /// The workers are too far behind.
     ConsumerLag,
+    /// The caller's tenant holds its fair share of the slots.
+    TenantShare,
 }
 
 impl ShedCause {
     /// Every cause, in the order of [`ShedCause::index`].
-    pub const ALL: [Self; 3] = [Self::Concurrency, Self::ProducerQueue, Self::ConsumerLag];
+    pub const ALL: [Self; 4] = [
+        Self::Concurrency,
+        Self::ProducerQueue,
+        Self::ConsumerLag,
+        Self::TenantShare,
+    ];
 
     /// The `cause` label of `turnstile_claims_throttled_total`.
     pub const fn as_str(self) -> &'static str {
@@ -108,6 +125,7 @@ impl ShedCause {
             Self::Concurrency => "concurrency",
             Self::ProducerQueue => "producer_queue",
             Self::ConsumerLag => "consumer_lag",
+            Self::TenantShare => "tenant_share",
         }
     }
 
@@ -120,7 +138,7 @@ impl ShedCause {
     pub const fn retry_after(self) -> u64 {
         match self {
             Self::ConsumerLag => 2,
-            Self::Concurrency | Self::ProducerQueue => 1,
+            Self::Concurrency | Self::ProducerQueue | Self::TenantShare => 1,
         }
     }
 
@@ -141,6 +159,7 @@ impl ShedCause {
             Self::Concurrency => overloaded!("concurrency"),
             Self::ProducerQueue => overloaded!("producer_queue"),
             Self::ConsumerLag => overloaded!("consumer_lag"),
+            Self::TenantShare => overloaded!("tenant_share"),
         }
     }
 
@@ -163,7 +182,7 @@ impl ShedCause {
 
 /// The instruments a refusal touches, resolved once.
 struct ShedInstruments {
-    throttled: [IntCounter; 3],
+    throttled: [IntCounter; 4],
     requests: IntCounter,
     duration: Histogram,
     limit: IntGauge,
@@ -179,6 +198,8 @@ struct Controller {
 
 struct Gate {
     semaphore: Arc<Semaphore>,
+    /// Active tenants: the slots each holds and when it last asked.
+    tenants: Mutex<HashMap<TenantId, TenantLoad>>,
     controller: Mutex<Controller>,
     load: LoadGate,
     publisher: Publisher,
@@ -238,6 +259,7 @@ impl AdmissionGate {
         metrics.admission_limit.set(slots as i64);
         Self(Arc::new(Gate {
             semaphore: Arc::new(Semaphore::new(slots)),
+            tenants: Mutex::new(HashMap::new()),
             controller: Mutex::new(Controller { algorithm, slots }),
             load,
             publisher,
@@ -256,18 +278,50 @@ impl AdmissionGate {
         self.0.controller.lock().unwrap_or_else(PoisonError::into_inner).slots
     }
 
-    /// A slot, or why there is none.
-    fn enter(&self) -> Result<AdmissionTicket, ShedCause> {
+    /// A slot for a claim of `tenant`, or why there is none.
+    fn enter(&self, tenant: &TenantId, now: Instant) -> Result<AdmissionTicket, ShedCause> {
         self.0.load.check(&self.0.publisher)?;
+        let limit = self.limit();
+        let mut tenants = self.0.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        // Tenants are few; forgetting the idle ones as we go keeps this cheap.
+        tenants.retain(|_, load| load.held > 0 || now.duration_since(load.seen) < TENANT_ACTIVE_FOR);
+        let load = match tenants.get_mut(tenant) {
+            Some(load) => load,
+            None => tenants
+                .entry(tenant.clone())
+                .or_insert(TenantLoad { held: 0, seen: now }),
+        };
+        load.seen = now;
+        let held = load.held;
+        // Alone, a tenant is limited by the slots themselves.
+        let active = tenants.len();
+        if active > 1 && held >= fair_share(limit, active) {
+            return Err(ShedCause::TenantShare);
+        }
         let permit = Arc::clone(&self.0.semaphore)
             .try_acquire_owned()
             .map_err(|_| ShedCause::Concurrency)?;
+        if let Some(load) = tenants.get_mut(tenant) {
+            load.held += 1;
+        }
+        drop(tenants);
         self.0.instruments.in_flight.inc();
         Ok(AdmissionTicket(Arc::new(Ticket {
             gate: self.clone(),
+            tenant: tenant.clone(),
             permit: Mutex::new(Some(permit)),
             started: Instant::now(),
         })))
+    }
+
+    /// A slot of `tenant` is free again.
+    fn leave(&self, tenant: &TenantId) {
+        let mut tenants = self.0.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(load) = tenants.get_mut(tenant) {
+            load.held = load.held.saturating_sub(1);
+        }
+        drop(tenants);
+        self.0.instruments.in_flight.dec();
     }
 
     fn shed(&self, cause: ShedCause, started: Instant) -> Response {
@@ -297,8 +351,25 @@ impl AdmissionGate {
     }
 }
 
+/// How long a tenant counts as active after it last asked for a slot.
+pub const TENANT_ACTIVE_FOR: Duration = Duration::from_secs(1);
+
+/// One tenant's use of the gate.
+#[derive(Debug, Clone, Copy)]
+struct TenantLoad {
+    held: usize,
+    seen: Instant,
+}
+
+/// The most slots one of `active` tenants may hold out of `limit`: an
+/// equal share, rounded up, and never less than one.
+pub fn fair_share(limit: usize, active: usize) -> usize {
+    limit.div_ceil(active.max(1)).max(1)
+}
+
 struct Ticket {
     gate: AdmissionGate,
+    tenant: TenantId,
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     started: Instant,
 }
@@ -323,7 +394,7 @@ impl AdmissionTicket {
         if let Some(permit) = permit {
             self.0.gate.record(self.0.started.elapsed(), failed);
             drop(permit);
-            self.0.gate.0.instruments.in_flight.dec();
+            self.0.gate.leave(&self.0.tenant);
         }
     }
 }
@@ -332,7 +403,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let permit = self.permit.get_mut().unwrap_or_else(PoisonError::into_inner).take();
         if permit.is_some() {
-            self.gate.0.instruments.in_flight.dec();
+            self.gate.leave(&self.tenant);
         }
     }
 }
@@ -350,14 +421,19 @@ impl LoadGate {
     }
 }
 
-/// The outermost layer: `POST /v1/claims` gets a slot or an immediate 429;
-/// every other request passes untouched.
+/// The layer right after authentication: `POST /v1/claims` gets a slot or
+/// an immediate 429; every other request passes untouched.
 pub async fn admit_claims(State(gate): State<AdmissionGate>, mut request: Request, next: Next) -> Response {
     if request.method() != Method::POST || request.uri().path() != CLAIMS_PATH {
         return next.run(request).await;
     }
     let started = Instant::now();
-    match gate.enter() {
+    // Authentication runs first and always sets the principal; without
+    // one, the handler refuses the request.
+    let Some(tenant) = request.extensions().get::<Principal>().map(|p| p.tenant.clone()) else {
+        return next.run(request).await;
+    };
+    match gate.enter(&tenant, started) {
         Ok(ticket) => {
             request.extensions_mut().insert(ticket);
             next.run(request).await
@@ -387,6 +463,15 @@ mod tests {
             let shed = axum::body::to_bytes(shed.into_body(), 1024).await.unwrap();
             assert_eq!(shed, built, "{cause:?}");
         }
+    }
+
+    #[test]
+    fn a_fair_share_is_an_equal_part_rounded_up() {
+        assert_eq!(fair_share(64, 1), 64, "alone, a tenant may use every slot");
+        assert_eq!(fair_share(64, 2), 32);
+        assert_eq!(fair_share(64, 3), 22);
+        assert_eq!(fair_share(8, 100), 1, "never less than one");
+        assert_eq!(fair_share(8, 0), 8);
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! Building the application: dependencies, background feeds, the router and
-//! its layers. Tests build it on port 0 and talk to it over HTTP.
+//! Building the application: dependencies, background feeds, the routers
+//! and their layers. Tests build it on port 0 and talk to it over HTTP.
+//!
+//! Two listeners: the API (`TURNSTILE_HTTP_ADDR`), where every `/v1` route
+//! needs an API key, and the operator listener (`TURNSTILE_METRICS_ADDR`,
+//! loopback by default) with `/metrics`, `/readyz` and `/healthz`.
 
 use std::{
     net::SocketAddr,
@@ -22,7 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use turnstile_bus::{ProducerTuning, Publisher, Topics};
 use turnstile_claim::{cache::ResourceCache, store};
-use turnstile_http::serve::{ServeLimits, serve};
+use turnstile_http::{
+    auth::{self, CallerLimits, Gatekeeper, KeyRing},
+    serve::{ServeLimits, serve},
+};
 use utoipa::OpenApi;
 
 use crate::{
@@ -68,6 +75,8 @@ pub struct Shared {
     pub(crate) waiters: Arc<tokio::sync::Semaphore>,
     /// The last readiness check, reused for [`health::READINESS_TTL`].
     pub(crate) readiness: tokio::sync::Mutex<Option<(Instant, health::Readiness)>>,
+    /// The per-key and per-user buckets.
+    pub(crate) limits: CallerLimits,
 }
 
 /// The OpenAPI 3.1 description of the API, generated from the handlers.
@@ -85,16 +94,40 @@ pub struct Shared {
         claims::create_claim,
         claims::get_claim,
         health::healthz,
-        health::readyz,
-        health::metrics,
     ),
-    components(schemas(crate::problem::Problem))
+    components(schemas(crate::problem::Problem)),
+    modifiers(&BearerKeys)
 )]
 pub struct ApiDoc;
+
+/// The `api_key` security scheme the `/v1` operations name: an API key as
+/// a bearer token.
+#[derive(Debug)]
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("An API key from `claim-api keys create`"))
+                        .build(),
+                ),
+            );
+    }
+}
 
 /// A built API, bound to its port, not yet serving.
 pub struct Application {
     listener: TcpListener,
+    operator_listener: TcpListener,
+    operator_router: Router,
     limits: ServeLimits,
     router: Router,
     background: CancellationToken,
@@ -154,6 +187,9 @@ impl Application {
         )?;
 
         let background = CancellationToken::new();
+        let keys = KeyRing::load(read_pool.clone()).await.context("loading the API keys")?;
+        keys.refresh_every(settings.key_refresh, background.clone());
+        let limits = CallerLimits::new(settings.key_rate, settings.user_rate, background.clone());
         let decisions = DecisionWaiters::default();
         let tail = turnstile_bus::tail_from_end(&settings.brokers, &topics.decided).await?;
         tokio::spawn(decisions.clone().follow(tail, background.clone()));
@@ -200,6 +236,7 @@ impl Application {
             accept,
             waiters: Arc::new(tokio::sync::Semaphore::new(settings.max_waiters)),
             readiness: tokio::sync::Mutex::new(None),
+            limits: limits.clone(),
         }));
         let gate = AdmissionGate::new(
             settings.admission_limiter,
@@ -212,12 +249,27 @@ impl Application {
             publisher.clone(),
             &state.metrics,
         );
-        let router = router(state, gate, &settings);
+        let gatekeeper = Gatekeeper {
+            keys,
+            limits,
+            refusals: Some(state.metrics.auth_refusals.clone()),
+        };
+        let operator_router = operator_router(state.clone());
+        let router = router(state, gate, gatekeeper, &settings);
         let listener = turnstile_http::listener::bind(settings.http_addr)
             .with_context(|| format!("binding {}", settings.http_addr))?;
-        info!(addr = %listener.local_addr()?, "claim-api ready");
+        let operator_listener = TcpListener::bind(settings.metrics_addr)
+            .await
+            .with_context(|| format!("binding the operator listener {}", settings.metrics_addr))?;
+        info!(
+            addr = %listener.local_addr()?,
+            operator = %operator_listener.local_addr()?,
+            "claim-api ready"
+        );
         Ok(Self {
             listener,
+            operator_listener,
+            operator_router,
             limits: ServeLimits {
                 header_read_timeout: settings.header_read_timeout,
                 max_connections: settings.max_connections,
@@ -234,16 +286,30 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// Where `/metrics`, `/readyz` and `/healthz` listen.
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.operator_listener.local_addr()
+    }
+
     /// Serves until `shutdown` fires, then drains in-flight requests and
     /// gives the events of claims accepted meanwhile a few seconds to reach
     /// Kafka (what does not is decided by the sweeper).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let background = self.background;
+        let operator_stop = shutdown.clone();
+        let operator = tokio::spawn(async move {
+            axum::serve(self.operator_listener, self.operator_router)
+                .with_graceful_shutdown(async move { operator_stop.cancelled().await })
+                .await
+        });
         let result = serve(self.listener, self.router, self.limits, async move {
             shutdown.cancelled().await;
         })
         .await;
         background.cancel();
+        if let Ok(Err(e)) = operator.await {
+            tracing::warn!(error = %e, "the operator listener failed");
+        }
         let publisher = self.publisher;
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(crate::accept::FLUSH_AT_SHUTDOWN)).await;
         if let Ok(Err(e)) = flushed {
@@ -253,24 +319,39 @@ impl Application {
     }
 }
 
-fn router(state: AppState, gate: AdmissionGate, settings: &Settings) -> Router {
-    Router::new()
+/// The API: `/v1` behind authentication, and the open routes.
+fn router(state: AppState, gate: AdmissionGate, gatekeeper: Gatekeeper, settings: &Settings) -> Router {
+    let v1 = Router::new()
         .route("/v1/claims", post(claims::create_claim))
         .route("/v1/claims/{claim_id}", get(claims::get_claim))
         .route("/v1/coupons", post(resources::create_coupon))
         .route("/v1/coupons/{code}", get(resources::get_coupon))
         .route("/v1/skus", post(resources::create_sku))
         .route("/v1/skus/{sku}", get(resources::get_sku))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
-        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(Extension(BodyLimit(settings.max_body_bytes)))
-        // Outermost: a refused claim costs no span, no log line, no body read.
+        // A refused claim costs no span, no log line, no body read.
         .layer(middleware::from_fn_with_state(gate, admit_claims))
+        // Outermost: who is calling, and whether its key has tokens left.
+        .layer(middleware::from_fn_with_state(gatekeeper, auth::authenticate));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .merge(v1)
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .with_state(state)
+}
+
+/// The operator listener's routes.
+fn operator_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/readyz", get(health::readyz))
+        .route("/healthz", get(health::healthz))
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .with_state(state)
 }
 

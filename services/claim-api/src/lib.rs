@@ -12,6 +12,7 @@ mod accept;
 mod admission;
 mod app;
 mod feeds;
+pub mod keys;
 mod metrics;
 mod resilience;
 mod routes;

@@ -22,6 +22,7 @@ pub struct ApiMetrics {
     pub(crate) admission_in_flight: IntGauge,
     pub(crate) readiness_checks: IntCounter,
     pub(crate) decision_waiters: IntGauge,
+    pub(crate) auth_refusals: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -57,6 +58,14 @@ impl ApiMetrics {
             replays: IntCounter::new(
                 "turnstile_idempotent_replays_total",
                 "Requests answered from an earlier request with the same Idempotency-Key.",
+            )?,
+            auth_refusals: IntCounterVec::new(
+                Opts::new(
+                    "turnstile_auth_refusals_total",
+                    "Requests to /v1 refused before their handler, by reason: missing, malformed or unknown key \
+                     (401), tenant_mismatch (403), rate_key (429).",
+                ),
+                &["reason"],
             )?,
             throttled: IntCounterVec::new(
                 Opts::new("turnstile_claims_throttled_total", "Claims refused with 429, by cause."),
@@ -105,8 +114,12 @@ impl ApiMetrics {
             )?,
         };
         // Every cause exists from the start: a 429 rate reads 0, not absent.
-        for cause in ["concurrency", "producer_queue", "consumer_lag"] {
-            m.throttled.with_label_values(&[cause]);
+        for cause in crate::admission::ShedCause::ALL {
+            m.throttled.with_label_values(&[cause.as_str()]);
+        }
+        m.throttled.with_label_values(&["rate_user"]);
+        for reason in ["missing", "malformed", "unknown", "tenant_mismatch", "rate_key"] {
+            m.auth_refusals.with_label_values(&[reason]);
         }
         for dependency in ["postgres", "kafka"] {
             m.circuit_open.with_label_values(&[dependency]);
@@ -125,6 +138,7 @@ impl ApiMetrics {
         registry.register(Box::new(m.admission_in_flight.clone()))?;
         registry.register(Box::new(m.readiness_checks.clone()))?;
         registry.register(Box::new(m.decision_waiters.clone()))?;
+        registry.register(Box::new(m.auth_refusals.clone()))?;
         Ok(m)
     }
 }

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use turnstile_bus::ProducerTuning;
 
 use crate::admission::LimiterKind;
+use turnstile_http::auth::RateLimit;
 use turnstile_telemetry::{SettingError, setting, setting_millis, setting_millis_or};
 
 /// Everything the API needs to know.
@@ -68,6 +69,18 @@ pub struct Settings {
     /// `TURNSTILE_MAX_WAITERS`: requests waiting for a decision
     /// (`Prefer: wait`) at most; past it a claim is answered `202` at once.
     pub max_waiters: usize,
+    /// `TURNSTILE_KEY_REFRESH_MS`: how often the API keys in force are
+    /// reloaded, at most 5 000: a revoked key works at most this long.
+    pub key_refresh: Duration,
+    /// `TURNSTILE_KEY_RATE` and `TURNSTILE_KEY_BURST`: each API key's
+    /// requests per second and burst (rate 0: unlimited).
+    pub key_rate: RateLimit,
+    /// `TURNSTILE_USER_RATE` and `TURNSTILE_USER_BURST`: each user's
+    /// claims per second and burst, per tenant (rate 0: unlimited).
+    pub user_rate: RateLimit,
+    /// `TURNSTILE_METRICS_ADDR`: the operator listener (`/metrics`,
+    /// `/readyz`, `/healthz`), on loopback unless configured otherwise.
+    pub metrics_addr: SocketAddr,
 }
 
 impl Settings {
@@ -99,6 +112,16 @@ impl Settings {
             header_read_timeout: setting_millis("TURNSTILE_HEADER_READ_TIMEOUT_MS", 5_000)?,
             max_connections: setting("TURNSTILE_MAX_CONNECTIONS", 10_000)?,
             max_waiters: setting("TURNSTILE_MAX_WAITERS", 10_000)?,
+            key_refresh: setting_millis("TURNSTILE_KEY_REFRESH_MS", 2_000)?,
+            key_rate: RateLimit {
+                per_second: setting("TURNSTILE_KEY_RATE", 20_000)?,
+                burst: setting("TURNSTILE_KEY_BURST", 2_000)?,
+            },
+            user_rate: RateLimit {
+                per_second: setting("TURNSTILE_USER_RATE", 5)?,
+                burst: setting("TURNSTILE_USER_BURST", 10)?,
+            },
+            metrics_addr: setting("TURNSTILE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9100)))?,
         };
         settings.validate()?;
         Ok(settings)
@@ -135,6 +158,13 @@ impl Settings {
                 name: "TURNSTILE_MAX_CONNECTIONS",
                 value: "0".to_owned(),
                 problem: "must be at least 1".to_owned(),
+            });
+        }
+        if self.key_refresh.is_zero() || self.key_refresh > turnstile_http::auth::MAX_KEY_REFRESH {
+            return Err(SettingError {
+                name: "TURNSTILE_KEY_REFRESH_MS",
+                value: self.key_refresh.as_millis().to_string(),
+                problem: "must be from 1 to 5000".to_owned(),
             });
         }
         if self.max_inflight == 0 {

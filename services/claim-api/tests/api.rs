@@ -146,7 +146,7 @@ async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
     )
     .await;
     let bad_coupon = api
-        .http
+        .admin
         .post(api.url("/v1/coupons"))
         .json(&json!({"code": "ok", "total": -1}))
         .send()
@@ -159,7 +159,7 @@ async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
     )
     .await;
     let dup = api
-        .http
+        .admin
         .post(api.url("/v1/coupons"))
         .json(&json!({"code": code, "total": 5}))
         .send()
@@ -209,32 +209,6 @@ async fn one_claim_per_idempotency_key_however_concurrent() {
     )
     .await;
     assert_eq!(claims_for(&code).await, 1);
-
-    // Keys are per tenant: the same key elsewhere is a different claim.
-    let tenant_b = api
-        .http
-        .post(api.url("/v1/claims"))
-        .header("idempotency-key", &key)
-        .header("x-tenant-id", "tenant-b")
-        .json(&json!({"coupon": code, "user_id": "u-43"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(tenant_b.status(), StatusCode::ACCEPTED);
-    let view: Value = tenant_b.json().await.unwrap();
-    assert!(!ids.contains(view["claim_id"].as_str().unwrap()));
-    // And a claim is visible only to its own tenant.
-    let id = view["claim_id"].as_str().unwrap();
-    let foreign = api.http.get(api.url(&format!("/v1/claims/{id}"))).send().await.unwrap();
-    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
-    let own = api
-        .http
-        .get(api.url(&format!("/v1/claims/{id}")))
-        .header("x-tenant-id", "tenant-b")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(own.status(), StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -272,19 +246,6 @@ async fn overload_answers_429_and_does_nothing() {
     );
 }
 
-/// A claim request's head, sent alone: the body it announces never comes.
-async fn send_head_only(base: &str, key: &str) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /v1/claims HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Idempotency-Key: {key}\r\nContent-Length: 100\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-}
-
 /// Reads one HTTP response's head and body from a raw connection.
 async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
@@ -310,14 +271,6 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
     }
 }
 
-async fn admission_gauge(api: &TestApi, name: &str) -> i64 {
-    let metrics = api.metrics_text().await.unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-}
-
 /// Admission decides before the body is read: with every slot held by
 /// clients that sent headers only, the next claim is refused with 429 at
 /// once, without its body, and its key stays free. The dawdlers get 408
@@ -330,22 +283,22 @@ async fn a_full_admission_refuses_before_reading_the_body() {
     let api = TestApi::start(settings).await.unwrap();
     let code = unique("DOOR");
     api.create_coupon(&code, 10, None).await.unwrap();
-    let slots = admission_gauge(&api, "turnstile_admission_limit").await;
+    let slots = api.metric_value("turnstile_admission_limit").await;
     assert_eq!(slots, claim_api::MIN_ADMISSION_LIMIT as i64);
 
     let mut holders = Vec::new();
     for i in 0..slots {
-        holders.push(send_head_only(&api.base, &unique(&format!("slow{i}"))).await);
+        holders.push(api.send_claim_head(&api.claim_key, &unique(&format!("slow{i}"))).await);
     }
     // Each head takes its slot once the server has read it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while admission_gauge(&api, "turnstile_admission_in_flight").await < slots {
+    while api.metric_value("turnstile_admission_in_flight").await < slots {
         assert!(std::time::Instant::now() < deadline, "the heads did not take the slots");
         tokio::task::yield_now().await;
     }
 
     // Refused on its head alone: no body was sent.
-    let mut bodiless = send_head_only(&api.base, &unique("bodiless")).await;
+    let mut bodiless = api.send_claim_head(&api.claim_key, &unique("bodiless")).await;
     let answer = read_answer(&mut bodiless).await;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
@@ -364,7 +317,7 @@ async fn a_full_admission_refuses_before_reading_the_body() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert!(answer.contains(r#""type":"/problems/body-timeout""#), "{answer}");
     }
-    assert_eq!(admission_gauge(&api, "turnstile_admission_in_flight").await, 0);
+    assert_eq!(api.metric_value("turnstile_admission_in_flight").await, 0);
     let response = api
         .claim(&unique("after"), json!({"coupon": code, "user_id": "u-after"}), None)
         .await
@@ -437,7 +390,7 @@ async fn waiters_beyond_the_cap_are_answered_at_once() {
         }
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while admission_gauge(&api, "turnstile_decision_waiters").await < 1 {
+    while api.metric_value("turnstile_decision_waiters").await < 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "the first claim never started waiting"
@@ -450,7 +403,7 @@ async fn waiters_beyond_the_cap_are_answered_at_once() {
         .unwrap();
     assert_eq!(second.status(), StatusCode::ACCEPTED);
     assert!(!first.is_finished(), "the first waiter should still be waiting");
-    assert_eq!(admission_gauge(&api, "turnstile_decision_waiters").await, 1);
+    assert_eq!(api.metric_value("turnstile_decision_waiters").await, 1);
     first.abort();
 }
 
@@ -459,14 +412,14 @@ async fn waiters_beyond_the_cap_are_answered_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_is_cached_and_method_labels_are_bounded() {
     let (api, _ns) = api("readyz-cache").await;
-    let before = admission_gauge(&api, "turnstile_readiness_checks_total").await;
+    let before = api.metric_value("turnstile_readiness_checks_total").await;
     let started = std::time::Instant::now();
     for _ in 0..20 {
-        let ready = api.http.get(api.url("/readyz")).send().await.unwrap();
+        let ready = api.anonymous.get(api.operator_url("/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), StatusCode::OK);
     }
     let elapsed = started.elapsed().as_secs() as i64;
-    let checks = admission_gauge(&api, "turnstile_readiness_checks_total").await - before;
+    let checks = api.metric_value("turnstile_readiness_checks_total").await - before;
     assert!(
         (1..=1 + elapsed).contains(&checks),
         "{checks} checks for 20 probes over {elapsed} s"
@@ -483,11 +436,15 @@ async fn readiness_is_cached_and_method_labels_are_bounded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn operational_endpoints() {
     let (api, _ns) = api("ops").await;
-    assert_eq!(
-        api.http.get(api.url("/healthz")).send().await.unwrap().status(),
-        StatusCode::OK
-    );
-    let ready = api.http.get(api.url("/readyz")).send().await.unwrap();
+    for url in [api.url("/healthz"), api.operator_url("/healthz")] {
+        assert_eq!(api.anonymous.get(url).send().await.unwrap().status(), StatusCode::OK);
+    }
+    // Readiness and metrics are for operators: on their own listener only.
+    for path in ["/readyz", "/metrics"] {
+        let public = api.anonymous.get(api.url(path)).send().await.unwrap();
+        assert_eq!(public.status(), StatusCode::NOT_FOUND, "{path} on the public listener");
+    }
+    let ready = api.anonymous.get(api.operator_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(
@@ -495,7 +452,7 @@ async fn operational_endpoints() {
         json!({"status": "ready", "postgres": true, "redis": true, "kafka": true})
     );
     let doc: Value = api
-        .http
+        .anonymous
         .get(api.url("/openapi.json"))
         .send()
         .await
@@ -512,11 +469,11 @@ async fn operational_endpoints() {
         "/v1/skus",
         "/v1/skus/{sku}",
         "/healthz",
-        "/readyz",
-        "/metrics",
     ] {
         assert!(doc["paths"][path].is_object(), "openapi.json lacks {path}");
     }
+    assert_eq!(doc["components"]["securitySchemes"]["api_key"]["scheme"], "bearer");
+    assert_eq!(doc["paths"]["/v1/claims"]["post"]["security"], json!([{"api_key": []}]));
     let metrics = api.metrics_text().await.unwrap();
     assert!(metrics.contains("turnstile_http_requests_total"));
 }
@@ -580,7 +537,7 @@ async fn sku_quantities_are_granted_while_stock_lasts() {
     let worker = TestWorker::start(worker_settings(&ns)).await.unwrap();
     let sku = unique("TSHIRT-M");
     let created = api
-        .http
+        .admin
         .post(api.url("/v1/skus"))
         .json(&json!({"sku": sku, "stock": 5}))
         .send()

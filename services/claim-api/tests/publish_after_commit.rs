@@ -31,7 +31,7 @@ async fn a_claim_whose_publish_fails_after_commit_is_accepted_and_swept() {
         reqwest::StatusCode::ACCEPTED,
         "committed, so accepted"
     );
-    let unpublished = turnstile_testkit::metric(&api.url("/metrics"), "turnstile_claims_unpublished_total")
+    let unpublished = turnstile_testkit::metric(&api.operator_url("/metrics"), "turnstile_claims_unpublished_total")
         .await
         .unwrap();
     assert_eq!(unpublished, 1.0);

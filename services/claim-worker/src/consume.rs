@@ -115,11 +115,15 @@ fn decode(message: &BorrowedMessage<'_>) -> Incoming {
 }
 
 /// A message's event, or why it is none: its payload must decode into a
-/// valid event, and its key must name the event's resource.
+/// valid event, and its key must name the event's resource: `tenant/kind:id`,
+/// or `kind:id` as an API from before resources had tenants keyed it (such
+/// a message may sit in the topic across an upgrade; the fence, not the
+/// partition, is what keeps its decision safe).
 fn check(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<ClaimRequested, String> {
     let event: ClaimRequested = turnstile_bus::decode(payload)?;
     let expected = event.resource.to_string();
-    if key != Some(expected.as_bytes()) {
+    let legacy = event.resource.local_name();
+    if key != Some(expected.as_bytes()) && key != Some(legacy.as_bytes()) {
         return Err(format!("message key is not the event's resource {expected}"));
     }
     Ok(event)
@@ -143,7 +147,11 @@ mod tests {
 
     #[test]
     fn a_valid_event_under_its_resource_key_is_taken() {
-        assert!(check(Some(b"coupon:SPRING"), Some(&payload(1))).is_ok());
+        assert!(check(Some(b"default/coupon:SPRING"), Some(&payload(1))).is_ok());
+        assert!(
+            check(Some(b"coupon:SPRING"), Some(&payload(1))).is_ok(),
+            "the key before tenants"
+        );
     }
 
     #[test]
@@ -153,6 +161,7 @@ mod tests {
             (Some(&b"coupon:SPRING"[..]), Some(b"not json".to_vec())),
             (Some(&b"coupon:SPRING"[..]), None),
             (Some(&b"coupon:OTHER"[..]), Some(payload(1))),
+            (Some(&b"other/coupon:SPRING"[..]), Some(payload(1))),
             (None, Some(payload(1))),
         ];
         for (key, body) in refused {

@@ -323,7 +323,7 @@ impl Decider {
             self.metrics.decide_latency.observe(latency_ms as f64 / 1000.0);
             debug!(
                 correlation_id = origin.correlation_id.as_deref(),
-                tenant_id = event.tenant_id.as_str(),
+                tenant_id = event.tenant().as_str(),
                 claim_id = %event.claim_id,
                 fence = fence.get(),
                 status = status.as_str(),
@@ -333,7 +333,6 @@ impl Decider {
             );
             out.push(ClaimDecided {
                 claim_id: event.claim_id,
-                tenant_id: event.tenant_id.clone(),
                 resource: group.resource.clone(),
                 status,
                 reason,
@@ -342,12 +341,11 @@ impl Decider {
             });
         }
         for earlier in &decided.earlier {
-            let Some(&(event, _)) = by_id.get(&earlier.claim_id) else {
+            if !by_id.contains_key(&earlier.claim_id) {
                 continue;
-            };
+            }
             out.push(ClaimDecided {
                 claim_id: earlier.claim_id,
-                tenant_id: event.tenant_id.clone(),
                 resource: group.resource.clone(),
                 status: earlier.status,
                 reason: earlier.reason,

@@ -13,6 +13,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use turnstile_claim::store;
+use turnstile_http::auth::{self, CallerLimits, Gatekeeper, KeyRing};
 
 use crate::{
     Settings,
@@ -27,6 +28,8 @@ pub struct AppState {
     pub(crate) pool: PgPool,
     /// One permit per claim in progress (`TURNSTILE_MAX_INFLIGHT`).
     pub(crate) inflight: Arc<Semaphore>,
+    /// The per-key and per-user buckets.
+    pub(crate) limits: CallerLimits,
 }
 
 /// A built service, bound to its port, not yet serving.
@@ -34,6 +37,7 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    background: CancellationToken,
 }
 
 impl Application {
@@ -43,11 +47,21 @@ impl Application {
             .await
             .context("connecting to postgres")?;
         store::migrate(&pool).await.context("applying migrations")?;
+        let background = CancellationToken::new();
+        let keys = KeyRing::load(pool.clone()).await.context("loading the API keys")?;
+        keys.refresh_every(settings.key_refresh, background.clone());
+        let limits = CallerLimits::new(settings.key_rate, settings.user_rate, background.clone());
         let state = AppState {
             pool,
             inflight: Arc::new(Semaphore::new(settings.max_inflight)),
+            limits: limits.clone(),
         };
-        let router = router(state, &settings);
+        let gatekeeper = Gatekeeper {
+            keys,
+            limits,
+            refusals: None,
+        };
+        let router = router(state, gatekeeper, &settings);
         let listener = turnstile_http::listener::bind(settings.http_addr)
             .with_context(|| format!("binding {}", settings.http_addr))?;
         info!(
@@ -56,7 +70,11 @@ impl Application {
             max_inflight = settings.max_inflight,
             "sql-baseline ready"
         );
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            background,
+        })
     }
 
     /// The bound address (the real port when built with port 0).
@@ -66,6 +84,7 @@ impl Application {
 
     /// Serves until `shutdown` fires, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let _stop_background = self.background.drop_guard();
         turnstile_http::serve::serve(
             self.listener,
             self.router,
@@ -77,14 +96,19 @@ impl Application {
     }
 }
 
-fn router(state: AppState, settings: &Settings) -> Router {
-    Router::new()
+/// The same routes, keys and buckets as claim-api's, so the comparison
+/// stays like for like.
+fn router(state: AppState, gatekeeper: Gatekeeper, settings: &Settings) -> Router {
+    let v1 = Router::new()
         .route("/v1/claims", post(claims::create_claim))
         .route("/v1/claims/{claim_id}", get(claims::get_claim))
         .route("/v1/coupons", post(resources::create_coupon))
         .route("/v1/coupons/{code}", get(resources::get_coupon))
         .route("/v1/skus", post(resources::create_sku))
         .route("/v1/skus/{sku}", get(resources::get_sku))
+        .layer(axum::middleware::from_fn_with_state(gatekeeper, auth::authenticate));
+    Router::new()
+        .merge(v1)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })

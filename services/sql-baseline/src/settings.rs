@@ -29,6 +29,14 @@ pub struct Settings {
     pub max_inflight: usize,
     /// `TURNSTILE_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
+    /// `TURNSTILE_KEY_REFRESH_MS`, `TURNSTILE_KEY_RATE`, `TURNSTILE_KEY_BURST`,
+    /// `TURNSTILE_USER_RATE`, `TURNSTILE_USER_BURST`: API keys and the
+    /// per-caller buckets, as in claim-api.
+    pub key_refresh: Duration,
+    /// Each key's bucket.
+    pub key_rate: turnstile_http::auth::RateLimit,
+    /// Each user's bucket.
+    pub user_rate: turnstile_http::auth::RateLimit,
 }
 
 impl Settings {
@@ -44,6 +52,16 @@ impl Settings {
             pg_acquire_timeout: setting_millis("TURNSTILE_PG_ACQUIRE_TIMEOUT_MS", 1_000)?,
             max_inflight: setting("TURNSTILE_MAX_INFLIGHT", 32)?,
             max_body_bytes: setting("TURNSTILE_MAX_BODY_BYTES", 16 * 1024)?,
+            key_refresh: turnstile_telemetry::setting_millis("TURNSTILE_KEY_REFRESH_MS", 2_000)?
+                .min(turnstile_http::auth::MAX_KEY_REFRESH),
+            key_rate: turnstile_http::auth::RateLimit {
+                per_second: setting("TURNSTILE_KEY_RATE", 20_000)?,
+                burst: setting("TURNSTILE_KEY_BURST", 2_000)?,
+            },
+            user_rate: turnstile_http::auth::RateLimit {
+                per_second: setting("TURNSTILE_USER_RATE", 5)?,
+                burst: setting("TURNSTILE_USER_BURST", 10)?,
+            },
         };
         for (name, value) in [
             ("TURNSTILE_PG_POOL", settings.pg_pool as usize),

@@ -58,15 +58,17 @@ pub async fn claim_for_update(
         Reservation::KeyReused => return Ok(ClaimOutcome::KeyReused),
         Reservation::UnknownResource => return Ok(ClaimOutcome::UnknownResource),
     };
+    let tenant = event.resource.tenant.as_str();
     let kind = event.resource.kind.as_str();
     let id = event.resource.id.as_str();
 
     // The hot lock: every claim on this resource queues here until the
     // transaction ahead of it commits.
     let Some(resource) = sqlx::query!(
-        "SELECT remaining, per_user_limit FROM resources WHERE kind = $1 AND id = $2 FOR UPDATE",
+        "SELECT remaining, per_user_limit FROM resources WHERE tenant_id = $3 AND kind = $1 AND id = $2 FOR UPDATE",
         kind,
         id,
+        tenant,
     )
     .fetch_optional(&mut *tx)
     .await?
@@ -80,10 +82,11 @@ pub async fn claim_for_update(
         Some(_) => {
             sqlx::query_scalar!(
                 "SELECT count(*) AS \"grants!\" FROM claims
-              WHERE kind = $1 AND resource_id = $2 AND user_id = $3 AND status = 'granted'",
+              WHERE tenant_id = $4 AND kind = $1 AND resource_id = $2 AND user_id = $3 AND status = 'granted'",
                 kind,
                 id,
                 event.user_id.as_str(),
+                tenant,
             )
             .fetch_one(&mut *tx)
             .await?
@@ -100,11 +103,11 @@ pub async fn claim_for_update(
         "WITH decided AS (
            UPDATE claims
               SET status = $4, reason = $5, decided_at = clock_timestamp(),
-                  fence = (SELECT fence + 1 FROM resources WHERE kind = $1 AND id = $2)
+                  fence = (SELECT fence + 1 FROM resources WHERE tenant_id = $7 AND kind = $1 AND id = $2)
             WHERE claim_id = $3 AND status = 'pending'
            RETURNING fence)
          UPDATE resources r SET remaining = $6, fence = decided.fence, decided_at = now()
-           FROM decided WHERE r.kind = $1 AND r.id = $2
+           FROM decided WHERE r.tenant_id = $7 AND r.kind = $1 AND r.id = $2
          RETURNING r.fence",
         kind,
         id,
@@ -112,6 +115,7 @@ pub async fn claim_for_update(
         status.as_str(),
         reason.map(RejectReason::as_str),
         remaining,
+        tenant,
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -160,8 +164,7 @@ mod tests {
     fn event(quantity: u32) -> ClaimRequested {
         ClaimRequested {
             claim_id: ClaimId::from_uuid(Uuid::from_u128(7)),
-            tenant_id: TenantId::default_tenant(),
-            resource: ResourceKey::coupon(ResourceId::parse("coupon", "C").unwrap()),
+            resource: ResourceKey::coupon(TenantId::default_tenant(), ResourceId::parse("coupon", "C").unwrap()),
             user_id: UserId::parse("u").unwrap(),
             quantity: Quantity::parse(i64::from(quantity)).unwrap(),
             accepted_at_ms: UnixMillis::parse(1_795_000_000_000).unwrap(),

@@ -10,12 +10,17 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sql_baseline::{Application, Settings};
 use tokio_util::sync::CancellationToken;
-use turnstile_testkit::{assert_claim_invariants, assert_problem, claims_under_keys, database_url, db, unique};
+use turnstile_claim::access::Role;
+use turnstile_testkit::{
+    assert_claim_invariants, assert_problem, claims_under_keys, client_with_key, database_url, db, mint_key, unique,
+};
 
-/// A baseline serving on a free port for the length of a test.
+/// A baseline serving on a free port for the length of a test, with a
+/// claim key (`http`) and an admin key (`admin`) of the default tenant.
 struct Baseline {
     base: String,
     http: reqwest::Client,
+    admin: reqwest::Client,
     stop: CancellationToken,
 }
 
@@ -33,6 +38,9 @@ impl Baseline {
             pg_acquire_timeout: Duration::from_secs(30),
             max_inflight,
             max_body_bytes: 16 * 1024,
+            key_refresh: Duration::from_secs(2),
+            key_rate: turnstile_http::auth::RateLimit::UNLIMITED,
+            user_rate: turnstile_http::auth::RateLimit::UNLIMITED,
         };
         let app = Application::build(settings)
             .await
@@ -40,8 +48,14 @@ impl Baseline {
         let base = format!("http://{}", app.local_addr().unwrap());
         let stop = CancellationToken::new();
         tokio::spawn(app.run_until_stopped(stop.clone()));
-        let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
-        Self { base, http, stop }
+        let http = client_with_key(&mint_key("default", Role::Claim).await);
+        let admin = client_with_key(&mint_key("default", Role::Admin).await);
+        Self {
+            base,
+            http,
+            admin,
+            stop,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -50,7 +64,7 @@ impl Baseline {
 
     async fn create_coupon(&self, code: &str, total: i64, per_user_limit: Option<i32>) {
         let response = self
-            .http
+            .admin
             .post(self.url("/v1/coupons"))
             .json(&json!({ "code": code, "total": total, "per_user_limit": per_user_limit }))
             .send()
@@ -177,22 +191,22 @@ async fn one_key_is_one_claim_however_often_it_is_sent() {
     .await;
     assert_eq!(claim_rows(&code).await, 1);
 
-    // Keys are per tenant: another tenant's same key is another claim (and
-    // the same user, so the per-user limit rejects it).
-    let view: Value = api
-        .http
+    // Another tenant's key: the same idempotency key and body name a
+    // coupon that does not exist there, and this tenant's claim is hidden.
+    let other = client_with_key(&mint_key(&unique("other-tenant"), Role::Claim).await);
+    let elsewhere = other
         .post(api.url("/v1/claims"))
         .header("idempotency-key", &key)
-        .header("x-tenant-id", "other-tenant")
         .json(&body)
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    assert_ne!(view["claim_id"], ids[0].as_str());
-    assert_eq!(view["reason"], "per_user_limit");
+    assert_problem(
+        elsewhere,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/unknown-resource",
+    )
+    .await;
     let read = api
         .http
         .get(api.url(&format!("/v1/claims/{}", ids[0])))
@@ -200,14 +214,25 @@ async fn one_key_is_one_claim_however_often_it_is_sent() {
         .await
         .unwrap();
     assert_eq!(read.status(), StatusCode::OK);
-    let hidden = api
-        .http
+    let hidden = other
         .get(api.url(&format!("/v1/claims/{}", ids[0])))
-        .header("x-tenant-id", "other-tenant")
         .send()
         .await
         .unwrap();
     assert_problem(hidden, StatusCode::NOT_FOUND, "/problems/not-found").await;
+    // Without a key, nothing.
+    let anonymous = reqwest::Client::new()
+        .get(api.url(&format!("/v1/claims/{}", ids[0])))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        anonymous.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    assert_problem(anonymous, StatusCode::UNAUTHORIZED, "/problems/unauthenticated").await;
     assert_claim_invariants(&[code], 10).await;
 }
 
@@ -342,7 +367,7 @@ async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
     )
     .await;
     let duplicate = api
-        .http
+        .admin
         .post(api.url("/v1/coupons"))
         .json(&json!({"code": code, "total": 5}))
         .send()
@@ -350,7 +375,7 @@ async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
         .unwrap();
     assert_problem(duplicate, StatusCode::CONFLICT, "/problems/already-exists").await;
     let bad_coupon = api
-        .http
+        .admin
         .post(api.url("/v1/coupons"))
         .json(&json!({"code": "x y", "total": -5}))
         .send()

@@ -91,7 +91,7 @@ pub async fn reserve_claims(conn: &mut PgConnection, batch: &[Admission<'_>]) ->
     let (mut users, mut quantities, mut accepted) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for a in batch {
-        tenants.push(a.event.tenant_id.as_str());
+        tenants.push(a.event.tenant().as_str());
         fingerprints.push(&a.fingerprint[..]);
         claim_ids.push(a.event.claim_id.as_uuid());
         kinds.push(a.event.resource.kind.as_str());
@@ -108,7 +108,8 @@ pub async fn reserve_claims(conn: &mut PgConnection, batch: &[Admission<'_>]) ->
                  AS t(tenant_id, fingerprint, claim_id, kind, resource_id, user_id, quantity, accepted_ms, n)
            ), known AS (
              SELECT i.*, coalesce(r.per_user_limit = 1, false) AS one_per_user
-               FROM input i JOIN resources r ON r.kind = i.kind AND r.id = i.resource_id
+               FROM input i JOIN resources r
+                 ON r.tenant_id = i.tenant_id AND r.kind = i.kind AND r.id = i.resource_id
            ), new_claims AS (
              INSERT INTO claims (claim_id, tenant_id, kind, resource_id, user_id, quantity, one_per_user, accepted_at,
                                  fingerprint)

@@ -23,12 +23,13 @@ pub async fn recount_oversold(
         AuditScope::Everything => {
             sqlx::query_as!(
                 ResourceRecount,
-                r#"SELECT r.kind AS "kind!", r.id AS "id!", (g.granted - r.total)::int8 AS "oversold!"
+                r#"SELECT r.tenant_id AS "tenant_id!", r.kind AS "kind!", r.id AS "id!",
+                      (g.granted - r.total)::int8 AS "oversold!"
                  FROM resources r
-                 JOIN (SELECT kind, resource_id, sum(quantity) AS granted
+                 JOIN (SELECT tenant_id, kind, resource_id, sum(quantity) AS granted
                          FROM claims WHERE status = 'granted'
-                        GROUP BY kind, resource_id) g
-                   ON g.kind = r.kind AND g.resource_id = r.id
+                        GROUP BY tenant_id, kind, resource_id) g
+                   ON g.tenant_id = r.tenant_id AND g.kind = r.kind AND g.resource_id = r.id
                 WHERE g.granted > r.total"#,
             )
             .fetch_all(pool)
@@ -37,11 +38,11 @@ pub async fn recount_oversold(
         AuditScope::DecidedSince(since) => {
             sqlx::query_as!(
                 ResourceRecount,
-                r#"SELECT r.kind AS "kind!", r.id AS "id!",
+                r#"SELECT r.tenant_id AS "tenant_id!", r.kind AS "kind!", r.id AS "id!",
                       greatest(coalesce(g.granted, 0) - r.total, 0)::int8 AS "oversold!"
                  FROM resources r
                  CROSS JOIN LATERAL (SELECT sum(c.quantity) AS granted FROM claims c
-                                      WHERE c.kind = r.kind AND c.resource_id = r.id
+                                      WHERE c.tenant_id = r.tenant_id AND c.kind = r.kind AND c.resource_id = r.id
                                         AND c.status = 'granted') g
                 WHERE r.decided_at >= $1"#,
                 since,

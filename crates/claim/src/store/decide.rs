@@ -107,6 +107,7 @@ pub async fn decide_fenced(
     events: &[ClaimRequested],
 ) -> Result<FencedOutcome, StoreError> {
     let mut tx = pool.begin().await?;
+    let tenant = resource.tenant.as_str();
     let kind = resource.kind.as_str();
     let id = resource.id.as_str();
     let token = fence.as_i64();
@@ -114,8 +115,10 @@ pub async fn decide_fenced(
     // The fence: this row lock orders every writer of the resource, and the
     // predicate refuses a token that is not newer than the last accepted.
     let fenced = sqlx::query!(
-        "UPDATE resources SET fence = $3, decided_at = now() WHERE kind = $1 AND id = $2 AND fence < $3
+        "UPDATE resources SET fence = $4, decided_at = now()
+          WHERE tenant_id = $1 AND kind = $2 AND id = $3 AND fence < $4
          RETURNING remaining, total, per_user_limit",
+        tenant,
         kind,
         id,
         token,
@@ -125,9 +128,14 @@ pub async fn decide_fenced(
     let state = match fenced {
         Some(row) => Some(row),
         None => {
-            let last = sqlx::query_scalar!("SELECT fence FROM resources WHERE kind = $1 AND id = $2", kind, id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let last = sqlx::query_scalar!(
+                "SELECT fence FROM resources WHERE tenant_id = $1 AND kind = $2 AND id = $3",
+                tenant,
+                kind,
+                id
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some(last_accepted) = last {
                 return Ok(FencedOutcome::StaleFence { last_accepted });
             }
@@ -210,11 +218,14 @@ async fn stored_claims(
     let rows = sqlx::query!(
         r#"SELECT c.claim_id, c.tenant_id, c.kind, c.resource_id, c.user_id, c.quantity, c.status, c.reason, c.fence,
                   (extract(epoch FROM c.decided_at) * 1000)::int8 AS decided_at_ms,
-                  CASE WHEN $3::int4 IS NOT NULL AND c.status = 'pending' AND c.kind = $1 AND c.resource_id = $2 THEN
+                  CASE WHEN $4::int4 IS NOT NULL AND c.status = 'pending'
+                        AND c.tenant_id = $1 AND c.kind = $2 AND c.resource_id = $3 THEN
                     (SELECT count(*) FROM claims g
-                      WHERE g.kind = $1 AND g.resource_id = $2 AND g.status = 'granted' AND g.user_id = c.user_id)
+                      WHERE g.tenant_id = $1 AND g.kind = $2 AND g.resource_id = $3 AND g.status = 'granted'
+                        AND g.user_id = c.user_id)
                   END AS granted_before
-             FROM claims c WHERE c.claim_id = ANY($4)"#,
+             FROM claims c WHERE c.claim_id = ANY($5)"#,
+        resource.tenant.as_str(),
         resource.kind.as_str(),
         resource.id.as_str(),
         per_user_limit,
@@ -272,7 +283,8 @@ fn sort_batch(resource: &ResourceKey, events: &[ClaimRequested], stored: Vec<Sto
             });
             continue;
         };
-        if row.tenant_id != event.tenant_id.as_str()
+        if event.resource != *resource
+            || row.tenant_id != resource.tenant.as_str()
             || row.kind != resource.kind.as_str()
             || row.resource_id != resource.id.as_str()
         {
@@ -346,7 +358,7 @@ async fn write_decisions(
             WHERE c.claim_id = d.claim_id AND c.status = 'pending'
          )
          UPDATE resources SET remaining = $7
-          WHERE kind = $1 AND id = $2 AND fence = $6 AND $7::int8 IS NOT NULL",
+          WHERE tenant_id = $8 AND kind = $1 AND id = $2 AND fence = $6 AND $7::int8 IS NOT NULL",
         resource.kind.as_str(),
         resource.id.as_str(),
         &ids,
@@ -354,6 +366,7 @@ async fn write_decisions(
         &reasons as &[Option<&str>],
         fence,
         remaining,
+        resource.tenant.as_str(),
     )
     .execute(&mut **tx)
     .await?;
@@ -366,13 +379,12 @@ mod tests {
     use crate::{ResourceId, TenantId, UnixMillis, UserId};
 
     fn coupon(code: &str) -> ResourceKey {
-        ResourceKey::coupon(ResourceId::parse("coupon", code).unwrap())
+        ResourceKey::coupon(TenantId::default_tenant(), ResourceId::parse("coupon", code).unwrap())
     }
 
     fn event(n: u128, resource: &ResourceKey) -> ClaimRequested {
         ClaimRequested {
             claim_id: ClaimId::from_uuid(Uuid::from_u128(n)),
-            tenant_id: TenantId::default_tenant(),
             resource: resource.clone(),
             user_id: UserId::parse("u").unwrap(),
             quantity: Quantity::ONE,

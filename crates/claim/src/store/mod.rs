@@ -15,10 +15,12 @@
 //! - [`sweep`] (claim-worker): claims left pending past a window, the
 //!   safety net for an event that was never published or never consumed.
 //! - [`audit`] (claim-worker): the oversold recount.
+//! - [`keys`] (claim-api, sql-baseline): API keys, stored as digests.
 
 mod accept;
 mod audit;
 mod decide;
+pub mod keys;
 mod sweep;
 
 pub use accept::{Admission, Reservation, Reserved, reserve_claim, reserve_claims};
@@ -120,14 +122,15 @@ pub async fn create_resource(
     per_user_limit: Option<i32>,
 ) -> Result<bool, StoreError> {
     let created = sqlx::query_scalar!(
-        "INSERT INTO resources (kind, id, total, remaining, per_user_limit)
-         VALUES ($1, $2, $3, $3, $4)
-         ON CONFLICT (kind, id) DO NOTHING
+        "INSERT INTO resources (tenant_id, kind, id, total, remaining, per_user_limit)
+         VALUES ($5, $1, $2, $3, $3, $4)
+         ON CONFLICT (tenant_id, kind, id) DO NOTHING
          RETURNING true AS \"created!\"",
         key.kind.as_str(),
         key.id.as_str(),
         total,
         per_user_limit,
+        key.tenant.as_str(),
     )
     .fetch_optional(pool)
     .await?;
@@ -138,7 +141,8 @@ pub async fn create_resource(
 pub async fn resource(pool: &PgPool, key: &ResourceKey) -> Result<Option<ResourceRow>, StoreError> {
     Ok(sqlx::query_as!(
         ResourceRow,
-        "SELECT total, remaining, per_user_limit, fence FROM resources WHERE kind = $1 AND id = $2",
+        "SELECT total, remaining, per_user_limit, fence FROM resources WHERE tenant_id = $1 AND kind = $2 AND id = $3",
+        key.tenant.as_str(),
         key.kind.as_str(),
         key.id.as_str(),
     )

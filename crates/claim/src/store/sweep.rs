@@ -83,8 +83,8 @@ pub async fn stale_pending(pool: &PgPool, older_than: Duration, limit: i64) -> R
             let parsed = (|| {
                 Some(ClaimRequested {
                     claim_id,
-                    tenant_id: TenantId::parse(&r.tenant_id).ok()?,
                     resource: ResourceKey {
+                        tenant: TenantId::parse(&r.tenant_id).ok()?,
                         kind: r.kind.parse().ok()?,
                         id: ResourceId::parse("resource", &r.resource_id).ok()?,
                     },

@@ -20,12 +20,11 @@ pub async fn pool() -> PgPool {
     pool
 }
 
-/// The event claim-api would publish for `key` by `user` on `coupon`.
+/// The event claim-api would publish for `key` by `user` on `coupon` (a
+/// caller of the coupon's tenant).
 pub fn event(coupon: &ResourceKey, key: &str, user: &str) -> ClaimRequested {
-    let tenant = TenantId::default_tenant();
     ClaimRequested {
-        claim_id: ClaimId::for_request(&tenant, &IdempotencyKey::parse(key).unwrap()),
-        tenant_id: tenant,
+        claim_id: ClaimId::for_request(&coupon.tenant, &IdempotencyKey::parse(key).unwrap()),
         resource: coupon.clone(),
         user_id: UserId::parse(user).unwrap(),
         quantity: Quantity::ONE,
@@ -45,10 +44,20 @@ pub async fn accept(pool: &PgPool, events: &[ClaimRequested]) {
     admit(pool, &[7; 32], events).await;
 }
 
-/// A new coupon of `total` units, one per user.
+/// A new coupon of the default tenant with `total` units, one per user.
 pub async fn coupon(pool: &PgPool, name: &str, total: i64) -> ResourceKey {
     let code = format!("{name}-{:08x}", rand::random::<u32>());
-    let coupon = ResourceKey::coupon(ResourceId::parse("coupon", &code).unwrap());
-    store::create_resource(pool, &coupon, total, Some(1)).await.unwrap();
+    coupon_of(pool, &TenantId::default_tenant(), &code, total).await
+}
+
+/// A new coupon `code` of `tenant` with `total` units, one per user.
+pub async fn coupon_of(pool: &PgPool, tenant: &TenantId, code: &str, total: i64) -> ResourceKey {
+    let coupon = ResourceKey::coupon(tenant.clone(), ResourceId::parse("coupon", code).unwrap());
+    assert!(store::create_resource(pool, &coupon, total, Some(1)).await.unwrap());
     coupon
+}
+
+/// A tenant no other test uses.
+pub fn fresh_tenant(name: &str) -> TenantId {
+    TenantId::parse(&format!("{name}-{:08x}", rand::random::<u32>())).unwrap()
 }

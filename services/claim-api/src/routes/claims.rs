@@ -12,10 +12,11 @@ use prometheus::IntGauge;
 use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 use turnstile_claim::{
-    ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, TenantId,
-    UnixMillis,
+    ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis,
+    access::{Operation, Principal},
     store::{self, ClaimRow},
 };
+use turnstile_http::auth::require;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -103,19 +104,22 @@ fn respond(view: ClaimView) -> Response {
 #[utoipa::path(post, path = "/v1/claims", request_body = ClaimBody, tag = "claims",
     params(
         ("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; required"),
-        ("X-Tenant-Id" = Option<String>, Header, description = "Tenant; scopes keys and claims"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (seconds, at most 10) waits for the decision"),
     ),
     responses(
         (status = 202, description = "Accepted, pending", body = ClaimView),
         (status = 200, description = "Decided within `Prefer: wait`", body = ClaimView),
-        (status = 400, body = crate::problem::Problem), (status = 413, body = crate::problem::Problem),
+        (status = 400, body = crate::problem::Problem), (status = 401, body = crate::problem::Problem),
+        (status = 403, description = "Not a claim key", body = crate::problem::Problem),
+        (status = 413, body = crate::problem::Problem),
         (status = 415, body = crate::problem::Problem), (status = 422, body = crate::problem::Problem),
-        (status = 429, description = "Overloaded; nothing was recorded and the key is still free", body = crate::problem::Problem),
+        (status = 429, description = "Overloaded, or the key's or user's rate exceeded; nothing was recorded and the key is still free", body = crate::problem::Problem),
         (status = 503, description = "A dependency is down; nothing was recorded and the key is still free", body = crate::problem::Problem),
-    ))]
+    ),
+    security(("api_key" = [])))]
 pub async fn create_claim(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     correlation: Option<Extension<CorrelationId>>,
     ticket: Option<Extension<AdmissionTicket>>,
     headers: HeaderMap,
@@ -126,16 +130,23 @@ pub async fn create_claim(
         tracing::error!("a claim reached its handler without an admission ticket");
         return Err(ApiError::Internal);
     };
+    require(&principal, Operation::PostClaims)?;
     let key = extract::idempotency_key(&headers)?;
-    let tenant = extract::tenant(&headers)?;
-    let request = body.parse().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let tenant = principal.tenant;
+    let request = body
+        .parse(tenant.clone())
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    if let Err(limited) = state.limits.check_user(&tenant, &request.user) {
+        state.metrics.throttled.with_label_values(&["rate_user"]).inc();
+        return Err(limited);
+    }
     let claim_id = ClaimId::for_request(&tenant, &key);
     let context = ClaimContext {
         tenant_id: tenant.as_str().to_owned(),
         claim_id: claim_id.to_string(),
     };
     let correlation_id = correlation.map(|Extension(CorrelationId(id))| id).unwrap_or_default();
-    let accepted = accept(&state, &ticket, &headers, claim_id, tenant, request, correlation_id).await;
+    let accepted = accept(&state, &ticket, &headers, claim_id, request, correlation_id).await;
     let mut response = accepted.into_response();
     response.extensions_mut().insert(context);
     Ok(response)
@@ -169,7 +180,6 @@ async fn accept(
     ticket: &AdmissionTicket,
     headers: &HeaderMap,
     claim_id: ClaimId,
-    tenant: TenantId,
     request: ClaimRequest,
     correlation_id: String,
 ) -> Result<Response, ApiError> {
@@ -187,7 +197,6 @@ async fn accept(
 
     let event = ClaimRequested {
         claim_id,
-        tenant_id: tenant,
         resource: request.resource.clone(),
         user_id: request.user.clone(),
         quantity: request.quantity,
@@ -230,18 +239,21 @@ async fn accept(
     }
 }
 
-/// Reads a claim.
+/// Reads a claim of the caller's tenant; another tenant's claim is not
+/// found, exactly as one that does not exist.
 #[utoipa::path(get, path = "/v1/claims/{claim_id}", tag = "claims",
-    params(("claim_id" = Uuid, Path, description = "The claim id"),
-           ("X-Tenant-Id" = Option<String>, Header, description = "Tenant the claim belongs to")),
-    responses((status = 200, body = ClaimView), (status = 404, body = crate::problem::Problem)))]
+    params(("claim_id" = Uuid, Path, description = "The claim id")),
+    responses((status = 200, body = ClaimView), (status = 401, body = crate::problem::Problem),
+              (status = 404, body = crate::problem::Problem)),
+    security(("api_key" = [])))]
 pub async fn get_claim(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Path(raw): Path<String>,
 ) -> Result<Json<ClaimView>, ApiError> {
     let not_found = || ApiError::NotFound(format!("claim {raw} does not exist"));
-    let tenant = extract::tenant(&headers)?;
+    require(&principal, Operation::Read)?;
+    let tenant = principal.tenant;
     let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
     state.postgres.permit()?;
     let row = store::claim(&state.read_pool, ClaimId::from_uuid(id)).await;

@@ -1,11 +1,16 @@
 //! Coupons and SKUs: create them, read their stock.
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Path, State},
     response::Response,
 };
-use turnstile_claim::{ResourceKey, ResourceKind, store};
+use turnstile_claim::{
+    ResourceKey, ResourceKind,
+    access::{Operation, Principal},
+    store,
+};
+use turnstile_http::auth::require;
 
 use turnstile_http::resources::{Coupon, NewCoupon, NewResource, NewSku, Sku, path_key};
 
@@ -19,7 +24,7 @@ async fn create(state: &AppState, new: &NewResource) -> Result<(), ApiError> {
         .record(created.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
     match created {
         Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::AlreadyExists(new.key.to_string())),
+        Ok(false) => Err(ApiError::AlreadyExists(new.key.local_name())),
         Err(e) if e.is_transient() => Err(state.postgres.unavailable()),
         Err(e) => {
             tracing::error!(error = %e, cause = ?e, "creating a resource failed");
@@ -28,25 +33,36 @@ async fn create(state: &AppState, new: &NewResource) -> Result<(), ApiError> {
     }
 }
 
-/// Creates a coupon.
+/// Creates a coupon of the caller's tenant (admin keys).
 #[utoipa::path(post, path = "/v1/coupons", request_body = NewCoupon, tag = "resources",
-    responses((status = 201, body = Coupon), (status = 409, body = crate::problem::Problem),
-              (status = 422, body = crate::problem::Problem)))]
+    responses((status = 201, body = Coupon), (status = 401, body = crate::problem::Problem),
+              (status = 403, body = crate::problem::Problem), (status = 409, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem)),
+    security(("api_key" = [])))]
 pub async fn create_coupon(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody<NewCoupon>,
 ) -> Result<Response, ApiError> {
-    let coupon = body.validate()?;
+    require(&principal, Operation::ManageResources)?;
+    let coupon = body.validate(principal.tenant)?;
     create(&state, &coupon).await?;
     Ok(coupon.created())
 }
 
-/// Creates a SKU.
+/// Creates a SKU of the caller's tenant (admin keys).
 #[utoipa::path(post, path = "/v1/skus", request_body = NewSku, tag = "resources",
-    responses((status = 201, body = Sku), (status = 409, body = crate::problem::Problem),
-              (status = 422, body = crate::problem::Problem)))]
-pub async fn create_sku(State(state): State<AppState>, JsonBody(body): JsonBody<NewSku>) -> Result<Response, ApiError> {
-    let sku = body.validate()?;
+    responses((status = 201, body = Sku), (status = 401, body = crate::problem::Problem),
+              (status = 403, body = crate::problem::Problem), (status = 409, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem)),
+    security(("api_key" = [])))]
+pub async fn create_sku(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(body): JsonBody<NewSku>,
+) -> Result<Response, ApiError> {
+    require(&principal, Operation::ManageResources)?;
+    let sku = body.validate(principal.tenant)?;
     create(&state, &sku).await?;
     Ok(sku.created())
 }
@@ -67,7 +83,7 @@ async fn stock(state: &AppState, key: &ResourceKey) -> Result<(i64, i64), ApiErr
             let _ = state.cache.update(key, row.fence, row.remaining, row.total).await;
             Ok((row.total, row.remaining))
         }
-        Ok(None) => Err(ApiError::NotFound(format!("{key} does not exist"))),
+        Ok(None) => Err(ApiError::NotFound(format!("{} does not exist", key.local_name()))),
         Err(e) if e.is_transient() => Err(state.postgres.unavailable()),
         Err(e) => {
             tracing::error!(error = %e, cause = ?e, "reading a resource failed");
@@ -76,22 +92,36 @@ async fn stock(state: &AppState, key: &ResourceKey) -> Result<(i64, i64), ApiErr
     }
 }
 
-/// Reads a coupon.
+/// Reads a coupon of the caller's tenant.
 #[utoipa::path(get, path = "/v1/coupons/{code}", tag = "resources",
     params(("code" = String, Path, description = "Coupon code")),
-    responses((status = 200, body = Coupon), (status = 404, body = crate::problem::Problem)))]
-pub async fn get_coupon(State(state): State<AppState>, Path(code): Path<String>) -> Result<Json<Coupon>, ApiError> {
-    let key = path_key(ResourceKind::Coupon, &code)?;
+    responses((status = 200, body = Coupon), (status = 401, body = crate::problem::Problem),
+              (status = 404, body = crate::problem::Problem)),
+    security(("api_key" = [])))]
+pub async fn get_coupon(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(code): Path<String>,
+) -> Result<Json<Coupon>, ApiError> {
+    require(&principal, Operation::Read)?;
+    let key = path_key(principal.tenant, ResourceKind::Coupon, &code)?;
     let (total, remaining) = stock(&state, &key).await?;
     Ok(Json(Coupon { code, total, remaining }))
 }
 
-/// Reads a SKU.
+/// Reads a SKU of the caller's tenant.
 #[utoipa::path(get, path = "/v1/skus/{sku}", tag = "resources",
     params(("sku" = String, Path, description = "SKU")),
-    responses((status = 200, body = Sku), (status = 404, body = crate::problem::Problem)))]
-pub async fn get_sku(State(state): State<AppState>, Path(sku): Path<String>) -> Result<Json<Sku>, ApiError> {
-    let key = path_key(ResourceKind::Sku, &sku)?;
+    responses((status = 200, body = Sku), (status = 401, body = crate::problem::Problem),
+              (status = 404, body = crate::problem::Problem)),
+    security(("api_key" = [])))]
+pub async fn get_sku(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(sku): Path<String>,
+) -> Result<Json<Sku>, ApiError> {
+    require(&principal, Operation::Read)?;
+    let key = path_key(principal.tenant, ResourceKind::Sku, &sku)?;
     let (stock, remaining) = stock(&state, &key).await?;
     Ok(Json(Sku { sku, stock, remaining }))
 }

@@ -1,7 +1,7 @@
 //! `POST /v1/claims` (decided before it answers) and `GET /v1/claims/{id}`.
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -9,8 +9,10 @@ use axum::{
 use serde::Serialize;
 use turnstile_claim::{
     ClaimId, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis,
+    access::{Operation, Principal},
     store::{self, ClaimRow},
 };
+use turnstile_http::auth::require;
 use uuid::Uuid;
 
 use crate::{
@@ -70,12 +72,17 @@ fn respond(view: ClaimView) -> Response {
 /// and however concurrently the request is sent.
 pub async fn create_claim(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ClaimRequestBody>,
 ) -> Result<Response, ApiError> {
+    require(&principal, Operation::PostClaims)?;
     let key = extract::idempotency_key(&headers)?;
-    let tenant = extract::tenant(&headers)?;
-    let request = body.parse().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let tenant = principal.tenant;
+    let request = body
+        .parse(tenant.clone())
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    state.limits.check_user(&tenant, &request.user)?;
     // Shed rather than queue: a full house answers 429 before any work.
     let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
         return Err(ApiError::Overloaded {
@@ -85,7 +92,6 @@ pub async fn create_claim(
     };
     let event = ClaimRequested {
         claim_id: ClaimId::for_request(&tenant, &key),
-        tenant_id: tenant,
         resource: request.resource.clone(),
         user_id: request.user.clone(),
         quantity: request.quantity,
@@ -114,18 +120,19 @@ pub async fn create_claim(
             Err(e) => Err(ApiError::from_store(&e, "reading a replayed claim")),
         },
         ClaimOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
-        ClaimOutcome::UnknownResource => Err(ApiError::UnknownResource(event.resource.to_string())),
+        ClaimOutcome::UnknownResource => Err(ApiError::UnknownResource(event.resource.local_name())),
     }
 }
 
 /// Reads a claim of the caller's tenant.
 pub async fn get_claim(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Path(raw): Path<String>,
 ) -> Result<Json<ClaimView>, ApiError> {
     let not_found = || ApiError::NotFound(format!("claim {raw} does not exist"));
-    let tenant = extract::tenant(&headers)?;
+    require(&principal, Operation::Read)?;
+    let tenant = principal.tenant;
     let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
     match store::claim(&state.pool, ClaimId::from_uuid(id)).await {
         Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from_row(&row))),

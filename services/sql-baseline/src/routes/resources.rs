@@ -2,11 +2,16 @@
 //! the baseline has no cache).
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Path, State},
     response::Response,
 };
-use turnstile_claim::{ResourceKind, store};
+use turnstile_claim::{
+    ResourceKind,
+    access::{Operation, Principal},
+    store,
+};
+use turnstile_http::auth::require;
 use turnstile_http::resources::{Coupon, NewCoupon, NewResource, NewSku, Sku, path_key};
 
 use crate::{app::AppState, extract::JsonBody, problem::ApiError};
@@ -14,45 +19,61 @@ use crate::{app::AppState, extract::JsonBody, problem::ApiError};
 async fn create(state: &AppState, new: &NewResource) -> Result<(), ApiError> {
     match store::create_resource(&state.pool, &new.key, new.total, new.per_user_limit).await {
         Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::AlreadyExists(new.key.to_string())),
+        Ok(false) => Err(ApiError::AlreadyExists(new.key.local_name())),
         Err(e) => Err(ApiError::from_store(&e, "creating a resource")),
     }
 }
 
-/// Creates a coupon.
+/// Creates a coupon of the caller's tenant (admin keys).
 pub async fn create_coupon(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody<NewCoupon>,
 ) -> Result<Response, ApiError> {
-    let coupon = body.validate()?;
+    require(&principal, Operation::ManageResources)?;
+    let coupon = body.validate(principal.tenant)?;
     create(&state, &coupon).await?;
     Ok(coupon.created())
 }
 
-/// Creates a SKU.
-pub async fn create_sku(State(state): State<AppState>, JsonBody(body): JsonBody<NewSku>) -> Result<Response, ApiError> {
-    let sku = body.validate()?;
+/// Creates a SKU of the caller's tenant (admin keys).
+pub async fn create_sku(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(body): JsonBody<NewSku>,
+) -> Result<Response, ApiError> {
+    require(&principal, Operation::ManageResources)?;
+    let sku = body.validate(principal.tenant)?;
     create(&state, &sku).await?;
     Ok(sku.created())
 }
 
-async fn stock(state: &AppState, kind: ResourceKind, raw: &str) -> Result<(i64, i64), ApiError> {
-    let key = path_key(kind, raw)?;
+async fn stock(state: &AppState, principal: Principal, kind: ResourceKind, raw: &str) -> Result<(i64, i64), ApiError> {
+    require(&principal, Operation::Read)?;
+    let key = path_key(principal.tenant, kind, raw)?;
     match store::resource(&state.pool, &key).await {
         Ok(Some(row)) => Ok((row.total, row.remaining)),
-        Ok(None) => Err(ApiError::NotFound(format!("{key} does not exist"))),
+        Ok(None) => Err(ApiError::NotFound(format!("{} does not exist", key.local_name()))),
         Err(e) => Err(ApiError::from_store(&e, "reading a resource")),
     }
 }
 
-/// Reads a coupon.
-pub async fn get_coupon(State(state): State<AppState>, Path(code): Path<String>) -> Result<Json<Coupon>, ApiError> {
-    let (total, remaining) = stock(&state, ResourceKind::Coupon, &code).await?;
+/// Reads a coupon of the caller's tenant.
+pub async fn get_coupon(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(code): Path<String>,
+) -> Result<Json<Coupon>, ApiError> {
+    let (total, remaining) = stock(&state, principal, ResourceKind::Coupon, &code).await?;
     Ok(Json(Coupon { code, total, remaining }))
 }
 
-/// Reads a SKU.
-pub async fn get_sku(State(state): State<AppState>, Path(sku): Path<String>) -> Result<Json<Sku>, ApiError> {
-    let (stock, remaining) = stock(&state, ResourceKind::Sku, &sku).await?;
+/// Reads a SKU of the caller's tenant.
+pub async fn get_sku(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(sku): Path<String>,
+) -> Result<Json<Sku>, ApiError> {
+    let (stock, remaining) = stock(&state, principal, ResourceKind::Sku, &sku).await?;
     Ok(Json(Sku { sku, stock, remaining }))
 }

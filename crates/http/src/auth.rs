@@ -1,0 +1,385 @@
+//! The trust boundary: who is calling ([`KeyRing`], [`authenticate`]), what
+//! they may do ([`require`]), and how fast ([`CallerLimits`]).
+//!
+//! Every `/v1` request carries `Authorization: Bearer <key>`. The key ring is
+//! a snapshot of the keys in force, refreshed from Postgres every
+//! `refresh` (at most 5 s), so checking a key costs a SHA-256 and a hash
+//! lookup, never a round trip, and a revoked key stops working within one
+//! refresh. A key missing from the snapshot (one created a moment ago, or a
+//! guess) waits for the next refresh, which starts at most
+//! [`MISS_REFRESH_SPACING`] after the previous one: a new key works at once,
+//! and a flood of guesses costs the database ten small reads a second.
+//!
+//! The tenant is the key's. `X-Tenant-Id` is accepted only when it names the
+//! key's tenant (403 otherwise), so a client that still sends it keeps
+//! working and none can use it to reach another tenant.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use turnstile_claim::{
+    TenantId, UserId,
+    access::{ApiKey, KeyDigest, Operation, Principal},
+    store::{self, StoreError},
+};
+use uuid::Uuid;
+
+use crate::problem::{ApiError, AuthFailure};
+
+/// The longest a revoked key may keep working.
+pub const MAX_KEY_REFRESH: Duration = Duration::from_secs(5);
+
+/// The least time between two refreshes caused by unknown keys.
+pub const MISS_REFRESH_SPACING: Duration = Duration::from_millis(100);
+
+type Snapshot = Arc<HashMap<KeyDigest, Principal>>;
+
+/// The keys in force, as of the last refresh. Cheap to clone.
+#[derive(Clone)]
+pub struct KeyRing(Arc<RingInner>);
+
+struct RingInner {
+    pool: PgPool,
+    snapshot: RwLock<Snapshot>,
+    /// When the newest refresh started; held while refreshing, so one
+    /// refresh runs at a time and the callers that queued behind it reuse it.
+    refreshing: tokio::sync::Mutex<Instant>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing").field("keys", &self.snapshot().len()).finish()
+    }
+}
+
+impl KeyRing {
+    /// Loads the keys in force from `pool`.
+    pub async fn load(pool: PgPool) -> Result<Self, StoreError> {
+        let started = Instant::now();
+        let keys = store::keys::active_keys(&pool).await?;
+        Ok(Self(Arc::new(RingInner {
+            pool,
+            snapshot: RwLock::new(Arc::new(keys.into_iter().collect())),
+            refreshing: tokio::sync::Mutex::new(started),
+        })))
+    }
+
+    /// Refreshes every `every` (capped at [`MAX_KEY_REFRESH`]) until `stop`.
+    /// A failed refresh keeps the previous snapshot and is logged: while
+    /// Postgres is down nothing can be claimed anyway, and reads keep
+    /// working for the keys that were valid.
+    pub fn refresh_every(&self, every: Duration, stop: CancellationToken) {
+        let ring = self.clone();
+        let every = every.min(MAX_KEY_REFRESH);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = ring.refresh_since(Instant::now(), Duration::ZERO).await {
+                    tracing::warn!(error = %e, cause = ?e, "refreshing the API keys failed; using the previous set");
+                }
+            }
+        });
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        // A poisoned lock still holds a complete snapshot (it is replaced
+        // whole), so its value is safe to use.
+        Arc::clone(&self.0.snapshot.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Ensures a refresh that started at or after `since` has completed,
+    /// starting one no sooner than `spacing` after the previous start.
+    async fn refresh_since(&self, since: Instant, spacing: Duration) -> Result<(), StoreError> {
+        let mut last_start = self.0.refreshing.lock().await;
+        if *last_start >= since {
+            return Ok(());
+        }
+        let earliest = *last_start + spacing;
+        tokio::time::sleep_until(earliest.into()).await;
+        let started = Instant::now();
+        let keys = store::keys::active_keys(&self.0.pool).await?;
+        *self.0.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys.into_iter().collect());
+        *last_start = started;
+        Ok(())
+    }
+
+    /// Who `key` stands for, if it is in force.
+    pub async fn principal(&self, key: &ApiKey) -> Option<Principal> {
+        let arrived = Instant::now();
+        let digest = key.digest();
+        if let Some(found) = self.snapshot().get(&digest) {
+            return Some(found.clone());
+        }
+        if let Err(e) = self.refresh_since(arrived, MISS_REFRESH_SPACING).await {
+            tracing::debug!(error = %e, "refreshing the API keys for an unknown key failed");
+        }
+        self.snapshot().get(&digest).cloned()
+    }
+}
+
+/// Per-caller token buckets (GCRA, from `governor`), checked before any
+/// database work: one per API key on every `/v1` request, and one per
+/// (tenant, user) on claims. Either answers 429 with `Retry-After`
+/// without touching the other callers' budgets.
+#[derive(Clone)]
+pub struct CallerLimits(Arc<LimitsInner>);
+
+struct LimitsInner {
+    per_key: Option<DefaultKeyedRateLimiter<Uuid>>,
+    per_user: Option<DefaultKeyedRateLimiter<(TenantId, UserId)>>,
+}
+
+impl std::fmt::Debug for CallerLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerLimits")
+            .field("per_key", &self.0.per_key.is_some())
+            .field("per_user", &self.0.per_user.is_some())
+            .finish()
+    }
+}
+
+/// A bucket: `per_second` tokens a second, holding at most `burst`. A rate
+/// of 0 turns the bucket off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second; 0 is unlimited.
+    pub per_second: u32,
+    /// Requests that may arrive at once.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// No bucket at all.
+    pub const UNLIMITED: Self = Self {
+        per_second: 0,
+        burst: 0,
+    };
+
+    fn quota(self) -> Option<Quota> {
+        let rate = NonZeroU32::new(self.per_second)?;
+        let burst = NonZeroU32::new(self.burst).unwrap_or(rate);
+        Some(Quota::per_second(rate).allow_burst(burst))
+    }
+}
+
+/// How often the buckets of idle callers are dropped.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(10);
+
+impl CallerLimits {
+    /// Buckets with these limits; idle callers' buckets are dropped every
+    /// few seconds until `stop`, so cycling through user ids cannot grow
+    /// memory without bound.
+    pub fn new(per_key: RateLimit, per_user: RateLimit, stop: CancellationToken) -> Self {
+        let limits = Self(Arc::new(LimitsInner {
+            per_key: per_key.quota().map(DefaultKeyedRateLimiter::keyed),
+            per_user: per_user.quota().map(DefaultKeyedRateLimiter::keyed),
+        }));
+        let weak = Arc::downgrade(&limits.0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FORGET_IDLE_EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                for limiter in inner.per_key.iter() {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+                for limiter in inner.per_user.iter() {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+            }
+        });
+        limits
+    }
+
+    /// Limits that never refuse.
+    pub fn unlimited() -> Self {
+        Self(Arc::new(LimitsInner {
+            per_key: None,
+            per_user: None,
+        }))
+    }
+
+    /// Takes a token from the caller's key bucket.
+    pub fn check_key(&self, principal: &Principal) -> Result<(), ApiError> {
+        match &self.0.per_key {
+            None => Ok(()),
+            Some(limiter) => limiter.check_key(&principal.key_id).map_err(|not_until| {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                rate_limited("key", wait)
+            }),
+        }
+    }
+
+    /// Takes a token from the bucket of `user` in `tenant`.
+    pub fn check_user(&self, tenant: &TenantId, user: &UserId) -> Result<(), ApiError> {
+        match &self.0.per_user {
+            None => Ok(()),
+            Some(limiter) => limiter.check_key(&(tenant.clone(), user.clone())).map_err(|not_until| {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                rate_limited("user", wait)
+            }),
+        }
+    }
+}
+
+fn rate_limited(scope: &'static str, wait: Duration) -> ApiError {
+    ApiError::RateLimited {
+        scope,
+        // Whole seconds, rounded up: a client that waits as told succeeds.
+        retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+    }
+}
+
+/// What [`authenticate`] needs.
+#[derive(Clone, Debug)]
+pub struct Gatekeeper {
+    /// The keys in force.
+    pub keys: KeyRing,
+    /// The per-caller buckets.
+    pub limits: CallerLimits,
+    /// Counts refusals by reason (`missing`, `malformed`, `unknown`,
+    /// `tenant_mismatch`, `rate_key`), when set.
+    pub refusals: Option<prometheus::IntCounterVec>,
+}
+
+impl Gatekeeper {
+    fn refuse(&self, reason: &'static str, error: ApiError) -> Response {
+        if let Some(refusals) = &self.refusals {
+            refusals.with_label_values(&[reason]).inc();
+        }
+        error.into_response()
+    }
+}
+
+/// The key a request presents, if any.
+fn bearer_key(headers: &HeaderMap) -> Result<ApiKey, AuthFailure> {
+    let value = headers.get(header::AUTHORIZATION).ok_or(AuthFailure::Missing)?;
+    let text = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+    let (scheme, token) = text.split_once(' ').ok_or(AuthFailure::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthFailure::Malformed);
+    }
+    ApiKey::parse(token.trim()).map_err(|_| AuthFailure::Malformed)
+}
+
+/// Middleware for the `/v1` routes: 401 without a key in force, 403 when
+/// `X-Tenant-Id` names another tenant, 429 past the key's bucket; otherwise
+/// the [`Principal`] goes on as a request extension.
+pub async fn authenticate(State(gate): State<Gatekeeper>, mut request: Request, next: Next) -> Response {
+    let key = match bearer_key(request.headers()) {
+        Ok(key) => key,
+        Err(failure) => return gate.refuse(failure.as_str(), ApiError::Unauthenticated(failure)),
+    };
+    let Some(principal) = gate.keys.principal(&key).await else {
+        return gate.refuse("unknown", ApiError::Unauthenticated(AuthFailure::Unknown));
+    };
+    if let Some(named) = request.headers().get("x-tenant-id")
+        && named.as_bytes() != principal.tenant.as_str().as_bytes()
+    {
+        return gate.refuse(
+            "tenant_mismatch",
+            ApiError::Forbidden("X-Tenant-Id names a tenant this API key does not belong to".to_owned()),
+        );
+    }
+    if let Err(limited) = gate.limits.check_key(&principal) {
+        return gate.refuse("rate_key", limited);
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// The request's principal, if it may perform `operation` (403 otherwise).
+pub fn require(principal: &Principal, operation: Operation) -> Result<(), ApiError> {
+    if principal.may(operation) {
+        Ok(())
+    } else {
+        let what = match operation {
+            Operation::ManageResources => "creating coupons and SKUs needs an admin key",
+            Operation::PostClaims => "posting claims needs a claim key",
+            Operation::Read => "reading needs a key of this tenant",
+        };
+        Err(ApiError::Forbidden(what.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn bearer_keys_are_parsed_strictly() {
+        let key = ApiKey::generate();
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_key(&headers), Err(AuthFailure::Missing));
+        for (value, expected) in [
+            (format!("Bearer {}", key.reveal()), Ok(())),
+            (format!("bearer {}", key.reveal()), Ok(())),
+            (format!("Basic {}", key.reveal()), Err(AuthFailure::Malformed)),
+            (key.reveal().to_owned(), Err(AuthFailure::Malformed)),
+            ("Bearer tsk_short".to_owned(), Err(AuthFailure::Malformed)),
+            ("Bearer".to_owned(), Err(AuthFailure::Malformed)),
+        ] {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
+            assert_eq!(bearer_key(&headers).map(|_| ()), expected, "{value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_user_bucket_refuses_past_its_burst_with_a_retry_after() {
+        let limits = CallerLimits::new(
+            RateLimit {
+                per_second: 0,
+                burst: 0,
+            },
+            RateLimit {
+                per_second: 1,
+                burst: 2,
+            },
+            CancellationToken::new(),
+        );
+        let tenant = TenantId::parse("t").unwrap();
+        let (alice, bob) = (UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap());
+        assert!(limits.check_user(&tenant, &alice).is_ok());
+        assert!(limits.check_user(&tenant, &alice).is_ok());
+        match limits.check_user(&tenant, &alice) {
+            Err(ApiError::RateLimited { scope, retry_after }) => {
+                assert_eq!(scope, "user");
+                assert_eq!(retry_after, 1);
+            }
+            other => panic!("expected a rate limit, got {other:?}"),
+        }
+        assert!(
+            limits.check_user(&tenant, &bob).is_ok(),
+            "another user has its own bucket"
+        );
+        let other_tenant = TenantId::parse("u").unwrap();
+        assert!(
+            limits.check_user(&other_tenant, &alice).is_ok(),
+            "and so does the same name elsewhere"
+        );
+    }
+}
