@@ -108,6 +108,12 @@ pub async fn mint_key(tenant: &str, role: turnstile_claim::access::Role) -> Stri
     key.reveal().to_owned()
 }
 
+/// How long the tests' clients keep an idle pooled connection: less than
+/// the API's header-read timeout, which also closes a keep-alive
+/// connection idle that long (a request sent on it as it closes would be
+/// reset).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A client that sends `key` as its bearer token on every request.
 pub fn client_with_key(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -116,6 +122,7 @@ pub fn client_with_key(key: &str) -> reqwest::Client {
     headers.insert(reqwest::header::AUTHORIZATION, value);
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
+        .pool_idle_timeout(CLIENT_IDLE_TIMEOUT)
         .default_headers(headers)
         .build()
         .expect("a client")
@@ -155,7 +162,10 @@ impl TestApi {
         let admin_key = mint_key("default", Role::Admin).await;
         let http = client_with_key(&claim_key);
         let admin = client_with_key(&admin_key);
-        let anonymous = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
+        let anonymous = reqwest::Client::builder()
+            .pool_max_idle_per_host(16)
+            .pool_idle_timeout(CLIENT_IDLE_TIMEOUT)
+            .build()?;
         Ok(Self {
             base,
             operator,

@@ -48,7 +48,7 @@ use tower_acc::{Aimd, Algorithm, Gradient2};
 use turnstile_bus::Publisher;
 use turnstile_claim::{TenantId, access::Principal};
 
-use crate::{metrics::ApiMetrics, resilience::LoadGate};
+use crate::metrics::ApiMetrics;
 
 /// Admission slower than this counts as congestion for the AIMD limiter,
 /// unless configured.
@@ -142,6 +142,14 @@ impl ShedCause {
         }
     }
 
+    /// [`ShedCause::retry_after`] as a header value, without formatting.
+    const fn retry_after_header(self) -> &'static str {
+        match self.retry_after() {
+            2 => "2",
+            _ => "1",
+        }
+    }
+
     /// The problem+json body, the same as `ApiError::Overloaded` renders
     /// (a test holds them equal), built at compile time.
     const fn body(self) -> &'static [u8] {
@@ -172,10 +180,7 @@ impl ShedCause {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(if self.retry_after() == 2 { "2" } else { "1" }),
-        );
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static(self.retry_after_header()));
         response
     }
 }
@@ -406,6 +411,14 @@ impl Drop for Ticket {
             self.gate.leave(&self.tenant);
         }
     }
+}
+
+/// The non-concurrency load checks, made before a claim gets a slot:
+/// Kafka's local queue and the workers' lag.
+#[derive(Debug, Clone)]
+pub struct LoadGate {
+    pub(crate) producer_queue_limit: i32,
+    pub(crate) lag_exceeded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LoadGate {

@@ -35,12 +35,12 @@ use utoipa::OpenApi;
 use crate::{
     Settings,
     accept::{AcceptDeps, AcceptQueue},
-    admission::{AdmissionGate, admit_claims},
+    admission::{AdmissionGate, LoadGate, admit_claims},
     extract::BodyLimit,
     feeds::{self, DecisionWaiters},
     metrics::ApiMetrics,
     problem::ApiError,
-    resilience::{Breaker, LoadGate},
+    resilience::Breaker,
     routes::{claims, health, resources},
 };
 

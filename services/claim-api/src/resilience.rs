@@ -1,10 +1,7 @@
-//! Circuit breakers (the `failsafe` crate) around each dependency, and the
-//! load-shedding checks that turn saturation into 429 instead of timeouts.
+//! Circuit breakers (the `failsafe` crate) around each dependency (the
+//! load-shedding checks are admission's).
 
-use std::{
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use failsafe::{StateMachine, backoff, failure_policy};
 use prometheus::IntGauge;
@@ -75,12 +72,4 @@ impl Breaker {
             retry_after: 1,
         }
     }
-}
-
-/// The non-concurrency load checks, made by admission before a claim gets a
-/// slot: Kafka's local queue and the workers' lag.
-#[derive(Debug, Clone)]
-pub struct LoadGate {
-    pub(crate) producer_queue_limit: i32,
-    pub(crate) lag_exceeded: Arc<AtomicBool>,
 }

@@ -357,3 +357,28 @@ async fn a_tenant_cannot_take_the_whole_admission_limit() {
     let admitted = claim_as_b().await.unwrap();
     assert_eq!(admitted.status(), StatusCode::ACCEPTED);
 }
+
+/// A key past its bucket gets 429 on any `/v1` route, before its handler;
+/// another key of the same tenant is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_per_key_bucket_answers_429_before_the_handler() {
+    let mut settings = api_settings(&Namespace::new("key-bucket"));
+    settings.key_rate = turnstile_http::auth::RateLimit {
+        per_second: 1,
+        burst: 2,
+    };
+    let api = TestApi::start(settings).await.unwrap();
+    let greedy = client_with_key(&mint_key("default", Role::Claim).await);
+    let read = |client: &reqwest::Client| client.get(api.url("/v1/coupons/NOTHING")).send();
+    assert_eq!(read(&greedy).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(read(&greedy).await.unwrap().status(), StatusCode::NOT_FOUND);
+    let refused = read(&greedy).await.unwrap();
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_problem(refused, StatusCode::TOO_MANY_REQUESTS, "/problems/rate-limited").await;
+    assert_eq!(read(&api.http).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.metric_value(r#"turnstile_auth_refusals_total{reason="rate_key"}"#)
+            .await,
+        1
+    );
+}
