@@ -111,16 +111,25 @@ impl ApiKey {
         Self(format!("{}{}", Self::PREFIX, hex::encode(secret)))
     }
 
+    fn well_formed(raw: &str) -> bool {
+        raw.strip_prefix(Self::PREFIX).is_some_and(|hex| {
+            hex.len() == Self::HEX_LEN && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    }
+
     /// Parses a key as sent (`tsk_` and 64 lowercase hex digits).
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let well_formed = raw.strip_prefix(Self::PREFIX).is_some_and(|hex| {
-            hex.len() == Self::HEX_LEN && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
-        if well_formed {
+        if Self::well_formed(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(ParseError::new("api key", "must be tsk_ followed by 64 hex digits"))
         }
+    }
+
+    /// The digest of a key as sent, if it is well-formed: what a request
+    /// is checked by, without copying the key.
+    pub fn digest_of(raw: &str) -> Option<KeyDigest> {
+        Self::well_formed(raw).then(|| KeyDigest(Sha256::digest(raw.as_bytes()).into()))
     }
 
     /// The digest the key is stored and looked up by.
@@ -170,6 +179,7 @@ mod tests {
         assert_eq!(ApiKey::parse(a.reveal()).unwrap(), a);
         assert_ne!(a.digest(), b.digest());
         assert_eq!(a.digest(), ApiKey::parse(a.reveal()).unwrap().digest());
+        assert_eq!(ApiKey::digest_of(a.reveal()), Some(a.digest()));
     }
 
     #[test]
@@ -186,6 +196,7 @@ mod tests {
             format!("TSK_{hex}"),
         ] {
             assert!(ApiKey::parse(&bad).is_err(), "{bad:?} parsed");
+            assert!(ApiKey::digest_of(&bad).is_none(), "{bad:?} digested");
         }
     }
 
