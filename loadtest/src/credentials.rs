@@ -198,6 +198,26 @@ impl Credentials {
     }
 }
 
+/// Runs `work` with the keys `args` names or, when it names none, a pair
+/// minted in `database_url`'s database for it and revoked after it,
+/// whatever `work` returned.
+pub async fn with_credentials<T>(
+    args: &KeyArgs,
+    database_url: &str,
+    work: impl AsyncFnOnce(&Credentials) -> Result<T>,
+) -> Result<T> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await
+        .context("connecting to postgres for the API keys")?;
+    let credentials = Credentials::resolve(args, &pool).await?;
+    let outcome = work(&credentials).await;
+    credentials.revoke_minted(&pool).await;
+    pool.close().await;
+    outcome
+}
+
 fn bearer(key: &ApiKey) -> Result<HeaderValue> {
     let mut value =
         HeaderValue::try_from(format!("Bearer {}", key.reveal())).context("an API key is not a header value")?;

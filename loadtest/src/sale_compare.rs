@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
 use crate::{
-    credentials::Credentials,
+    credentials::{Credentials, with_credentials},
     flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams},
 };
 
@@ -169,16 +169,10 @@ pub async fn run(args: &CompareArgs) -> Result<CompareReport> {
             args.pipeline_api
         );
     }
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&args.sale.database_url)
-        .await
-        .context("connecting to postgres for the API keys")?;
-    let credentials = Credentials::resolve(&args.sale.keys, &pool).await?;
-    let report = run_as(args, &http, &credentials).await;
-    credentials.revoke_minted(&pool).await;
-    pool.close().await;
-    report
+    with_credentials(&args.sale.keys, &args.sale.database_url, async |credentials| {
+        run_as(args, &http, credentials).await
+    })
+    .await
 }
 
 async fn run_as(args: &CompareArgs, http: &reqwest::Client, credentials: &Credentials) -> Result<CompareReport> {

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    credentials::Credentials,
+    credentials::{Credentials, with_credentials},
     flash_sale::FlashSaleReport,
     sale_compare::{self, CompareArgs, CompareReport},
     sweep_chart::{self, Curve},
@@ -133,16 +133,12 @@ pub async fn run(args: &CompareArgs) -> Result<SweepReport> {
         bail!("--sweep: {bad} is not a rate (claims per second, greater than zero)");
     }
     // One pair of keys for every point, rather than one per point.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&args.sale.database_url)
-        .await
-        .context("connecting to postgres for the API keys")?;
-    let credentials = Credentials::resolve(&args.sale.keys, &pool).await?;
-    let points = run_points(args, &credentials).await;
-    credentials.revoke_minted(&pool).await;
-    pool.close().await;
-    Ok(SweepReport { points: points? })
+    // One pair of keys for every point, rather than one per point.
+    let points = with_credentials(&args.sale.keys, &args.sale.database_url, async |credentials| {
+        run_points(args, credentials).await
+    })
+    .await?;
+    Ok(SweepReport { points })
 }
 
 async fn run_points(args: &CompareArgs, credentials: &Credentials) -> Result<Vec<CompareReport>> {
