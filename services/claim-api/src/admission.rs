@@ -284,13 +284,13 @@ impl AdmissionGate {
     }
 
     /// A slot for a claim of `tenant`, or why there is none.
-    fn enter(&self, tenant: &TenantId, now: Instant) -> Result<AdmissionTicket, ShedCause> {
+    fn enter(&self, tenant: TenantId, now: Instant) -> Result<AdmissionTicket, ShedCause> {
         self.0.load.check(&self.0.publisher)?;
         let limit = self.limit();
         let mut tenants = self.0.tenants.lock().unwrap_or_else(PoisonError::into_inner);
         // Tenants are few; forgetting the idle ones as we go keeps this cheap.
         tenants.retain(|_, load| load.held > 0 || now.duration_since(load.seen) < TENANT_ACTIVE_FOR);
-        let load = match tenants.get_mut(tenant) {
+        let load = match tenants.get_mut(&tenant) {
             Some(load) => load,
             None => tenants
                 .entry(tenant.clone())
@@ -306,14 +306,14 @@ impl AdmissionGate {
         let permit = Arc::clone(&self.0.semaphore)
             .try_acquire_owned()
             .map_err(|_| ShedCause::Concurrency)?;
-        if let Some(load) = tenants.get_mut(tenant) {
+        if let Some(load) = tenants.get_mut(&tenant) {
             load.held += 1;
         }
         drop(tenants);
         self.0.instruments.in_flight.inc();
         Ok(AdmissionTicket(Arc::new(Ticket {
             gate: self.clone(),
-            tenant: tenant.clone(),
+            tenant,
             permit: Mutex::new(Some(permit)),
             started: Instant::now(),
         })))
@@ -446,7 +446,7 @@ pub async fn admit_claims(State(gate): State<AdmissionGate>, mut request: Reques
     let Some(tenant) = request.extensions().get::<Principal>().map(|p| p.tenant.clone()) else {
         return next.run(request).await;
     };
-    match gate.enter(&tenant, started) {
+    match gate.enter(tenant, started) {
         Ok(ticket) => {
             request.extensions_mut().insert(ticket);
             next.run(request).await
