@@ -6,7 +6,7 @@
 //! reads, so a wrong or revoked key, a key of the wrong role or a pair from
 //! two tenants stops the run before it sends anything. With no keys given,
 //! the run mints its own pair in that database (the same
-//! `turnstile_claim::store::keys::create_key` that `claim-api keys create`
+//! `turnstile_store::keys::create_key` that `claim-api keys create`
 //! uses) and revokes them when it ends. The API's key ring looks up a key
 //! it has not seen at once, so a minted key works on the first request.
 //!
@@ -20,11 +20,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use hyper::header::HeaderValue;
 use sqlx::PgPool;
-use turnstile_claim::{
-    TenantId,
-    access::{ApiKey, Role},
-    store::keys,
-};
+use turnstile_claim::{TenantId, access::{ApiKey, Role}};
+use turnstile_store::{keys};
 use uuid::Uuid;
 
 /// Which keys to send, as given on the command line. Its debug output

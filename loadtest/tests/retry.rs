@@ -22,7 +22,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use turnstile_claim::{TenantId, access::Role, store::keys};
+use turnstile_claim::{TenantId, access::Role};
+use turnstile_store::{keys};
 use turnstile_loadtest::{
     credentials::KeyArgs,
     flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams},

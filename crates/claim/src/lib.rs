@@ -1,21 +1,20 @@
-//! The claim domain: what a claim is, how a batch of claims on one resource
-//! is decided, and how claims are stored.
+//! The claim domain, with no I/O: what a claim is, how a batch of claims on
+//! one resource is decided, and what must always hold of the claims kept.
 //!
-//! [`access`] says who may do what: API keys, roles and tenants.
 //! `claim-api` parses requests into [`ClaimRequest`]s and publishes them as
 //! [`ClaimRequested`] events; `claim-worker` feeds each batch for one resource
-//! to [`decide_batch`] inside a fenced Postgres transaction ([`store`]). The
-//! modules [`model`], [`request`], [`decision`] and [`events`] are pure (no
-//! I/O) and property-tested; [`store`] is the one adapter, over sqlx.
+//! to [`decide_batch`] inside a fenced Postgres transaction (the adapter is
+//! `turnstile-store`). [`access`] says who may do what: API keys, roles and
+//! tenants. [`audit`] keeps the invariants: nothing oversold, no user granted
+//! twice, `remaining` equal to stock less what was granted. Everything here
+//! is plain data and plain functions, unit- and property-tested.
 
 pub mod access;
 pub mod audit;
-pub mod cache;
 pub mod decision;
 pub mod events;
 pub mod model;
 pub mod request;
-pub mod store;
 
 pub use decision::{BatchOutcome, Decision, PendingClaim, ResourceState, decide_batch};
 pub use events::{ClaimDecided, ClaimRequested};

@@ -30,11 +30,8 @@ use axum::{
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use turnstile_claim::{
-    TenantId, UserId,
-    access::{ApiKey, KeyDigest, Operation, Principal},
-    store::{self, StoreError},
-};
+use turnstile_claim::{TenantId, UserId, access::{ApiKey, KeyDigest, Operation, Principal}};
+use turnstile_store::{self as store, StoreError};
 use uuid::Uuid;
 
 use crate::problem::{ApiError, AuthFailure};

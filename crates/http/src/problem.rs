@@ -208,24 +208,6 @@ impl ApiError {
     }
 }
 
-impl ApiError {
-    /// A store failure as the client should see it: transient ones (pool
-    /// exhausted, connection lost, deadlock) are retryable 503s; anything
-    /// else is a bug, logged here.
-    pub fn from_store(e: &turnstile_claim::store::StoreError, doing: &'static str) -> Self {
-        if e.is_transient() {
-            tracing::debug!(error = %e, cause = ?e, doing, "postgres unavailable");
-            Self::Unavailable {
-                dependency: "postgres",
-                retry_after: 1,
-            }
-        } else {
-            tracing::error!(error = %e, cause = ?e, doing, "postgres statement failed");
-            Self::Internal
-        }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title) = self.parts();

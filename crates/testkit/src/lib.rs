@@ -102,7 +102,7 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
 /// A new API key of `tenant` with `role`, stored in the test database.
 pub async fn mint_key(tenant: &str, role: turnstile_claim::access::Role) -> String {
     let tenant = turnstile_claim::TenantId::parse(tenant).expect("a valid tenant");
-    let (_, key) = turnstile_claim::store::keys::create_key(&db().await.unwrap(), &tenant, role, Some("test"))
+    let (_, key) = turnstile_store::keys::create_key(&db().await.unwrap(), &tenant, role, Some("test"))
         .await
         .expect("minting a test key");
     key.reveal().to_owned()

@@ -43,10 +43,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use turnstile_bus::{Publisher, QueueError, Topics, TraceHeaders};
-use turnstile_claim::{
-    ClaimId, ClaimRequested,
-    store::{self, Admission, ClaimRow, Reserved, StoreError},
-};
+use turnstile_claim::{ClaimId, ClaimRequested};
+use turnstile_store::{self as store, Admission, ClaimRow, Reserved, StoreError};
 
 use crate::{metrics::ApiMetrics, problem::ApiError, resilience::Breaker};
 

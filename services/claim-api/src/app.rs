@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use turnstile_bus::{ProducerTuning, Publisher, Topics};
-use turnstile_claim::{cache::ResourceCache, store};
+use turnstile_store::{self as store, cache::ResourceCache};
 use turnstile_http::{
     auth::{self, CallerLimits, Gatekeeper, KeyRing},
     serve::{ServeLimits, serve},

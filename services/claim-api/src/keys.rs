@@ -10,7 +10,8 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use turnstile_claim::{TenantId, access::Role, store};
+use turnstile_claim::{TenantId, access::Role};
+use turnstile_store as store;
 use uuid::Uuid;
 
 /// `claim-api keys ...`

@@ -8,7 +8,7 @@
 //! 2. decides the claims whose rows exist and belong to the resource, in one
 //!    Postgres transaction that first moves the resource's fence to the
 //!    token, which the database refuses if a newer token was already
-//!    accepted ([`turnstile_claim::store::decide_fenced`]);
+//!    accepted ([`turnstile_store::decide_fenced`]);
 //! 3. updates the Redis cache (only if its fence is older) and publishes a
 //!    `ClaimDecided` event per claim;
 //! 4. stores the partition's offset once Kafka acknowledged those events.
@@ -42,7 +42,8 @@ use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Publisher, Topics};
-use turnstile_claim::{audit::OversoldLedger, cache::ResourceCache, store};
+use turnstile_claim::{audit::OversoldLedger};
+use turnstile_store::{self as store, cache::ResourceCache};
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
     backend::{

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use turnstile_claim::store;
+use turnstile_store as store;
 use turnstile_http::auth::{self, CallerLimits, Gatekeeper, KeyRing};
 
 use crate::{

@@ -5,7 +5,7 @@
 //! inside the request, in one Postgres transaction, and answers `200` with
 //! the final decision. The transaction records the claim row, which is also
 //! its idempotency record, as `claim-api` does (with
-//! [`turnstile_claim::store::reserve_claim`], the one-claim form), then takes
+//! [`turnstile_store::reserve_claim`], the one-claim form), then takes
 //! `SELECT ... FOR UPDATE` on the resource row, decides with the same pure
 //! [`turnstile_claim::decide_batch`] (a batch of one), writes the decision
 //! and the new stock, and commits. The row lock is the whole concurrency
@@ -13,7 +13,7 @@
 //! a hot coupon is decided strictly one transaction at a time.
 //!
 //! It writes the same tables as the pipeline (`resources` and `claims`,
-//! migrated with [`turnstile_claim::store::migrate`]), so
+//! migrated with [`turnstile_store::migrate`]), so
 //! `loadtest flash-sale --mode sql-for-update` audits it with the same
 //! queries: nothing oversold, no double grant, nothing undecided, stock equal
 //! to total minus grants.

@@ -13,10 +13,9 @@
 use std::collections::HashMap;
 
 use sqlx::PgPool;
-use turnstile_claim::{
-    ClaimId, ClaimRequested, ClaimStatus, Decision, PendingClaim, RejectReason, ResourceState, decide_batch,
-    store::{self, Reservation, StoreError},
-};
+use turnstile_claim::{ClaimId, ClaimRequested, ClaimStatus, Decision, PendingClaim, RejectReason, ResourceState, decide_batch};
+use turnstile_http::problem::ApiError;
+use turnstile_store::{self as store, Reservation, StoreError};
 
 /// A claim as it was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +152,22 @@ fn decide_one(remaining: i64, per_user_limit: Option<i32>, held: i64, event: &Cl
         // decide_batch answers once per claim; a batch of one has one answer.
         .unwrap_or(Decision::Rejected(event.claim_id, RejectReason::SoldOut));
     (decision, outcome.remaining)
+}
+
+/// A store failure as the client should see it: transient ones (pool
+/// exhausted, connection lost, deadlock) are retryable 503s; anything else
+/// is a bug, logged here.
+pub fn problem(e: &StoreError, doing: &'static str) -> ApiError {
+    if e.is_transient() {
+        tracing::debug!(error = %e, cause = ?e, doing, "postgres unavailable");
+        ApiError::Unavailable {
+            dependency: "postgres",
+            retry_after: 1,
+        }
+    } else {
+        tracing::error!(error = %e, cause = ?e, doing, "postgres statement failed");
+        ApiError::Internal
+    }
 }
 
 #[cfg(test)]

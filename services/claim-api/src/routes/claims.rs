@@ -11,11 +11,8 @@ use axum::{
 use prometheus::IntGauge;
 use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
-use turnstile_claim::{
-    ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis,
-    access::{Operation, Principal},
-    store::{self, ClaimRow},
-};
+use turnstile_claim::{ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis, access::{Operation, Principal}};
+use turnstile_store::{self as store, ClaimRow};
 use turnstile_http::auth::require;
 use utoipa::ToSchema;
 use uuid::Uuid;

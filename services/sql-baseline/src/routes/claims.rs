@@ -7,11 +7,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use turnstile_claim::{
-    ClaimId, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis,
-    access::{Operation, Principal},
-    store::{self, ClaimRow},
-};
+use turnstile_claim::{ClaimId, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis, access::{Operation, Principal}};
+use turnstile_store::{self as store, ClaimRow};
 use turnstile_http::auth::require;
 use uuid::Uuid;
 
@@ -99,7 +96,7 @@ pub async fn create_claim(
     };
     let outcome = claim_for_update(&state.pool, &request.fingerprint(), &event)
         .await
-        .map_err(|e| ApiError::from_store(&e, "deciding a claim"))?;
+        .map_err(|e| crate::store::problem(&e, "deciding a claim"))?;
     match outcome {
         ClaimOutcome::Decided(claim) => {
             tracing::debug!(
@@ -117,7 +114,7 @@ pub async fn create_claim(
                 tracing::error!(%claim_id, "an idempotency key names a claim that does not exist");
                 Err(ApiError::Internal)
             }
-            Err(e) => Err(ApiError::from_store(&e, "reading a replayed claim")),
+            Err(e) => Err(crate::store::problem(&e, "reading a replayed claim")),
         },
         ClaimOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
         ClaimOutcome::UnknownResource => Err(ApiError::UnknownResource(event.resource.local_name())),
@@ -137,6 +134,6 @@ pub async fn get_claim(
     match store::claim(&state.pool, ClaimId::from_uuid(id)).await {
         Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from_row(&row))),
         Ok(_) => Err(not_found()),
-        Err(e) => Err(ApiError::from_store(&e, "reading a claim")),
+        Err(e) => Err(crate::store::problem(&e, "reading a claim")),
     }
 }

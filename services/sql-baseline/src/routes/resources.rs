@@ -6,11 +6,8 @@ use axum::{
     extract::{Path, State},
     response::Response,
 };
-use turnstile_claim::{
-    ResourceKind,
-    access::{Operation, Principal},
-    store,
-};
+use turnstile_claim::{ResourceKind, access::{Operation, Principal}};
+use turnstile_store as store;
 use turnstile_http::auth::require;
 use turnstile_http::resources::{Coupon, NewCoupon, NewResource, NewSku, Sku, path_key};
 
@@ -20,7 +17,7 @@ async fn create(state: &AppState, new: &NewResource) -> Result<(), ApiError> {
     match store::create_resource(&state.pool, &new.key, new.total, new.per_user_limit).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(ApiError::AlreadyExists(new.key.local_name())),
-        Err(e) => Err(ApiError::from_store(&e, "creating a resource")),
+        Err(e) => Err(crate::store::problem(&e, "creating a resource")),
     }
 }
 
@@ -54,7 +51,7 @@ async fn stock(state: &AppState, principal: Principal, kind: ResourceKind, raw: 
     match store::resource(&state.pool, &key).await {
         Ok(Some(row)) => Ok((row.total, row.remaining)),
         Ok(None) => Err(ApiError::NotFound(format!("{} does not exist", key.local_name()))),
-        Err(e) => Err(ApiError::from_store(&e, "reading a resource")),
+        Err(e) => Err(crate::store::problem(&e, "reading a resource")),
     }
 }
 

@@ -5,8 +5,8 @@ use std::collections::{HashMap, hash_map::Entry};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::StoreError;
-use crate::{ClaimId, ClaimRequested};
+use crate::StoreError;
+use turnstile_claim::{ClaimId, ClaimRequested};
 
 /// The result of [`reserve_claim`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

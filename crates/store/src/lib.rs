@@ -1,8 +1,10 @@
-//! The Postgres adapter: every statement the claim services run, checked at
-//! compile time against the schema in `migrations/` (offline data in `.sqlx`).
+//! Where claims are kept: the Postgres store, the Redis cache in front of
+//! it, and the migrations. [`turnstile_claim`] decides; this crate records.
 //!
-//! The claims table is the record of what was accepted and how it was
-//! decided; Kafka only carries the news. One file per job:
+//! Every statement is checked at compile time against the schema in
+//! `migrations/` (offline data in the workspace's `.sqlx`). The claims table
+//! is the record of what was accepted and how it was decided; Kafka only
+//! carries the news. One file per job:
 //! - [`accept`] (claim-api): the pending claims of a batch of requests, in
 //!   one autocommit statement. A claim row is also its idempotency record:
 //!   its id is derived from tenant and key, and it keeps the request's
@@ -14,11 +16,15 @@
 //!   claims whose rows exist and belong to the batch's resource.
 //! - [`sweep`] (claim-worker): claims left pending past a window, the
 //!   safety net for an event that was never published or never consumed.
-//! - [`audit`] (claim-worker): the oversold recount.
+//! - [`audit`]: the invariants recounted from the claims themselves, for the
+//!   worker's audit, the tests and the load generator alike.
 //! - [`keys`] (claim-api, sql-baseline): API keys, stored as digests.
+//! - [`cache`]: the Redis read cache of resources, written only by newer
+//!   fences.
 
 mod accept;
 mod audit;
+pub mod cache;
 mod decide;
 pub mod keys;
 mod sweep;
@@ -32,7 +38,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use crate::{ClaimId, ClaimStatus, RejectReason, ResourceKey};
+use turnstile_claim::{ClaimId, ClaimStatus, RejectReason, ResourceKey};
 
 /// Migrations, embedded in the binaries and run at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -6,8 +6,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 use turnstile_lock::FencingToken;
 use uuid::Uuid;
 
-use super::StoreError;
-use crate::{
+use crate::StoreError;
+use turnstile_claim::{
     ClaimId, ClaimRequested, ClaimStatus, Decision, PendingClaim, Quantity, RejectReason, ResourceKey, ResourceState,
     decide_batch,
 };
@@ -376,7 +376,7 @@ async fn write_decisions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ResourceId, TenantId, UnixMillis, UserId};
+    use turnstile_claim::{ResourceId, TenantId, UnixMillis, UserId};
 
     fn coupon(code: &str) -> ResourceKey {
         ResourceKey::coupon(TenantId::default_tenant(), ResourceId::parse("coupon", code).unwrap())

@@ -6,8 +6,8 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::StoreError;
-use crate::{
+use crate::StoreError;
+use turnstile_claim::{
     TenantId,
     access::{ApiKey, KeyDigest, Principal, Role},
 };

@@ -12,11 +12,8 @@ mod common;
 
 use common::{accept, coupon, event, pool};
 use sqlx::PgPool;
-use turnstile_claim::{
-    ResourceKey,
-    audit::{AuditScope, ResourceRecount},
-    store::{self, FencedOutcome},
-};
+use turnstile_claim::{ResourceKey, audit::{AuditScope, ResourceRecount}};
+use turnstile_store::{self as store, FencedOutcome};
 use turnstile_lock::FencingToken;
 
 /// Accepts and decides one claim by `user` on `coupon`, as the services do.

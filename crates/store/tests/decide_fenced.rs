@@ -10,10 +10,8 @@
 mod common;
 
 use common::{accept, coupon, coupon_of, event, fresh_tenant, pool};
-use turnstile_claim::{
-    ClaimStatus, Decision, RejectReason, ResourceId, ResourceKey, TenantId,
-    store::{self, BatchDecided, EarlierDecision, FencedOutcome, OrphanReason},
-};
+use turnstile_claim::{ClaimStatus, Decision, RejectReason, ResourceId, ResourceKey, TenantId};
+use turnstile_store::{self as store, BatchDecided, EarlierDecision, FencedOutcome, OrphanReason};
 use turnstile_lock::FencingToken;
 
 fn applied(outcome: FencedOutcome) -> (BatchDecided, i64) {

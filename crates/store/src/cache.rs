@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use redis::{Script, aio::ConnectionManager};
 
-use crate::ResourceKey;
+use turnstile_claim::ResourceKey;
 
 /// `KEYS`: entry. `ARGV`: fence, remaining, total. Returns 1 if written.
 static UPDATE: LazyLock<Script> = LazyLock::new(|| {

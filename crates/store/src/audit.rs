@@ -1,12 +1,12 @@
-//! The oversold audit's one query (its bookkeeping is [`crate::audit`]).
+//! The oversold audit's one query (its bookkeeping is [`turnstile_claim::audit`]).
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use super::StoreError;
-use crate::audit::{AuditScope, ResourceRecount};
+use crate::StoreError;
+use turnstile_claim::audit::{AuditScope, ResourceRecount};
 
-/// One pass of the oversold audit (see [`crate::audit`]): Postgres' clock
+/// One pass of the oversold audit (see [`turnstile_claim::audit`]): Postgres' clock
 /// when the pass began, and the recount of the resources in `scope`. A full
 /// pass returns only the oversold resources; an incremental pass returns
 /// every resource it recounted, so the ledger can clear those now at 0.

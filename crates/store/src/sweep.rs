@@ -10,8 +10,8 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::StoreError;
-use crate::{ClaimId, ClaimRequested, Quantity, RejectReason, ResourceId, ResourceKey, TenantId, UnixMillis, UserId};
+use crate::StoreError;
+use turnstile_claim::{ClaimId, ClaimRequested, Quantity, RejectReason, ResourceId, ResourceKey, TenantId, UnixMillis, UserId};
 
 /// The advisory lock that makes one worker the sweeper at a time (an
 /// arbitrary constant, "turnstil").
