@@ -67,7 +67,11 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
-use turnstile_claim::TenantId;
+use turnstile_claim::{
+    ResourceId, ResourceKey, TenantId,
+    audit::{AuditScope, InvariantReport},
+};
+use turnstile_store as store;
 use uuid::Uuid;
 
 use crate::{
@@ -560,7 +564,7 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
     let decided_by = Instant::now() + Duration::from_secs(sale.decide_timeout);
     let undecided = wait_for_decisions(pool, &ids, decided_by).await?;
     let tenant = credentials.tenant();
-    let mut report = audit(pool, tenant, &codes, &ids, sale.stock).await?;
+    let mut report = audit(pool, tenant, &codes, &ids).await?;
     report.refused_keys_taken = refused_keys_taken(pool, tenant, &run_id, &refused).await?;
     let start_epoch = started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let decisions = decision_times(pool, &ids).await?;
@@ -902,7 +906,6 @@ async fn audit(
     tenant: &TenantId,
     codes: &[String],
     ids: &[Uuid],
-    stock: i64,
 ) -> Result<FlashSaleReport> {
     let mut report = FlashSaleReport::default();
     let (granted, rejected): (i64, i64) = sqlx::query_as(
@@ -914,26 +917,23 @@ async fn audit(
     .await?;
     report.granted = u64::try_from(granted).unwrap_or(0);
     report.rejected = u64::try_from(rejected).unwrap_or(0);
-    report.oversold = sqlx::query_scalar(
-        "SELECT coalesce(sum(greatest(g.units - $2, 0)), 0)::bigint FROM (
-           SELECT sum(quantity) AS units FROM claims
-            WHERE tenant_id = $3 AND kind = 'coupon' AND resource_id = ANY($1) AND status = 'granted'
-            GROUP BY resource_id) g",
-    )
-    .bind(codes)
-    .bind(stock)
-    .bind(tenant.as_str())
-    .fetch_one(pool)
-    .await?;
-    report.double_claims = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM claims
-            WHERE tenant_id = $2 AND kind = 'coupon' AND resource_id = ANY($1) AND status = 'granted'
-            GROUP BY resource_id, user_id HAVING count(*) > 1) d",
-    )
-    .bind(codes)
-    .bind(tenant.as_str())
-    .fetch_one(pool)
-    .await?;
+    // Nothing oversold, nobody over the per-user limit, `remaining` equal
+    // to stock less grants: the invariants every recount checks.
+    let coupons = codes
+        .iter()
+        .map(|code| Ok(ResourceKey::coupon(tenant.clone(), ResourceId::parse("coupon", code)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let (_, ledgers) = store::check_invariants(pool, &AuditScope::Resources(coupons)).await?;
+    let invariants = InvariantReport::of(&ledgers);
+    anyhow::ensure!(
+        invariants.resources == codes.len() as u64,
+        "{} of {} coupons found",
+        invariants.resources,
+        codes.len()
+    );
+    report.oversold = invariants.oversold_units;
+    report.double_claims = invariants.users_over_limit;
+    report.remaining_mismatches = invariants.remaining_mismatches;
     // In commit order per resource, a decision's fence is never below an
     // earlier decision's.
     report.fence_regressions = sqlx::query_scalar(
@@ -943,17 +943,6 @@ async fn audit(
              FROM claims
             WHERE tenant_id = $2 AND kind = 'coupon' AND resource_id = ANY($1) AND status <> 'pending') t
           WHERE fence < before",
-    )
-    .bind(codes)
-    .bind(tenant.as_str())
-    .fetch_one(pool)
-    .await?;
-    report.remaining_mismatches = sqlx::query_scalar(
-        "SELECT count(*) FROM resources r
-          WHERE r.tenant_id = $2 AND r.kind = 'coupon' AND r.id = ANY($1)
-            AND r.remaining <> r.total - coalesce((SELECT sum(quantity) FROM claims c
-                 WHERE c.tenant_id = r.tenant_id AND c.kind = r.kind AND c.resource_id = r.id
-                   AND c.status = 'granted'), 0)",
     )
     .bind(codes)
     .bind(tenant.as_str())

@@ -30,7 +30,7 @@ pub mod keys;
 mod sweep;
 
 pub use accept::{Admission, Reservation, Reserved, reserve_claim, reserve_claims};
-pub use audit::recount_oversold;
+pub use audit::check_invariants;
 pub use decide::{BatchDecided, EarlierDecision, FencedOutcome, Orphan, OrphanReason, decide_fenced};
 pub use sweep::{StalePending, SweepTurn, reject_invalid, stale_pending};
 

@@ -302,10 +302,10 @@ impl Worker {
 /// How long a stopping worker waits for Kafka to take what it produced.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Recounts oversold units from the claims table every `interval` into
-/// `turnstile_oversold_units`, and shouts if it is ever above zero. Most
-/// passes recount only the resources decided since the previous one
-/// ([`turnstile_claim::audit`]).
+/// Recounts the invariants from the claims table every `interval`: units
+/// granted beyond stock go to `turnstile_oversold_units`, and any violated
+/// invariant is logged as an error. Most passes recount only the resources
+/// decided since the previous one ([`turnstile_claim::audit`]).
 async fn audit_oversold(
     pool: sqlx::PgPool,
     gauge: prometheus::IntGauge,
@@ -321,17 +321,26 @@ async fn audit_oversold(
             _ = ticks.tick() => {}
         }
         let scope = ledger.next_scope();
-        match store::recount_oversold(&pool, scope).await {
-            Ok((started, recounts)) => {
-                tracing::debug!(?scope, resources = recounts.len(), "oversold audit pass");
-                ledger.record(scope, started, recounts);
-                let oversold = ledger.total();
-                gauge.set(oversold);
-                if oversold > 0 {
-                    tracing::error!(oversold, "audit: units granted beyond stock");
+        match store::check_invariants(&pool, &scope).await {
+            Ok((started, ledgers)) => {
+                tracing::debug!(?scope, resources = ledgers.len(), "audit pass");
+                for broken in ledgers.iter().filter(|l| !l.holds()) {
+                    tracing::error!(
+                        tenant = %broken.tenant_id,
+                        kind = %broken.kind,
+                        resource = %broken.id,
+                        oversold = broken.oversold(),
+                        users_over_limit = broken.users_over_limit,
+                        remaining = broken.remaining,
+                        granted_units = broken.granted_units,
+                        total = broken.total,
+                        "audit: an invariant is broken"
+                    );
                 }
+                ledger.record(&scope, started, &ledgers);
+                gauge.set(ledger.total());
             }
-            Err(e) => tracing::warn!(error = %e, "oversold audit failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "audit failed; will retry"),
         }
     }
 }
