@@ -4,14 +4,12 @@
 //! This is wrk2's model (`-c`), and what an API sees behind a load
 //! balancer's connection pool. A request waits for a free connection, and
 //! that wait counts in its latency, since latency runs from the request's
-//! scheduled send time. Two costs of the pooled `reqwest` client this
-//! replaces, both measured at 5000 claims/s on the 2-core machine, where
-//! the generator shares the cores with the system it measures:
-//! - In a sale's first second it opened a connection for every request
-//!   that found none idle: about 2 700 in the first 1.5 s, each a connect
-//!   and an accept, while at most 256 claims are admitted at once.
-//! - Per request it cost about as much CPU as claim-api spent answering it
-//!   (`perf record -a`: 21% of the machine against 25%).
+//! scheduled send time. A pooled client (`reqwest`) does not fit a
+//! generator that shares the cores with the system it measures:
+//! - in a sale's first second it opens a connection for every request that
+//!   finds none idle (thousands in the first 1.5 s at 5000 claims/s), each
+//!   a connect and an accept, while at most 256 claims are admitted at once;
+//! - per request it costs about as much CPU as claim-api spends answering.
 //!
 //! Requests go straight to `hyper`'s connection API: one `SendRequest` per
 //! connection, checked out for one request and its body, then returned.

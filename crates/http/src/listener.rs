@@ -5,9 +5,9 @@
 //! accepted. When a sale opens, clients connect faster than a busy accept
 //! loop takes them; past 128 the kernel drops the client's SYN, and the
 //! client sends it again only after TCP's initial retransmission timeout of
-//! one second. Measured on the 2-core machine at 5000 claims/s: 215 dropped
-//! SYNs (`TcpExtListenOverflows`) in one 10-second sale, and an accept p50 of
-//! 356 ms in its first second. [`bind`] asks for [`LISTEN_BACKLOG`]; the
+//! one second. At 5000 claims/s on two cores, a queue of 128 drops about
+//! 200 SYNs (`TcpExtListenOverflows`) in a 10-second sale and puts the
+//! accept p50 of its first second past 350 ms. [`bind`] asks for [`LISTEN_BACKLOG`]; the
 //! kernel caps it at `net.core.somaxconn` (4096 on current kernels).
 
 use std::{io, net::SocketAddr};

@@ -286,7 +286,7 @@ pub async fn extend_is_owner_checked(env: &ContractEnv) {
 /// The ttl is a second: renewals run every third of it, and a renewal that
 /// answers later than the validity left fires the lost signal, so a ttl of a
 /// few hundred milliseconds made the check fail whenever a store paused for
-/// about 200 ms (seen with ZooKeeper on a busy two-core machine).
+/// about 200 ms (ZooKeeper on a busy two-core machine takes that long).
 pub async fn keep_alive_outlives_ttl(env: &ContractEnv) {
     let resource = env.resource("keepalive");
     let (a, b) = (env.client().await, env.client().await);

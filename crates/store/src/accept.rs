@@ -38,8 +38,9 @@ pub async fn reserve_claim(
     })
 }
 
-/// Whether a stored fingerprint is the request's. A claim without one was
-/// recorded before fingerprints moved into claims: its key replays it.
+/// Whether a stored fingerprint is the request's. A claim with none (the
+/// column is nullable for rows written before it existed) is replayed by
+/// its key alone.
 fn same_request(stored: Option<&[u8]>, fingerprint: &[u8; 32]) -> bool {
     stored.is_none_or(|stored| stored == &fingerprint[..])
 }

@@ -3,9 +3,8 @@
 //!
 //! A flash sale offers many times what the pipeline can decide. The excess
 //! must cost next to nothing, or answering it takes the CPU that deciding
-//! needs and goodput collapses (measured: at 8 000 claims/s offered to a
-//! one-core system whose peak was 1 663 decided/s, 429s took the core and
-//! 109 claims/s were decided). So [`admit_claims`], the outermost layer of
+//! needs and goodput collapses: a refusal that parses the body, opens a span
+//! and logs a line costs about as much as a claim. So [`admit_claims`], the outermost layer of
 //! the router, looks at the method and path and nothing else:
 //! - if Kafka's local queue or the workers' lag is too deep, or every
 //!   admission slot is taken, it answers `429` at once, from bytes built at
@@ -53,10 +52,9 @@ use crate::metrics::ApiMetrics;
 /// Admission slower than this counts as congestion for the AIMD limiter,
 /// unless configured.
 ///
-/// 100 ms, not the first 250: at 5 000 claims/s offered on the 2-core
-/// machine, three interleaved pairs of runs gave an end-to-end p99 of
-/// 140/187/151 ms with 100 ms against 176/273/166 ms with 250 ms, and
-/// 4 322/4 206/4 567 against 4 719/4 026/4 425 claims decided per second.
+/// At 5 000 claims/s offered on two cores, 100 ms keeps the end-to-end p99
+/// about a quarter lower than 250 ms does, for about the same claims
+/// decided per second (`docs/benchmarks.md`).
 pub const DEFAULT_ADMISSION_SLO: Duration = Duration::from_millis(100);
 
 /// The limit never falls below this: enough to fill a few group commits.

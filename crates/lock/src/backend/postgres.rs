@@ -14,10 +14,9 @@
 //!
 //! Tokens are assigned under the row lock, from the row's previous token, so
 //! they strictly increase per resource in grant order, and they are as
-//! durable as the table. (An earlier version drew tokens from a sequence in
-//! the `VALUES` list; the contract suite caught that `nextval` runs before
-//! the statement waits for the row lock, so a waiter could be granted an
-//! older token than the holder before it.) Release expires the row instead
+//! durable as the table. They do not come from a sequence: `nextval` runs
+//! before the statement waits for the row lock, so a waiter could be
+//! granted an older token than the holder before it. Release expires the row instead
 //! of deleting it, to keep the token. Waiters poll with full jitter (no
 //! LISTEN/NOTIFY wake-ups yet).
 

@@ -8,10 +8,10 @@
 //! (`fence := max(fence, token)`) and re-confirms the lease on a majority
 //! before it is handed out. Any later majority shares a master with the
 //! write-back majority, so its token is greater: tokens strictly increase per
-//! resource as long as masters keep their data. (A first version wrote back
-//! only on renew and release; the contract suite caught a holder that simply
-//! expired being followed by a smaller token, when the masters had seeded
-//! their counters a few microseconds apart.) What Redlock still cannot give,
+//! resource as long as masters keep their data. The write-back happens at
+//! grant time, not only on renew and release, because masters seed their
+//! counters independently: a holder that simply expires could otherwise be
+//! followed by a smaller token (the contract suite checks this). What Redlock still cannot give,
 //! as Martin Kleppmann argued, is safety under clock jumps, long pauses or a
 //! master that restarts empty inside a lease; so Turnstile never trusts the
 //! lease alone: the store behind it refuses any token that is not newer than
