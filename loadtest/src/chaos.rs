@@ -132,7 +132,7 @@ pub struct ChaosArgs {
     #[arg(long, env = "TURNSTILE_BIN_DIR")]
     pub bin_dir: Option<PathBuf>,
     /// The Kafka-protocol broker (shared; each run has its own topics).
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "TURNSTILE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
     /// Units of the one hot coupon.
     #[arg(long, default_value_t = 300)]
@@ -464,18 +464,18 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
     let session = Duration::from_millis(6_000);
     let env = vec![
         ("DATABASE_URL", postgres.url()),
-        ("REDIS_URL", redis.url()),
-        ("LOCK_REDIS_URL", redis.url()),
-        ("KAFKA_BROKERS", args.brokers.clone()),
+        ("TURNSTILE_REDIS_URL", redis.url()),
+        ("TURNSTILE_LOCK_REDIS_URL", redis.url()),
+        ("TURNSTILE_KAFKA_BROKERS", args.brokers.clone()),
         ("TURNSTILE_TOPIC_PREFIX", format!("chaos-{run_id}-")),
         ("TURNSTILE_GROUP_ID", format!("chaos-{run_id}")),
         ("TURNSTILE_PARTITIONS", "3".to_owned()),
-        ("TURNSTILE_LOCK_TTL_MS", lock_ttl.as_millis().to_string()),
-        ("TURNSTILE_SESSION_TIMEOUT_MS", session.as_millis().to_string()),
-        ("TURNSTILE_SWEEP_AFTER_MS", "5000".to_owned()),
-        ("TURNSTILE_SWEEP_INTERVAL_MS", "1000".to_owned()),
-        ("TURNSTILE_AUDIT_INTERVAL_MS", "2000".to_owned()),
-        ("LOG_FORMAT", "json".to_owned()),
+        ("TURNSTILE_LOCK_TTL", format!("{}ms", lock_ttl.as_millis())),
+        ("TURNSTILE_SESSION_TIMEOUT", format!("{}ms", session.as_millis())),
+        ("TURNSTILE_SWEEP_AFTER", "5s".to_owned()),
+        ("TURNSTILE_SWEEP_INTERVAL", "1s".to_owned()),
+        ("TURNSTILE_AUDIT_INTERVAL", "2s".to_owned()),
+        ("TURNSTILE_LOG_FORMAT", "json".to_owned()),
         ("RUST_LOG", "info".to_owned()),
     ];
     let mut env = env;
@@ -628,7 +628,7 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
             "the lock Redis killed and restarted from a snapshot taken earlier in the sale".to_owned()
         }
         Scenario::BackendSwitch => {
-            rig.replace_workers(2, &[("LOCK_BACKEND", "postgres".to_owned())])
+            rig.replace_workers(2, &[("TURNSTILE_LOCK_BACKEND", "postgres".to_owned())])
                 .await?;
             "both workers (Redis locks) replaced by two locking in PostgreSQL".to_owned()
         }

@@ -95,18 +95,18 @@ pub struct LockBenchArgs {
 #[derive(Debug, Clone, Args)]
 pub struct Stores {
     /// The single Redis.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, env = "TURNSTILE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// The Redlock masters, comma-separated.
     #[arg(
         long,
-        env = "REDLOCK_URLS",
+        env = "TURNSTILE_REDLOCK_URLS",
         value_delimiter = ',',
         default_value = "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393"
     )]
     pub redlock_urls: Vec<String>,
     /// The ZooKeeper ensemble, `host:port[,host:port...]`.
-    #[arg(long, env = "ZOOKEEPER_URL", default_value = "127.0.0.1:2181")]
+    #[arg(long, env = "TURNSTILE_ZOOKEEPER_URL", default_value = "127.0.0.1:2181")]
     pub zookeeper_url: String,
     /// PostgreSQL.
     #[arg(

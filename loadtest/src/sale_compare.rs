@@ -249,7 +249,7 @@ impl BaselineProcess {
             command.env("TURNSTILE_MAX_INFLIGHT", inflight.to_string());
         }
         let mut child = command
-            .env("LOG_FORMAT", "json")
+            .env("TURNSTILE_LOG_FORMAT", "json")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),

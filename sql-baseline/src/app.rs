@@ -50,7 +50,7 @@ impl Application {
         let background = CancellationToken::new();
         let keys = KeyRing::load(pool.clone()).await.context("loading the API keys")?;
         keys.refresh_every(settings.key_refresh, background.clone());
-        let limits = CallerLimits::new(settings.key_rate, settings.user_rate, background.clone());
+        let limits = CallerLimits::new(settings.key_limit(), settings.user_limit(), background.clone());
         let state = AppState {
             pool,
             inflight: Arc::new(Semaphore::new(settings.max_inflight)),

@@ -1,22 +1,33 @@
-//! `sql-baseline`: configuration, logs, build, serve until SIGTERM.
+//! `sql-baseline`: settings, logs, build, serve until SIGTERM.
 
 use anyhow::Context;
 use sql_baseline::{Application, Settings};
 use tokio_util::sync::CancellationToken;
+use turnstile_telemetry::LogSettings;
+
+/// The flash-sale baseline: each claim decided in its request under
+/// SELECT ... FOR UPDATE, with the settings below: each is an option or,
+/// the usual way, its environment variable.
+#[derive(Debug, clap::Parser)]
+#[command(version, after_help = turnstile_telemetry::ENVIRONMENT_HELP)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    logs: LogSettings,
+}
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli: Cli = turnstile_runtime::settings::parse();
+    cli.settings.validate().context("invalid configuration")?;
     turnstile_telemetry::disable_transparent_huge_pages();
-    turnstile_telemetry::init_logs(
-        "sql-baseline",
-        turnstile_telemetry::LogFormat::from_env().map_err(anyhow::Error::msg)?,
-    );
-    let settings = Settings::from_env().context("invalid configuration")?;
-    let app = Application::build(settings).await?;
+    turnstile_telemetry::init_logs("sql-baseline", cli.logs.format());
+    let app = Application::build(cli.settings).await?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(turnstile_telemetry::stop_on_signal(shutdown.clone()));
+    tokio::spawn(turnstile_runtime::stop_on_signal(shutdown.clone()));
     app.run_until_stopped(shutdown).await
 }

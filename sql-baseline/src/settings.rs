@@ -1,80 +1,142 @@
-//! The baseline's configuration, read once from the environment.
+//! The baseline's settings: each one a flag and an environment variable,
+//! read once at start-up; the names and meanings are claim-api's.
+//! `sql-baseline --help` lists them with their defaults.
 
 use std::{net::SocketAddr, time::Duration};
 
-use turnstile_telemetry::{SettingError, setting, setting_millis};
+use turnstile_http::auth::{MAX_KEY_REFRESH, RateLimit};
+use turnstile_runtime::settings::{InvalidSetting, duration, show_duration};
 
-/// Everything the baseline needs to know.
-#[derive(Debug, Clone)]
+/// Everything the baseline needs to know. `main` parses it with
+/// `turnstile_runtime::settings::parse`; tests build it directly.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "sql-baseline")]
 pub struct Settings {
-    /// `TURNSTILE_HTTP_ADDR`: where to listen (port 0 picks a free one).
+    /// Where the baseline listens (port 0 picks a free one).
+    #[arg(long, env = "TURNSTILE_HTTP_ADDR", default_value = "127.0.0.1:8090")]
     pub http_addr: SocketAddr,
-    /// `DATABASE_URL`.
+
+    /// The claims database; migrations run at start-up.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/turnstile",
+        hide_env_values = true
+    )]
     pub database_url: String,
-    /// `TURNSTILE_PG_POOL`: connections, so at most this many claims are in
-    /// a transaction at once. On a hot coupon all but one of them wait on the
-    /// row lock, so more connections add waiting, not throughput: on the
-    /// 2-core machine 4, 8 and 16 all decided 320 to 380 claims/s at
-    /// 2000/s offered, with the lowest latency at 8.
+
+    /// Connections, so at most this many claims are in a transaction at
+    /// once. On a hot coupon all but one of them wait on the row lock, so
+    /// more connections add waiting, not throughput: on the 2-core machine
+    /// 4, 8 and 16 all decided 320 to 380 claims/s at 2000/s offered, with
+    /// the lowest latency at 8.
+    #[arg(long, env = "TURNSTILE_PG_POOL", default_value_t = 8)]
     pub pg_pool: u32,
-    /// `TURNSTILE_PG_ACQUIRE_TIMEOUT_MS`: how long a request waits for a
-    /// connection before answering 503.
+
+    /// How long a request waits for a connection before it is answered 503.
+    #[arg(long, env = "TURNSTILE_PG_ACQUIRE_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub pg_acquire_timeout: Duration,
-    /// `TURNSTILE_MAX_INFLIGHT`: claims in progress at once; beyond that the
-    /// service answers 429 at once. It keeps the pool's queue short: with
-    /// thousands of requests queued on the pool, acquires that time out
-    /// while connecting drop the fresh connection, and the pool thrashes
-    /// instead of serving (seen here at 2000 claims/s: throughput fell to 0).
-    /// 32 (four per connection) kept throughput and halved p99 against 64.
+
+    /// Claims in progress at once; beyond that the service answers 429 at
+    /// once. It keeps the pool's queue short: with thousands of requests
+    /// queued on the pool, acquires that time out while connecting drop the
+    /// fresh connection, and the pool thrashes instead of serving (seen here
+    /// at 2000 claims/s: throughput fell to 0). 32 (four per connection)
+    /// kept throughput and halved p99 against 64.
+    #[arg(long, env = "TURNSTILE_MAX_INFLIGHT", default_value_t = 32)]
     pub max_inflight: usize,
-    /// `TURNSTILE_MAX_BODY_BYTES`.
+
+    /// Larger request bodies are answered 413.
+    #[arg(long, env = "TURNSTILE_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
-    /// `TURNSTILE_KEY_REFRESH_MS`, `TURNSTILE_KEY_RATE`, `TURNSTILE_KEY_BURST`,
-    /// `TURNSTILE_USER_RATE`, `TURNSTILE_USER_BURST`: API keys and the
-    /// per-caller buckets, as in claim-api.
+
+    /// How often the API keys in force are reloaded, at most 5s: a revoked
+    /// key works at most this long.
+    #[arg(long, env = "TURNSTILE_KEY_REFRESH", default_value = "2s", value_parser = duration)]
     pub key_refresh: Duration,
-    /// Each key's bucket.
-    pub key_rate: turnstile_http::auth::RateLimit,
-    /// Each user's bucket.
-    pub user_rate: turnstile_http::auth::RateLimit,
+
+    /// Each API key's requests per second; 0 turns the key's bucket off.
+    #[arg(long, env = "TURNSTILE_KEY_RATE", default_value_t = 20_000)]
+    pub key_rate: u32,
+
+    /// Requests an API key may send at once, above its rate.
+    #[arg(long, env = "TURNSTILE_KEY_BURST", default_value_t = 2_000)]
+    pub key_burst: u32,
+
+    /// Each user's claims per second, per tenant; 0 turns the user's
+    /// bucket off.
+    #[arg(long, env = "TURNSTILE_USER_RATE", default_value_t = 5)]
+    pub user_rate: u32,
+
+    /// Claims a user may send at once, above their rate.
+    #[arg(long, env = "TURNSTILE_USER_BURST", default_value_t = 10)]
+    pub user_burst: u32,
 }
 
 impl Settings {
-    /// Reads and validates every setting.
-    pub fn from_env() -> Result<Self, SettingError> {
-        let settings = Self {
-            http_addr: setting("TURNSTILE_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8090)))?,
-            database_url: setting(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/turnstile".to_owned(),
-            )?,
-            pg_pool: setting("TURNSTILE_PG_POOL", 8)?,
-            pg_acquire_timeout: setting_millis("TURNSTILE_PG_ACQUIRE_TIMEOUT_MS", 1_000)?,
-            max_inflight: setting("TURNSTILE_MAX_INFLIGHT", 32)?,
-            max_body_bytes: setting("TURNSTILE_MAX_BODY_BYTES", 16 * 1024)?,
-            key_refresh: turnstile_telemetry::setting_millis("TURNSTILE_KEY_REFRESH_MS", 2_000)?
-                .min(turnstile_http::auth::MAX_KEY_REFRESH),
-            key_rate: turnstile_http::auth::RateLimit {
-                per_second: setting("TURNSTILE_KEY_RATE", 20_000)?,
-                burst: setting("TURNSTILE_KEY_BURST", 2_000)?,
-            },
-            user_rate: turnstile_http::auth::RateLimit {
-                per_second: setting("TURNSTILE_USER_RATE", 5)?,
-                burst: setting("TURNSTILE_USER_BURST", 10)?,
-            },
-        };
+    /// Each API key's bucket.
+    pub fn key_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: self.key_rate,
+            burst: self.key_burst,
+        }
+    }
+
+    /// Each user's bucket.
+    pub fn user_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: self.user_rate,
+            burst: self.user_burst,
+        }
+    }
+
+    /// Checks the settings that have a floor or a ceiling; parsing checked
+    /// each value alone.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         for (name, value) in [
-            ("TURNSTILE_PG_POOL", settings.pg_pool as usize),
-            ("TURNSTILE_MAX_INFLIGHT", settings.max_inflight),
+            ("TURNSTILE_PG_POOL", self.pg_pool as usize),
+            ("TURNSTILE_MAX_INFLIGHT", self.max_inflight),
         ] {
             if value == 0 {
-                return Err(SettingError {
-                    name,
-                    value: "0".to_owned(),
-                    problem: "must be at least 1".to_owned(),
-                });
+                return Err(InvalidSetting::new(name, value, "must be at least 1"));
             }
         }
-        Ok(settings)
+        if self.key_refresh.is_zero() || self.key_refresh > MAX_KEY_REFRESH {
+            return Err(InvalidSetting::duration(
+                "TURNSTILE_KEY_REFRESH",
+                self.key_refresh,
+                format!("must be above 0 and at most {}", show_duration(MAX_KEY_REFRESH)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Settings::command().debug_assert();
+    }
+
+    #[test]
+    fn every_setting_has_a_variable_and_a_default() {
+        for arg in Settings::command().get_arguments() {
+            if matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let variable = arg.get_env().unwrap().to_str().unwrap();
+            assert!(
+                variable.starts_with("TURNSTILE_") || variable == "DATABASE_URL",
+                "{variable}"
+            );
+            assert!(!arg.get_default_values().is_empty(), "{variable} has no default");
+        }
     }
 }

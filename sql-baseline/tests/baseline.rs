@@ -39,8 +39,11 @@ impl Baseline {
             max_inflight,
             max_body_bytes: 16 * 1024,
             key_refresh: Duration::from_secs(2),
-            key_rate: turnstile_http::auth::RateLimit::UNLIMITED,
-            user_rate: turnstile_http::auth::RateLimit::UNLIMITED,
+            // Rate 0: no buckets.
+            key_rate: 0,
+            key_burst: 0,
+            user_rate: 0,
+            user_burst: 0,
         };
         let app = Application::build(settings)
             .await

@@ -30,12 +30,12 @@ pub fn database_url() -> String {
 
 /// The stack's Redis.
 pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("TURNSTILE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
 /// The stack's Kafka-protocol broker.
 pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+    std::env::var("TURNSTILE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
 /// A name no other test run uses: letters, digits and dashes only, so it is
@@ -94,8 +94,11 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         max_connections: 10_000,
         max_waiters: 10_000,
         key_refresh: Duration::from_secs(2),
-        key_rate: turnstile_http::auth::RateLimit::UNLIMITED,
-        user_rate: turnstile_http::auth::RateLimit::UNLIMITED,
+        // Rate 0: no buckets.
+        key_rate: 0,
+        key_burst: 0,
+        user_rate: 0,
+        user_burst: 0,
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
     }
 }
@@ -316,9 +319,9 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         pg_pool: 8,
         redis_url: redis_url(),
         lock_backend: claim_worker::LockBackendKind::Redis,
-        lock_redis_url: redis_url(),
+        lock_redis_url: None,
         redlock_urls: Vec::new(),
-        zookeeper_url: std::env::var("ZOOKEEPER_URL").unwrap_or_else(|_| "127.0.0.1:2181".to_owned()),
+        zookeeper_url: std::env::var("TURNSTILE_ZOOKEEPER_URL").unwrap_or_else(|_| "127.0.0.1:2181".to_owned()),
         zookeeper_session_timeout: Duration::from_secs(10),
         lock_ttl: Duration::from_secs(5),
         lock_wait: Duration::from_secs(5),
@@ -390,14 +393,14 @@ impl WorkerProcess {
         let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut command = Command::new(bin);
         command
-            .env("KAFKA_BROKERS", brokers())
+            .env("TURNSTILE_KAFKA_BROKERS", brokers())
             .env("DATABASE_URL", database_url())
-            .env("REDIS_URL", redis_url())
+            .env("TURNSTILE_REDIS_URL", redis_url())
             .env("TURNSTILE_TOPIC_PREFIX", &ns.topic_prefix)
             .env("TURNSTILE_GROUP_ID", &ns.group_id)
             .env("TURNSTILE_PARTITIONS", "3")
             .env("TURNSTILE_METRICS_ADDR", metrics_addr.to_string())
-            .env("LOG_FORMAT", "json")
+            .env("TURNSTILE_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -527,7 +530,10 @@ pub async fn assert_claim_invariants(codes: &[String], stock: i64) -> Vec<i64> {
         .unwrap();
     let mut grants = Vec::with_capacity(codes.len());
     for code in codes {
-        let ledger = ledgers.iter().find(|l| &l.id == code).unwrap_or_else(|| panic!("{code}: no such coupon"));
+        let ledger = ledgers
+            .iter()
+            .find(|l| &l.id == code)
+            .unwrap_or_else(|| panic!("{code}: no such coupon"));
         assert_eq!(ledger.total, stock, "{code}: created with another stock");
         assert!(ledger.holds(), "{code}: an invariant is broken: {ledger:?}");
         let pending: i64 = sqlx::query_scalar(

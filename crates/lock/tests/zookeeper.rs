@@ -20,7 +20,7 @@ use zookeeper_client as zk;
 use support::{Partition, unique};
 
 fn zookeeper_url() -> String {
-    std::env::var("ZOOKEEPER_URL").unwrap_or_else(|_| "127.0.0.1:2181".to_owned())
+    std::env::var("TURNSTILE_ZOOKEEPER_URL").unwrap_or_else(|_| "127.0.0.1:2181".to_owned())
 }
 
 async fn connect(cluster: &str, session_timeout: Duration) -> ZooKeeperLockBackend {

@@ -1,8 +1,10 @@
 //! One initialisation for the logs, traces and metrics of every Turnstile
 //! service.
 //!
-//! - **Logs** are JSON lines by default (one object per line, for machines),
-//!   or human-readable with `LOG_FORMAT=pretty`; `RUST_LOG` filters them.
+//! - **Logs** are readable text on a terminal and JSON lines otherwise (one
+//!   object per line, for the machines that collect them);
+//!   `TURNSTILE_LOG_FORMAT` (`text` or `json`, see [`LogSettings`]) chooses
+//!   either way, and `RUST_LOG` filters them.
 //! - **Traces** go out over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //!   set (the standard variable; `OTEL_SERVICE_NAME` names the service), in
 //!   batches from a background thread, so the hot path never waits on the
@@ -16,6 +18,8 @@ mod memory;
 
 pub use memory::disable_transparent_huge_pages;
 
+use std::io::IsTerminal;
+
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -28,24 +32,51 @@ pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable text.
+    Text,
     /// One JSON object per line.
     Json,
-    /// Human-readable.
-    Pretty,
 }
 
 impl LogFormat {
-    /// Reads `LOG_FORMAT` (`json`, the default, or `pretty`).
-    pub fn from_env() -> Result<Self, String> {
-        match std::env::var("LOG_FORMAT").as_deref() {
-            Err(_) | Ok("json") | Ok("") => Ok(Self::Json),
-            Ok("pretty") => Ok(Self::Pretty),
-            Ok(other) => Err(format!("LOG_FORMAT must be json or pretty, not {other:?}")),
+    /// Text when the logs go to a terminal, where a person reads them; JSON
+    /// otherwise (a pipe, a file, a container's log driver), where a
+    /// program does.
+    pub fn detect() -> Self {
+        if std::io::stdout().is_terminal() {
+            Self::Text
+        } else {
+            Self::Json
         }
     }
 }
+
+/// The log settings every service takes: flatten them into its command
+/// line (`#[command(flatten)]`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogSettings {
+    /// How log lines are written: text for people or one JSON object per
+    /// line for log collectors [default: text on a terminal, json otherwise]
+    #[arg(long, env = "TURNSTILE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl LogSettings {
+    /// The format chosen, or the one [`LogFormat::detect`] picks.
+    pub fn format(&self) -> LogFormat {
+        self.log_format.unwrap_or_else(LogFormat::detect)
+    }
+}
+
+/// What a service's `--help` adds after its settings: the standard
+/// variables it reads besides them.
+pub const ENVIRONMENT_HELP: &str = "\
+Also read from the environment:
+  RUST_LOG                     log filter [default: info]
+  OTEL_EXPORTER_OTLP_ENDPOINT  export traces over OTLP/gRPC [default: unset, nothing exported]
+  OTEL_SERVICE_NAME            the service's name in traces [default: the binary's name]";
 
 /// Keeps the trace exporter alive; dropping it flushes the spans still
 /// buffered (hold it in `main` until the service has stopped).
@@ -99,7 +130,10 @@ pub fn init(service: &'static str, format: LogFormat) -> TelemetryGuard {
                     .with_span_list(false),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
+        // Colours only on a terminal: text asked for into a file stays plain.
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
     };
     if result.is_ok() {
         tracing::info!(service, traces = traces.is_some(), "telemetry initialised");
@@ -179,66 +213,4 @@ impl PoolGauges {
             .with_label_values(&[pool, "in_use"])
             .set(i64::from(size).saturating_sub(idle).max(0));
     }
-}
-
-/// A setting read from the environment was malformed. The message names the
-/// variable, so a bad deployment fails at start-up with a clear cause.
-#[derive(Debug, thiserror::Error)]
-#[error("environment variable {name}={value:?} is invalid: {problem}")]
-pub struct SettingError {
-    /// The variable.
-    pub name: &'static str,
-    /// Its value.
-    pub value: String,
-    /// What is wrong.
-    pub problem: String,
-}
-
-/// Reads `name`, parsing it as `T`, or `default` when unset or empty.
-pub fn setting<T>(name: &'static str, default: T) -> Result<T, SettingError>
-where
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value.trim().parse().map_err(|e: T::Err| SettingError {
-            name,
-            problem: e.to_string(),
-            value,
-        }),
-        _ => Ok(default),
-    }
-}
-
-/// Reads a duration given in milliseconds.
-pub fn setting_millis(name: &'static str, default_ms: u64) -> Result<std::time::Duration, SettingError> {
-    setting(name, default_ms).map(std::time::Duration::from_millis)
-}
-
-/// Reads a duration given in milliseconds, defaulting to `default`: for
-/// defaults that are constants of the code they tune.
-pub fn setting_millis_or(
-    name: &'static str,
-    default: std::time::Duration,
-) -> Result<std::time::Duration, SettingError> {
-    setting_millis(name, u64::try_from(default.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Cancels `shutdown` on SIGTERM or Ctrl-C, so services finish in-flight
-/// work and leave cleanly.
-pub async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown requested");
-    shutdown.cancel();
 }

@@ -13,7 +13,7 @@
 //! - an event always names a row that exists. A publish that fails after
 //!   the commit leaves a pending claim, which the worker's sweeper decides
 //!   once it has been pending for the sweep window
-//!   (`TURNSTILE_SWEEP_AFTER_MS`); the answer is still `202`.
+//!   (`TURNSTILE_SWEEP_AFTER`); the answer is still `202`.
 //!
 //! The answer does not wait for Kafka's acknowledgement: after the commit
 //! it would be `202` either way. The batch's slot does: a batch holds one of

@@ -67,7 +67,7 @@ const CLAIMS_PATH: &str = "/v1/claims";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimiterKind {
     /// Additive increase while admissions answer within the objective
-    /// (`TURNSTILE_ADMISSION_SLO_MS`), a 10% cut when one does not.
+    /// (`TURNSTILE_ADMISSION_SLO`), a 10% cut when one does not.
     Aimd,
     /// Netflix's Gradient2: the limit follows the ratio of the long-term
     /// to the short-term admission time, so it reacts to latency *rising*,

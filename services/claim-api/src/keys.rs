@@ -26,7 +26,7 @@ pub enum KeysCommand {
         tenant: Option<String>,
     },
     /// Revokes a key by id; services stop accepting it within
-    /// `TURNSTILE_KEY_REFRESH_MS` (at most 5 s).
+    /// `TURNSTILE_KEY_REFRESH` (at most 5 s).
     Revoke {
         /// The key's id, as `list` shows it.
         id: Uuid,
@@ -94,7 +94,7 @@ pub async fn run(command: KeysCommand, database_url: &str) -> anyhow::Result<()>
         }
         KeysCommand::Revoke { id } => {
             anyhow::ensure!(store::keys::revoke_key(&pool, id).await?, "no key in force has id {id}");
-            eprintln!("revoked key {id}; services refuse it within TURNSTILE_KEY_REFRESH_MS (at most 5 s)");
+            eprintln!("revoked key {id}; services refuse it within TURNSTILE_KEY_REFRESH (at most 5 s)");
         }
     }
     Ok(())

@@ -1,18 +1,22 @@
-//! `claim-api`: configuration, telemetry, build, serve until SIGTERM; or
+//! `claim-api`: settings, telemetry, build, serve until SIGTERM; or
 //! `claim-api keys ...` to manage API keys.
 
 use anyhow::Context;
 use claim_api::{Application, Settings, keys::KeysCommand};
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
+use turnstile_telemetry::LogSettings;
 
-/// The claim API. Without a command it serves, configured by environment
-/// variables (see README).
-#[derive(Debug, Parser)]
-#[command(version, about)]
+/// The claim API. Without a command it serves, with the settings below:
+/// each is an option or, the usual way, its environment variable.
+#[derive(Debug, clap::Parser)]
+#[command(version, after_help = turnstile_telemetry::ENVIRONMENT_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    logs: LogSettings,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -27,16 +31,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if let Some(Command::Keys(command)) = Cli::parse().command {
-        let database_url =
-            std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".to_owned());
-        return claim_api::keys::run(command, &database_url).await;
+    let cli: Cli = turnstile_runtime::settings::parse();
+    if let Some(Command::Keys(command)) = cli.command {
+        return claim_api::keys::run(command, &cli.settings.database_url).await;
     }
+    cli.settings.validate().context("invalid configuration")?;
     turnstile_telemetry::disable_transparent_huge_pages();
-    let _telemetry = turnstile_telemetry::init(
-        "claim-api",
-        turnstile_telemetry::LogFormat::from_env().map_err(anyhow::Error::msg)?,
-    );
+    let _telemetry = turnstile_telemetry::init("claim-api", cli.logs.format());
     // Fault injection exists only in builds with the `failpoints` feature
     // (the tests and `loadtest chaos`); any other build refuses FAILPOINTS
     // rather than ignore it.
@@ -47,9 +48,8 @@ async fn main() -> anyhow::Result<()> {
         std::env::var_os("FAILPOINTS").is_none(),
         "FAILPOINTS is set, but this build has no failpoints (build with --features failpoints)"
     );
-    let settings = Settings::from_env().context("invalid configuration")?;
-    let app = Application::build(settings).await?;
+    let app = Application::build(cli.settings).await?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(turnstile_telemetry::stop_on_signal(shutdown.clone()));
+    tokio::spawn(turnstile_runtime::stop_on_signal(shutdown.clone()));
     app.run_until_stopped(shutdown).await
 }

@@ -1,179 +1,307 @@
-//! The API's configuration, read once from the environment.
+//! The API's settings: each one a flag and an environment variable, read
+//! once at start-up. `claim-api --help` lists them with their defaults.
 
 use std::{net::SocketAddr, time::Duration};
 
-use turnstile_bus::ProducerTuning;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use turnstile_http::auth::{MAX_KEY_REFRESH, RateLimit};
+use turnstile_runtime::settings::{InvalidSetting, duration, show_duration};
 
 use crate::admission::LimiterKind;
-use turnstile_http::auth::RateLimit;
-use turnstile_telemetry::{SettingError, setting, setting_millis, setting_millis_or};
 
-/// Everything the API needs to know.
-#[derive(Debug, Clone)]
+/// Everything the API needs to know. `main` parses it with
+/// `turnstile_runtime::settings::parse`; tests build it directly.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "claim-api")]
 pub struct Settings {
-    /// `TURNSTILE_HTTP_ADDR`: where to listen (port 0 picks a free one).
+    /// Where the API listens (port 0 picks a free one).
+    #[arg(long, env = "TURNSTILE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
-    /// `DATABASE_URL`.
-    pub database_url: String,
-    /// `TURNSTILE_PG_WRITE_POOL`: connections for accepting claims.
-    pub pg_write_pool: u32,
-    /// `TURNSTILE_ACCEPT_BATCHES`: group-commit transactions open at once.
-    /// Few is the point: while they are busy, arriving claims gather into
-    /// the next batch, so a busier API writes bigger batches, not more of
-    /// them. Must leave a write connection for everything else.
-    pub accept_batches: u32,
-    /// `TURNSTILE_PG_READ_POOL`: connections for reads, kept apart so that
-    /// slow reads cannot starve the accept path (and the other way round).
-    pub pg_read_pool: u32,
-    /// `TURNSTILE_PG_ACQUIRE_TIMEOUT_MS`: how long to wait for a connection
-    /// before answering 503.
-    pub pg_acquire_timeout: Duration,
-    /// `REDIS_URL`: the resource cache.
-    pub redis_url: String,
-    /// `KAFKA_BROKERS`.
-    pub brokers: String,
-    /// `TURNSTILE_TOPIC_PREFIX`.
-    pub topic_prefix: String,
-    /// `TURNSTILE_PARTITIONS`: partitions of topics the API creates.
-    pub partitions: i32,
-    /// `TURNSTILE_GROUP_ID`: the workers' group, whose lag is watched.
-    pub worker_group_id: String,
-    /// `TURNSTILE_MAX_INFLIGHT`: claims in progress at once before 429.
-    pub max_inflight: usize,
-    /// `TURNSTILE_ADMISSION_LIMITER`: `aimd` (default) or `gradient`, the algorithm
-    /// that adapts how many claims are admitted at once.
-    pub admission_limiter: LimiterKind,
-    /// `TURNSTILE_ADMISSION_SLO_MS`: for the `aimd` limiter, an admission
-    /// slower than this counts as congestion and lowers the limit.
-    pub admission_slo: Duration,
-    /// `TURNSTILE_PRODUCER_QUEUE_LIMIT`: unacknowledged Kafka messages before 429.
-    pub producer_queue_limit: i32,
-    /// `TURNSTILE_PRODUCER_LINGER_MS`: how long the producer gathers events
-    /// into one request (librdkafka `linger.ms`). Fewer, larger requests
-    /// cost the broker less per event; every accepted claim waits up to this
-    /// long for Kafka's acknowledgement. The default is [`ProducerTuning`]'s.
-    pub producer_linger: Duration,
-    /// `TURNSTILE_KAFKA_IDEMPOTENCE`: the idempotent producer (off by
-    /// default; see `turnstile_bus::producer`).
-    pub kafka_idempotence: bool,
-    /// `TURNSTILE_MAX_CONSUMER_LAG`: undecided claims in Kafka before 429 (0: off).
-    pub max_consumer_lag: i64,
-    /// `TURNSTILE_MAX_BODY_BYTES`.
-    pub max_body_bytes: usize,
-    /// `TURNSTILE_HEADER_READ_TIMEOUT_MS`: how long a request's head may
-    /// take to arrive before the connection is closed.
-    pub header_read_timeout: Duration,
-    /// `TURNSTILE_MAX_CONNECTIONS`: open connections at most; past it new
-    /// ones wait in the kernel's accept queue.
-    pub max_connections: usize,
-    /// `TURNSTILE_MAX_WAITERS`: requests waiting for a decision
-    /// (`Prefer: wait`) at most; past it a claim is answered `202` at once.
-    pub max_waiters: usize,
-    /// `TURNSTILE_KEY_REFRESH_MS`: how often the API keys in force are
-    /// reloaded, at most 5 000: a revoked key works at most this long.
-    pub key_refresh: Duration,
-    /// `TURNSTILE_KEY_RATE` and `TURNSTILE_KEY_BURST`: each API key's
-    /// requests per second and burst (rate 0: unlimited).
-    pub key_rate: RateLimit,
-    /// `TURNSTILE_USER_RATE` and `TURNSTILE_USER_BURST`: each user's
-    /// claims per second and burst, per tenant (rate 0: unlimited).
-    pub user_rate: RateLimit,
-    /// `TURNSTILE_METRICS_ADDR`: the operator listener (`/metrics`,
-    /// `/readyz`, `/healthz`), on loopback unless configured otherwise.
+
+    /// The operator listener (/metrics, /readyz, /healthz), on loopback
+    /// unless configured otherwise: it is not for the API's callers.
+    #[arg(long, env = "TURNSTILE_METRICS_ADDR", default_value = "127.0.0.1:9100")]
     pub metrics_addr: SocketAddr,
+
+    /// The claims database; migrations run at start-up.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/turnstile",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Connections for accepting claims and creating resources.
+    #[arg(long, env = "TURNSTILE_PG_WRITE_POOL", default_value_t = 8)]
+    pub pg_write_pool: u32,
+
+    /// Group-commit statements open at once, at least 1 and below the write
+    /// pool. Few is the point: while they are busy, arriving claims gather
+    /// into the next batch, so a busier API writes bigger batches, not more
+    /// of them; and one write connection stays free for everything else.
+    #[arg(long, env = "TURNSTILE_ACCEPT_BATCHES", default_value_t = 4)]
+    pub accept_batches: u32,
+
+    /// Connections for reads, apart from the accept path so that slow reads
+    /// cannot starve it (and the other way round).
+    #[arg(long, env = "TURNSTILE_PG_READ_POOL", default_value_t = 8)]
+    pub pg_read_pool: u32,
+
+    /// How long a request waits for a database connection before it is
+    /// answered 503.
+    #[arg(long, env = "TURNSTILE_PG_ACQUIRE_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub pg_acquire_timeout: Duration,
+
+    /// The stock cache.
+    #[arg(
+        long,
+        env = "TURNSTILE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Kafka's bootstrap servers.
+    #[arg(
+        long = "kafka-brokers",
+        env = "TURNSTILE_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+
+    /// The idempotent producer: on with Apache Kafka, off with tansu 0.6,
+    /// which does not implement it.
+    #[arg(
+        long,
+        env = "TURNSTILE_KAFKA_IDEMPOTENCE",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub kafka_idempotence: bool,
+
+    /// Prefix of the topic names (claims.requested, claims.decided,
+    /// claims.requested.dlq), so that several pipelines share a cluster.
+    #[arg(long, env = "TURNSTILE_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Partitions of the topics the API creates.
+    #[arg(long, env = "TURNSTILE_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+
+    /// The workers' consumer group, whose lag the API watches.
+    #[arg(
+        long = "group-id",
+        value_name = "GROUP_ID",
+        env = "TURNSTILE_GROUP_ID",
+        default_value = "claim-workers"
+    )]
+    pub worker_group_id: String,
+
+    /// The most claims admitted at once: the adaptive limit's ceiling;
+    /// past the limit a claim is answered 429.
+    #[arg(long, env = "TURNSTILE_MAX_INFLIGHT", default_value_t = 256)]
+    pub max_inflight: usize,
+
+    /// How the admission limit adapts: aimd to a latency objective,
+    /// gradient to latency rising.
+    #[arg(
+        long,
+        env = "TURNSTILE_ADMISSION_LIMITER",
+        default_value = "aimd",
+        value_parser = PossibleValuesParser::new(["aimd", "gradient"]).try_map(|kind| kind.parse::<LimiterKind>())
+    )]
+    pub admission_limiter: LimiterKind,
+
+    /// For the aimd limiter: an admission slower than this counts as
+    /// congestion and cuts the limit by 10%.
+    #[arg(long, env = "TURNSTILE_ADMISSION_SLO", default_value = "100ms", value_parser = duration)]
+    pub admission_slo: Duration,
+
+    /// Kafka messages not yet acknowledged before claims are answered 429.
+    #[arg(long, env = "TURNSTILE_PRODUCER_QUEUE_LIMIT", default_value_t = 5_000)]
+    pub producer_queue_limit: i32,
+
+    /// How long the producer gathers events into one request (librdkafka's
+    /// linger.ms). Fewer, larger requests cost the broker less per event;
+    /// every accepted claim waits up to this long for Kafka's acknowledgement.
+    #[arg(long, env = "TURNSTILE_PRODUCER_LINGER", default_value = "5ms", value_parser = duration)]
+    pub producer_linger: Duration,
+
+    /// Undecided claims in Kafka before claims are answered 429; 0 turns
+    /// the check off.
+    #[arg(long, env = "TURNSTILE_MAX_CONSUMER_LAG", default_value_t = 50_000)]
+    pub max_consumer_lag: i64,
+
+    /// Larger request bodies are answered 413.
+    #[arg(long, env = "TURNSTILE_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// A request's head (or the next one on an idle connection) must arrive
+    /// within this, or the connection is closed: slow clients cannot hold
+    /// connections open.
+    #[arg(long, env = "TURNSTILE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+
+    /// Open connections at most; past it new ones wait in the kernel's
+    /// accept queue.
+    #[arg(long, env = "TURNSTILE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Requests waiting for a decision (Prefer: wait) at most; past it a
+    /// claim is answered 202 at once.
+    #[arg(long, env = "TURNSTILE_MAX_WAITERS", default_value_t = 10_000)]
+    pub max_waiters: usize,
+
+    /// How often the API keys in force are reloaded, at most 5s: a revoked
+    /// key works at most this long.
+    #[arg(long, env = "TURNSTILE_KEY_REFRESH", default_value = "2s", value_parser = duration)]
+    pub key_refresh: Duration,
+
+    /// Each API key's requests per second; 0 turns the key's bucket off.
+    #[arg(long, env = "TURNSTILE_KEY_RATE", default_value_t = 20_000)]
+    pub key_rate: u32,
+
+    /// Requests an API key may send at once, above its rate.
+    #[arg(long, env = "TURNSTILE_KEY_BURST", default_value_t = 2_000)]
+    pub key_burst: u32,
+
+    /// Each user's claims per second, per tenant; 0 turns the user's
+    /// bucket off.
+    #[arg(long, env = "TURNSTILE_USER_RATE", default_value_t = 5)]
+    pub user_rate: u32,
+
+    /// Claims a user may send at once, above their rate.
+    #[arg(long, env = "TURNSTILE_USER_BURST", default_value_t = 10)]
+    pub user_burst: u32,
 }
 
 impl Settings {
-    /// Reads and validates every setting.
-    pub fn from_env() -> Result<Self, SettingError> {
-        let settings = Self {
-            http_addr: setting("TURNSTILE_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-            database_url: setting(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/turnstile".to_owned(),
-            )?,
-            pg_write_pool: setting("TURNSTILE_PG_WRITE_POOL", 8)?,
-            accept_batches: setting("TURNSTILE_ACCEPT_BATCHES", 4)?,
-            pg_read_pool: setting("TURNSTILE_PG_READ_POOL", 8)?,
-            pg_acquire_timeout: setting_millis("TURNSTILE_PG_ACQUIRE_TIMEOUT_MS", 1_000)?,
-            redis_url: setting("REDIS_URL", "redis://127.0.0.1:6379".to_owned())?,
-            brokers: setting("KAFKA_BROKERS", "127.0.0.1:9092".to_owned())?,
-            topic_prefix: setting("TURNSTILE_TOPIC_PREFIX", String::new())?,
-            partitions: setting("TURNSTILE_PARTITIONS", 6)?,
-            worker_group_id: setting("TURNSTILE_GROUP_ID", "claim-workers".to_owned())?,
-            max_inflight: setting("TURNSTILE_MAX_INFLIGHT", 256)?,
-            admission_limiter: setting("TURNSTILE_ADMISSION_LIMITER", LimiterKind::Aimd)?,
-            admission_slo: setting_millis_or("TURNSTILE_ADMISSION_SLO_MS", crate::DEFAULT_ADMISSION_SLO)?,
-            producer_queue_limit: setting("TURNSTILE_PRODUCER_QUEUE_LIMIT", 5_000)?,
-            producer_linger: setting_millis_or("TURNSTILE_PRODUCER_LINGER_MS", ProducerTuning::default().linger)?,
-            kafka_idempotence: setting("TURNSTILE_KAFKA_IDEMPOTENCE", false)?,
-            max_consumer_lag: setting("TURNSTILE_MAX_CONSUMER_LAG", 50_000)?,
-            max_body_bytes: setting("TURNSTILE_MAX_BODY_BYTES", 16 * 1024)?,
-            header_read_timeout: setting_millis("TURNSTILE_HEADER_READ_TIMEOUT_MS", 5_000)?,
-            max_connections: setting("TURNSTILE_MAX_CONNECTIONS", 10_000)?,
-            max_waiters: setting("TURNSTILE_MAX_WAITERS", 10_000)?,
-            key_refresh: setting_millis("TURNSTILE_KEY_REFRESH_MS", 2_000)?,
-            key_rate: RateLimit {
-                per_second: setting("TURNSTILE_KEY_RATE", 20_000)?,
-                burst: setting("TURNSTILE_KEY_BURST", 2_000)?,
-            },
-            user_rate: RateLimit {
-                per_second: setting("TURNSTILE_USER_RATE", 5)?,
-                burst: setting("TURNSTILE_USER_BURST", 10)?,
-            },
-            metrics_addr: setting("TURNSTILE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9100)))?,
-        };
-        settings.validate()?;
-        Ok(settings)
+    /// Each API key's bucket.
+    pub fn key_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: self.key_rate,
+            burst: self.key_burst,
+        }
     }
 
-    /// Checks the settings that depend on each other or have a floor.
-    pub fn validate(&self) -> Result<(), SettingError> {
+    /// Each user's bucket.
+    pub fn user_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: self.user_rate,
+            burst: self.user_burst,
+        }
+    }
+
+    /// Checks the settings that depend on each other or have a floor;
+    /// parsing checked each value alone.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.accept_batches == 0 || self.accept_batches >= self.pg_write_pool {
-            return Err(SettingError {
-                name: "TURNSTILE_ACCEPT_BATCHES",
-                value: self.accept_batches.to_string(),
-                problem: format!(
+            return Err(InvalidSetting::new(
+                "TURNSTILE_ACCEPT_BATCHES",
+                self.accept_batches,
+                format!(
                     "must be at least 1 and below TURNSTILE_PG_WRITE_POOL ({})",
                     self.pg_write_pool
                 ),
-            });
+            ));
         }
-        if self.admission_slo.is_zero() {
-            return Err(SettingError {
-                name: "TURNSTILE_ADMISSION_SLO_MS",
-                value: "0".to_owned(),
-                problem: "must be at least 1".to_owned(),
-            });
+        for (name, value) in [
+            ("TURNSTILE_PG_READ_POOL", self.pg_read_pool as usize),
+            ("TURNSTILE_MAX_INFLIGHT", self.max_inflight),
+            ("TURNSTILE_MAX_CONNECTIONS", self.max_connections),
+        ] {
+            if value == 0 {
+                return Err(InvalidSetting::new(name, value, "must be at least 1"));
+            }
         }
-        if self.header_read_timeout.is_zero() {
-            return Err(SettingError {
-                name: "TURNSTILE_HEADER_READ_TIMEOUT_MS",
-                value: "0".to_owned(),
-                problem: "must be at least 1".to_owned(),
-            });
+        if self.partitions < 1 {
+            return Err(InvalidSetting::new(
+                "TURNSTILE_PARTITIONS",
+                self.partitions,
+                "must be at least 1",
+            ));
         }
-        if self.max_connections == 0 {
-            return Err(SettingError {
-                name: "TURNSTILE_MAX_CONNECTIONS",
-                value: "0".to_owned(),
-                problem: "must be at least 1".to_owned(),
-            });
+        for (name, value) in [
+            ("TURNSTILE_ADMISSION_SLO", self.admission_slo),
+            ("TURNSTILE_HEADER_READ_TIMEOUT", self.header_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(InvalidSetting::duration(name, value, "must be above 0"));
+            }
         }
-        if self.key_refresh.is_zero() || self.key_refresh > turnstile_http::auth::MAX_KEY_REFRESH {
-            return Err(SettingError {
-                name: "TURNSTILE_KEY_REFRESH_MS",
-                value: self.key_refresh.as_millis().to_string(),
-                problem: "must be from 1 to 5000".to_owned(),
-            });
-        }
-        if self.max_inflight == 0 {
-            return Err(SettingError {
-                name: "TURNSTILE_MAX_INFLIGHT",
-                value: "0".to_owned(),
-                problem: "must be at least 1".to_owned(),
-            });
+        if self.key_refresh.is_zero() || self.key_refresh > MAX_KEY_REFRESH {
+            return Err(InvalidSetting::duration(
+                "TURNSTILE_KEY_REFRESH",
+                self.key_refresh,
+                format!("must be above 0 and at most {}", show_duration(MAX_KEY_REFRESH)),
+            ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    /// The default of the setting in field `id`, as a duration.
+    fn default_duration(id: &str) -> Duration {
+        let command = Settings::command();
+        let arg = command.get_arguments().find(|arg| arg.get_id() == id).unwrap();
+        duration(arg.get_default_values()[0].to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Settings::command().debug_assert();
+    }
+
+    #[test]
+    fn every_setting_has_a_variable_and_a_default() {
+        for arg in Settings::command().get_arguments() {
+            if matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let variable = arg.get_env().unwrap().to_str().unwrap();
+            assert!(
+                variable.starts_with("TURNSTILE_") || variable == "DATABASE_URL",
+                "{variable}"
+            );
+            assert!(!arg.get_default_values().is_empty(), "{variable} has no default");
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_tuned_constants() {
+        assert_eq!(default_duration("admission_slo"), crate::DEFAULT_ADMISSION_SLO);
+        assert_eq!(
+            default_duration("producer_linger"),
+            turnstile_bus::ProducerTuning::default().linger
+        );
+    }
+
+    #[test]
+    fn rules_between_settings_name_the_variable() {
+        let mut settings = Settings::try_parse_from(["claim-api", "--key-refresh", "2s"]).unwrap();
+        settings.accept_batches = 4;
+        settings.pg_write_pool = 8;
+        assert!(settings.validate().is_ok(), "{:?}", settings.validate());
+        settings.key_refresh = Duration::from_secs(6);
+        let error = settings.validate().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "TURNSTILE_KEY_REFRESH=6s is invalid: must be above 0 and at most 5s"
+        );
+        settings.key_refresh = Duration::from_secs(2);
+        settings.partitions = -1;
+        assert_eq!(
+            settings.validate().unwrap_err().to_string(),
+            "TURNSTILE_PARTITIONS=-1 is invalid: must be at least 1"
+        );
     }
 }

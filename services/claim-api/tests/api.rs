@@ -599,7 +599,7 @@ const EVERY_BACKEND: [claim_worker::LockBackendKind; 4] = [
 fn locking_with(ns: &Namespace, backend: claim_worker::LockBackendKind) -> claim_worker::Settings {
     let mut settings = worker_settings(ns);
     settings.lock_backend = backend;
-    settings.redlock_urls = std::env::var("REDLOCK_URLS")
+    settings.redlock_urls = std::env::var("TURNSTILE_REDLOCK_URLS")
         .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
         .split(',')
         .map(str::to_owned)

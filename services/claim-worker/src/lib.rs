@@ -42,8 +42,7 @@ use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Publisher, Topics};
-use turnstile_claim::{audit::OversoldLedger};
-use turnstile_store::{self as store, cache::ResourceCache};
+use turnstile_claim::audit::OversoldLedger;
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
     backend::{
@@ -53,6 +52,7 @@ use turnstile_lock::{
         zookeeper::{ZooKeeperConfig, ZooKeeperLockBackend},
     },
 };
+use turnstile_store::{self as store, cache::ResourceCache};
 use turnstile_telemetry::PoolGauges;
 
 use announce::{Announcer, Settle};
@@ -111,7 +111,7 @@ impl Worker {
 
         let backend: Arc<dyn LockBackend> = match settings.lock_backend {
             LockBackendKind::Redis => Arc::new(
-                RedisLockBackend::connect(&settings.lock_redis_url)
+                RedisLockBackend::connect(settings.lock_redis_url())
                     .await
                     .context("connecting to the lock redis")?,
             ),
@@ -134,9 +134,9 @@ impl Worker {
                 // The server may negotiate a shorter session than asked for.
                 anyhow::ensure!(
                     settings.lock_ttl <= backend.session_timeout(),
-                    "TURNSTILE_LOCK_TTL_MS ({} ms) exceeds the session timeout ZooKeeper granted ({} ms)",
-                    settings.lock_ttl.as_millis(),
-                    backend.session_timeout().as_millis()
+                    "TURNSTILE_LOCK_TTL ({}) exceeds the session timeout ZooKeeper granted ({})",
+                    turnstile_runtime::settings::show_duration(settings.lock_ttl),
+                    turnstile_runtime::settings::show_duration(backend.session_timeout())
                 );
                 Arc::new(backend)
             }

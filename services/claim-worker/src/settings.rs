@@ -1,12 +1,12 @@
-//! The worker's configuration, read once from the environment.
+//! The worker's settings: each one a flag and an environment variable, read
+//! once at start-up. `claim-worker --help` lists them with their defaults.
 
 use std::{net::SocketAddr, time::Duration};
 
-use turnstile_bus::ConsumerTuning;
-use turnstile_telemetry::{SettingError, setting, setting_millis, setting_millis_or};
+use turnstile_runtime::settings::{InvalidSetting, duration, show_duration};
 
 /// Which lock store guards the resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LockBackendKind {
     /// One Redis.
     Redis,
@@ -15,156 +15,290 @@ pub enum LockBackendKind {
     /// A lease table in the claims database.
     Postgres,
     /// Ephemeral sequential znodes in ZooKeeper.
+    #[value(name = "zookeeper")]
     ZooKeeper,
 }
 
-impl std::str::FromStr for LockBackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "redis" => Ok(Self::Redis),
-            "redlock" => Ok(Self::Redlock),
-            "postgres" => Ok(Self::Postgres),
-            "zookeeper" => Ok(Self::ZooKeeper),
-            other => Err(format!(
-                "unknown lock backend {other:?} (expected redis, redlock, zookeeper or postgres)"
-            )),
-        }
-    }
-}
+/// The shortest lease: below it, renewing every third of the ttl is more
+/// traffic to the lock store than work.
+const MIN_LOCK_TTL: Duration = Duration::from_millis(100);
 
-/// Everything the worker needs to know.
-#[derive(Debug, Clone)]
+/// Everything the worker needs to know. `main` parses it with
+/// `turnstile_runtime::settings::parse`; tests build it directly.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "claim-worker")]
 pub struct Settings {
-    /// `KAFKA_BROKERS`.
-    pub brokers: String,
-    /// `TURNSTILE_KAFKA_IDEMPOTENCE`: the idempotent producer (off by
-    /// default; see `turnstile_bus::producer`).
-    pub kafka_idempotence: bool,
-    /// `TURNSTILE_TOPIC_PREFIX`: prefix of the topic names.
-    pub topic_prefix: String,
-    /// `TURNSTILE_GROUP_ID`: the consumer group.
-    pub group_id: String,
-    /// `TURNSTILE_PARTITIONS`: partitions of topics this worker creates.
-    pub partitions: i32,
-    /// `DATABASE_URL`.
-    pub database_url: String,
-    /// `TURNSTILE_PG_POOL`: connections.
-    pub pg_pool: u32,
-    /// `REDIS_URL`: the resource cache (and the lock, unless `LOCK_REDIS_URL`).
-    pub redis_url: String,
-    /// `LOCK_BACKEND`: `redis`, `redlock`, `zookeeper` or `postgres`.
-    pub lock_backend: LockBackendKind,
-    /// `LOCK_REDIS_URL`: the lock's Redis.
-    pub lock_redis_url: String,
-    /// `REDLOCK_URLS`: comma-separated masters.
-    pub redlock_urls: Vec<String>,
-    /// `ZOOKEEPER_URL`: `host:port[,host:port...]` of the ensemble.
-    pub zookeeper_url: String,
-    /// `ZOOKEEPER_SESSION_TIMEOUT_MS`: bounds the lock ttl with that backend.
-    pub zookeeper_session_timeout: Duration,
-    /// `TURNSTILE_LOCK_TTL_MS`.
-    pub lock_ttl: Duration,
-    /// `TURNSTILE_LOCK_WAIT_MS`.
-    pub lock_wait: Duration,
-    /// `TURNSTILE_BATCH_SIZE`: most messages per batch.
-    pub batch_size: usize,
-    /// `TURNSTILE_BATCH_LINGER_MS`: how long a batch waits to fill after its
-    /// first message. 0 (the default) takes what is already buffered: under
-    /// load, messages gather while the previous batch is decided, so batches
-    /// grow by themselves and no claim waits for a timer.
-    pub batch_linger: Duration,
-    /// `TURNSTILE_FETCH_WAIT_MS`: librdkafka's `fetch.wait.max.ms`.
-    pub fetch_wait: Duration,
-    /// `TURNSTILE_SESSION_TIMEOUT_MS`: Kafka group session.
-    pub session_timeout: Duration,
-    /// `TURNSTILE_SWEEP_AFTER_MS`: a claim pending this long is re-decided
-    /// from the database (its message was lost or skipped).
-    pub sweep_after: Duration,
-    /// `TURNSTILE_SWEEP_INTERVAL_MS`: how often to look for such claims.
-    pub sweep_interval: Duration,
-    /// `TURNSTILE_AUDIT_INTERVAL_MS`: how often the oversold audit recounts.
-    pub audit_interval: Duration,
-    /// `TURNSTILE_METRICS_ADDR`: where `/metrics` and `/healthz` listen.
+    /// Where /metrics and /healthz listen.
+    #[arg(long, env = "TURNSTILE_METRICS_ADDR", default_value = "127.0.0.1:9101")]
     pub metrics_addr: SocketAddr,
+
+    /// The claims database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/turnstile",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Database connections.
+    #[arg(long, env = "TURNSTILE_PG_POOL", default_value_t = 8)]
+    pub pg_pool: u32,
+
+    /// The stock cache, and the lock store with the redis backend unless
+    /// TURNSTILE_LOCK_REDIS_URL says otherwise.
+    #[arg(
+        long,
+        env = "TURNSTILE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Kafka's bootstrap servers.
+    #[arg(
+        long = "kafka-brokers",
+        env = "TURNSTILE_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+
+    /// The idempotent producer (decisions and dead letters): on with Apache
+    /// Kafka, off with tansu 0.6, which does not implement it.
+    #[arg(
+        long,
+        env = "TURNSTILE_KAFKA_IDEMPOTENCE",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub kafka_idempotence: bool,
+
+    /// Prefix of the topic names, so that several pipelines share a cluster.
+    #[arg(long, env = "TURNSTILE_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// The consumer group: workers in one group share the partitions.
+    #[arg(long, env = "TURNSTILE_GROUP_ID", default_value = "claim-workers")]
+    pub group_id: String,
+
+    /// Partitions of the topics this worker creates.
+    #[arg(long, env = "TURNSTILE_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+
+    /// How long the group waits for a silent worker before moving its
+    /// partitions to the others.
+    #[arg(long, env = "TURNSTILE_SESSION_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub session_timeout: Duration,
+
+    /// librdkafka's fetch.wait.max.ms: how long the broker may hold a fetch
+    /// while it has nothing new.
+    #[arg(long, env = "TURNSTILE_FETCH_WAIT", default_value = "10ms", value_parser = duration)]
+    pub fetch_wait: Duration,
+
+    /// The most messages decided in one batch.
+    #[arg(long, env = "TURNSTILE_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+
+    /// How long a batch waits to fill after its first message. 0 takes what
+    /// is already buffered: under load, messages gather while the previous
+    /// batch is decided, so batches grow by themselves and no claim waits
+    /// for a timer.
+    #[arg(long, env = "TURNSTILE_BATCH_LINGER", default_value = "0s", value_parser = duration)]
+    pub batch_linger: Duration,
+
+    /// The lock store.
+    #[arg(long, env = "TURNSTILE_LOCK_BACKEND", value_enum, default_value_t = LockBackendKind::Redis)]
+    pub lock_backend: LockBackendKind,
+
+    /// The lock's Redis, with the redis backend [default: TURNSTILE_REDIS_URL]
+    #[arg(long, env = "TURNSTILE_LOCK_REDIS_URL", hide_env_values = true)]
+    pub lock_redis_url: Option<String>,
+
+    /// The independent Redis masters, comma-separated, with the redlock
+    /// backend.
+    #[arg(
+        long,
+        env = "TURNSTILE_REDLOCK_URLS",
+        value_delimiter = ',',
+        default_value = "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393",
+        hide_env_values = true
+    )]
+    pub redlock_urls: Vec<String>,
+
+    /// The ZooKeeper ensemble, host:port[,host:port...], with the zookeeper
+    /// backend.
+    #[arg(long, env = "TURNSTILE_ZOOKEEPER_URL", default_value = "127.0.0.1:2181")]
+    pub zookeeper_url: String,
+
+    /// With the zookeeper backend, a dead holder's lease passes on after
+    /// this; the lock ttl may not exceed it.
+    #[arg(long, env = "TURNSTILE_ZOOKEEPER_SESSION_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub zookeeper_session_timeout: Duration,
+
+    /// A lease's time to live, at least 100ms: how long a resource stays
+    /// locked when its holder dies without releasing it.
+    #[arg(long, env = "TURNSTILE_LOCK_TTL", default_value = "5s", value_parser = duration)]
+    pub lock_ttl: Duration,
+
+    /// How long to wait for a contended lease before the batch is retried.
+    #[arg(long, env = "TURNSTILE_LOCK_WAIT", default_value = "5s", value_parser = duration)]
+    pub lock_wait: Duration,
+
+    /// A claim pending this long is decided from the database: its message
+    /// was lost or skipped.
+    #[arg(long, env = "TURNSTILE_SWEEP_AFTER", default_value = "10s", value_parser = duration)]
+    pub sweep_after: Duration,
+
+    /// How often the sweeper looks for such claims.
+    #[arg(long, env = "TURNSTILE_SWEEP_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub sweep_interval: Duration,
+
+    /// How often the oversold audit recounts (turnstile_oversold_units).
+    #[arg(long, env = "TURNSTILE_AUDIT_INTERVAL", default_value = "15s", value_parser = duration)]
+    pub audit_interval: Duration,
 }
 
 impl Settings {
-    /// Reads and validates every setting.
-    pub fn from_env() -> Result<Self, SettingError> {
-        let redis_url: String = setting("REDIS_URL", "redis://127.0.0.1:6379".to_owned())?;
-        let redlock: String = setting(
-            "REDLOCK_URLS",
-            "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned(),
-        )?;
-        let settings = Self {
-            brokers: setting("KAFKA_BROKERS", "127.0.0.1:9092".to_owned())?,
-            kafka_idempotence: setting("TURNSTILE_KAFKA_IDEMPOTENCE", false)?,
-            topic_prefix: setting("TURNSTILE_TOPIC_PREFIX", String::new())?,
-            group_id: setting("TURNSTILE_GROUP_ID", "claim-workers".to_owned())?,
-            partitions: setting("TURNSTILE_PARTITIONS", 6)?,
-            database_url: setting(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/turnstile".to_owned(),
-            )?,
-            pg_pool: setting("TURNSTILE_PG_POOL", 8)?,
-            lock_redis_url: setting("LOCK_REDIS_URL", redis_url.clone())?,
-            redis_url,
-            lock_backend: setting("LOCK_BACKEND", LockBackendKind::Redis)?,
-            redlock_urls: redlock
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            zookeeper_url: setting("ZOOKEEPER_URL", "127.0.0.1:2181".to_owned())?,
-            zookeeper_session_timeout: setting_millis("ZOOKEEPER_SESSION_TIMEOUT_MS", 10_000)?,
-            lock_ttl: setting_millis("TURNSTILE_LOCK_TTL_MS", 5_000)?,
-            lock_wait: setting_millis("TURNSTILE_LOCK_WAIT_MS", 5_000)?,
-            batch_size: setting("TURNSTILE_BATCH_SIZE", 500)?,
-            batch_linger: setting_millis("TURNSTILE_BATCH_LINGER_MS", 0)?,
-            fetch_wait: setting_millis_or("TURNSTILE_FETCH_WAIT_MS", ConsumerTuning::default().fetch_wait)?,
-            session_timeout: setting_millis("TURNSTILE_SESSION_TIMEOUT_MS", 10_000)?,
-            sweep_after: setting_millis("TURNSTILE_SWEEP_AFTER_MS", 10_000)?,
-            sweep_interval: setting_millis("TURNSTILE_SWEEP_INTERVAL_MS", 2_000)?,
-            audit_interval: setting_millis("TURNSTILE_AUDIT_INTERVAL_MS", 15_000)?,
-            metrics_addr: setting("TURNSTILE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9101)))?,
-        };
-        let invalid = |name: &'static str, value: String, problem: &str| SettingError {
-            name,
-            value,
-            problem: problem.to_owned(),
-        };
-        if settings.batch_size == 0 {
-            return Err(invalid("TURNSTILE_BATCH_SIZE", "0".into(), "must be at least 1"));
+    /// The lock's Redis: [`Settings::lock_redis_url`] when set, otherwise
+    /// the cache's.
+    pub fn lock_redis_url(&self) -> &str {
+        self.lock_redis_url.as_deref().unwrap_or(&self.redis_url)
+    }
+
+    /// Checks the settings that depend on each other or have a floor;
+    /// parsing checked each value alone.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        for (name, value) in [
+            ("TURNSTILE_PG_POOL", self.pg_pool as usize),
+            ("TURNSTILE_BATCH_SIZE", self.batch_size),
+        ] {
+            if value == 0 {
+                return Err(InvalidSetting::new(name, value, "must be at least 1"));
+            }
         }
-        if settings.lock_ttl < Duration::from_millis(100) {
-            return Err(invalid(
-                "TURNSTILE_LOCK_TTL_MS",
-                settings.lock_ttl.as_millis().to_string(),
-                "must be at least 100",
-            ));
-        }
-        if settings.lock_backend == LockBackendKind::ZooKeeper && settings.lock_ttl > settings.zookeeper_session_timeout
-        {
-            return Err(invalid(
-                "TURNSTILE_LOCK_TTL_MS",
-                settings.lock_ttl.as_millis().to_string(),
-                "must not exceed ZOOKEEPER_SESSION_TIMEOUT_MS: a ZooKeeper lease cannot outlive its session",
-            ));
-        }
-        if settings.audit_interval.is_zero() {
-            return Err(invalid("TURNSTILE_AUDIT_INTERVAL_MS", "0".into(), "must be at least 1"));
-        }
-        if settings.sweep_interval.is_zero() {
-            return Err(invalid("TURNSTILE_SWEEP_INTERVAL_MS", "0".into(), "must be at least 1"));
-        }
-        if settings.partitions < 1 {
-            return Err(invalid(
+        if self.partitions < 1 {
+            return Err(InvalidSetting::new(
                 "TURNSTILE_PARTITIONS",
-                settings.partitions.to_string(),
+                self.partitions,
                 "must be at least 1",
             ));
         }
-        Ok(settings)
+        if self.lock_ttl < MIN_LOCK_TTL {
+            return Err(InvalidSetting::duration(
+                "TURNSTILE_LOCK_TTL",
+                self.lock_ttl,
+                format!("must be at least {}", show_duration(MIN_LOCK_TTL)),
+            ));
+        }
+        if self.lock_backend == LockBackendKind::ZooKeeper && self.lock_ttl > self.zookeeper_session_timeout {
+            return Err(InvalidSetting::duration(
+                "TURNSTILE_LOCK_TTL",
+                self.lock_ttl,
+                format!(
+                    "must not exceed TURNSTILE_ZOOKEEPER_SESSION_TIMEOUT ({}): a ZooKeeper lease cannot outlive its session",
+                    show_duration(self.zookeeper_session_timeout)
+                ),
+            ));
+        }
+        if self.lock_backend == LockBackendKind::Redlock
+            && (self.redlock_urls.is_empty() || self.redlock_urls.iter().any(|url| url.trim().is_empty()))
+        {
+            return Err(InvalidSetting::new(
+                "TURNSTILE_REDLOCK_URLS",
+                self.redlock_urls.join(","),
+                "must list the masters' URLs, comma-separated, none empty",
+            ));
+        }
+        for (name, value) in [
+            ("TURNSTILE_SWEEP_INTERVAL", self.sweep_interval),
+            ("TURNSTILE_AUDIT_INTERVAL", self.audit_interval),
+        ] {
+            if value.is_zero() {
+                return Err(InvalidSetting::duration(name, value, "must be above 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Settings::command().debug_assert();
+    }
+
+    #[test]
+    fn every_setting_has_a_variable_and_a_default() {
+        for arg in Settings::command().get_arguments() {
+            if matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let variable = arg.get_env().unwrap().to_str().unwrap();
+            assert!(
+                variable.starts_with("TURNSTILE_") || variable == "DATABASE_URL",
+                "{variable}"
+            );
+            // The lock's Redis defaults to the cache's, which clap cannot say.
+            if variable != "TURNSTILE_LOCK_REDIS_URL" {
+                assert!(!arg.get_default_values().is_empty(), "{variable} has no default");
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_tuned_constants() {
+        let command = Settings::command();
+        let fetch_wait = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "fetch_wait")
+            .unwrap();
+        assert_eq!(
+            duration(fetch_wait.get_default_values()[0].to_str().unwrap()).unwrap(),
+            turnstile_bus::ConsumerTuning::default().fetch_wait
+        );
+    }
+
+    #[test]
+    fn lists_and_backends_parse() {
+        let settings = Settings::try_parse_from([
+            "claim-worker",
+            "--lock-backend",
+            "zookeeper",
+            "--redlock-urls",
+            "redis://a:1,redis://b:2",
+            "--redis-url",
+            "redis://cache:6379",
+        ])
+        .unwrap();
+        assert_eq!(settings.lock_backend, LockBackendKind::ZooKeeper);
+        assert_eq!(settings.redlock_urls, ["redis://a:1", "redis://b:2"]);
+        assert_eq!(settings.lock_redis_url(), "redis://cache:6379");
+    }
+
+    #[test]
+    fn a_lease_cannot_outlive_its_zookeeper_session() {
+        let mut settings = Settings::try_parse_from(["claim-worker"]).unwrap();
+        settings.lock_backend = LockBackendKind::ZooKeeper;
+        settings.zookeeper_session_timeout = Duration::from_secs(6);
+        settings.lock_ttl = Duration::from_secs(6);
+        assert!(settings.validate().is_ok(), "{:?}", settings.validate());
+        settings.lock_ttl = Duration::from_secs(7);
+        assert_eq!(
+            settings.validate().unwrap_err().to_string(),
+            "TURNSTILE_LOCK_TTL=7s is invalid: must not exceed TURNSTILE_ZOOKEEPER_SESSION_TIMEOUT (6s): \
+             a ZooKeeper lease cannot outlive its session"
+        );
+        settings.lock_ttl = Duration::from_millis(50);
+        assert_eq!(
+            settings.validate().unwrap_err().to_string(),
+            "TURNSTILE_LOCK_TTL=50ms is invalid: must be at least 100ms"
+        );
     }
 }

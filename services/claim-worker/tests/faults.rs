@@ -26,7 +26,7 @@ async fn decide(api: &TestApi, key: &str, body: &Value) -> Value {
 async fn killed_worker_loses_and_duplicates_nothing() {
     let ns = Namespace::new("kill-worker");
     let api = Arc::new(TestApi::start(api_settings(&ns)).await.unwrap());
-    let short_session = [("TURNSTILE_SESSION_TIMEOUT_MS", "6000".to_owned())];
+    let short_session = [("TURNSTILE_SESSION_TIMEOUT", "6s".to_owned())];
     let mut a = WorkerProcess::spawn(WORKER, &ns, &short_session).await.unwrap();
     let b = WorkerProcess::spawn(WORKER, &ns, &short_session).await.unwrap();
 
@@ -111,8 +111,8 @@ async fn stalled_worker_is_fenced_off_by_the_database() {
     let code = unique("ZOMBIE");
     api.create_coupon(&code, 5, Some(1)).await.unwrap();
     let common = [
-        ("TURNSTILE_SESSION_TIMEOUT_MS", "6000".to_owned()),
-        ("TURNSTILE_LOCK_TTL_MS", "1000".to_owned()),
+        ("TURNSTILE_SESSION_TIMEOUT", "6s".to_owned()),
+        ("TURNSTILE_LOCK_TTL", "1s".to_owned()),
     ];
     let mut zombie_env = common.to_vec();
     // Hold the lease 1.5 s between taking the token and writing, once: the
@@ -177,9 +177,12 @@ async fn killed_zookeeper_holder_is_released_within_the_session_timeout() {
     let code = unique("ZKKILL");
     api.create_coupon(&code, 5, Some(1)).await.unwrap();
     let holder_env = [
-        ("LOCK_BACKEND", "zookeeper".to_owned()),
-        ("ZOOKEEPER_SESSION_TIMEOUT_MS", SESSION.as_millis().to_string()),
-        ("TURNSTILE_LOCK_TTL_MS", SESSION.as_millis().to_string()),
+        ("TURNSTILE_LOCK_BACKEND", "zookeeper".to_owned()),
+        (
+            "TURNSTILE_ZOOKEEPER_SESSION_TIMEOUT",
+            format!("{}ms", SESSION.as_millis()),
+        ),
+        ("TURNSTILE_LOCK_TTL", format!("{}ms", SESSION.as_millis())),
         // Hold the lease a minute between taking the token and writing.
         ("FAILPOINTS", "hold-lease-before-write=1*return(60000)".to_owned()),
     ];
@@ -199,7 +202,7 @@ async fn killed_zookeeper_holder_is_released_within_the_session_timeout() {
     let resource = held["resource"].as_str().unwrap().to_owned();
     let holder_fence = held["fence"].as_u64().unwrap();
 
-    let zookeeper = std::env::var("ZOOKEEPER_URL").unwrap_or_else(|_| "127.0.0.1:2181".to_owned());
+    let zookeeper = std::env::var("TURNSTILE_ZOOKEEPER_URL").unwrap_or_else(|_| "127.0.0.1:2181".to_owned());
     let locks = LockClient::new(Arc::new(
         ZooKeeperLockBackend::connect(&zookeeper, ZooKeeperConfig::default())
             .await
@@ -359,8 +362,8 @@ async fn a_batch_that_keeps_failing_is_dead_lettered_and_swept_later() {
         &[
             // Exactly the attempts the worker makes before giving up.
             ("FAILPOINTS", "decide-refused=5*return".to_owned()),
-            ("TURNSTILE_SWEEP_AFTER_MS", "8000".to_owned()),
-            ("TURNSTILE_SWEEP_INTERVAL_MS", "500".to_owned()),
+            ("TURNSTILE_SWEEP_AFTER", "8s".to_owned()),
+            ("TURNSTILE_SWEEP_INTERVAL", "500ms".to_owned()),
         ],
     )
     .await

@@ -18,12 +18,12 @@ use tokio::{
 
 /// The shared Redis of `scripts/stack`.
 pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("TURNSTILE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
 /// The three Redlock masters of `scripts/stack`.
 pub fn redlock_urls() -> Vec<String> {
-    std::env::var("REDLOCK_URLS")
+    std::env::var("TURNSTILE_REDLOCK_URLS")
         .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
         .split(',')
         .map(str::to_owned)
