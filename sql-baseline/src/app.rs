@@ -12,8 +12,11 @@ use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use turnstile_http::{
+    auth::{self, CallerLimits, Gatekeeper, KeyRing},
+    routes::V1Routes,
+};
 use turnstile_store as store;
-use turnstile_http::auth::{self, CallerLimits, Gatekeeper, KeyRing};
 
 use crate::{
     Settings,
@@ -99,14 +102,16 @@ impl Application {
 /// The same routes, keys and buckets as claim-api's, so the comparison
 /// stays like for like.
 fn router(state: AppState, gatekeeper: Gatekeeper, settings: &Settings) -> Router {
-    let v1 = Router::new()
-        .route("/v1/claims", post(claims::create_claim))
-        .route("/v1/claims/{claim_id}", get(claims::get_claim))
-        .route("/v1/coupons", post(resources::create_coupon))
-        .route("/v1/coupons/{code}", get(resources::get_coupon))
-        .route("/v1/skus", post(resources::create_sku))
-        .route("/v1/skus/{sku}", get(resources::get_sku))
-        .layer(axum::middleware::from_fn_with_state(gatekeeper, auth::authenticate));
+    let v1 = V1Routes {
+        create_claim: post(claims::create_claim),
+        get_claim: get(claims::get_claim),
+        create_coupon: post(resources::create_coupon),
+        get_coupon: get(resources::get_coupon),
+        create_sku: post(resources::create_sku),
+        get_sku: get(resources::get_sku),
+    }
+    .into_router()
+    .layer(axum::middleware::from_fn_with_state(gatekeeper, auth::authenticate));
     Router::new()
         .merge(v1)
         .route("/healthz", get(health::healthz))

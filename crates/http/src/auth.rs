@@ -30,8 +30,11 @@ use axum::{
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use turnstile_claim::{TenantId, UserId, access::{ApiKey, KeyDigest, Operation, Principal}};
-use turnstile_store::{self as store, StoreError};
+use turnstile_claim::{
+    TenantId, UserId,
+    access::{ApiKey, KeyDigest, Operation, Principal},
+};
+use turnstile_store as store;
 use uuid::Uuid;
 
 use crate::problem::{ApiError, AuthFailure};
@@ -43,6 +46,16 @@ pub const MAX_KEY_REFRESH: Duration = Duration::from_secs(5);
 pub const MISS_REFRESH_SPACING: Duration = Duration::from_millis(100);
 
 type Snapshot = Arc<HashMap<KeyDigest, Principal>>;
+
+/// The keys in force could not be read (the store's own error is its
+/// source, so this crate's API does not depend on it).
+#[derive(Debug, thiserror::Error)]
+#[error("reading the api keys failed")]
+pub struct KeyRingError(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+async fn keys_in_force(pool: &PgPool) -> Result<Vec<(KeyDigest, Principal)>, KeyRingError> {
+    store::keys::active_keys(pool).await.map_err(|e| KeyRingError(Box::new(e)))
+}
 
 /// The keys in force, as of the last refresh. Cheap to clone.
 #[derive(Clone)]
@@ -64,9 +77,9 @@ impl std::fmt::Debug for KeyRing {
 
 impl KeyRing {
     /// Loads the keys in force from `pool`.
-    pub async fn load(pool: PgPool) -> Result<Self, StoreError> {
+    pub async fn load(pool: PgPool) -> Result<Self, KeyRingError> {
         let started = Instant::now();
-        let keys = store::keys::active_keys(&pool).await?;
+        let keys = keys_in_force(&pool).await?;
         Ok(Self(Arc::new(RingInner {
             pool,
             snapshot: RwLock::new(Arc::new(keys.into_iter().collect())),
@@ -104,7 +117,7 @@ impl KeyRing {
 
     /// Ensures a refresh that started at or after `since` has completed,
     /// starting one no sooner than `spacing` after the previous start.
-    async fn refresh_since(&self, since: Instant, spacing: Duration) -> Result<(), StoreError> {
+    async fn refresh_since(&self, since: Instant, spacing: Duration) -> Result<(), KeyRingError> {
         let mut last_start = self.0.refreshing.lock().await;
         if *last_start >= since {
             return Ok(());
@@ -112,7 +125,7 @@ impl KeyRing {
         let earliest = *last_start + spacing;
         tokio::time::sleep_until(earliest.into()).await;
         let started = Instant::now();
-        let keys = store::keys::active_keys(&self.0.pool).await?;
+        let keys = keys_in_force(&self.0.pool).await?;
         *self.0.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys.into_iter().collect());
         *last_start = started;
         Ok(())

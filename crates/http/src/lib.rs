@@ -2,6 +2,8 @@
 //! see one contract whichever service answers: `claim-api` (the pipeline)
 //! and `sql-baseline` (the `SELECT ... FOR UPDATE` comparison).
 //!
+//! - [`claims`]: a claim as clients see it, and its 200/202 answer.
+//! - [`routes`]: the `/v1` route table.
 //! - [`auth`]: API keys (`Authorization: Bearer`), the tenant they belong
 //!   to, roles, and per-key and per-user token buckets.
 //! - [`problem`]: errors as `application/problem+json` with stable `type`s;
@@ -16,8 +18,10 @@
 //!   cap and a graceful drain.
 
 pub mod auth;
+pub mod claims;
 pub mod extract;
 pub mod listener;
 pub mod problem;
 pub mod resources;
+pub mod routes;
 pub mod serve;

@@ -25,11 +25,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use turnstile_bus::{ProducerTuning, Publisher, Topics};
-use turnstile_store::{self as store, cache::ResourceCache};
 use turnstile_http::{
     auth::{self, CallerLimits, Gatekeeper, KeyRing},
+    routes::V1Routes,
     serve::{ServeLimits, serve},
 };
+use turnstile_store::{self as store, cache::ResourceCache};
 use utoipa::OpenApi;
 
 use crate::{
@@ -321,20 +322,22 @@ impl Application {
 
 /// The API: `/v1` behind authentication, and the open routes.
 fn router(state: AppState, gate: AdmissionGate, gatekeeper: Gatekeeper, settings: &Settings) -> Router {
-    let v1 = Router::new()
-        .route("/v1/claims", post(claims::create_claim))
-        .route("/v1/claims/{claim_id}", get(claims::get_claim))
-        .route("/v1/coupons", post(resources::create_coupon))
-        .route("/v1/coupons/{code}", get(resources::get_coupon))
-        .route("/v1/skus", post(resources::create_sku))
-        .route("/v1/skus/{sku}", get(resources::get_sku))
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(Extension(BodyLimit(settings.max_body_bytes)))
-        // A refused claim costs no span, no log line, no body read.
-        .layer(middleware::from_fn_with_state(gate, admit_claims))
-        // Outermost: who is calling, and whether its key has tokens left.
-        .layer(middleware::from_fn_with_state(gatekeeper, auth::authenticate));
+    let v1 = V1Routes {
+        create_claim: post(claims::create_claim),
+        get_claim: get(claims::get_claim),
+        create_coupon: post(resources::create_coupon),
+        get_coupon: get(resources::get_coupon),
+        create_sku: post(resources::create_sku),
+        get_sku: get(resources::get_sku),
+    }
+    .into_router()
+    .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+    .layer(middleware::from_fn_with_state(state.clone(), track))
+    .layer(Extension(BodyLimit(settings.max_body_bytes)))
+    // A refused claim costs no span, no log line, no body read.
+    .layer(middleware::from_fn_with_state(gate, admit_claims))
+    // Outermost: who is calling, and whether its key has tokens left.
+    .layer(middleware::from_fn_with_state(gatekeeper, auth::authenticate));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))

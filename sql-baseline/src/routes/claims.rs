@@ -3,66 +3,23 @@
 use axum::{
     Extension, Json,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Response},
+    http::HeaderMap,
+    response::Response,
 };
-use serde::Serialize;
-use turnstile_claim::{ClaimId, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis, access::{Operation, Principal}};
-use turnstile_store::{self as store, ClaimRow};
-use turnstile_http::auth::require;
+use turnstile_claim::{
+    ClaimId, ClaimRequestBody, ClaimRequested, UnixMillis,
+    access::{Operation, Principal},
+};
+use turnstile_http::{auth::require, claims::ClaimView};
+use turnstile_store as store;
 use uuid::Uuid;
 
 use crate::{
     app::AppState,
     extract::{self, JsonBody},
     problem::ApiError,
-    store::{ClaimOutcome, DecidedClaim, claim_for_update},
+    store::{ClaimOutcome, claim_for_update},
 };
-
-/// A claim as clients see it: the same shape `claim-api` answers with.
-#[derive(Debug, Serialize)]
-pub struct ClaimView {
-    /// The claim's id (stable for its Idempotency-Key).
-    pub claim_id: Uuid,
-    /// `pending`, `granted` or `rejected`.
-    pub status: &'static str,
-    /// Why it was rejected.
-    pub reason: Option<&'static str>,
-    /// The decision counter the claim was decided under.
-    pub fence: Option<i64>,
-}
-
-impl ClaimView {
-    fn decided(claim: &DecidedClaim) -> Self {
-        Self {
-            claim_id: claim.claim_id.as_uuid(),
-            status: claim.status.as_str(),
-            reason: claim.reason.map(RejectReason::as_str),
-            fence: Some(claim.fence),
-        }
-    }
-
-    fn from_row(row: &ClaimRow) -> Self {
-        Self {
-            claim_id: row.claim_id.as_uuid(),
-            status: row.status.as_str(),
-            reason: row.reason.map(RejectReason::as_str),
-            fence: row.fence,
-        }
-    }
-}
-
-/// 200 for a decided claim, 202 for one still pending (only a claim the
-/// pipeline accepted under the same tenant and key can be), as `claim-api`.
-fn respond(view: ClaimView) -> Response {
-    let location = format!("/v1/claims/{}", view.claim_id);
-    let status = if view.status == ClaimStatus::Pending.as_str() {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    (status, [(header::LOCATION, location)], Json(view)).into_response()
-}
 
 /// Decides a claim for a coupon or SKU and answers with the decision.
 /// Exactly one claim exists per tenant and `Idempotency-Key`, however often
@@ -106,10 +63,10 @@ pub async fn create_claim(
                 fence = claim.fence,
                 "claim decided"
             );
-            Ok(respond(ClaimView::decided(&claim)))
+            Ok(ClaimView::decided(claim.claim_id, claim.status, claim.reason, Some(claim.fence)).respond())
         }
         ClaimOutcome::Replay(claim_id) => match store::claim(&state.pool, claim_id).await {
-            Ok(Some(row)) => Ok(respond(ClaimView::from_row(&row))),
+            Ok(Some(row)) => Ok(ClaimView::from(&row).respond()),
             Ok(None) => {
                 tracing::error!(%claim_id, "an idempotency key names a claim that does not exist");
                 Err(ApiError::Internal)
@@ -132,7 +89,7 @@ pub async fn get_claim(
     let tenant = principal.tenant;
     let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
     match store::claim(&state.pool, ClaimId::from_uuid(id)).await {
-        Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from_row(&row))),
+        Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from(&row))),
         Ok(_) => Err(not_found()),
         Err(e) => Err(crate::store::problem(&e, "reading a claim")),
     }

@@ -6,10 +6,13 @@ use axum::{
     extract::{Path, State},
     response::Response,
 };
-use turnstile_claim::{ResourceKind, access::{Operation, Principal}};
-use turnstile_store as store;
+use turnstile_claim::{
+    ResourceKind,
+    access::{Operation, Principal},
+};
 use turnstile_http::auth::require;
 use turnstile_http::resources::{Coupon, NewCoupon, NewResource, NewSku, Sku, path_key};
+use turnstile_store as store;
 
 use crate::{app::AppState, extract::JsonBody, problem::ApiError};
 

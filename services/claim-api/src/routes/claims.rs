@@ -5,16 +5,20 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Extension, Json,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
+    http::HeaderMap,
     response::{IntoResponse, Response},
 };
 use prometheus::IntGauge;
-use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
-use turnstile_claim::{ClaimDecided, ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis, access::{Operation, Principal}};
-use turnstile_store::{self as store, ClaimRow};
-use turnstile_http::auth::require;
-use utoipa::ToSchema;
+use turnstile_claim::{
+    ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, UnixMillis,
+    access::{Operation, Principal},
+};
+use turnstile_http::{
+    auth::require,
+    claims::{ClaimBody, ClaimView},
+};
+use turnstile_store as store;
 use uuid::Uuid;
 
 use crate::{
@@ -24,76 +28,6 @@ use crate::{
     extract::{self, JsonBody},
     problem::ApiError,
 };
-
-/// A claim as clients see it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ClaimView {
-    /// The claim's id (stable for its Idempotency-Key).
-    pub claim_id: Uuid,
-    /// `pending`, `granted` or `rejected`.
-    #[schema(value_type = String, example = "granted")]
-    pub status: &'static str,
-    /// Why it was rejected: `sold_out`, `insufficient_stock`,
-    /// `per_user_limit` or `unknown_resource`.
-    #[schema(value_type = Option<String>)]
-    pub reason: Option<&'static str>,
-    /// The fencing token the decision was written under.
-    pub fence: Option<i64>,
-}
-
-impl ClaimView {
-    fn pending(claim_id: ClaimId) -> Self {
-        Self {
-            claim_id: claim_id.as_uuid(),
-            status: ClaimStatus::Pending.as_str(),
-            reason: None,
-            fence: None,
-        }
-    }
-
-    fn from_row(row: &ClaimRow) -> Self {
-        Self {
-            claim_id: row.claim_id.as_uuid(),
-            status: row.status.as_str(),
-            reason: row.reason.map(RejectReason::as_str),
-            fence: row.fence,
-        }
-    }
-
-    fn from_event(event: &ClaimDecided) -> Self {
-        Self {
-            claim_id: event.claim_id.as_uuid(),
-            status: event.status.as_str(),
-            reason: event.reason.map(RejectReason::as_str),
-            fence: i64::try_from(event.fence).ok(),
-        }
-    }
-
-    fn is_final(&self) -> bool {
-        self.status != ClaimStatus::Pending.as_str()
-    }
-}
-
-/// The request body, for the OpenAPI document: exactly one of `coupon` and
-/// `sku`; `quantity` only for SKUs (1 to 1000, default 1).
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct ClaimBody {
-    coupon: Option<String>,
-    sku: Option<String>,
-    user_id: String,
-    quantity: Option<i64>,
-}
-
-fn respond(view: ClaimView) -> Response {
-    let location = format!("/v1/claims/{}", view.claim_id);
-    let status = if view.is_final() {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    (status, [(header::LOCATION, location)], Json(view)).into_response()
-}
 
 /// Accepts a claim for a coupon or SKU and publishes it for a worker to
 /// decide. Exactly one claim exists per tenant and `Idempotency-Key`, however
@@ -218,20 +152,20 @@ async fn accept(
     if let Admitted::Replayed(Some(row)) = &admitted {
         // A replay reports the claim as it stands now.
         if row.status != ClaimStatus::Pending || wait.is_none() {
-            return Ok(respond(ClaimView::from_row(row)));
+            return Ok(ClaimView::from(row).respond());
         }
     }
 
     let (Some(wait), Some(waiting)) = (wait, waiting) else {
-        return Ok(respond(ClaimView::pending(claim_id)));
+        return Ok(ClaimView::pending(claim_id).respond());
     };
     let mut waiting = waiting;
     match tokio::time::timeout(wait, &mut waiting.decided).await {
-        Ok(Ok(decided)) => Ok(respond(ClaimView::from_event(&decided))),
+        Ok(Ok(decided)) => Ok(ClaimView::from(&decided).respond()),
         // Not in time, or the feed missed it: the database has the answer.
         _ => match store::claim(&state.read_pool, claim_id).await {
-            Ok(Some(row)) => Ok(respond(ClaimView::from_row(&row))),
-            _ => Ok(respond(ClaimView::pending(claim_id))),
+            Ok(Some(row)) => Ok(ClaimView::from(&row).respond()),
+            _ => Ok(ClaimView::pending(claim_id).respond()),
         },
     }
 }
@@ -258,7 +192,7 @@ pub async fn get_claim(
         .postgres
         .record(row.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
     match row {
-        Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from_row(&row))),
+        Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from(&row))),
         Ok(_) => Err(not_found()),
         Err(e) if e.is_transient() => Err(state.postgres.unavailable()),
         Err(e) => {

@@ -5,9 +5,12 @@ use axum::{
     extract::{Path, State},
     response::Response,
 };
-use turnstile_claim::{ResourceKey, ResourceKind, access::{Operation, Principal}};
-use turnstile_store as store;
+use turnstile_claim::{
+    ResourceKey, ResourceKind,
+    access::{Operation, Principal},
+};
 use turnstile_http::auth::require;
+use turnstile_store as store;
 
 use turnstile_http::resources::{Coupon, NewCoupon, NewResource, NewSku, Sku, path_key};
 
