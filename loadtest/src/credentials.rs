@@ -20,8 +20,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use hyper::header::HeaderValue;
 use sqlx::PgPool;
-use turnstile_claim::{TenantId, access::{ApiKey, Role}};
-use turnstile_store::{keys};
+use turnstile_claim::{
+    TenantId,
+    access::{ApiKey, Role},
+};
+use turnstile_store::keys;
 use uuid::Uuid;
 
 /// Which keys to send, as given on the command line. Its debug output

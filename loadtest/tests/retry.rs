@@ -23,11 +23,11 @@ use axum::{
     routing::post,
 };
 use turnstile_claim::{TenantId, access::Role};
-use turnstile_store::{keys};
 use turnstile_loadtest::{
     credentials::KeyArgs,
     flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams},
 };
+use turnstile_store::keys;
 use uuid::Uuid;
 
 fn database_url() -> String {

@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 
 use sqlx::PgPool;
-use turnstile_claim::{ClaimId, ClaimRequested, ClaimStatus, Decision, PendingClaim, RejectReason, ResourceState, decide_batch};
+use turnstile_claim::{
+    ClaimId, ClaimRequested, ClaimStatus, Decision, PendingClaim, RejectReason, ResourceState, decide_batch,
+};
 use turnstile_http::problem::ApiError;
 use turnstile_store::{self as store, Reservation, StoreError};
 

@@ -11,7 +11,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::StoreError;
-use turnstile_claim::{ClaimId, ClaimRequested, Quantity, RejectReason, ResourceId, ResourceKey, TenantId, UnixMillis, UserId};
+use turnstile_claim::{
+    ClaimId, ClaimRequested, Quantity, RejectReason, ResourceId, ResourceKey, TenantId, UnixMillis, UserId,
+};
 
 /// The advisory lock that makes one worker the sweeper at a time (an
 /// arbitrary constant, "turnstil").

@@ -11,8 +11,8 @@ mod common;
 
 use common::{accept, coupon, coupon_of, event, fresh_tenant, pool};
 use turnstile_claim::{ClaimStatus, Decision, RejectReason, ResourceId, ResourceKey, TenantId};
-use turnstile_store::{self as store, BatchDecided, EarlierDecision, FencedOutcome, OrphanReason};
 use turnstile_lock::FencingToken;
+use turnstile_store::{self as store, BatchDecided, EarlierDecision, FencedOutcome, OrphanReason};
 
 fn applied(outcome: FencedOutcome) -> (BatchDecided, i64) {
     match outcome {

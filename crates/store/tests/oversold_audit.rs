@@ -16,8 +16,8 @@ use turnstile_claim::{
     ResourceKey,
     audit::{AuditScope, InvariantReport, ResourceLedger},
 };
-use turnstile_store::{self as store, FencedOutcome};
 use turnstile_lock::FencingToken;
+use turnstile_store::{self as store, FencedOutcome};
 
 /// Accepts and decides one claim by `user` on `coupon`, as the services do.
 async fn claim(pool: &PgPool, coupon: &ResourceKey, user: &str, fence: u64) {
@@ -83,7 +83,11 @@ async fn an_incremental_pass_recounts_the_resources_decided_since_and_a_full_pas
     let (_, chosen) = chosen.unwrap();
     for ledgers in [&incremental, &full, &chosen] {
         let busy = find(ledgers, &busy).unwrap();
-        assert_eq!((busy.oversold(), busy.users_over_limit, busy.granted_claims), (1, 1, 2), "{busy:?}");
+        assert_eq!(
+            (busy.oversold(), busy.users_over_limit, busy.granted_claims),
+            (1, 1, 2),
+            "{busy:?}"
+        );
         // The forgery did not touch `remaining`: 0 left of 1, with 2 granted.
         assert!(!busy.remaining_matches());
     }
@@ -92,7 +96,12 @@ async fn an_incremental_pass_recounts_the_resources_decided_since_and_a_full_pas
     assert_eq!(chosen.len(), 2, "{chosen:?}");
     let report = InvariantReport::of(&chosen);
     assert_eq!(
-        (report.resources, report.oversold_units, report.users_over_limit, report.remaining_mismatches),
+        (
+            report.resources,
+            report.oversold_units,
+            report.users_over_limit,
+            report.remaining_mismatches
+        ),
         (2, 1, 1, 1)
     );
 }

@@ -9,8 +9,8 @@ mod common;
 
 use common::{admit, coupon, coupon_of, event, fresh_tenant, pool};
 use turnstile_claim::{ClaimRequested, ResourceId, ResourceKey, TenantId};
-use turnstile_store::{self as store, Admission, FencedOutcome, OrphanReason, Reserved};
 use turnstile_lock::FencingToken;
+use turnstile_store::{self as store, Admission, FencedOutcome, OrphanReason, Reserved};
 
 fn admission<'a>(fingerprint: &'a [u8; 32], event: &'a ClaimRequested) -> Admission<'a> {
     Admission { fingerprint, event }

@@ -20,8 +20,8 @@ use sqlx::PgPool;
 use tokio::time::{Instant, sleep};
 use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
 use turnstile_claim::{ClaimDecided, ClaimId, ClaimRequested, Decision, RejectReason, ResourceKey, UnixMillis};
-use turnstile_store::{self as store, cache::ResourceCache, FencedOutcome, Orphan, StoreError};
 use turnstile_lock::{FencingToken, LockClient};
+use turnstile_store::{self as store, FencedOutcome, Orphan, StoreError, cache::ResourceCache};
 
 use crate::{WorkerMetrics, consume::Origin};
 

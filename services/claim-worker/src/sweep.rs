@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use turnstile_claim::{ClaimId};
+use turnstile_claim::ClaimId;
 use turnstile_store::{self as store, StalePending, SweepTurn};
 
 use crate::{

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use turnstile_claim::{ClaimId, ClaimRequested, IdempotencyKey, Quantity, ResourceId, ResourceKey, TenantId, UnixMillis, UserId};
+use turnstile_claim::{
+    ClaimId, ClaimRequested, IdempotencyKey, Quantity, ResourceId, ResourceKey, TenantId, UnixMillis, UserId,
+};
 use turnstile_store::{self as store, Admission, Reserved};
 
 /// A pool on `DATABASE_URL`, migrated.
