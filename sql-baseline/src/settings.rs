@@ -27,9 +27,9 @@ pub struct Settings {
 
     /// Connections, so at most this many claims are in a transaction at
     /// once. On a hot coupon all but one of them wait on the row lock, so
-    /// more connections add waiting, not throughput: on the 2-core machine
-    /// 4, 8 and 16 all decided 320 to 380 claims/s at 2000/s offered, with
-    /// the lowest latency at 8.
+    /// more connections add waiting, not throughput: on two cores, 4, 8 and
+    /// 16 all decide 320 to 380 claims/s at 2000/s offered, with the lowest
+    /// latency at 8.
     #[arg(long, env = "TURNSTILE_PG_POOL", default_value_t = 8)]
     pub pg_pool: u32,
 

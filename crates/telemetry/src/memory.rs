@@ -4,10 +4,9 @@
 //! transparent huge pages on its arenas (`madvise(MADV_HUGEPAGE)`) and hands
 //! freed memory back 4 KiB at a time. Together that makes the kernel zero a
 //! whole 2 MiB page again and again as a burst of requests grows and shrinks
-//! the heap: `perf` on the 2-core machine put `clear_page_erms` under
-//! `do_huge_pmd_anonymous_page` at about a fifth of all CPU in the first
-//! second of a 5 000 claims/s sale (claim-api and the load generator), and
-//! 2-4% after it. Without huge pages it was 0.2%.
+//! the heap. In the first second of a 5 000 claims/s sale on two cores,
+//! `perf` shows `clear_page_erms` under `do_huge_pmd_anonymous_page` at
+//! about a fifth of all CPU with huge pages, and at 0.2% without.
 
 /// Turns transparent huge pages off for this process and the processes it
 /// starts (`prctl(PR_SET_THP_DISABLE)`), whatever the system's THP mode.
