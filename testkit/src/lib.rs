@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod readme;
+
 use std::{
     net::SocketAddr,
     process::Stdio,
