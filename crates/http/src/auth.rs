@@ -54,7 +54,9 @@ type Snapshot = Arc<HashMap<KeyDigest, Principal>>;
 pub struct KeyRingError(#[source] Box<dyn std::error::Error + Send + Sync>);
 
 async fn keys_in_force(pool: &PgPool) -> Result<Vec<(KeyDigest, Principal)>, KeyRingError> {
-    store::keys::active_keys(pool).await.map_err(|e| KeyRingError(Box::new(e)))
+    store::keys::active_keys(pool)
+        .await
+        .map_err(|e| KeyRingError(Box::new(e)))
 }
 
 /// The keys in force, as of the last refresh. Cheap to clone.
