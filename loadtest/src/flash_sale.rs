@@ -901,12 +901,7 @@ async fn wait_for_decisions(pool: &PgPool, ids: &[Uuid], deadline: Instant) -> R
 
 /// The invariants, from what Postgres holds about `tenant`'s coupons `codes`
 /// (the same codes in another tenant are other coupons).
-async fn audit(
-    pool: &PgPool,
-    tenant: &TenantId,
-    codes: &[String],
-    ids: &[Uuid],
-) -> Result<FlashSaleReport> {
+async fn audit(pool: &PgPool, tenant: &TenantId, codes: &[String], ids: &[Uuid]) -> Result<FlashSaleReport> {
     let mut report = FlashSaleReport::default();
     let (granted, rejected): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'granted'), count(*) FILTER (WHERE status = 'rejected')

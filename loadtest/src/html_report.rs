@@ -2,22 +2,28 @@
 //! invariant tables, outcome bars, and per-second throughput and latency
 //! charts drawn as inline SVG ([`crate::svg_chart`]). No script, stylesheet,
 //! font or image is fetched, so it opens the same offline, in CI artefacts
-//! and in a mail attachment.
+//! and in a mail attachment. The page is a `maud` template: every text and
+//! attribute value is HTML-escaped by the engine, and only the charts' SVG,
+//! which `plotters` escapes itself, goes in as markup.
 //!
 //! Element ids are stable for tests and links: `summary`, `invariants`,
 //! `chart-outcomes`, and per run `chart-throughput-<mode>` and
 //! `chart-latency-<mode>`; with several runs also `chart-decided-compare`
 //! and `chart-latency-compare`. A sweep's report has `sweep` (its table),
-//! `chart-sweep` (decided against offered) and `invariants`.
+//! `chart-sweep` (decided against offered) and `invariants`. A chart's id is
+//! on the `<figure>` that holds its `<svg>`.
 
-use std::{fmt::Write as _, path::Path};
+use std::path::Path;
 
 use anyhow::{Context, Result};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use plotters::style::RGBColor;
 
 use crate::{
     flash_sale::{FlashSaleReport, Mode},
     sale_sweep::{self, SweepReport},
-    svg_chart::{self, BarRun, LineChart, Scale, Series, Unit, escape},
+    svg_chart::{self, BarRun, LineChart, Scale, Series, Unit},
+    timeline::SecondStats,
 };
 
 const STYLE: &str = "body{font-family:'DejaVu Sans',Arial,sans-serif;margin:24px auto;max-width:800px;color:#222}\
@@ -25,8 +31,14 @@ h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}\
 th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}\
 td.pass{color:#1a7f37}td.fail{color:#fff;background:#cf222e;font-weight:bold}\
-p.note{color:#555;font-size:13px}svg.chart{display:block;margin:12px 0}figure{margin:12px 0}\
+p.note{color:#555;font-size:13px}figure.chart{margin:12px 0}figure.chart svg{display:block;max-width:100%;height:auto}\
 #sweep{font-size:12px}#sweep th,#sweep td{padding:3px 6px}";
+
+const PIPELINE: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const BASELINE: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+const OFFERED: RGBColor = RGBColor(0x99, 0x99, 0x99);
+const DECIDED: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
+const THROTTLED: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 
 /// A run's slug for element ids: its mode, made unique by position when two
 /// runs share one.
@@ -46,21 +58,28 @@ fn slugs(runs: &[FlashSaleReport]) -> Vec<String> {
 
 /// Each run's colour: blue for the pipeline, red for the baseline, and a
 /// palette when several runs share a mode.
-fn colors(runs: &[FlashSaleReport]) -> Vec<&'static str> {
-    const PALETTE: [&str; 6] = ["#1f77b4", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+fn colors(runs: &[FlashSaleReport]) -> Vec<RGBColor> {
+    const PALETTE: [RGBColor; 6] = [
+        PIPELINE,
+        BASELINE,
+        RGBColor(0x94, 0x67, 0xbd),
+        RGBColor(0x8c, 0x56, 0x4b),
+        RGBColor(0xe3, 0x77, 0xc2),
+        RGBColor(0x17, 0xbe, 0xcf),
+    ];
     runs.iter()
         .enumerate()
         .map(|(i, r)| match r.mode {
             _ if runs.iter().filter(|o| o.mode == r.mode).count() > 1 => PALETTE[i % PALETTE.len()],
-            Mode::Pipeline => "#1f77b4",
-            Mode::SqlForUpdate => "#d62728",
+            Mode::Pipeline => PIPELINE,
+            Mode::SqlForUpdate => BASELINE,
         })
         .collect()
 }
 
 fn seconds<F>(report: &FlashSaleReport, value: F) -> Vec<(f64, Option<f64>)>
 where
-    F: Fn(&crate::timeline::SecondStats) -> Option<f64>,
+    F: Fn(&SecondStats) -> Option<f64>,
 {
     report
         .timeline
@@ -69,145 +88,157 @@ where
         .collect()
 }
 
-fn throughput_chart(report: &FlashSaleReport, slug: &str) -> String {
-    let mut series = vec![
-        Series {
-            name: "offered/s".into(),
-            color: "#999999",
-            dashed: true,
-            points: seconds(report, |s| Some(s.offered as f64)),
-        },
-        Series {
-            name: "accepted/s".into(),
-            color: "#1f77b4",
-            dashed: false,
-            points: seconds(report, |s| Some(s.accepted as f64)),
-        },
-        Series {
-            name: "decided/s".into(),
-            color: "#2ca02c",
-            dashed: false,
-            points: seconds(report, |s| Some(s.decided as f64)),
-        },
+fn series(name: impl Into<String>, color: RGBColor, dashed: bool, points: Vec<(f64, Option<f64>)>) -> Series {
+    Series {
+        name: name.into(),
+        color,
+        dashed,
+        points,
+    }
+}
+
+/// A chart in its `<figure>`, or why it could not be drawn.
+fn figure(id: &str, svg: Result<String>) -> Markup {
+    html! {
+        figure.chart id=(id) {
+            @match svg {
+                Ok(svg) => (PreEscaped(svg)),
+                Err(e) => p.note { "chart not drawn: " (format!("{e:#}")) },
+            }
+        }
+    }
+}
+
+fn throughput_chart(report: &FlashSaleReport, slug: &str) -> Markup {
+    let mut lines = vec![
+        series("offered/s", OFFERED, true, seconds(report, |s| Some(s.offered as f64))),
+        series(
+            "accepted/s",
+            PIPELINE,
+            false,
+            seconds(report, |s| Some(s.accepted as f64)),
+        ),
+        series("decided/s", DECIDED, false, seconds(report, |s| Some(s.decided as f64))),
     ];
     if report.timeline.iter().any(|s| s.throttled_429 > 0) {
-        series.push(Series {
-            name: "429/s".into(),
-            color: "#ff7f0e",
-            dashed: false,
-            points: seconds(report, |s| Some(s.throttled_429 as f64)),
-        });
+        lines.push(series(
+            "429/s",
+            THROTTLED,
+            false,
+            seconds(report, |s| Some(s.throttled_429 as f64)),
+        ));
     }
     if report.timeline.iter().any(|s| s.errors > 0) {
-        series.push(Series {
-            name: "errors/s".into(),
-            color: "#d62728",
-            dashed: false,
-            points: seconds(report, |s| Some(s.errors as f64)),
-        });
+        lines.push(series(
+            "errors/s",
+            BASELINE,
+            false,
+            seconds(report, |s| Some(s.errors as f64)),
+        ));
     }
-    svg_chart::line_chart(&LineChart {
-        id: format!("chart-throughput-{slug}"),
+    let chart = LineChart {
         title: format!("{}: throughput per second", report.mode.as_str()),
         x_label: "seconds since the load started".into(),
         y_label: "claims per second".into(),
         scale: Scale::Linear,
         unit: Unit::Count,
-        series,
-    })
+        series: lines,
+    };
+    figure(&format!("chart-throughput-{slug}"), svg_chart::line_chart(&chart))
 }
 
-fn latency_chart(report: &FlashSaleReport, slug: &str) -> String {
-    let mut series = vec![
-        Series {
-            name: "accept p50".into(),
-            color: "#6baed6",
-            dashed: false,
-            points: seconds(report, |s| s.accept_p50_ms),
-        },
-        Series {
-            name: "accept p99".into(),
-            color: "#08519c",
-            dashed: false,
-            points: seconds(report, |s| s.accept_p99_ms),
-        },
+fn latency_chart(report: &FlashSaleReport, slug: &str) -> Markup {
+    let mut lines = vec![
+        series(
+            "accept p50",
+            RGBColor(0x6b, 0xae, 0xd6),
+            false,
+            seconds(report, |s| s.accept_p50_ms),
+        ),
+        series(
+            "accept p99",
+            RGBColor(0x08, 0x51, 0x9c),
+            false,
+            seconds(report, |s| s.accept_p99_ms),
+        ),
     ];
     if report.mode != Mode::SqlForUpdate {
-        series.extend([
-            Series {
-                name: "decided p50".into(),
-                color: "#74c476",
-                dashed: false,
-                points: seconds(report, |s| s.decided_from_send_p50_ms),
-            },
-            Series {
-                name: "decided p99".into(),
-                color: "#006d2c",
-                dashed: false,
-                points: seconds(report, |s| s.decided_from_send_p99_ms),
-            },
+        lines.extend([
+            series(
+                "decided p50",
+                RGBColor(0x74, 0xc4, 0x76),
+                false,
+                seconds(report, |s| s.decided_from_send_p50_ms),
+            ),
+            series(
+                "decided p99",
+                RGBColor(0x00, 0x6d, 0x2c),
+                false,
+                seconds(report, |s| s.decided_from_send_p99_ms),
+            ),
         ]);
     }
-    svg_chart::line_chart(&LineChart {
-        id: format!("chart-latency-{slug}"),
+    let chart = LineChart {
         title: format!("{}: latency by second sent", report.mode.as_str()),
         x_label: "second the request was scheduled".into(),
         y_label: "latency (log scale)".into(),
         scale: Scale::Log,
         unit: Unit::Millis,
-        series,
-    })
+        series: lines,
+    };
+    figure(&format!("chart-latency-{slug}"), svg_chart::line_chart(&chart))
 }
 
-fn compare_charts(runs: &[FlashSaleReport], slugs: &[String]) -> String {
+fn compare_charts(runs: &[FlashSaleReport], slugs: &[String]) -> Markup {
     let mut decided = Vec::new();
     let mut latency = Vec::new();
     for ((run, slug), color) in runs.iter().zip(slugs).zip(colors(runs)) {
-        decided.push(Series {
-            name: format!("{slug} decided/s"),
+        decided.push(series(
+            format!("{slug} decided/s"),
             color,
-            dashed: false,
-            points: seconds(run, |s| Some(s.decided as f64)),
-        });
-        latency.push(Series {
-            name: format!("{slug} p99"),
+            false,
+            seconds(run, |s| Some(s.decided as f64)),
+        ));
+        latency.push(series(
+            format!("{slug} p99"),
             color,
-            dashed: false,
-            points: seconds(run, |s| s.decided_from_send_p99_ms),
-        });
-        latency.push(Series {
-            name: format!("{slug} p50"),
+            false,
+            seconds(run, |s| s.decided_from_send_p99_ms),
+        ));
+        latency.push(series(
+            format!("{slug} p50"),
             color,
-            dashed: true,
-            points: seconds(run, |s| s.decided_from_send_p50_ms),
-        });
+            true,
+            seconds(run, |s| s.decided_from_send_p50_ms),
+        ));
     }
-    let mut out = svg_chart::line_chart(&LineChart {
-        id: "chart-decided-compare".into(),
+    let decided = LineChart {
         title: "Claims decided per second".into(),
         x_label: "seconds since the load started".into(),
         y_label: "decisions per second".into(),
         scale: Scale::Linear,
         unit: Unit::Count,
         series: decided,
-    });
-    out.push_str(&svg_chart::line_chart(&LineChart {
-        id: "chart-latency-compare".into(),
+    };
+    let latency = LineChart {
         title: "From send to decision, by second sent".into(),
         x_label: "second the request was scheduled".into(),
         y_label: "latency (log scale)".into(),
         scale: Scale::Log,
         unit: Unit::Millis,
         series: latency,
-    }));
-    out
+    };
+    html! {
+        (figure("chart-decided-compare", svg_chart::line_chart(&decided)))
+        (figure("chart-latency-compare", svg_chart::line_chart(&latency)))
+    }
 }
 
 fn ms(v: f64) -> String {
     svg_chart::format_ms(v)
 }
 
-fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> String {
+fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> Markup {
     type Row = (&'static str, fn(&FlashSaleReport) -> String);
     let rows: [Row; 22] = [
         ("coupons × units", |r| {
@@ -266,23 +297,19 @@ fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> String {
             if r.invariants_hold() { "yes" } else { "NO" }.to_owned()
         }),
     ];
-    let mut out = String::from(r#"<table id="summary"><thead><tr><th>metric</th>"#);
-    for slug in slugs {
-        let _ = write!(out, "<th>{}</th>", escape(slug));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for (name, value) in rows {
-        let _ = write!(out, "<tr><td>{}</td>", escape(name));
-        for run in runs {
-            let _ = write!(out, "<td>{}</td>", escape(&value(run)));
+    html! {
+        table #summary {
+            thead { tr { th { "metric" } @for slug in slugs { th { (slug) } } } }
+            tbody {
+                @for (name, value) in rows {
+                    tr { td { (name) } @for run in runs { td { (value(run)) } } }
+                }
+            }
         }
-        out.push_str("</tr>");
     }
-    out.push_str("</tbody></table>");
-    out
 }
 
-fn invariant_table(runs: &[FlashSaleReport], slugs: &[String]) -> String {
+fn invariant_table(runs: &[FlashSaleReport], slugs: &[String]) -> Markup {
     type Row = (&'static str, &'static str, fn(&FlashSaleReport) -> i64);
     let rows: [Row; 5] = [
         ("oversold", "units granted beyond a coupon's stock", |r| r.oversold),
@@ -301,29 +328,29 @@ fn invariant_table(runs: &[FlashSaleReport], slugs: &[String]) -> String {
             i64::try_from(r.undecided).unwrap_or(i64::MAX)
         }),
     ];
-    let mut out = String::from(r#"<table id="invariants"><thead><tr><th>invariant (must be 0)</th>"#);
-    for slug in slugs {
-        let _ = write!(out, "<th>{}</th>", escape(slug));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for (name, meaning, value) in rows {
-        let _ = write!(
-            out,
-            r#"<tr data-invariant="{name}"><td><code>{name}</code>: {}</td>"#,
-            escape(meaning)
-        );
-        for run in runs {
-            let v = value(run);
-            let (class, mark) = if v == 0 { ("pass", "✓") } else { ("fail", "✗") };
-            let _ = write!(out, r#"<td class="{class}">{v} {mark}</td>"#);
+    html! {
+        table #invariants {
+            thead { tr { th { "invariant (must be 0)" } @for slug in slugs { th { (slug) } } } }
+            tbody {
+                @for (name, meaning, value) in rows {
+                    tr data-invariant=(name) {
+                        td { code { (name) } ": " (meaning) }
+                        @for run in runs {
+                            @let v = value(run);
+                            @if v == 0 {
+                                td.pass { (v) " ✓" }
+                            } @else {
+                                td.fail { (v) " ✗" }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        out.push_str("</tr>");
     }
-    out.push_str("</tbody></table>");
-    out
 }
 
-fn outcome_chart(runs: &[FlashSaleReport], slugs: &[String]) -> String {
+fn outcome_chart(runs: &[FlashSaleReport], slugs: &[String]) -> Markup {
     let categories = [
         "granted",
         "rejected",
@@ -353,66 +380,77 @@ fn outcome_chart(runs: &[FlashSaleReport], slugs: &[String]) -> String {
             ],
         })
         .collect();
-    svg_chart::bar_chart("chart-outcomes", "Outcomes of the offered claims", &categories, &bars)
+    figure(
+        "chart-outcomes",
+        svg_chart::bar_chart("Outcomes of the offered claims", &categories, &bars),
+    )
 }
 
-/// A report page up to its title: doctype, head with the style, `<h1>`.
-fn page_start(title: &str) -> String {
-    let mut out = String::with_capacity(64 * 1024);
-    let _ = write!(
-        out,
-        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>"#,
-        escape(title),
-        escape(title)
-    );
-    out
+/// A whole report page: doctype, head with the style, `<h1>`, a note on how
+/// to read it, then `body`.
+fn page(title: &str, note: &str, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { (title) }
+                p.note { (note) }
+                (body)
+            }
+        }
+    }
+    .into_string()
+        + "\n"
 }
 
 /// The report for `runs` (one run, or several side by side).
 pub fn render(title: &str, runs: &[FlashSaleReport]) -> String {
     let slugs = slugs(runs);
-    let mut out = page_start(title);
-    out.push_str(
-        r#"<p class="note">Open loop: requests leave on schedule whatever the service does, and every latency counts from the scheduled send time. Accept: the HTTP answer. Decide: the pipeline's is the server's, from acceptance to the worker's commit; sql-for-update decides inside the request, so its decide latency is its accept latency. Send → decided: from the scheduled send to the decision's commit, the same clock for every mode.</p>"#,
-    );
-    let _ = write!(
-        out,
-        "<section><h2>Summary</h2>{}</section>",
-        summary_table(runs, &slugs)
-    );
-    let _ = write!(
-        out,
-        "<section><h2>Invariants</h2>{}<p class=\"note\">Audited in Postgres after every accepted claim was decided or the wait timed out.</p></section>",
-        invariant_table(runs, &slugs)
-    );
-    let _ = write!(
-        out,
-        "<section><h2>Outcomes</h2>{}</section>",
-        outcome_chart(runs, &slugs)
-    );
-    if runs.len() > 1 {
-        let _ = write!(
-            out,
-            "<section><h2>Side by side</h2>{}<p class=\"note\">Solid: p99, dashed: p50.</p></section>",
-            compare_charts(runs, &slugs)
-        );
-    }
-    for (run, slug) in runs.iter().zip(&slugs) {
-        let _ = write!(
-            out,
-            r#"<section id="run-{}"><h2>{}</h2>{}{}"#,
-            escape(slug),
-            escape(slug),
-            throughput_chart(run, slug),
-            latency_chart(run, slug)
-        );
-        if run.mode == Mode::SqlForUpdate {
-            out.push_str(r#"<p class="note">Decided inside the request: decide latency is the accept latency.</p>"#);
+    let body = html! {
+        section {
+            h2 { "Summary" }
+            (summary_table(runs, &slugs))
         }
-        out.push_str("</section>");
-    }
-    out.push_str("</body></html>\n");
-    out
+        section {
+            h2 { "Invariants" }
+            (invariant_table(runs, &slugs))
+            p.note { "Audited in Postgres after every accepted claim was decided or the wait timed out." }
+        }
+        section {
+            h2 { "Outcomes" }
+            (outcome_chart(runs, &slugs))
+        }
+        @if runs.len() > 1 {
+            section {
+                h2 { "Side by side" }
+                (compare_charts(runs, &slugs))
+                p.note { "Solid: p99, dashed: p50." }
+            }
+        }
+        @for (run, slug) in runs.iter().zip(&slugs) {
+            section id=(format!("run-{slug}")) {
+                h2 { (slug) }
+                (throughput_chart(run, slug))
+                (latency_chart(run, slug))
+                @if run.mode == Mode::SqlForUpdate {
+                    p.note { "Decided inside the request: decide latency is the accept latency." }
+                }
+            }
+        }
+    };
+    page(
+        title,
+        "Open loop: requests leave on schedule whatever the service does, and every latency counts from the \
+         scheduled send time. Accept: the HTTP answer. Decide: the pipeline's is the server's, from acceptance to \
+         the worker's commit; sql-for-update decides inside the request, so its decide latency is its accept \
+         latency. Send → decided: from the scheduled send to the decision's commit, the same clock for every mode.",
+        body,
+    )
 }
 
 /// Renders `runs` into the file at `path`.
@@ -420,21 +458,17 @@ pub fn write(path: &Path, title: &str, runs: &[FlashSaleReport]) -> Result<()> {
     write_html(path, &render(title, runs))
 }
 
-fn sweep_table(sweep: &SweepReport) -> String {
-    let mut out = String::from(r#"<table id="sweep"><thead><tr>"#);
-    for column in sale_sweep::COLUMNS {
-        let _ = write!(out, "<th>{}</th>", escape(column));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for row in sweep.rows() {
-        out.push_str("<tr>");
-        for cell in row {
-            let _ = write!(out, "<td>{}</td>", escape(&cell));
+fn sweep_table(sweep: &SweepReport) -> Markup {
+    html! {
+        table #sweep {
+            thead { tr { @for column in sale_sweep::COLUMNS { th { (column) } } } }
+            tbody {
+                @for row in sweep.rows() {
+                    tr { @for cell in row { td { (cell) } } }
+                }
+            }
         }
-        out.push_str("</tr>");
     }
-    out.push_str("</tbody></table>");
-    out
 }
 
 /// The report of a sweep: its table, the decided-against-offered chart and
@@ -445,26 +479,28 @@ pub fn render_sweep(title: &str, sweep: &SweepReport) -> String {
         .iter()
         .map(|r| format!("{} {}/s", r.mode.as_str(), r.rate))
         .collect();
-    let chart = match sweep.chart_svg() {
-        Ok(svg) => svg,
-        Err(e) => format!(r#"<p class="note">{}</p>"#, escape(&format!("{e:#}"))),
+    let body = html! {
+        section {
+            h2 { "Decided against offered" }
+            (figure("chart-sweep", sweep.chart_svg()))
+        }
+        section {
+            h2 { "Per rate" }
+            (sweep_table(sweep))
+        }
+        section {
+            h2 { "Invariants" }
+            (invariant_table(&runs, &slugs))
+        }
     };
-    let mut out = page_start(title);
-    out.push_str(
-        r#"<p class="note">Each rate is a whole comparison: the pipeline, then the baseline, each offered the same open-loop load. Decided/s: decisions over the span from the first acceptance to the last decision. Decide p99: from the scheduled send to the decision's commit. 429 share: of all HTTP requests sent. Generator CPU share: the load generator's own CPU time over the sending phase, as a share of the machine.</p>"#,
-    );
-    let _ = write!(
-        out,
-        r#"<section><h2>Decided against offered</h2><figure id="chart-sweep">{chart}</figure></section>"#
-    );
-    let _ = write!(out, "<section><h2>Per rate</h2>{}</section>", sweep_table(sweep));
-    let _ = write!(
-        out,
-        "<section><h2>Invariants</h2>{}</section>",
-        invariant_table(&runs, &slugs)
-    );
-    out.push_str("</body></html>\n");
-    out
+    page(
+        title,
+        "Each rate is a whole comparison: the pipeline, then the baseline, each offered the same open-loop load. \
+         Decided/s: decisions over the span from the first acceptance to the last decision. Decide p99: from the \
+         scheduled send to the decision's commit. 429 share: of all HTTP requests sent. Generator CPU share: the \
+         load generator's own CPU time over the sending phase, as a share of the machine.",
+        body,
+    )
 }
 
 /// Renders a sweep into the file at `path`.
@@ -559,6 +595,14 @@ mod tests {
         assert!(html.contains("<th>sql-for-update 5000/s</th>"));
         assert_eq!(html.matches(r#"<td class="pass">0 ✓</td>"#).count(), 5 * 4);
         assert_eq!(html.matches("<tr><td>").count(), 2, "one table row per rate");
+    }
+
+    #[test]
+    fn text_is_escaped_by_the_template() {
+        let html = render(r#"<script>alert("x")</script> & co"#, &[run(Mode::Pipeline)]);
+        assert!(!html.contains("<script"), "{html:.400}");
+        assert!(html.contains("<title>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; co</title>"));
+        assert!(html.starts_with("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"));
     }
 
     #[test]

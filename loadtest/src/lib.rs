@@ -29,6 +29,7 @@ pub mod lock_bench;
 pub mod lock_compare;
 pub mod sale_compare;
 pub mod sale_sweep;
+pub mod sale_table;
 pub mod seed;
 pub mod svg_chart;
 pub mod sweep_chart;

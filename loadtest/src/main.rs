@@ -15,6 +15,7 @@ use turnstile_loadtest::{
     lock_compare::{self, LockCompareArgs},
     sale_compare::{self, CompareArgs, CompareReport},
     sale_sweep::{self, SweepReport},
+    sale_table,
     seed::{self, SeedArgs},
 };
 
@@ -22,7 +23,7 @@ use turnstile_loadtest::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "loadtest", about = "Benchmarks and load scenarios for Turnstile")]
+#[command(name = "loadtest", version, about = "Benchmarks and load scenarios for Turnstile")]
 struct Cli {
     /// Runtime worker threads (default: one per core; 1 = single-threaded).
     #[arg(long, global = true)]
@@ -184,7 +185,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", sale_table::render(&report));
             }
             if let Some(path) = &args.report {
                 html_report::write(path, &sale_title(&report), std::slice::from_ref(&report))?;

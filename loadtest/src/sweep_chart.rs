@@ -9,7 +9,7 @@
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use crate::svg_chart::format_count;
+use crate::svg_chart::{FONT, format_count};
 
 /// One mode's measurements across the sweep.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ pub fn decided_against_offered(curves: &[Curve]) -> Result<String> {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| failed(&e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Claims decided per second against the offered load", ("sans-serif", 18))
+            .caption("Claims decided per second against the offered load", (FONT, 22))
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(72)
@@ -54,6 +54,8 @@ pub fn decided_against_offered(curves: &[Curve]) -> Result<String> {
             .y_label_formatter(&label)
             .x_labels(8)
             .y_labels(8)
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
             .light_line_style(TRANSPARENT)
             .bold_line_style(RGBColor(0xe4, 0xe4, 0xe4))
             .draw()
@@ -85,6 +87,7 @@ pub fn decided_against_offered(curves: &[Curve]) -> Result<String> {
             .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.9))
             .border_style(RGBColor(0xcc, 0xcc, 0xcc))
+            .label_font((FONT, 15))
             .draw()
             .map_err(|e| failed(&e))?;
         root.present().map_err(|e| failed(&e))?;
@@ -95,18 +98,7 @@ pub fn decided_against_offered(curves: &[Curve]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The text of every `<text>` element, trimmed.
-    fn texts(svg: &str) -> Vec<&str> {
-        svg.split("<text")
-            .skip(1)
-            .filter_map(|element| {
-                let start = element.find('>')? + 1;
-                let end = element.find("</text>")?;
-                Some(element[start..end].trim())
-            })
-            .collect()
-    }
+    use crate::svg_chart::tests::texts;
 
     fn curve(name: &str, points: &[(f64, f64)]) -> Curve {
         Curve {
