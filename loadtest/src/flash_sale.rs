@@ -920,9 +920,11 @@ async fn audit(pool: &PgPool, tenant: &TenantId, codes: &[String], ids: &[Uuid])
         .collect::<Result<Vec<_>>>()?;
     let (_, ledgers) = store::check_invariants(pool, &AuditScope::Resources(coupons)).await?;
     let invariants = InvariantReport::of(&ledgers);
+    // Coupons missing from the database mean it is not the API's: an audit
+    // of nothing would pass.
     anyhow::ensure!(
         invariants.resources == codes.len() as u64,
-        "{} of {} coupons found",
+        "{} of the sale's {} coupons found in the database: is --database-url the API's?",
         invariants.resources,
         codes.len()
     );

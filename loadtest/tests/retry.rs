@@ -1,10 +1,11 @@
 //! `flash-sale --retry` against a stub claim API whose answers are known in
 //! advance: every arrival's first request is refused (429 or 503 with
 //! `Retry-After: 1`, or a final 409), and a request that comes back is
-//! accepted. The audit runs against the stack's Postgres, where no claim of
-//! the stub exists. The stub also checks the keys: coupons are created with
-//! the admin key, claims sent with the claim key (401 otherwise, which the
-//! counts would show).
+//! accepted. The audit runs against the stack's Postgres, where the stub
+//! records the coupons it is asked to create (as the API would) but no
+//! claim. The stub also checks the keys: coupons are created with the admin
+//! key, claims sent with the claim key (401 otherwise, which the counts
+//! would show).
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,12 +23,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use turnstile_claim::{TenantId, access::Role};
+use turnstile_claim::{ResourceId, ResourceKey, TenantId, access::Role};
 use turnstile_loadtest::{
     credentials::KeyArgs,
     flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams},
 };
-use turnstile_store::keys;
+use turnstile_store::{self as store, keys};
 use uuid::Uuid;
 
 fn database_url() -> String {
@@ -53,18 +54,27 @@ struct Expected {
 struct Stub {
     seen: Seen,
     expected: Expected,
+    pool: sqlx::PgPool,
 }
 
 fn authorized(headers: &HeaderMap, expected: &str) -> bool {
     headers.get(header::AUTHORIZATION).is_some_and(|v| v == expected)
 }
 
-async fn coupon(State(expected): State<Expected>, headers: HeaderMap) -> StatusCode {
-    if authorized(&headers, &expected.admin) {
-        StatusCode::CREATED
-    } else {
-        StatusCode::UNAUTHORIZED
+async fn coupon(
+    State(expected): State<Expected>,
+    State(pool): State<sqlx::PgPool>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> StatusCode {
+    if !authorized(&headers, &expected.admin) {
+        return StatusCode::UNAUTHORIZED;
     }
+    let code = ResourceId::parse("coupon", body["code"].as_str().unwrap()).unwrap();
+    let coupon = ResourceKey::coupon(TenantId::default_tenant(), code);
+    let total = body["total"].as_i64().unwrap();
+    assert!(store::create_resource(&pool, &coupon, total, Some(1)).await.unwrap());
+    StatusCode::CREATED
 }
 
 async fn claim(
@@ -97,7 +107,7 @@ async fn claim(
     }
 }
 
-async fn stub(expected: Expected) -> (String, Seen) {
+async fn stub(expected: Expected, pool: sqlx::PgPool) -> (String, Seen) {
     let seen = Seen::default();
     let app = Router::new()
         .route("/v1/coupons", post(coupon))
@@ -105,6 +115,7 @@ async fn stub(expected: Expected) -> (String, Seen) {
         .with_state(Stub {
             seen: Arc::clone(&seen),
             expected,
+            pool,
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
@@ -122,10 +133,13 @@ async fn sale(retry: bool, duration: u64) -> (FlashSaleReport, HashMap<String, V
     let (admin_id, admin_key) = keys::create_key(&pool, &tenant, Role::Admin, Some("loadtest-retry-test"))
         .await
         .unwrap();
-    let (api, seen) = stub(Expected {
-        admin: format!("Bearer {}", admin_key.reveal()),
-        claim: format!("Bearer {}", claim_key.reveal()),
-    })
+    let (api, seen) = stub(
+        Expected {
+            admin: format!("Bearer {}", admin_key.reveal()),
+            claim: format!("Bearer {}", claim_key.reveal()),
+        },
+        pool.clone(),
+    )
     .await;
     let args = FlashSaleArgs {
         api,
