@@ -693,7 +693,8 @@ const UNPUBLISHED: u32 = 20;
 /// on its partition): an event with quantity 0, and a valid event naming a
 /// claim that does not exist. Written by hand, as a foreign producer would.
 async fn poison(brokers: &str, topic: &str, resource: &ResourceKey) -> Result<()> {
-    let publisher = turnstile_bus::Publisher::connect(brokers, &turnstile_bus::ProducerTuning::default())?;
+    let kafka = turnstile_bus::KafkaConnection::new(brokers);
+    let publisher = turnstile_bus::Publisher::connect(&kafka, &turnstile_bus::ProducerTuning::default())?;
     let tenant = resource.tenant.as_str();
     // `tenant/kind:id`, as the API keys its own events.
     let key = resource.to_string();

@@ -35,6 +35,11 @@ pub fn redis_url() -> String {
     std::env::var("TURNSTILE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// How the tests' Kafka clients reach the stack's broker.
+pub fn kafka() -> turnstile_bus::KafkaConnection {
+    turnstile_bus::KafkaConnection::new(brokers())
+}
+
 /// The stack's Kafka-protocol broker.
 pub fn brokers() -> String {
     std::env::var("TURNSTILE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
@@ -80,7 +85,7 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         pg_read_pool: 8,
         pg_acquire_timeout: Duration::from_secs(2),
         redis_url: redis_url(),
-        brokers: brokers(),
+        kafka: turnstile_bus::KafkaSettings::single_broker(brokers()),
         kafka_idempotence: false,
         topic_prefix: ns.topic_prefix.clone(),
         partitions: 3,
@@ -312,7 +317,7 @@ impl Drop for TestApi {
 /// Settings for an in-process worker: metrics on port 0, the namespace.
 pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
     claim_worker::Settings {
-        brokers: brokers(),
+        kafka: turnstile_bus::KafkaSettings::single_broker(brokers()),
         kafka_idempotence: false,
         topic_prefix: ns.topic_prefix.clone(),
         group_id: ns.group_id.clone(),

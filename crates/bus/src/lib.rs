@@ -8,16 +8,20 @@
 //! dead-letter topic with the reason in a header. Everything here is
 //! configuration and encoding; the decisions live elsewhere.
 
+mod connection;
 mod publish;
+mod settings;
 
 use std::time::Duration;
 
+pub use connection::{KafkaConnection, OWN_SETTINGS, PROPERTY_PREFIX, properties_from_env, variable_of};
 use prometheus::{IntCounter, IntGaugeVec};
 pub use publish::{Publisher, QueueError, TraceHeaders};
+pub use settings::KafkaSettings;
 
 use rdkafka::{
-    ClientConfig, ClientContext, Offset, TopicPartitionList,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    ClientContext, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
@@ -43,7 +47,7 @@ pub enum BusError {
     /// The client library refused a setting or the broker failed.
     #[error("kafka operation failed")]
     Kafka(#[from] KafkaError),
-    /// Creating a topic failed.
+    /// Creating a topic, or adding partitions to it, failed.
     #[error("creating topic {topic} failed: {code}")]
     CreateTopic {
         /// The topic.
@@ -51,6 +55,40 @@ pub enum BusError {
         /// The broker's answer.
         code: RDKafkaErrorCode,
     },
+    /// librdkafka refused a passed-through property.
+    #[error("{variable} is not a property librdkafka accepts")]
+    Property {
+        /// The variable that set it.
+        variable: String,
+        /// librdkafka's answer.
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// How the services' topics are laid out on the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// Partitions per topic: a topic with fewer gets more (see
+    /// [`ensure_topics`]); one with more keeps them.
+    pub partitions: i32,
+    /// Copies of each partition. 1 suits a single broker; 3 is usual for a
+    /// cluster.
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of each topic: with `acks=all`, a write
+    /// succeeds only once this many replicas have it.
+    pub min_insync_replicas: i32,
+}
+
+impl TopicLayout {
+    /// `partitions` on one broker.
+    pub fn single_broker(partitions: i32) -> Self {
+        Self {
+            partitions,
+            replication_factor: 1,
+            min_insync_replicas: 1,
+        }
+    }
 }
 
 /// The topics of one deployment. A prefix lets tests and tenants share a
@@ -77,14 +115,10 @@ impl Topics {
 }
 
 impl Topics {
-    /// Creates all three topics with `partitions` each, if missing.
-    pub async fn ensure(&self, brokers: &str, partitions: i32) -> Result<(), BusError> {
-        ensure_topics(
-            brokers,
-            &[&self.requested, &self.decided, &self.dead_letter],
-            partitions,
-        )
-        .await
+    /// Creates all three topics as `layout` says, or grows them to its
+    /// partitions (see [`ensure_topics`]).
+    pub async fn ensure(&self, kafka: &KafkaConnection, layout: &TopicLayout) -> Result<(), BusError> {
+        ensure_topics(kafka, &[&self.requested, &self.decided, &self.dead_letter], layout).await
     }
 }
 
@@ -134,9 +168,9 @@ impl Default for ProducerTuning {
 /// - `acks=all`: a message counts as sent once every in-sync replica has it.
 /// - `linger.ms` and lz4: batches, which is where a producer's throughput
 ///   comes from; `message.timeout.ms` bounds how long a send may be retried.
-pub fn producer(brokers: &str, tuning: &ProducerTuning) -> Result<FutureProducer, BusError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+pub fn producer(kafka: &KafkaConnection, tuning: &ProducerTuning) -> Result<FutureProducer, BusError> {
+    let mut config = kafka.config();
+    config
         .set("enable.idempotence", if tuning.idempotence { "true" } else { "false" })
         .set("acks", "all")
         .set("linger.ms", tuning.linger.as_millis().to_string())
@@ -144,8 +178,8 @@ pub fn producer(brokers: &str, tuning: &ProducerTuning) -> Result<FutureProducer
         .set("queue.buffering.max.messages", tuning.queue_limit.to_string())
         .set("compression.type", "lz4")
         .set("socket.nagle.disable", "true")
-        .set_log_level(RDKafkaLogLevel::Warning)
-        .create()?)
+        .set_log_level(RDKafkaLogLevel::Warning);
+    kafka.create(config)
 }
 
 /// Consumer tuning.
@@ -234,13 +268,13 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
 /// application after its writes commit, and committed in the background.
 /// `cooperative-sticky` keeps untouched partitions flowing during a rebalance.
 pub fn group_consumer(
-    brokers: &str,
+    kafka: &KafkaConnection,
     group_id: &str,
     tuning: &ConsumerTuning,
     context: GroupContext,
 ) -> Result<StreamConsumer<GroupContext>, BusError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut config = kafka.config();
+    config
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
@@ -257,8 +291,11 @@ pub fn group_consumer(
         .set("fetch.wait.max.ms", tuning.fetch_wait.as_millis().to_string())
         .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
         .set("socket.nagle.disable", "true")
-        .set_log_level(RDKafkaLogLevel::Warning)
-        .create_with_context(context)?)
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (name, value) in kafka.properties() {
+        config.set(name, value);
+    }
+    Ok(config.create_with_context(context)?)
 }
 
 /// `fetch.wait.max.ms` of [`tail_from_end`]. Its events only wake clients
@@ -271,16 +308,16 @@ pub const TAIL_FETCH_WAIT: Duration = Duration::from_millis(50);
 
 /// A consumer outside any group that reads every partition of `topic` from
 /// its end: for following events live (no offsets, no rebalances).
-pub async fn tail_from_end(brokers: &str, topic: &str) -> Result<StreamConsumer, BusError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+pub async fn tail_from_end(kafka: &KafkaConnection, topic: &str) -> Result<StreamConsumer, BusError> {
+    let mut config = kafka.config();
+    config
         .set("group.id", "turnstile-tail-unused")
         .set("enable.auto.commit", "false")
         .set("socket.nagle.disable", "true")
         .set("fetch.wait.max.ms", TAIL_FETCH_WAIT.as_millis().to_string())
         .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
-        .set_log_level(RDKafkaLogLevel::Warning)
-        .create()?;
+        .set_log_level(RDKafkaLogLevel::Warning);
+    let consumer: StreamConsumer = kafka.create(config)?;
     let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
     let mut assignment = TopicPartitionList::new();
     for t in metadata.topics() {
@@ -309,12 +346,10 @@ impl std::fmt::Debug for GroupLag {
 
 impl GroupLag {
     /// A reader of `group_id`'s lag on `topic`. It never joins the group.
-    pub fn new(brokers: &str, group_id: &str, topic: &str) -> Result<Self, BusError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .create()?;
+    pub fn new(kafka: &KafkaConnection, group_id: &str, topic: &str) -> Result<Self, BusError> {
+        let mut config = kafka.config();
+        config.set("group.id", group_id).set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = kafka.create(config)?;
         Ok(Self {
             consumer,
             topic: topic.to_owned(),
@@ -354,30 +389,88 @@ impl GroupLag {
 /// A consumer in a group of its own that reads topics from their start:
 /// for tools and tests that inspect what was produced (the dead-letter
 /// topic, the decisions).
-pub fn reader_from_start(brokers: &str, group_id: &str) -> Result<StreamConsumer, BusError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+pub fn reader_from_start(kafka: &KafkaConnection, group_id: &str) -> Result<StreamConsumer, BusError> {
+    let mut config = kafka.config();
+    config
         .set("group.id", group_id)
         .set("auto.offset.reset", "earliest")
-        .set_log_level(RDKafkaLogLevel::Warning)
-        .create()?)
+        .set_log_level(RDKafkaLogLevel::Warning);
+    kafka.create(config)
 }
 
-/// Creates `topics` with `partitions` each, if they do not exist yet.
-pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), BusError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+/// Creates `topics` as `layout` says, if they do not exist yet, and adds
+/// partitions to any that has fewer than `layout.partitions`.
+///
+/// Adding partitions moves keys: a resource whose key now hashes to a new
+/// partition has its next claims in another stream than its earlier ones,
+/// which another worker may still be deciding. Order per resource is then
+/// only what the lock and the fence make it: each batch is decided under
+/// the resource's lease and written under a newer fencing token, so nothing
+/// is granted twice or beyond stock, but two claims sent just apart across
+/// the change may be decided out of their arrival order. Existing topics
+/// keep their replication factor and configuration.
+pub async fn ensure_topics(kafka: &KafkaConnection, topics: &[&str], layout: &TopicLayout) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = kafka.create(kafka.config())?;
+    let min_insync = layout.min_insync_replicas.to_string();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            NewTopic::new(t, layout.partitions, TopicReplication::Fixed(layout.replication_factor))
+                .set("min.insync.replicas", &min_insync)
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let mut existing = Vec::new();
     for result in admin.create_topics(new.iter(), &options).await? {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => {}
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
             Err((topic, code)) => return Err(BusError::CreateTopic { topic, code }),
         }
     }
+    if existing.is_empty() {
+        return Ok(());
+    }
+    let mut counts = Vec::with_capacity(existing.len());
+    for topic in &existing {
+        let metadata =
+            tokio::task::block_in_place(|| admin.inner().fetch_metadata(Some(topic), Duration::from_secs(10)))?;
+        counts.push((
+            topic.as_str(),
+            metadata.topics().first().map_or(0, |t| t.partitions().len()),
+        ));
+    }
+    let wanted = usize::try_from(layout.partitions).unwrap_or(0);
+    let grow: Vec<NewPartitions<'_>> = topics_short_of(&counts, wanted)
+        .into_iter()
+        .map(|topic| NewPartitions::new(topic, wanted))
+        .collect();
+    if grow.is_empty() {
+        return Ok(());
+    }
+    // A topic left with fewer partitions still works, with less
+    // parallelism: say so loudly, and go on.
+    match admin.create_partitions(grow.iter(), &options).await {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(topic) => info!(topic, partitions = wanted, "partitions added"),
+                    Err((topic, code)) => {
+                        warn!(topic, %code, "adding partitions failed; the topic keeps its partitions")
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "adding partitions failed (is it supported by the broker?); the topics keep their partitions")
+        }
+    }
     Ok(())
+}
+
+/// The topics among `counts` (name, partitions) with fewer than `wanted`.
+fn topics_short_of<'a>(counts: &[(&'a str, usize)], wanted: usize) -> Vec<&'a str> {
+    counts.iter().filter(|(_, n)| *n < wanted).map(|(t, _)| *t).collect()
 }
 
 /// Encodes an event as JSON.
@@ -463,4 +556,16 @@ pub fn header<'a, H: Headers>(headers: &'a H, name: &str) -> Option<&'a str> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_topics_with_fewer_partitions_than_wanted_grow() {
+        let counts = [("a", 2), ("b", 6), ("c", 8)];
+        assert_eq!(topics_short_of(&counts, 6), vec!["a"]);
+        assert!(topics_short_of(&counts, 1).is_empty());
+    }
 }

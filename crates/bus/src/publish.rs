@@ -57,10 +57,10 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A publisher on `brokers`.
-    pub fn connect(brokers: &str, tuning: &ProducerTuning) -> Result<Self, BusError> {
+    /// A publisher on the cluster `kafka` reaches.
+    pub fn connect(kafka: &crate::KafkaConnection, tuning: &ProducerTuning) -> Result<Self, BusError> {
         Ok(Self {
-            producer: crate::producer(brokers, tuning)?,
+            producer: crate::producer(kafka, tuning)?,
         })
     }
 

@@ -173,12 +173,13 @@ impl Application {
             .context("connecting to redis")?;
 
         let topics = Topics::with_prefix(&settings.topic_prefix);
+        let kafka = settings.kafka.connection();
         topics
-            .ensure(&settings.brokers, settings.partitions)
+            .ensure(&kafka, &settings.kafka.layout(settings.partitions))
             .await
             .context("creating topics")?;
         let publisher = Publisher::connect(
-            &settings.brokers,
+            &kafka,
             &ProducerTuning {
                 delivery_timeout: Duration::from_secs(5),
                 linger: settings.producer_linger,
@@ -192,11 +193,11 @@ impl Application {
         keys.refresh_every(settings.key_refresh, background.clone());
         let limits = CallerLimits::new(settings.key_limit(), settings.user_limit(), background.clone());
         let decisions = DecisionWaiters::default();
-        let tail = turnstile_bus::tail_from_end(&settings.brokers, &topics.decided).await?;
+        let tail = turnstile_bus::tail_from_end(&kafka, &topics.decided).await?;
         tokio::spawn(decisions.clone().follow(tail, background.clone()));
         let lag_exceeded = Arc::new(AtomicBool::new(false));
         tokio::spawn(feeds::watch_lag(
-            settings.brokers.clone(),
+            kafka.clone(),
             settings.worker_group_id.clone(),
             topics.requested.clone(),
             settings.max_consumer_lag,

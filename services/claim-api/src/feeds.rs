@@ -90,7 +90,7 @@ impl DecisionWaiters {
 /// Watches how far the worker group trails the requested topic, once a
 /// second, and raises `exceeded` above `max_lag`.
 pub async fn watch_lag(
-    brokers: String,
+    kafka: turnstile_bus::KafkaConnection,
     group_id: String,
     topic: String,
     max_lag: i64,
@@ -98,7 +98,7 @@ pub async fn watch_lag(
     gauge: prometheus::IntGauge,
     stop: CancellationToken,
 ) {
-    let watcher = match GroupLag::new(&brokers, &group_id, &topic) {
+    let watcher = match GroupLag::new(&kafka, &group_id, &topic) {
         Ok(watcher) => Arc::new(watcher),
         Err(e) => {
             warn!(error = %e, "lag watcher disabled");

@@ -31,11 +31,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = turnstile_runtime::settings::parse();
+    let mut cli: Cli = turnstile_runtime::settings::parse();
     if let Some(Command::Keys(command)) = cli.command {
         return claim_api::keys::run(command, &cli.settings.database_url).await;
     }
     cli.settings.validate().context("invalid configuration")?;
+    cli.settings
+        .kafka
+        .read_properties(std::env::vars())
+        .context("invalid configuration")?;
     turnstile_telemetry::disable_transparent_huge_pages();
     let _telemetry = turnstile_telemetry::init("claim-api", cli.logs.format());
     // Fault injection exists only in builds with the `failpoints` feature

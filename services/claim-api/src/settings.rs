@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use turnstile_bus::KafkaSettings;
 use turnstile_http::auth::{MAX_KEY_REFRESH, RateLimit};
 use turnstile_runtime::settings::{InvalidSetting, duration, show_duration};
 
@@ -62,13 +63,9 @@ pub struct Settings {
     )]
     pub redis_url: String,
 
-    /// Kafka's bootstrap servers.
-    #[arg(
-        long = "kafka-brokers",
-        env = "TURNSTILE_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub brokers: String,
+    /// The cluster, its topics' layout and any librdkafka property.
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
 
     /// The idempotent producer: on with Apache Kafka, off with tansu 0.6,
     /// which does not implement it.
@@ -221,6 +218,9 @@ impl Settings {
                 self.partitions,
                 "must be at least 1",
             ));
+        }
+        if let Err((name, value, problem)) = self.kafka.check() {
+            return Err(InvalidSetting::new(name, value, problem));
         }
         for (name, value) in [
             ("TURNSTILE_ADMISSION_SLO", self.admission_slo),

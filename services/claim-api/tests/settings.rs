@@ -56,3 +56,11 @@ fn a_value_against_the_rules_is_named_by_its_variable() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_kafka_property_librdkafka_does_not_know_is_named_by_its_variable() {
+    let out = claim_api(&[("TURNSTILE_KAFKA_NO_SUCH_PROPERTY", "1")], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("TURNSTILE_KAFKA_NO_SUCH_PROPERTY"), "{stderr}");
+}

@@ -104,8 +104,9 @@ impl Worker {
         store::migrate(&pool).await.context("applying migrations")?;
 
         let topics = Topics::with_prefix(&settings.topic_prefix);
+        let kafka = settings.kafka.connection();
         topics
-            .ensure(&settings.brokers, settings.partitions)
+            .ensure(&kafka, &settings.kafka.layout(settings.partitions))
             .await
             .context("creating topics")?;
 
@@ -155,7 +156,7 @@ impl Worker {
 
         let context = GroupContext::new(metrics.rebalances.clone(), metrics.partition_lag.clone());
         let consumer = turnstile_bus::group_consumer(
-            &settings.brokers,
+            &kafka,
             &settings.group_id,
             &ConsumerTuning {
                 session_timeout: settings.session_timeout,
@@ -167,7 +168,7 @@ impl Worker {
         consumer.subscribe(&[&topics.requested])?;
         let consumer = Arc::new(consumer);
         let publisher = Publisher::connect(
-            &settings.brokers,
+            &kafka,
             &ProducerTuning {
                 idempotence: settings.kafka_idempotence,
                 ..ProducerTuning::default()

@@ -21,8 +21,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = turnstile_runtime::settings::parse();
+    let mut cli: Cli = turnstile_runtime::settings::parse();
     cli.settings.validate().context("invalid configuration")?;
+    cli.settings
+        .kafka
+        .read_properties(std::env::vars())
+        .context("invalid configuration")?;
     turnstile_telemetry::disable_transparent_huge_pages();
     let _telemetry = turnstile_telemetry::init("claim-worker", cli.logs.format());
     // Fault injection exists only in builds with the `failpoints` feature

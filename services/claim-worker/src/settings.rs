@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use turnstile_bus::KafkaSettings;
 use turnstile_runtime::settings::{InvalidSetting, duration, show_duration};
 
 /// Which lock store guards the resources.
@@ -55,13 +56,9 @@ pub struct Settings {
     )]
     pub redis_url: String,
 
-    /// Kafka's bootstrap servers.
-    #[arg(
-        long = "kafka-brokers",
-        env = "TURNSTILE_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub brokers: String,
+    /// The cluster, its topics' layout and any librdkafka property.
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
 
     /// The idempotent producer (decisions and dead letters): on with Apache
     /// Kafka, off with tansu 0.6, which does not implement it.
@@ -182,6 +179,9 @@ impl Settings {
                 self.partitions,
                 "must be at least 1",
             ));
+        }
+        if let Err((name, value, problem)) = self.kafka.check() {
+            return Err(InvalidSetting::new(name, value, problem));
         }
         if self.lock_ttl < MIN_LOCK_TTL {
             return Err(InvalidSetting::duration(

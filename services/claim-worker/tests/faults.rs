@@ -9,9 +9,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use futures::future::join_all;
 use rdkafka::{Message, consumer::Consumer};
 use serde_json::{Value, json};
-use turnstile_testkit::{
-    Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, brokers, db, unique,
-};
+use turnstile_testkit::{Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, db, kafka, unique};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
 
@@ -251,7 +249,7 @@ async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
     api.create_coupon(&code, 1, None).await.unwrap();
     let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
 
-    let publisher = turnstile_bus::Publisher::connect(&brokers(), &turnstile_bus::ProducerTuning::default()).unwrap();
+    let publisher = turnstile_bus::Publisher::connect(&kafka(), &turnstile_bus::ProducerTuning::default()).unwrap();
     let resource_key = format!("default/coupon:{code}");
     let event = |claim_id: &str, quantity: i64| {
         json!({
@@ -297,7 +295,7 @@ async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
     let body = json!({"coupon": code, "user_id": "u1"});
     assert_eq!(decide(&api, &key, &body).await["status"], "granted");
 
-    let dlq = turnstile_bus::reader_from_start(&brokers(), &unique("dlq-reader")).unwrap();
+    let dlq = turnstile_bus::reader_from_start(&kafka(), &unique("dlq-reader")).unwrap();
     dlq.subscribe(&[&topics.dead_letter]).unwrap();
     let mut dead: HashMap<String, (String, String)> = HashMap::new();
     while dead.len() < poison.len() {
@@ -378,7 +376,7 @@ async fn a_batch_that_keeps_failing_is_dead_lettered_and_swept_later() {
     assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
 
     let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
-    let dlq = turnstile_bus::reader_from_start(&brokers(), &unique("dlq-reader")).unwrap();
+    let dlq = turnstile_bus::reader_from_start(&kafka(), &unique("dlq-reader")).unwrap();
     dlq.subscribe(&[&topics.dead_letter]).unwrap();
     let message = tokio::time::timeout(Duration::from_secs(60), dlq.recv())
         .await
@@ -452,13 +450,13 @@ async fn a_redelivered_claim_is_announced_again_as_decided() {
         "quantity": 1,
         "accepted_at_ms": 1_795_000_000_000_i64,
     });
-    let publisher = turnstile_bus::Publisher::connect(&brokers(), &turnstile_bus::ProducerTuning::default()).unwrap();
+    let publisher = turnstile_bus::Publisher::connect(&kafka(), &turnstile_bus::ProducerTuning::default()).unwrap();
     publisher
         .send_raw(&topics.requested, resource.as_bytes(), event.to_string().as_bytes())
         .await
         .unwrap();
 
-    let decisions = turnstile_bus::reader_from_start(&brokers(), &unique("decided-reader")).unwrap();
+    let decisions = turnstile_bus::reader_from_start(&kafka(), &unique("decided-reader")).unwrap();
     decisions.subscribe(&[&topics.decided]).unwrap();
     let mut announced: Vec<Value> = Vec::new();
     while announced.len() < 2 {

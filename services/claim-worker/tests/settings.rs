@@ -56,3 +56,11 @@ fn a_value_against_the_rules_is_named_by_its_variable() {
     assert!(stderr.contains("TURNSTILE_LOCK_TTL=5s is invalid"), "{stderr}");
     assert!(stderr.contains("TURNSTILE_ZOOKEEPER_SESSION_TIMEOUT (4s)"), "{stderr}");
 }
+
+#[test]
+fn a_kafka_property_librdkafka_does_not_know_is_named_by_its_variable() {
+    let out = claim_worker(&[("TURNSTILE_KAFKA_NO_SUCH_PROPERTY", "1")], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("TURNSTILE_KAFKA_NO_SUCH_PROPERTY"), "{stderr}");
+}

@@ -1,0 +1,118 @@
+//! The Kafka settings every service shares, as one clap group.
+
+use crate::{KafkaConnection, TopicLayout, properties_from_env};
+
+/// Where the cluster is and how the services' topics are laid out on it.
+/// Any librdkafka property can be added as `TURNSTILE_KAFKA_<PROPERTY>`
+/// (`TURNSTILE_KAFKA_SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct KafkaSettings {
+    /// Kafka's bootstrap servers.
+    #[arg(
+        long = "kafka-brokers",
+        env = "TURNSTILE_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+
+    /// Copies of each partition of the topics a service creates: 1 for one
+    /// broker, usually 3 for a cluster.
+    #[arg(long, env = "TURNSTILE_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+
+    /// `min.insync.replicas` of the topics a service creates: with
+    /// `acks=all`, a write succeeds once this many replicas have it.
+    #[arg(long, env = "TURNSTILE_KAFKA_MIN_INSYNC_REPLICAS", default_value_t = 1)]
+    pub kafka_min_insync_replicas: i32,
+
+    /// The `TURNSTILE_KAFKA_<PROPERTY>` variables, read by
+    /// [`KafkaSettings::read_properties`].
+    #[arg(skip)]
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    /// Settings for the cluster at `brokers` with one copy of each partition.
+    pub fn single_broker(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            kafka_replication_factor: 1,
+            kafka_min_insync_replicas: 1,
+            properties: Vec::new(),
+        }
+    }
+
+    /// Takes the librdkafka properties from `vars` (the process's
+    /// environment) and checks them, so a misspelt one stops the service
+    /// at start-up.
+    pub fn read_properties(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), crate::BusError> {
+        self.properties = properties_from_env(vars);
+        self.connection().check()
+    }
+
+    /// How the clients reach the cluster.
+    pub fn connection(&self) -> KafkaConnection {
+        KafkaConnection::new(&self.brokers).with_properties(self.properties.iter().cloned())
+    }
+
+    /// The layout of topics of `partitions` each.
+    pub fn layout(&self, partitions: i32) -> TopicLayout {
+        TopicLayout {
+            partitions,
+            replication_factor: self.kafka_replication_factor,
+            min_insync_replicas: self.kafka_min_insync_replicas,
+        }
+    }
+
+    /// The rules between these settings, as (variable, value, problem).
+    pub fn check(&self) -> Result<(), (&'static str, i32, String)> {
+        if self.kafka_replication_factor < 1 {
+            return Err((
+                "TURNSTILE_KAFKA_REPLICATION_FACTOR",
+                self.kafka_replication_factor,
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if !(1..=self.kafka_replication_factor).contains(&self.kafka_min_insync_replicas) {
+            return Err((
+                "TURNSTILE_KAFKA_MIN_INSYNC_REPLICAS",
+                self.kafka_min_insync_replicas,
+                format!(
+                    "must be between 1 and TURNSTILE_KAFKA_REPLICATION_FACTOR ({})",
+                    self.kafka_replication_factor
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_insync_replicas_stay_within_the_replication_factor() {
+        let mut settings = KafkaSettings::single_broker("b:9092");
+        assert!(settings.check().is_ok());
+        settings.kafka_replication_factor = 3;
+        settings.kafka_min_insync_replicas = 2;
+        assert!(settings.check().is_ok());
+        settings.kafka_min_insync_replicas = 4;
+        assert_eq!(settings.check().unwrap_err().0, "TURNSTILE_KAFKA_MIN_INSYNC_REPLICAS");
+        settings.kafka_replication_factor = 0;
+        assert_eq!(settings.check().unwrap_err().0, "TURNSTILE_KAFKA_REPLICATION_FACTOR");
+    }
+
+    #[test]
+    fn the_layout_carries_the_replication_settings() {
+        let mut settings = KafkaSettings::single_broker("b:9092");
+        settings.kafka_replication_factor = 3;
+        settings.kafka_min_insync_replicas = 2;
+        let layout = settings.layout(12);
+        assert_eq!(
+            (layout.partitions, layout.replication_factor, layout.min_insync_replicas),
+            (12, 3, 2)
+        );
+    }
+}
