@@ -537,12 +537,8 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
         pg_acquire_timeout: Duration::from_secs(30),
         max_inflight: 1024,
         max_body_bytes: 16 * 1024,
-        key_refresh: Duration::from_secs(2),
         // This test measures the report, not the buckets.
-        key_rate: 0,
-        key_burst: 0,
-        user_rate: 0,
-        user_burst: 0,
+        callers: turnstile_http::CallerSettings::unlimited(Duration::from_secs(2)),
     };
     let app = sql_baseline::Application::build(settings)
         .await

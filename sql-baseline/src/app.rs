@@ -52,8 +52,12 @@ impl Application {
         store::migrate(&pool).await.context("applying migrations")?;
         let background = CancellationToken::new();
         let keys = KeyRing::load(pool.clone()).await.context("loading the API keys")?;
-        keys.refresh_every(settings.key_refresh, background.clone());
-        let limits = CallerLimits::new(settings.key_limit(), settings.user_limit(), background.clone());
+        keys.refresh_every(settings.callers.key_refresh, background.clone());
+        let limits = CallerLimits::new(
+            settings.callers.key_limit(),
+            settings.callers.user_limit(),
+            background.clone(),
+        );
         let state = AppState {
             pool,
             inflight: Arc::new(Semaphore::new(settings.max_inflight)),

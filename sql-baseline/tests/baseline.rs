@@ -38,12 +38,8 @@ impl Baseline {
             pg_acquire_timeout: Duration::from_secs(30),
             max_inflight,
             max_body_bytes: 16 * 1024,
-            key_refresh: Duration::from_secs(2),
-            // Rate 0: no buckets.
-            key_rate: 0,
-            key_burst: 0,
-            user_rate: 0,
-            user_burst: 0,
+            // No buckets: one test client stands for many callers.
+            callers: turnstile_http::CallerSettings::unlimited(Duration::from_secs(2)),
         };
         let app = Application::build(settings)
             .await

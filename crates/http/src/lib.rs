@@ -18,6 +18,7 @@
 //!   cap and a graceful drain.
 
 pub mod auth;
+mod caller_settings;
 pub mod claims;
 pub mod extract;
 pub mod listener;
@@ -25,3 +26,5 @@ pub mod problem;
 pub mod resources;
 pub mod routes;
 pub mod serve;
+
+pub use caller_settings::CallerSettings;

@@ -101,6 +101,27 @@ where
     P::from_arg_matches_mut(&mut matches).map_err(|error| error.format(&mut command))
 }
 
+/// The settings of `command` that break the convention: every argument
+/// (but help and version) is read from a `TURNSTILE_` variable, or from
+/// `DATABASE_URL`, and has a default unless its variable is in
+/// `no_default`. Empty when all is well; for each service's unit tests.
+pub fn convention_breaches(command: &Command, no_default: &[&str]) -> Vec<String> {
+    command
+        .get_arguments()
+        .filter(|arg| !matches!(arg.get_id().as_str(), "help" | "version"))
+        .filter_map(|arg| {
+            let Some(variable) = arg.get_env().and_then(OsStr::to_str) else {
+                return Some(format!("--{} has no variable", arg.get_id()));
+            };
+            if !variable.starts_with("TURNSTILE_") && variable != "DATABASE_URL" {
+                return Some(format!("{variable} is not a TURNSTILE_ variable"));
+            }
+            (arg.get_default_values().is_empty() && !no_default.contains(&variable))
+                .then(|| format!("{variable} has no default"))
+        })
+        .collect()
+}
+
 /// Rewrites a malformed-value error whose value came from an environment
 /// variable to name that variable.
 fn name_the_variable(mut error: clap::Error, command: &Command) -> clap::Error {
@@ -141,6 +162,38 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn settings_off_the_convention_are_named() {
+        let command = Command::new("svc")
+            .arg(
+                clap::Arg::new("fine")
+                    .long("fine")
+                    .env("TURNSTILE_FINE")
+                    .default_value("1"),
+            )
+            .arg(clap::Arg::new("bare").long("bare"))
+            .arg(
+                clap::Arg::new("foreign")
+                    .long("foreign")
+                    .env("REDIS_URL")
+                    .default_value("x"),
+            )
+            .arg(
+                clap::Arg::new("nodefault")
+                    .long("nodefault")
+                    .env("TURNSTILE_NO_DEFAULT"),
+            )
+            .arg(clap::Arg::new("excused").long("excused").env("TURNSTILE_EXCUSED"));
+        assert_eq!(
+            convention_breaches(&command, &["TURNSTILE_EXCUSED"]),
+            [
+                "--bare has no variable",
+                "REDIS_URL is not a TURNSTILE_ variable",
+                "TURNSTILE_NO_DEFAULT has no default"
+            ]
+        );
+    }
 
     #[test]
     fn durations_take_a_unit() {

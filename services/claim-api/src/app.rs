@@ -190,8 +190,12 @@ impl Application {
 
         let background = CancellationToken::new();
         let keys = KeyRing::load(read_pool.clone()).await.context("loading the API keys")?;
-        keys.refresh_every(settings.key_refresh, background.clone());
-        let limits = CallerLimits::new(settings.key_limit(), settings.user_limit(), background.clone());
+        keys.refresh_every(settings.callers.key_refresh, background.clone());
+        let limits = CallerLimits::new(
+            settings.callers.key_limit(),
+            settings.callers.user_limit(),
+            background.clone(),
+        );
         let decisions = DecisionWaiters::default();
         let tail = turnstile_bus::tail_from_end(&kafka, &topics.decided).await?;
         tokio::spawn(decisions.clone().follow(tail, background.clone()));

@@ -5,8 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use turnstile_bus::KafkaSettings;
-use turnstile_http::auth::{MAX_KEY_REFRESH, RateLimit};
-use turnstile_runtime::settings::{InvalidSetting, duration, show_duration};
+use turnstile_http::CallerSettings;
+use turnstile_runtime::settings::{InvalidSetting, duration};
 
 use crate::admission::LimiterKind;
 
@@ -150,46 +150,12 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_MAX_WAITERS", default_value_t = 10_000)]
     pub max_waiters: usize,
 
-    /// How often the API keys in force are reloaded, at most 5s: a revoked
-    /// key works at most this long.
-    #[arg(long, env = "TURNSTILE_KEY_REFRESH", default_value = "2s", value_parser = duration)]
-    pub key_refresh: Duration,
-
-    /// Each API key's requests per second; 0 turns the key's bucket off.
-    #[arg(long, env = "TURNSTILE_KEY_RATE", default_value_t = 20_000)]
-    pub key_rate: u32,
-
-    /// Requests an API key may send at once, above its rate.
-    #[arg(long, env = "TURNSTILE_KEY_BURST", default_value_t = 2_000)]
-    pub key_burst: u32,
-
-    /// Each user's claims per second, per tenant; 0 turns the user's
-    /// bucket off.
-    #[arg(long, env = "TURNSTILE_USER_RATE", default_value_t = 5)]
-    pub user_rate: u32,
-
-    /// Claims a user may send at once, above their rate.
-    #[arg(long, env = "TURNSTILE_USER_BURST", default_value_t = 10)]
-    pub user_burst: u32,
+    /// API keys' reload, and each key's and each user's bucket.
+    #[command(flatten)]
+    pub callers: CallerSettings,
 }
 
 impl Settings {
-    /// Each API key's bucket.
-    pub fn key_limit(&self) -> RateLimit {
-        RateLimit {
-            per_second: self.key_rate,
-            burst: self.key_burst,
-        }
-    }
-
-    /// Each user's bucket.
-    pub fn user_limit(&self) -> RateLimit {
-        RateLimit {
-            per_second: self.user_rate,
-            burst: self.user_burst,
-        }
-    }
-
     /// Checks the settings that depend on each other or have a floor;
     /// parsing checked each value alone.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
@@ -230,14 +196,7 @@ impl Settings {
                 return Err(InvalidSetting::duration(name, value, "must be above 0"));
             }
         }
-        if self.key_refresh.is_zero() || self.key_refresh > MAX_KEY_REFRESH {
-            return Err(InvalidSetting::duration(
-                "TURNSTILE_KEY_REFRESH",
-                self.key_refresh,
-                format!("must be above 0 and at most {}", show_duration(MAX_KEY_REFRESH)),
-            ));
-        }
-        Ok(())
+        self.callers.validate()
     }
 }
 
@@ -263,17 +222,8 @@ mod tests {
 
     #[test]
     fn every_setting_has_a_variable_and_a_default() {
-        for arg in Settings::command().get_arguments() {
-            if matches!(arg.get_id().as_str(), "help" | "version") {
-                continue;
-            }
-            let variable = arg.get_env().unwrap().to_str().unwrap();
-            assert!(
-                variable.starts_with("TURNSTILE_") || variable == "DATABASE_URL",
-                "{variable}"
-            );
-            assert!(!arg.get_default_values().is_empty(), "{variable} has no default");
-        }
+        let breaches = turnstile_runtime::settings::convention_breaches(&Settings::command(), &[]);
+        assert!(breaches.is_empty(), "{breaches:?}");
     }
 
     #[test]
@@ -291,13 +241,13 @@ mod tests {
         settings.accept_batches = 4;
         settings.pg_write_pool = 8;
         assert!(settings.validate().is_ok(), "{:?}", settings.validate());
-        settings.key_refresh = Duration::from_secs(6);
+        settings.callers.key_refresh = Duration::from_secs(6);
         let error = settings.validate().unwrap_err();
         assert_eq!(
             error.to_string(),
             "TURNSTILE_KEY_REFRESH=6s is invalid: must be above 0 and at most 5s"
         );
-        settings.key_refresh = Duration::from_secs(2);
+        settings.callers.key_refresh = Duration::from_secs(2);
         settings.partitions = -1;
         assert_eq!(
             settings.validate().unwrap_err().to_string(),

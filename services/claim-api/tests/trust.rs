@@ -232,7 +232,7 @@ async fn tenants_cannot_see_or_touch_each_other() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_key_is_refused_within_the_refresh_interval() {
     let mut settings = api_settings(&Namespace::new("revoke"));
-    settings.key_refresh = Duration::from_secs(1);
+    settings.callers.key_refresh = Duration::from_secs(1);
     let api = TestApi::start(settings).await.unwrap();
     let tenant = unique("revoked");
     let key = mint_key(&tenant, Role::Admin).await;
@@ -270,8 +270,8 @@ async fn a_revoked_key_is_refused_within_the_refresh_interval() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_per_user_bucket_answers_429_with_retry_after() {
     let mut settings = api_settings(&Namespace::new("user-bucket"));
-    settings.user_rate = 1;
-    settings.user_burst = 2;
+    settings.callers.user_rate = 1;
+    settings.callers.user_burst = 2;
     let api = TestApi::start(settings).await.unwrap();
     let code = unique("BUCKET");
     api.create_coupon(&code, 100, None).await.unwrap();
@@ -361,8 +361,8 @@ async fn a_tenant_cannot_take_the_whole_admission_limit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_per_key_bucket_answers_429_before_the_handler() {
     let mut settings = api_settings(&Namespace::new("key-bucket"));
-    settings.key_rate = 1;
-    settings.key_burst = 2;
+    settings.callers.key_rate = 1;
+    settings.callers.key_burst = 2;
     let api = TestApi::start(settings).await.unwrap();
     let greedy = client_with_key(&mint_key("default", Role::Claim).await);
     let read = |client: &reqwest::Client| client.get(api.url("/v1/coupons/NOTHING")).send();
