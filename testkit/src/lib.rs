@@ -213,9 +213,11 @@ impl TestApi {
         Ok(())
     }
 
-    /// Posts a claim as a well-behaved client does: on 429 it waits the
-    /// `Retry-After` it was given and tries again (a 429 has no effect, so
-    /// the retry is safe), up to 60 times.
+    /// Posts a claim as a well-behaved client does, up to 60 times: on 429
+    /// it waits the `Retry-After` it was given and tries again (a 429 has no
+    /// effect, so the retry is safe); on 408 (the request outlived the
+    /// API's deadline, on a loaded machine) it asks again at once with the
+    /// same key, which replays the claim if it was recorded.
     pub async fn claim_politely(
         &self,
         key: &str,
@@ -224,8 +226,10 @@ impl TestApi {
     ) -> Result<reqwest::Response> {
         for _ in 0..60 {
             let response = self.claim(key, body.clone(), wait_secs).await?;
-            if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
-                return Ok(response);
+            match response.status() {
+                reqwest::StatusCode::TOO_MANY_REQUESTS => {}
+                reqwest::StatusCode::REQUEST_TIMEOUT => continue,
+                _ => return Ok(response),
             }
             let retry_after = response
                 .headers()
@@ -235,7 +239,7 @@ impl TestApi {
                 .context("a 429 must carry Retry-After")?;
             tokio::time::sleep(Duration::from_secs(retry_after)).await;
         }
-        bail!("claim {key} still throttled after 60 attempts")
+        bail!("claim {key} still throttled or timed out after 60 attempts")
     }
 
     /// Posts (or re-posts, which is idempotent) a claim until it is
