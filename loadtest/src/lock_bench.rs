@@ -23,6 +23,7 @@ use turnstile_lock::{
     backend::{
         postgres::PostgresLockBackend,
         redis::RedisLockBackend,
+        redis_cluster::RedisClusterLockBackend,
         redlock::{RedlockBackend, RedlockConfig},
         zookeeper::{ZooKeeperConfig, ZooKeeperLockBackend},
     },
@@ -36,6 +37,8 @@ use crate::latency::Latencies;
 pub enum BenchBackend {
     /// turnstile-lock on one Redis.
     Redis,
+    /// turnstile-lock on a Redis Cluster, each key on the master owning its slot.
+    RedisCluster,
     /// turnstile-lock's Redlock over the Redlock masters.
     Redlock,
     /// turnstile-lock's ephemeral sequential znodes in ZooKeeper.
@@ -53,6 +56,7 @@ impl BenchBackend {
     pub fn name(self) -> &'static str {
         match self {
             Self::Redis => "redis",
+            Self::RedisCluster => "redis-cluster",
             Self::Redlock => "redlock",
             Self::Zookeeper => "zookeeper",
             Self::Postgres => "postgres",
@@ -97,6 +101,14 @@ pub struct Stores {
     /// The single Redis.
     #[arg(long, env = "TURNSTILE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Seed nodes of the Redis Cluster, comma-separated.
+    #[arg(
+        long,
+        env = "TURNSTILE_REDIS_CLUSTER_URLS",
+        value_delimiter = ',',
+        default_value = "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003"
+    )]
+    pub redis_cluster_urls: Vec<String>,
     /// The Redlock masters, comma-separated.
     #[arg(
         long,
@@ -205,6 +217,11 @@ async fn lockers(args: &LockBenchArgs) -> Result<Vec<Locker>> {
                 RedisLockBackend::connect(&stores.redis_url)
                     .await
                     .context("connecting to redis")?,
+            ))),
+            BenchBackend::RedisCluster => Locker::Turnstile(LockClient::new(Arc::new(
+                RedisClusterLockBackend::connect(&stores.redis_cluster_urls)
+                    .await
+                    .context("connecting to the redis cluster")?,
             ))),
             BenchBackend::Redlock => Locker::Turnstile(LockClient::new(Arc::new(RedlockBackend::new(
                 &stores.redlock_urls,

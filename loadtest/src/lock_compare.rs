@@ -38,7 +38,7 @@ pub struct LockCompareArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "redis,redlock,zookeeper,postgres"
+        default_value = "redis,redis-cluster,redlock,zookeeper,postgres"
     )]
     pub backends: Vec<BenchBackend>,
     #[command(flatten)]

@@ -327,6 +327,7 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         redis_url: redis_url(),
         lock_backend: claim_worker::LockBackendKind::Redis,
         lock_redis_url: None,
+        redis_cluster_urls: Vec::new(),
         redlock_urls: Vec::new(),
         zookeeper_url: std::env::var("TURNSTILE_ZOOKEEPER_URL").unwrap_or_else(|_| "127.0.0.1:2181".to_owned()),
         zookeeper_session_timeout: Duration::from_secs(10),

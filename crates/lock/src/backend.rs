@@ -7,7 +7,9 @@
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod redis;
+pub mod redis_cluster;
 pub mod redlock;
+mod wakeups;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
@@ -113,7 +115,7 @@ impl fmt::Debug for ReleaseSubscription {
 /// issued without a lock.
 #[async_trait]
 pub trait LockBackend: Send + Sync + fmt::Debug {
-    /// A short name for metrics and errors (`redis`, `redlock`, ...).
+    /// A short name for metrics and errors (`redis`, `redis-cluster`, ...).
     fn name(&self) -> &'static str;
 
     /// Tries once to take `resource` for `owner` for `ttl`. On success the

@@ -42,7 +42,8 @@
 //! - [`lease`] and [`fence`]: the pure rules (validity, drift, quorum,
 //!   jitter, the fence check), property-tested, no I/O.
 //! - [`LockBackend`]: the port a store implements, one atomic step per call.
-//! - [`backend::redis`] and [`backend::redlock`]: the adapters.
+//! - [`backend::redis`], [`backend::redis_cluster`] and [`backend::redlock`]
+//!   (and, behind features, `postgres` and `zookeeper`): the adapters.
 //! - [`LockClient`] and [`LeaseGuard`]: waiting, renewal, the lease-lost
 //!   signal and metrics, written once for every backend.
 //! - `testsuite` (feature `testsuite`): the contract every backend must pass.
@@ -54,8 +55,10 @@
 //!   past its lease cannot notice: only the fence protects against it.
 //! - **Fencing tokens** strictly increase per resource on a single Redis,
 //!   including across restarts without persistence, under the clock
-//!   condition stated in [`backend::redis`]. Redlock tokens are weaker; see
-//!   [`backend::redlock`].
+//!   condition stated in [`backend::redis`]. On Redis Cluster a failover can
+//!   set a counter back, which the fenced store detects and
+//!   [`LockClient::raise_floor`] repairs; see [`backend::redis_cluster`].
+//!   Redlock tokens are weaker; see [`backend::redlock`].
 //! - **Release and extend are owner-checked** in the store: they never touch
 //!   another holder's lease and report [`LockError::Expired`] or
 //!   [`LockError::HeldByOther`] instead.

@@ -588,8 +588,9 @@ async fn sku_quantities_are_granted_while_stock_lasts() {
 }
 
 /// Every lock backend a worker can use.
-const EVERY_BACKEND: [claim_worker::LockBackendKind; 4] = [
+const EVERY_BACKEND: [claim_worker::LockBackendKind; 5] = [
     claim_worker::LockBackendKind::Redis,
+    claim_worker::LockBackendKind::RedisCluster,
     claim_worker::LockBackendKind::Redlock,
     claim_worker::LockBackendKind::ZooKeeper,
     claim_worker::LockBackendKind::Postgres,
@@ -601,6 +602,11 @@ fn locking_with(ns: &Namespace, backend: claim_worker::LockBackendKind) -> claim
     settings.lock_backend = backend;
     settings.redlock_urls = std::env::var("TURNSTILE_REDLOCK_URLS")
         .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    settings.redis_cluster_urls = std::env::var("TURNSTILE_REDIS_CLUSTER_URLS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003".to_owned())
         .split(',')
         .map(str::to_owned)
         .collect();

@@ -48,6 +48,7 @@ use turnstile_lock::{
     backend::{
         postgres::PostgresLockBackend,
         redis::RedisLockBackend,
+        redis_cluster::RedisClusterLockBackend,
         redlock::{RedlockBackend, RedlockConfig},
         zookeeper::{ZooKeeperConfig, ZooKeeperLockBackend},
     },
@@ -115,6 +116,11 @@ impl Worker {
                 RedisLockBackend::connect(settings.lock_redis_url())
                     .await
                     .context("connecting to the lock redis")?,
+            ),
+            LockBackendKind::RedisCluster => Arc::new(
+                RedisClusterLockBackend::connect(&settings.redis_cluster_urls)
+                    .await
+                    .context("connecting to the lock's redis cluster")?,
             ),
             LockBackendKind::Redlock => {
                 Arc::new(RedlockBackend::new(&settings.redlock_urls, RedlockConfig::default())?)

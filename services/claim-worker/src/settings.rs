@@ -11,6 +11,9 @@ use turnstile_runtime::settings::{InvalidSetting, duration, show_duration};
 pub enum LockBackendKind {
     /// One Redis.
     Redis,
+    /// A Redis Cluster, each resource on the master owning its slot.
+    #[value(name = "redis-cluster")]
+    RedisCluster,
     /// Redlock over several Redis masters.
     Redlock,
     /// A lease table in the claims database.
@@ -111,6 +114,17 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_LOCK_REDIS_URL", hide_env_values = true)]
     pub lock_redis_url: Option<String>,
 
+    /// Seed nodes of the Redis Cluster, comma-separated, with the
+    /// redis-cluster backend: one that answers is enough to learn the rest.
+    #[arg(
+        long,
+        env = "TURNSTILE_REDIS_CLUSTER_URLS",
+        value_delimiter = ',',
+        default_value = "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003",
+        hide_env_values = true
+    )]
+    pub redis_cluster_urls: Vec<String>,
+
     /// The independent Redis masters, comma-separated, with the redlock
     /// backend.
     #[arg(
@@ -200,13 +214,18 @@ impl Settings {
                 ),
             ));
         }
-        if self.lock_backend == LockBackendKind::Redlock
-            && (self.redlock_urls.is_empty() || self.redlock_urls.iter().any(|url| url.trim().is_empty()))
-        {
+        if self.lock_backend == LockBackendKind::Redlock && !well_formed_list(&self.redlock_urls) {
             return Err(InvalidSetting::new(
                 "TURNSTILE_REDLOCK_URLS",
                 self.redlock_urls.join(","),
                 "must list the masters' URLs, comma-separated, none empty",
+            ));
+        }
+        if self.lock_backend == LockBackendKind::RedisCluster && !well_formed_list(&self.redis_cluster_urls) {
+            return Err(InvalidSetting::new(
+                "TURNSTILE_REDIS_CLUSTER_URLS",
+                self.redis_cluster_urls.join(","),
+                "must list seed nodes' URLs, comma-separated, none empty",
             ));
         }
         for (name, value) in [
@@ -219,6 +238,11 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// A list of URLs with at least one entry and no empty one.
+fn well_formed_list(urls: &[String]) -> bool {
+    !urls.is_empty() && urls.iter().all(|url| !url.trim().is_empty())
 }
 
 #[cfg(test)]
@@ -270,6 +294,27 @@ mod tests {
         assert_eq!(settings.lock_backend, LockBackendKind::ZooKeeper);
         assert_eq!(settings.redlock_urls, ["redis://a:1", "redis://b:2"]);
         assert_eq!(settings.lock_redis_url(), "redis://cache:6379");
+        let cluster = Settings::try_parse_from([
+            "claim-worker",
+            "--lock-backend",
+            "redis-cluster",
+            "--redis-cluster-urls",
+            "redis://c1:7001,redis://c2:7002",
+        ])
+        .unwrap();
+        assert_eq!(cluster.lock_backend, LockBackendKind::RedisCluster);
+        assert_eq!(cluster.redis_cluster_urls, ["redis://c1:7001", "redis://c2:7002"]);
+        assert!(cluster.validate().is_ok());
+    }
+
+    #[test]
+    fn a_cluster_needs_seed_nodes() {
+        let mut settings = Settings::try_parse_from(["claim-worker", "--lock-backend", "redis-cluster"]).unwrap();
+        settings.redis_cluster_urls = vec!["redis://a:1".to_owned(), " ".to_owned()];
+        assert_eq!(
+            settings.validate().unwrap_err().to_string(),
+            "TURNSTILE_REDIS_CLUSTER_URLS=redis://a:1,  is invalid: must list seed nodes' URLs, comma-separated, none empty"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Keys for resource `r` under prefix `p` (hash-tagged so they share a slot
 //! on Redis Cluster): `p:{r}:lock` holds the owner id with the ttl,
 //! `p:{r}:fence` the last token issued, and releases are published on
-//! `p:{r}:released` for waiters.
+//! `p:{r}:released` for waiters. The scripts and keys here are shared with
+//! Redlock's nodes and with [`super::redis_cluster`], which differ only in
+//! how they reach the servers.
 //!
 //! ## Tokens across data loss
 //! A resource's first token (no `fence` key) is the server clock in
@@ -18,20 +20,19 @@
 //! because it refuses any token that is not newer than the last it accepted.
 
 use std::{
-    collections::HashMap,
     fmt,
-    sync::{Arc, LazyLock, Mutex, PoisonError},
+    sync::{Arc, LazyLock},
     time::Duration,
 };
 
 use ::redis::{
-    Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Client, ErrorKind, FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisResult, Script, ServerErrorKind,
+    ToRedisArgs,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
 };
 use async_trait::async_trait;
-use tokio::sync::Notify;
-use tracing::debug;
 
+use super::wakeups::{Channels, ReleaseHub};
 use crate::{Attempt, FencingToken, LockBackend, LockError, OwnerId, ReleaseSubscription};
 
 /// `KEYS`: lock, fence. `ARGV`: owner, ttl ms.
@@ -48,7 +49,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return {0, redis.call('PTTL', KEYS[1])}
 ";
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
+static ACQUIRE: LazyLock<LockScript> = LazyLock::new(|| LockScript::new(ACQUIRE_LUA));
 
 /// `KEYS`: lock, fence. `ARGV`: owner, ttl ms, token to write back (`0`: none).
 /// Returns 1 extended, 0 expired, -1 held by another owner.
@@ -66,10 +67,12 @@ elseif holder then
 end
 return 0
 ";
-static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_LUA));
+static EXTEND: LazyLock<LockScript> = LazyLock::new(|| LockScript::new(EXTEND_LUA));
 
 /// `KEYS`: lock, fence. `ARGV`: owner, token to write back (`0`: none),
-/// release channel. Returns 1 released, 0 expired, -1 held by another owner.
+/// release channel, publish command (`PUBLISH`, or `SPUBLISH` on a cluster,
+/// where the channel shares the keys' hash tag and so their shard).
+/// Returns 1 released, 0 expired, -1 held by another owner.
 const RELEASE_LUA: &str = r"
 if ARGV[2] ~= '0' then
   local f = redis.call('GET', KEYS[2])
@@ -78,14 +81,14 @@ end
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[3], '1')
+  redis.call(ARGV[4], ARGV[3], '1')
   return 1
 elseif holder then
   return -1
 end
 return 0
 ";
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+static RELEASE: LazyLock<LockScript> = LazyLock::new(|| LockScript::new(RELEASE_LUA));
 
 /// `KEYS`: fence. `ARGV`: floor. Raises the counter to the floor, never
 /// lowers it; the next `INCR` then issues a token above the floor.
@@ -94,7 +97,45 @@ local f = redis.call('GET', KEYS[1])
 if (not f) or tonumber(f) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 ";
-static FLOOR: LazyLock<Script> = LazyLock::new(|| Script::new(FLOOR_LUA));
+static FLOOR: LazyLock<LockScript> = LazyLock::new(|| LockScript::new(FLOOR_LUA));
+
+/// A lock script, sent by its SHA1 and by its source when the server does
+/// not have it yet. The fallback is `EVAL` to the same key rather than
+/// `SCRIPT LOAD`: on a cluster, `SCRIPT LOAD` goes to every node and fails
+/// while one is down, and a freshly promoted replica never has the scripts
+/// (they are not replicated).
+struct LockScript {
+    source: &'static str,
+    hash: String,
+}
+
+impl LockScript {
+    fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            hash: Script::new(source).get_hash().to_owned(),
+        }
+    }
+
+    async fn run<T: FromRedisValue>(
+        &self,
+        conn: &mut impl ConnectionLike,
+        keys: &[&str],
+        args: impl ToRedisArgs + Copy,
+    ) -> RedisResult<T> {
+        let call = |command: &str, script: &str| {
+            let mut cmd = ::redis::cmd(command);
+            cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        match call("EVALSHA", &self.hash).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                call("EVAL", self.source).query_async(conn).await
+            }
+            result => result,
+        }
+    }
+}
 
 /// The Lua source of a lock script (`acquire`, `extend`, `release`), for
 /// comparisons with tools such as `redis-benchmark`.
@@ -167,6 +208,99 @@ impl LeaseState {
     }
 }
 
+/// How a release is announced: on a plain channel, or on a sharded one
+/// (Redis 7), which only the shard owning the channel's slot delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Publish {
+    Plain,
+    Sharded,
+}
+
+impl Publish {
+    fn command(self) -> &'static str {
+        match self {
+            Self::Plain => "PUBLISH",
+            Self::Sharded => "SPUBLISH",
+        }
+    }
+}
+
+/// The lock's operations, each one script over any connection: one server's
+/// or a cluster's (which routes a script by its first key; every key of a
+/// resource shares its hash tag, so one node runs it).
+pub(crate) mod ops {
+    use super::*;
+
+    pub(crate) async fn acquire(
+        conn: &mut impl ConnectionLike,
+        keys: &ResourceKeys,
+        owner: &OwnerId,
+        ttl: Duration,
+    ) -> RedisResult<Attempt> {
+        let (granted, value): (i64, i64) = ACQUIRE
+            .run(conn, &[&keys.lock, &keys.fence], (owner.as_str(), ttl_millis(ttl)))
+            .await?;
+        Ok(if granted == 1 {
+            Attempt::Acquired {
+                token: FencingToken::new(u64::try_from(value).unwrap_or(0)),
+            }
+        } else {
+            Attempt::Busy {
+                retry_after: u64::try_from(value).ok().map(Duration::from_millis),
+            }
+        })
+    }
+
+    pub(crate) async fn extend(
+        conn: &mut impl ConnectionLike,
+        keys: &ResourceKeys,
+        owner: &OwnerId,
+        ttl: Duration,
+        write_back: Option<FencingToken>,
+    ) -> RedisResult<LeaseState> {
+        let reply: i64 = EXTEND
+            .run(
+                conn,
+                &[&keys.lock, &keys.fence],
+                (owner.as_str(), ttl_millis(ttl), write_back.map_or(0, FencingToken::get)),
+            )
+            .await?;
+        Ok(LeaseState::from_reply(reply))
+    }
+
+    pub(crate) async fn release(
+        conn: &mut impl ConnectionLike,
+        keys: &ResourceKeys,
+        channel: &str,
+        publish: Publish,
+        owner: &OwnerId,
+        write_back: Option<FencingToken>,
+    ) -> RedisResult<LeaseState> {
+        let reply: i64 = RELEASE
+            .run(
+                conn,
+                &[&keys.lock, &keys.fence],
+                (
+                    owner.as_str(),
+                    write_back.map_or(0, FencingToken::get),
+                    channel,
+                    publish.command(),
+                ),
+            )
+            .await?;
+        Ok(LeaseState::from_reply(reply))
+    }
+
+    pub(crate) async fn raise_floor(
+        conn: &mut impl ConnectionLike,
+        keys: &ResourceKeys,
+        floor: FencingToken,
+    ) -> RedisResult<()> {
+        let _: i64 = FLOOR.run(conn, &[&keys.fence], floor.get()).await?;
+        Ok(())
+    }
+}
+
 /// One Redis server speaking the lock scripts. Shared by the single-node
 /// backend and by each Redlock node.
 #[derive(Clone)]
@@ -192,29 +326,8 @@ impl RedisNode {
         Ok(Self { conn, address })
     }
 
-    pub(crate) async fn acquire(
-        &self,
-        keys: &ResourceKeys,
-        owner: &OwnerId,
-        ttl: Duration,
-    ) -> redis::RedisResult<Attempt> {
-        let mut conn = self.conn.clone();
-        let (granted, value): (i64, i64) = ACQUIRE
-            .key(&keys.lock)
-            .key(&keys.fence)
-            .arg(owner.as_str())
-            .arg(ttl_millis(ttl))
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(if granted == 1 {
-            Attempt::Acquired {
-                token: FencingToken::new(u64::try_from(value).unwrap_or(0)),
-            }
-        } else {
-            Attempt::Busy {
-                retry_after: u64::try_from(value).ok().map(Duration::from_millis),
-            }
-        })
+    pub(crate) async fn acquire(&self, keys: &ResourceKeys, owner: &OwnerId, ttl: Duration) -> RedisResult<Attempt> {
+        ops::acquire(&mut self.conn.clone(), keys, owner, ttl).await
     }
 
     pub(crate) async fn extend(
@@ -223,17 +336,8 @@ impl RedisNode {
         owner: &OwnerId,
         ttl: Duration,
         write_back: Option<FencingToken>,
-    ) -> redis::RedisResult<LeaseState> {
-        let mut conn = self.conn.clone();
-        let reply: i64 = EXTEND
-            .key(&keys.lock)
-            .key(&keys.fence)
-            .arg(owner.as_str())
-            .arg(ttl_millis(ttl))
-            .arg(write_back.map_or(0, FencingToken::get))
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(LeaseState::from_reply(reply))
+    ) -> RedisResult<LeaseState> {
+        ops::extend(&mut self.conn.clone(), keys, owner, ttl, write_back).await
     }
 
     pub(crate) async fn release(
@@ -242,25 +346,12 @@ impl RedisNode {
         channel: &str,
         owner: &OwnerId,
         write_back: Option<FencingToken>,
-    ) -> redis::RedisResult<LeaseState> {
-        let mut conn = self.conn.clone();
-        let reply: i64 = RELEASE
-            .key(&keys.lock)
-            .key(&keys.fence)
-            .arg(owner.as_str())
-            .arg(write_back.map_or(0, FencingToken::get))
-            .arg(channel)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(LeaseState::from_reply(reply))
+    ) -> RedisResult<LeaseState> {
+        ops::release(&mut self.conn.clone(), keys, channel, Publish::Plain, owner, write_back).await
     }
-}
 
-impl RedisNode {
-    pub(crate) async fn raise_floor(&self, keys: &ResourceKeys, floor: FencingToken) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
-        let _: i64 = FLOOR.key(&keys.fence).arg(floor.get()).invoke_async(&mut conn).await?;
-        Ok(())
+    pub(crate) async fn raise_floor(&self, keys: &ResourceKeys, floor: FencingToken) -> RedisResult<()> {
+        ops::raise_floor(&mut self.conn.clone(), keys, floor).await
     }
 }
 
@@ -315,7 +406,11 @@ impl RedisLockBackend {
         let resp3 = info
             .clone()
             .set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3));
-        let releases = ReleaseHub::new(Client::open(resp3).map_err(unavailable)?, manager_config(&config));
+        let releases = ReleaseHub::on_server(
+            Channels::default(),
+            Client::open(resp3).map_err(unavailable)?,
+            manager_config(&config),
+        );
         Ok(Self {
             node,
             prefix: config.key_prefix.into(),
@@ -378,161 +473,5 @@ impl LockBackend for RedisLockBackend {
             .subscribe(ResourceKeys::released_channel(&self.prefix, resource))
             .await
             .map(Some)
-    }
-}
-
-/// Release wake-ups for one process: one RESP3 connection, subscribed to the
-/// channels of resources somebody here is waiting for, reference-counted so a
-/// channel is dropped when its last waiter leaves.
-#[derive(Clone)]
-struct ReleaseHub {
-    inner: Arc<HubInner>,
-}
-
-struct HubInner {
-    client: Client,
-    config: ConnectionManagerConfig,
-    conn: tokio::sync::OnceCell<ConnectionManager>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
-    /// Orders SUBSCRIBE and UNSUBSCRIBE calls so that a late unsubscribe can
-    /// never undo a newer subscribe.
-    changes: tokio::sync::Mutex<()>,
-}
-
-struct Channel {
-    notify: Arc<Notify>,
-    waiters: usize,
-}
-
-impl fmt::Debug for ReleaseHub {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReleaseHub").finish_non_exhaustive()
-    }
-}
-
-impl ReleaseHub {
-    fn new(client: Client, config: ConnectionManagerConfig) -> Self {
-        Self {
-            inner: Arc::new(HubInner {
-                client,
-                config,
-                conn: tokio::sync::OnceCell::new(),
-                channels: Arc::default(),
-                changes: tokio::sync::Mutex::new(()),
-            }),
-        }
-    }
-
-    async fn subscribe(&self, channel: String) -> Result<ReleaseSubscription, LockError> {
-        let unavailable = |e| LockError::unavailable("redis", e);
-        let _ordered = self.inner.changes.lock().await;
-        let conn = self.inner.connection().await.map_err(unavailable)?;
-        let (notify, first) = {
-            let mut channels = self.inner.lock_channels();
-            let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
-                notify: Arc::new(Notify::new()),
-                waiters: 0,
-            });
-            entry.waiters += 1;
-            (Arc::clone(&entry.notify), entry.waiters == 1)
-        };
-        let unsubscribe = Unsubscribe {
-            hub: self.clone(),
-            channel: channel.clone(),
-        };
-        if first {
-            // On failure `unsubscribe` drops here and undoes the count.
-            conn.clone().subscribe(&channel).await.map_err(unavailable)?;
-        }
-        Ok(ReleaseSubscription::new(notify, Box::new(unsubscribe)))
-    }
-}
-
-impl HubInner {
-    fn lock_channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
-        // The map holds plain counters; a panic elsewhere cannot leave it torn.
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    async fn connection(&self) -> redis::RedisResult<&ConnectionManager> {
-        self.conn
-            .get_or_try_init(|| async {
-                let channels = Arc::clone(&self.channels);
-                let config = self.config.clone().set_automatic_resubscription().set_push_sender(
-                    move |push: PushInfo| -> Result<(), redis::aio::SendError> {
-                        wake(&channels, push);
-                        Ok(())
-                    },
-                );
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
-            .await
-    }
-}
-
-/// Routes one push from Redis to the waiters it concerns.
-fn wake(channels: &Mutex<HashMap<String, Channel>>, push: PushInfo) {
-    let channels = channels.lock().unwrap_or_else(PoisonError::into_inner);
-    match push.kind {
-        PushKind::Message => {
-            if let Some(Value::BulkString(name)) = push.data.first()
-                && let Some(channel) = std::str::from_utf8(name).ok().and_then(|n| channels.get(n))
-            {
-                // One waiter per process per release: the others would
-                // only lose the race to it.
-                channel.notify.notify_one();
-            }
-        }
-        // Releases may have been missed while disconnected: everyone re-polls.
-        PushKind::Disconnection => {
-            for channel in channels.values() {
-                channel.notify.notify_waiters();
-            }
-        }
-        _ => {}
-    }
-}
-
-struct Unsubscribe {
-    hub: ReleaseHub,
-    channel: String,
-}
-
-impl Drop for Unsubscribe {
-    fn drop(&mut self) {
-        let last = {
-            let mut channels = self.hub.inner.lock_channels();
-            match channels.get_mut(&self.channel) {
-                Some(entry) if entry.waiters > 1 => {
-                    entry.waiters -= 1;
-                    false
-                }
-                Some(_) => {
-                    channels.remove(&self.channel);
-                    true
-                }
-                None => false,
-            }
-        };
-        if !last {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let hub = self.hub.clone();
-        let channel = std::mem::take(&mut self.channel);
-        runtime.spawn(async move {
-            let _ordered = hub.inner.changes.lock().await;
-            // A new waiter may have subscribed again meanwhile.
-            if hub.inner.lock_channels().contains_key(&channel) {
-                return;
-            }
-            if let Some(conn) = hub.inner.conn.get()
-                && let Err(e) = conn.clone().unsubscribe(&channel).await
-            {
-                debug!(channel, error = %e, "unsubscribe failed");
-            }
-        });
     }
 }

@@ -30,6 +30,27 @@ pub fn redlock_urls() -> Vec<String> {
         .collect()
 }
 
+/// The Redis Cluster of `scripts/stack` (any of its nodes is a seed).
+pub fn redis_cluster_urls() -> Vec<String> {
+    std::env::var("TURNSTILE_REDIS_CLUSTER_URLS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003".to_owned())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Deletes `resource`'s lease key on the cluster at `seeds`, on whichever
+/// master owns it, behind its holder's back.
+pub async fn delete_cluster_lease_key(seeds: &[String], resource: &str) {
+    let client = redis::cluster::ClusterClient::new(seeds.to_vec()).expect("valid cluster urls");
+    let mut conn = client.get_async_connection().await.expect("redis cluster reachable");
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("turnstile:{{{resource}}}:lock"))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+}
+
 /// Deletes `resource`'s lease key on each Redis in `urls` behind its
 /// holder's back, as a failover or an operator would (the contract's vanish).
 pub async fn delete_lease_keys(urls: &[String], resource: &str) {
@@ -131,6 +152,260 @@ impl Drop for PrivateRedis {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A Redis Cluster owned by one test: three masters with a replica each, on
+/// free ports, without persistence, so the test can kill a master without
+/// disturbing the stack's cluster or other tests. Every node dies with it.
+pub struct PrivateCluster {
+    nodes: Vec<ClusterNode>,
+    dir: PathBuf,
+}
+
+struct ClusterNode {
+    port: u16,
+    child: Option<Child>,
+}
+
+/// What `CLUSTER NODES` says about one node.
+#[derive(Debug, Clone)]
+pub struct NodeRole {
+    pub port: u16,
+    pub id: String,
+    pub master: bool,
+    pub failed: bool,
+    /// For a replica, the id of its master.
+    pub master_id: Option<String>,
+}
+
+impl PrivateCluster {
+    /// Starts six nodes and joins them with `redis-cli --cluster create`;
+    /// returns once every slot is served and every master has a replica.
+    pub async fn start(node_timeout: std::time::Duration) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("turnstile-cluster-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = Self { nodes: Vec::new(), dir };
+        // Held together until all are chosen, so no port is handed out twice.
+        let listeners = (0..12)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let ports = listeners
+            .iter()
+            .map(|l| Ok(l.local_addr()?.port()))
+            .collect::<Result<Vec<u16>>>()?;
+        drop(listeners);
+        for pair in ports.chunks(2) {
+            let (port, bus) = (pair[0], pair[1]);
+            let node_dir = cluster.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir)?;
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+                .args(["--cluster-node-timeout", &node_timeout.as_millis().to_string()])
+                .args(["--cluster-require-full-coverage", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("redis-server must be installed: run scripts/stack up")?;
+            ready(&mut child, port).await?;
+            cluster.nodes.push(ClusterNode {
+                port,
+                child: Some(child),
+            });
+        }
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .await
+            .context("redis-cli must be installed: run scripts/stack up")?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        cluster.until_healthy(std::time::Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Seed URLs: every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The nodes as a live node sees them.
+    pub async fn roles(&self) -> Result<Vec<NodeRole>> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let Ok(mut conn) = plain(node.port).await else { continue };
+            let Ok(text) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut conn)
+                .await
+            else {
+                continue;
+            };
+            return Ok(text
+                .lines()
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let port = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+                    let flags = fields.get(2)?;
+                    Some(NodeRole {
+                        port,
+                        id: (*fields.first()?).to_owned(),
+                        master: flags.contains("master"),
+                        failed: flags.contains("fail"),
+                        master_id: fields.get(3).filter(|m| **m != "-").map(|m| (*m).to_owned()),
+                    })
+                })
+                .collect());
+        }
+        bail!("no cluster node answers")
+    }
+
+    /// The port of the master serving `key`'s slot.
+    pub async fn master_of(&self, key: &str) -> Result<u16> {
+        let port = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .context("no node runs")?
+            .port;
+        let mut conn = plain(port).await?;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut conn)
+            .await?;
+        let slots: Vec<(i64, i64, Vec<redis::Value>)> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Vec<redis::Value>>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|range| {
+                let redis::Value::Array(fields) = range else {
+                    bail!("unexpected CLUSTER SLOTS reply")
+                };
+                let int = |v: &redis::Value| match v {
+                    redis::Value::Int(i) => Ok(*i),
+                    other => bail!("unexpected {other:?}"),
+                };
+                let master = match fields.get(2) {
+                    Some(redis::Value::Array(node)) => node.clone(),
+                    _ => bail!("unexpected CLUSTER SLOTS reply"),
+                };
+                Ok((int(&fields[0])?, int(&fields[1])?, master))
+            })
+            .collect::<Result<_>>()?;
+        let (_, _, master) = slots
+            .iter()
+            .find(|(from, to, _)| (*from..=*to).contains(&slot))
+            .context("slot not served")?;
+        match master.get(1) {
+            Some(redis::Value::Int(port)) => Ok(u16::try_from(*port)?),
+            other => bail!("unexpected master port {other:?}"),
+        }
+    }
+
+    /// SIGKILL the node on `port`: it loses everything it held.
+    pub async fn kill(&mut self, port: u16) -> Result<()> {
+        let node = self.nodes.iter_mut().find(|n| n.port == port).context("no such node")?;
+        if let Some(mut child) = node.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every live node answers, every slot is served by a live
+    /// master, and no live node is flagged as failing. There is no event for
+    /// a cluster agreeing, so this asks every 50 ms until `within`.
+    pub async fn until_healthy(&self, within: std::time::Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.healthy().await.unwrap_or(false) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("cluster not healthy within {within:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn healthy(&self) -> Result<bool> {
+        let live: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+            .collect();
+        for port in &live {
+            let mut conn = plain(*port).await?;
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await?;
+            if !info.contains("cluster_state:ok") || !info.contains("cluster_slots_ok:16384") {
+                return Ok(false);
+            }
+        }
+        let roles = self.roles().await?;
+        for role in roles.iter().filter(|r| !r.master && live.contains(&r.port)) {
+            let mut conn = plain(role.port).await?;
+            let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await?;
+            if !info.contains("master_link_status:up") {
+                return Ok(false);
+            }
+        }
+        let live_masters = roles.iter().filter(|r| r.master && live.contains(&r.port) && !r.failed);
+        Ok(live_masters.count() == 3)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A plain (non-cluster) connection to one node.
+pub async fn plain(port: u16) -> Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    Ok(client.get_multiplexed_async_connection().await?)
+}
+
+/// Returns once `child` logs that it accepts connections, and keeps draining
+/// its output so it never blocks on a full pipe.
+async fn ready(child: &mut Child, port: u16) -> Result<()> {
+    let stdout = child.stdout.take().context("redis-server stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.contains("Ready to accept connections") {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok(());
+        }
+    }
+    bail!("redis-server on port {port} exited before it was ready")
 }
 
 fn free_port() -> Result<u16> {
