@@ -304,6 +304,49 @@ pub async fn keep_alive_outlives_ttl(env: &ContractEnv) {
     lease.release().await.unwrap();
 }
 
+/// For backends that push release wake-ups (redis, redis-cluster; not part
+/// of [`contract_tests!`]'s common set): a subscribed waiter is woken by the
+/// release itself, not by its polling fallback.
+pub async fn release_wakes_a_subscriber(env: &ContractEnv) {
+    let resource = env.resource("wakeup");
+    let backend = (env.connect)().await;
+    let locks = LockClient::new(Arc::clone(&backend));
+    let holder = locks.try_acquire(&resource, Duration::from_secs(30)).await.unwrap();
+    let subscription = backend
+        .watch_releases(&resource)
+        .await
+        .unwrap()
+        .expect("this backend pushes release wake-ups");
+    let woken = subscription.notify().notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    holder.release().await.unwrap();
+    timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("release must wake the subscriber");
+}
+
+/// For backends that push release wake-ups: a waiter blocked behind a long
+/// lease on another client gets it as soon as it is released, long before
+/// the holder's ttl.
+pub async fn waiter_gets_the_lock_on_release(env: &ContractEnv) {
+    let resource = env.resource("handoff");
+    let (a, b) = (env.client().await, env.client().await);
+    let holder = a.try_acquire(&resource, Duration::from_secs(60)).await.unwrap();
+    let token = holder.token();
+    let waiter = {
+        let resource = resource.clone();
+        tokio::spawn(async move {
+            b.acquire(&resource, Duration::from_secs(5), Duration::from_secs(30))
+                .await
+        })
+    };
+    holder.release().await.unwrap();
+    let lease = waiter.await.unwrap().unwrap();
+    assert!(lease.token() > token);
+    lease.release().await.unwrap();
+}
+
 /// When the lease disappears from the store, the holder is told within the ttl.
 pub async fn lease_lost_fires_when_lease_vanishes(env: &ContractEnv) {
     let resource = env.resource("vanish");

@@ -44,6 +44,8 @@ fn env(name: &str) -> ContractEnv {
 }
 
 turnstile_lock::contract_tests!(env);
+// Release wake-ups are pushed, so a waiter is woken by the release itself.
+turnstile_lock::contract_tests!(@each env, release_wakes_a_subscriber, waiter_gets_the_lock_on_release);
 
 /// The masters of the stack's cluster and the slot ranges they serve.
 async fn masters(seed: &str) -> Result<Vec<(u16, Vec<(i64, i64)>)>> {
@@ -109,50 +111,6 @@ async fn leases_spread_over_every_master() -> Result<()> {
         held_per_master.len() == 3 && held_per_master.values().all(|n| *n > 0),
         "every master holds some leases: {held_per_master:?}"
     );
-    Ok(())
-}
-
-/// A waiter subscribed to release wake-ups (a sharded channel on the owning
-/// master) is woken by the release itself, not by polling.
-#[tokio::test]
-async fn release_publishes_a_sharded_wake_up() -> Result<()> {
-    let resource = unique("wakeup");
-    let backend = backend().await;
-    let locks = LockClient::new(Arc::clone(&backend));
-    let holder = locks.try_acquire(&resource, Duration::from_secs(30)).await?;
-    let subscription = backend
-        .watch_releases(&resource)
-        .await?
-        .expect("redis-cluster pushes release wake-ups");
-    let woken = subscription.notify().notified();
-    tokio::pin!(woken);
-    woken.as_mut().enable();
-    holder.release().await?;
-    tokio::time::timeout(Duration::from_secs(5), woken)
-        .await
-        .expect("release must wake the subscriber");
-    Ok(())
-}
-
-/// A waiter blocked behind a long lease on another client gets it as soon
-/// as it is released, long before the holder's ttl.
-#[tokio::test]
-async fn waiter_gets_the_lock_on_release() -> Result<()> {
-    let resource = unique("handoff");
-    let (a, b) = (LockClient::new(backend().await), LockClient::new(backend().await));
-    let holder = a.try_acquire(&resource, Duration::from_secs(60)).await?;
-    let token = holder.token();
-    let waiter = {
-        let resource = resource.clone();
-        tokio::spawn(async move {
-            b.acquire(&resource, Duration::from_secs(5), Duration::from_secs(30))
-                .await
-        })
-    };
-    holder.release().await?;
-    let lease = waiter.await??;
-    assert!(lease.token() > token);
-    lease.release().await?;
     Ok(())
 }
 
