@@ -24,6 +24,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use turnstile_claim::{ResourceId, ResourceKey, TenantId, audit::AuditScope};
+use turnstile_private_stores::free_port;
 
 /// The stack's Postgres.
 pub fn database_url() -> String {
@@ -80,6 +81,7 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
     claim_api::Settings {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url: database_url(),
+        database_read_url: None,
         pg_write_pool: 8,
         accept_batches: 4,
         pg_read_pool: 8,
@@ -108,10 +110,19 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
 
 /// A new API key of `tenant` with `role`, stored in the test database.
 pub async fn mint_key(tenant: &str, role: turnstile_claim::access::Role) -> String {
+    mint_key_in(&database_url(), tenant, role).await
+}
+
+/// A new API key of `tenant` with `role`, stored in the database at `url`.
+pub async fn mint_key_in(url: &str, tenant: &str, role: turnstile_claim::access::Role) -> String {
     let tenant = turnstile_claim::TenantId::parse(tenant).expect("a valid tenant");
-    let (_, key) = turnstile_store::keys::create_key(&db().await.unwrap(), &tenant, role, Some("test"))
+    let pool = turnstile_store::connect(url, 1, Duration::from_secs(5))
+        .await
+        .expect("connecting to mint a key");
+    let (_, key) = turnstile_store::keys::create_key(&pool, &tenant, role, Some("test"))
         .await
         .expect("minting a test key");
+    pool.close().await;
     key.reveal().to_owned()
 }
 
@@ -160,13 +171,14 @@ impl TestApi {
     /// Builds and serves an API with `settings`.
     pub async fn start(settings: claim_api::Settings) -> Result<Self> {
         use turnstile_claim::access::Role;
+        let database_url = settings.database_url.clone();
         let app = claim_api::Application::build(settings).await?;
         let base = format!("http://{}", app.local_addr()?);
         let operator = format!("http://{}", app.metrics_addr()?);
         let stop = CancellationToken::new();
         tokio::spawn(app.run_until_stopped(stop.clone()));
-        let claim_key = mint_key("default", Role::Claim).await;
-        let admin_key = mint_key("default", Role::Admin).await;
+        let claim_key = mint_key_in(&database_url, "default", Role::Claim).await;
+        let admin_key = mint_key_in(&database_url, "default", Role::Admin).await;
         let http = client_with_key(&claim_key);
         let admin = client_with_key(&admin_key);
         let anonymous = reqwest::Client::builder()
@@ -490,11 +502,6 @@ pub async fn metric(url: &str, name: &str) -> Result<f64> {
         .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
-}
-
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// A pool on the stack's Postgres, for asserting on what was written.

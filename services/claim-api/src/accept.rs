@@ -46,7 +46,7 @@ use turnstile_bus::{Publisher, QueueError, Topics, TraceHeaders};
 use turnstile_claim::{ClaimId, ClaimRequested};
 use turnstile_store::{self as store, Admission, ClaimRow, Reserved, StoreError};
 
-use crate::{metrics::ApiMetrics, problem::ApiError, resilience::Breaker};
+use crate::{metrics::ApiMetrics, problem::ApiError, reads::Reads, resilience::Breaker};
 
 /// Most claims recorded by one statement.
 const MAX_BATCH: usize = 256;
@@ -81,7 +81,7 @@ pub enum Admitted {
 #[derive(Clone)]
 pub struct AcceptDeps {
     pub(crate) write_pool: PgPool,
-    pub(crate) read_pool: PgPool,
+    pub(crate) reads: Reads,
     pub(crate) publisher: Publisher,
     pub(crate) topics: Topics,
     pub(crate) postgres: Breaker,
@@ -188,7 +188,7 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
     }
     if !replays.is_empty() {
         // Outside the batch's slot: the slot is for recording new claims.
-        tokio::spawn(answer_replays(deps.read_pool.clone(), replays));
+        tokio::spawn(answer_replays(deps.reads.clone(), replays));
     }
     // The clients have their answers; the batch's slot is held until Kafka
     // acknowledged its events (see the module docs).
@@ -198,9 +198,10 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
 /// Answers a batch's replays with their claims as stored now, read in one
 /// statement. A failed read answers without the row: the handler then
 /// reports the claim as pending, which a later read corrects.
-async fn answer_replays(read_pool: PgPool, replays: Vec<(oneshot::Sender<Result<Admitted, ApiError>>, ClaimId)>) {
+async fn answer_replays(reads: Reads, replays: Vec<(oneshot::Sender<Result<Admitted, ApiError>>, ClaimId)>) {
     let ids: Vec<ClaimId> = replays.iter().map(|(_, id)| *id).collect();
-    let rows: HashMap<ClaimId, ClaimRow> = store::claims(&read_pool, &ids)
+    let rows: HashMap<ClaimId, ClaimRow> = reads
+        .claims(&ids)
         .await
         .unwrap_or_default()
         .into_iter()

@@ -41,6 +41,7 @@ use crate::{
     feeds::{self, DecisionWaiters},
     metrics::ApiMetrics,
     problem::ApiError,
+    reads::Reads,
     resilience::Breaker,
     routes::{claims, health, resources},
 };
@@ -61,7 +62,7 @@ impl std::ops::Deref for AppState {
 /// The fields of [`AppState`].
 pub struct Shared {
     pub(crate) write_pool: PgPool,
-    pub(crate) read_pool: PgPool,
+    pub(crate) reads: Reads,
     pub(crate) cache: ResourceCache,
     pub(crate) redis: redis::aio::ConnectionManager,
     pub(crate) publisher: Publisher,
@@ -158,14 +159,19 @@ impl Application {
         )
         .await
         .context("connecting to postgres")?;
+        store::migrate(&write_pool).await.context("applying migrations")?;
         let read_pool = store::connect(
-            &settings.database_url,
+            settings.database_read_url.as_deref().unwrap_or(&settings.database_url),
             settings.pg_read_pool,
             settings.pg_acquire_timeout,
         )
         .await
-        .context("connecting to postgres")?;
-        store::migrate(&write_pool).await.context("applying migrations")?;
+        .context("connecting to the postgres read pool")?;
+        let reads = Reads::new(
+            read_pool,
+            settings.database_read_url.is_some().then(|| write_pool.clone()),
+            metrics.replica_fallbacks.clone(),
+        );
 
         let redis = redis::Client::open(settings.redis_url.as_str())?
             .get_connection_manager()
@@ -189,7 +195,9 @@ impl Application {
         )?;
 
         let background = CancellationToken::new();
-        let keys = KeyRing::load(read_pool.clone()).await.context("loading the API keys")?;
+        let keys = KeyRing::load(reads.primary_or(&write_pool).clone())
+            .await
+            .context("loading the API keys")?;
         keys.refresh_every(settings.callers.key_refresh, background.clone());
         let limits = CallerLimits::new(
             settings.callers.key_limit(),
@@ -217,7 +225,7 @@ impl Application {
         let accept = AcceptQueue::start(
             AcceptDeps {
                 write_pool: write_pool.clone(),
-                read_pool: read_pool.clone(),
+                reads: reads.clone(),
                 publisher: publisher.clone(),
                 topics: topics.clone(),
                 postgres: postgres.clone(),
@@ -231,7 +239,7 @@ impl Application {
             cache: ResourceCache::new(redis.clone(), "turnstile"),
             redis,
             write_pool,
-            read_pool,
+            reads,
             publisher: publisher.clone(),
             topics,
             decisions,

@@ -23,6 +23,7 @@ pub struct ApiMetrics {
     pub(crate) readiness_checks: IntCounter,
     pub(crate) decision_waiters: IntGauge,
     pub(crate) auth_refusals: IntCounterVec,
+    pub(crate) replica_fallbacks: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -64,6 +65,14 @@ impl ApiMetrics {
                     "turnstile_auth_refusals_total",
                     "Requests to /v1 refused before their handler, by reason: missing, malformed or unknown key \
                      (401), tenant_mismatch (403), rate_key (429).",
+                ),
+                &["reason"],
+            )?,
+            replica_fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "turnstile_replica_fallbacks_total",
+                    "Reads the read replica could not answer and the primary did, by reason: missing (the row \
+                     had not replicated yet), unavailable.",
                 ),
                 &["reason"],
             )?,
@@ -130,6 +139,7 @@ impl ApiMetrics {
         registry.register(Box::new(m.replays.clone()))?;
         registry.register(Box::new(m.unpublished.clone()))?;
         registry.register(Box::new(m.throttled.clone()))?;
+        registry.register(Box::new(m.replica_fallbacks.clone()))?;
         registry.register(Box::new(m.produce_duration.clone()))?;
         registry.register(Box::new(m.accept_batch_size.clone()))?;
         registry.register(Box::new(m.consumer_lag.clone()))?;

@@ -33,6 +33,12 @@ pub struct Settings {
     )]
     pub database_url: String,
 
+    /// A read replica of that database for the API's reads (claims,
+    /// coupons, SKUs). A row the replica lacks, and any read it cannot
+    /// answer, is read from the primary. Unset: reads go to the primary.
+    #[arg(long, env = "TURNSTILE_DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+
     /// Connections for accepting claims and creating resources.
     #[arg(long, env = "TURNSTILE_PG_WRITE_POOL", default_value_t = 8)]
     pub pg_write_pool: u32,

@@ -18,7 +18,6 @@ use turnstile_http::{
     auth::require,
     claims::{ClaimBody, ClaimView},
 };
-use turnstile_store as store;
 use uuid::Uuid;
 
 use crate::{
@@ -163,7 +162,7 @@ async fn accept(
     match tokio::time::timeout(wait, &mut waiting.decided).await {
         Ok(Ok(decided)) => Ok(ClaimView::from(&decided).respond()),
         // Not in time, or the feed missed it: the database has the answer.
-        _ => match store::claim(&state.read_pool, claim_id).await {
+        _ => match state.reads.claim(claim_id).await {
             Ok(Some(row)) => Ok(ClaimView::from(&row).respond()),
             _ => Ok(ClaimView::pending(claim_id).respond()),
         },
@@ -187,7 +186,7 @@ pub async fn get_claim(
     let tenant = principal.tenant;
     let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
     state.postgres.permit()?;
-    let row = store::claim(&state.read_pool, ClaimId::from_uuid(id)).await;
+    let row = state.reads.claim(ClaimId::from_uuid(id)).await;
     state
         .postgres
         .record(row.as_ref().map_or_else(|e| !e.is_transient(), |_| true));

@@ -67,7 +67,11 @@ async fn check(state: &AppState) -> Readiness {
     let limit = Duration::from_secs(1);
     let postgres = async {
         matches!(
-            tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&state.read_pool)).await,
+            tokio::time::timeout(
+                limit,
+                sqlx::query("SELECT 1").execute(state.reads.primary_or(&state.write_pool))
+            )
+            .await,
             Ok(Ok(_))
         )
     };
@@ -99,7 +103,7 @@ async fn check(state: &AppState) -> Readiness {
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus metrics")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    for (name, pool) in [("api_write", &state.write_pool), ("api_read", &state.read_pool)] {
+    for (name, pool) in [("api_write", &state.write_pool), ("api_read", state.reads.pool())] {
         state.pool_gauges.observe(name, pool.size(), pool.num_idle());
     }
     (

@@ -74,7 +74,7 @@ async fn stock(state: &AppState, key: &ResourceKey) -> Result<(i64, i64), ApiErr
         return Ok((cached.total, cached.remaining));
     }
     state.postgres.permit()?;
-    let row = store::resource(&state.read_pool, key).await;
+    let row = state.reads.resource(key).await;
     state
         .postgres
         .record(row.as_ref().map_or_else(|e| !e.is_transient(), |_| true));

@@ -1,0 +1,414 @@
+//! Throwaway PostgreSQL and Redis servers on free loopback ports, for the
+//! runs that must own their stores: a chaos scenario kills, freezes and
+//! restarts them, and the Postgres TLS tests need a server configured for
+//! TLS. Everything else uses the shared stack that `scripts/stack up`
+//! starts. The server binaries are the stack's (Debian's `postgresql` and
+//! `redis-server`); nothing is downloaded.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::{
+    process::{Child, Command},
+    time::sleep,
+};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// PostgreSQL refuses to run as root: as root, run it as `postgres`.
+fn as_postgres(program: &Path) -> Command {
+    if running_as_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn pg_bin() -> Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (scripts/stack up installs it)")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .context("no PostgreSQL server binaries under /usr/lib/postgresql")
+}
+
+/// A server certificate and key, in PEM, for a Postgres that speaks TLS.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate (its chain, leaf first).
+    pub cert_pem: String,
+    /// Its private key (PKCS#8 or PKCS#1).
+    pub key_pem: String,
+}
+
+/// A PostgreSQL server of its own: its own data directory under the log
+/// directory, its own port, database `turnstile` created.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    bin: PathBuf,
+    data: PathBuf,
+    log_dir: PathBuf,
+    port: u16,
+    server: Option<Child>,
+}
+
+impl PrivatePostgres {
+    /// Starts a server that takes plain TCP connections.
+    pub async fn start(log_dir: &Path) -> Result<Self> {
+        Self::start_with(log_dir, None).await
+    }
+
+    /// Starts a server that takes TLS connections only: any connection over
+    /// plain TCP is refused by `pg_hba.conf`, so a client that connects has
+    /// spoken TLS.
+    pub async fn start_with_tls(log_dir: &Path, tls: &ServerTls) -> Result<Self> {
+        Self::start_with(log_dir, Some(tls)).await
+    }
+
+    async fn start_with(log_dir: &Path, tls: Option<&ServerTls>) -> Result<Self> {
+        let bin = pg_bin()?;
+        let data = log_dir.join("pgdata");
+        std::fs::create_dir_all(&data)?;
+        if running_as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(log_dir)
+                .status()?;
+            if !status.success() {
+                bail!("chown of {} failed", log_dir.display());
+            }
+        }
+        let initdb = as_postgres(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        if !initdb.success() {
+            bail!("initdb failed");
+        }
+        if let Some(tls) = tls {
+            require_tls(&data, tls)?;
+        }
+        let mut postgres = Self {
+            bin,
+            data,
+            log_dir: log_dir.to_path_buf(),
+            port: free_port()?,
+            server: None,
+        };
+        postgres.launch().await?;
+        let admin = sqlx::PgPool::connect(&postgres.url_of("postgres")).await?;
+        sqlx::query("CREATE DATABASE turnstile").execute(&admin).await?;
+        admin.close().await;
+        Ok(postgres)
+    }
+
+    /// Starts a streaming replica of this server (a hot standby, read-only,
+    /// fed by `pg_basebackup -R`), with its data and log under `log_dir`.
+    /// Pausing its replay (`SELECT pg_wal_replay_pause()`) makes it lag on
+    /// demand.
+    pub async fn start_replica(&self, log_dir: &Path) -> Result<Self> {
+        let data = log_dir.join("pgdata");
+        std::fs::create_dir_all(log_dir)?;
+        if running_as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(log_dir)
+                .status()?;
+            if !status.success() {
+                bail!("chown of {} failed", log_dir.display());
+            }
+        }
+        let backup = as_postgres(&self.bin.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .arg("-D")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        if !backup.success() {
+            bail!("pg_basebackup from port {} failed", self.port);
+        }
+        let mut replica = Self {
+            bin: self.bin.clone(),
+            data,
+            log_dir: log_dir.to_path_buf(),
+            port: free_port()?,
+            server: None,
+        };
+        replica.launch().await?;
+        Ok(replica)
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn url_of(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// `postgres://` URL of its `turnstile` database (user `postgres`,
+    /// trusted; sqlx's default `sslmode=prefer`).
+    pub fn url(&self) -> String {
+        self.url_of("turnstile")
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join("postgres.log"))?;
+        let child = as_postgres(&self.bin.join("postgres"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c"])
+            .arg(format!("port={}", self.port))
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.data.display()))
+            .args(["-c", "max_connections=200", "-c", "fsync=off"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok()
+                && sqlx::PgPool::connect(&self.url_of("postgres")).await.is_ok()
+            {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "private PostgreSQL did not start; see {}/postgres.log",
+            self.log_dir.display()
+        )
+    }
+
+    /// SIGSTOP to every process of the server (its process group), and
+    /// SIGCONT after `pause`: connections stay open and nothing answers.
+    pub async fn freeze(&mut self, pause: Duration) -> Result<()> {
+        let pid = self
+            .server
+            .as_ref()
+            .and_then(Child::id)
+            .context("PostgreSQL is not running")?;
+        let group = format!("-{pid}");
+        let signal = |sig: &str| std::process::Command::new("kill").args([sig, "--", &group]).status();
+        if !signal("-STOP")?.success() {
+            bail!("kill -STOP -- {group} failed");
+        }
+        sleep(pause).await;
+        if !signal("-CONT")?.success() {
+            bail!("kill -CONT -- {group} failed");
+        }
+        Ok(())
+    }
+
+    /// Fast shutdown (SIGINT to the server's process group), then start
+    /// again on the same port and data. Returns how long it was down.
+    pub async fn restart(&mut self) -> Result<Duration> {
+        let down = Instant::now();
+        self.shutdown().await?;
+        self.launch().await?;
+        Ok(down.elapsed())
+    }
+
+    async fn shutdown(&mut self) -> Result<()> {
+        if let Some(mut child) = self.server.take() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-INT", "--", &format!("-{pid}")])
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+            // The postmaster may outlive `runuser`: wait for the port.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                if Instant::now() > deadline {
+                    bail!("PostgreSQL did not shut down");
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Turns TLS on in an initialised data directory and refuses plain TCP.
+fn require_tls(data: &Path, tls: &ServerTls) -> Result<()> {
+    use std::{io::Write, os::unix::fs::PermissionsExt};
+
+    // Postgres refuses a key that others can read.
+    for (name, pem) in [("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)] {
+        let path = data.join(name);
+        std::fs::write(&path, pem)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))?;
+    writeln!(
+        conf,
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+    )?;
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\n\
+         hostssl all all 127.0.0.1/32 trust\n\
+         hostssl replication all 127.0.0.1/32 trust\n\
+         hostnossl all all 127.0.0.1/32 reject\n",
+    )?;
+    if running_as_root() {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(data)
+            .status()?;
+        if !status.success() {
+            bail!("chown of {} failed", data.display());
+        }
+    }
+    Ok(())
+}
+
+/// A Redis server of its own, without persistence unless asked.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    port: u16,
+    log_dir: PathBuf,
+    server: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start(log_dir: &Path) -> Result<Self> {
+        let mut redis = Self {
+            port: free_port()?,
+            log_dir: log_dir.to_path_buf(),
+            server: None,
+        };
+        redis.launch().await?;
+        Ok(redis)
+    }
+
+    /// `redis://` URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join("redis.log"))?;
+        // No automatic snapshots; `snapshot` writes one into the log
+        // directory, and a restart loads it if there is one.
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"])
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.log_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server (scripts/stack up installs it)")?;
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        bail!("private redis-server did not start")
+    }
+
+    /// SIGKILL: the data is gone, as after a crash without persistence.
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.server.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn restart(&mut self) -> Result<()> {
+        self.launch().await
+    }
+
+    /// Writes a snapshot (`SAVE`) that a later [`roll_back`](Self::roll_back) restores.
+    pub async fn snapshot(&self) -> Result<()> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("SAVE").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// SIGKILL, then start again from the last snapshot: the data goes
+    /// back to what it was then, as after a restore from backup or a
+    /// failover to a replica that was behind.
+    pub async fn roll_back(&mut self) -> Result<()> {
+        if !self.log_dir.join("dump.rdb").is_file() {
+            bail!("no snapshot to roll back to");
+        }
+        self.kill().await?;
+        self.launch().await
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.kill().await;
+    }
+}
