@@ -54,6 +54,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, ValueEnum};
 use hyper::header::AUTHORIZATION;
+use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::{
@@ -66,6 +67,7 @@ use turnstile_private_stores::{PrivatePostgres, PrivateRedis, free_port};
 use crate::{
     credentials::Credentials,
     flash_sale::{self, FlashSaleArgs},
+    progress::Progress,
 };
 
 /// A fault to inject.
@@ -177,10 +179,14 @@ pub async fn run(args: &ChaosArgs) -> Result<Vec<ChaosReport>> {
         }
     }
     let mut reports = Vec::with_capacity(scenarios.len());
-    for scenario in scenarios {
-        let report = run_one(args, &bin_dir, scenario)
+    let count = scenarios.len();
+    for (n, scenario) in scenarios.into_iter().enumerate() {
+        let phase = Progress::new(args.json).spinner("starting private Postgres and Redis");
+        phase.set_prefix(format!("chaos {}/{count} {}: ", n + 1, scenario.name()));
+        let report = run_one(args, &bin_dir, scenario, &phase)
             .await
             .with_context(|| format!("scenario {}", scenario.name()))?;
+        phase.finish_and_clear();
         reports.push(report);
     }
     Ok(reports)
@@ -447,7 +453,8 @@ async fn wait_ready(url: &str, name: &str, log_dir: &Path) -> Result<()> {
     )
 }
 
-async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result<ChaosReport> {
+/// Runs one scenario; `phase` shows which part of it is under way.
+async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario, phase: &ProgressBar) -> Result<ChaosReport> {
     let run_id = format!("{:08x}", rand::random::<u32>());
     let log_dir = args
         .log_dir
@@ -492,6 +499,7 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
             "hold-lease-before-write=20*off->1*return(3000)".to_owned(),
         ));
     }
+    phase.set_message("starting claim-api and two workers");
     let mut rig = Rig::start(bin_dir, &log_dir, env, 2).await?;
     // claim-api is ready, so it has migrated the database: keys can go in.
     let credentials = {
@@ -512,6 +520,7 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
         ResourceId::parse("coupon", &flash_sale::coupon_code(&run_id, 0))?,
     );
     let started = Instant::now();
+    phase.set_message(format!("sale running at {rate:.0} claims/s, fault to come"));
     let sale_task = tokio::spawn(async move { flash_sale::run(&sale).await });
     // The pause lands inside a held lease (announced in the worker's log);
     // every other fault a quarter of the way in.
@@ -533,6 +542,7 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
     };
     let fault_at_s = started.elapsed().as_secs_f64();
     let fault_injected_at = now_rfc3339();
+    phase.set_message(format!("injecting the fault at {fault_at_s:.0} s"));
     let mut checks = serde_json::Map::new();
     let fault = match scenario {
         Scenario::PauseWorker => {
@@ -636,7 +646,11 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario) -> Result
         }
         Scenario::All => unreachable!("expanded above"),
     };
+    phase.set_message(format!(
+        "fault done ({fault}); sale and decisions finishing, then the audit"
+    ));
     let sale_report = sale_task.await??;
+    phase.set_message("checking the scenario's invariants");
     match scenario {
         Scenario::Overload => {
             // Shed for load, not refused by a key's or a user's own rate.

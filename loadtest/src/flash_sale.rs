@@ -59,7 +59,7 @@ use hyper::{
     StatusCode,
     header::{AUTHORIZATION, HeaderName, HeaderValue, RETRY_AFTER},
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -79,6 +79,7 @@ use crate::{
     credentials::{Credentials, KeyArgs},
     generator_cpu::CpuStopwatch,
     latency::Latencies,
+    progress::Progress,
     timeline::{Answer, SecondStats, Timeline},
 };
 
@@ -494,14 +495,11 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
 
     let total = (sale.rate * sale.duration as f64).round() as u64;
     let requests = prepare_requests(&run_id, &codes, sale.users, total, &mut rand::rng())?;
-    let progress = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total).with_style(
-            ProgressStyle::with_template("{spinner} offering claims [{bar:40}] {pos}/{len} {per_sec} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        )
-    };
+    let shown = Progress::new(args.json);
+    let progress = shown.bar(
+        total,
+        "{spinner} offering claims [{bar:40}] {pos}/{len} {per_sec} {msg}",
+    );
     let collected = Mutex::new(Collected {
         accepted: Vec::with_capacity(usize::try_from(total)?),
         ..Collected::default()
@@ -562,7 +560,13 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
     }
     let ids: Vec<Uuid> = accepted.iter().map(|c| c.id).collect();
     let decided_by = Instant::now() + Duration::from_secs(sale.decide_timeout);
-    let undecided = wait_for_decisions(pool, &ids, decided_by).await?;
+    let waiting = shown.bar(
+        ids.len() as u64,
+        "{spinner} waiting for decisions [{bar:40}] {pos}/{len} decided ({elapsed})",
+    );
+    let undecided = wait_for_decisions(pool, &ids, decided_by, &waiting).await?;
+    waiting.finish_and_clear();
+    let auditing = shown.spinner("auditing the sale in Postgres");
     let tenant = credentials.tenant();
     let mut report = audit(pool, tenant, &codes, &ids).await?;
     report.refused_keys_taken = refused_keys_taken(pool, tenant, &run_id, &refused).await?;
@@ -611,6 +615,7 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
     report.generator_cpu_share = generator.share;
     report.generator_cores = generator.cores;
     report.timeline = timeline.stats();
+    auditing.finish_and_clear();
     Ok(report)
 }
 
@@ -885,13 +890,14 @@ fn grants_to_earliest_share(accepted: &[AcceptedClaim], decisions: &HashMap<Uuid
 }
 
 /// Waits until none of `ids` is pending, or `deadline`; returns how many are.
-async fn wait_for_decisions(pool: &PgPool, ids: &[Uuid], deadline: Instant) -> Result<u64> {
+async fn wait_for_decisions(pool: &PgPool, ids: &[Uuid], deadline: Instant, progress: &ProgressBar) -> Result<u64> {
     loop {
         let pending: i64 =
             sqlx::query_scalar("SELECT count(*) FROM claims WHERE claim_id = ANY($1) AND status = 'pending'")
                 .bind(ids)
                 .fetch_one(pool)
                 .await?;
+        progress.set_position((ids.len() as u64).saturating_sub(u64::try_from(pending).unwrap_or(0)));
         if pending == 0 || Instant::now() >= deadline {
             return Ok(u64::try_from(pending).unwrap_or(0));
         }

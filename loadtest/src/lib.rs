@@ -27,6 +27,7 @@ pub mod html_report;
 pub mod latency;
 pub mod lock_bench;
 pub mod lock_compare;
+pub mod progress;
 pub mod sale_compare;
 pub mod sale_sweep;
 pub mod sale_table;

@@ -29,7 +29,7 @@ use turnstile_lock::{
     },
 };
 
-use crate::latency::Latencies;
+use crate::{latency::Latencies, progress::Progress};
 
 /// Which lock implementation to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -262,6 +262,15 @@ pub async fn run(args: &LockBenchArgs) -> Result<LockBenchReport> {
     let ttl = Duration::from_millis(args.ttl_ms);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
+    let progress = Progress::new(args.json).timed(
+        Duration::from_secs(args.duration),
+        format!(
+            "{} lock cycles, {} clients on {} keys",
+            args.backend.name(),
+            args.clients,
+            args.keys
+        ),
+    );
 
     let mut tasks = Vec::with_capacity(args.clients);
     for client in 0..args.clients {
@@ -311,6 +320,7 @@ pub async fn run(args: &LockBenchArgs) -> Result<LockBenchReport> {
         latencies.merge(&l);
         ops += n;
     }
+    progress.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let counted: u64 = state.iter().map(|s| s.counter.load(Ordering::SeqCst)).sum();
     let lost_updates = ops.abs_diff(counted);

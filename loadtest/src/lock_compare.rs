@@ -13,7 +13,10 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use crate::lock_bench::{self, BenchBackend, LockBenchArgs, LockBenchReport, Stores};
+use crate::{
+    lock_bench::{self, BenchBackend, LockBenchArgs, LockBenchReport, Stores},
+    progress::Progress,
+};
 
 /// Arguments of `loadtest lock-compare`.
 #[derive(Debug, Clone, Args)]
@@ -67,7 +70,15 @@ pub async fn run(args: &LockCompareArgs) -> Result<LockCompareReport> {
     if args.rounds == 0 || args.backends.is_empty() {
         anyhow::bail!("--rounds and --backends must not be empty");
     }
-    let mut runs = Vec::with_capacity(args.rounds * args.backends.len() * 2);
+    let total = args.rounds * args.backends.len() * 2;
+    let mut runs = Vec::with_capacity(total);
+    // The table and the JSON go to stdout at the end; stderr shows where
+    // the sequence is.
+    let progress = Progress::new(false).bar(
+        total as u64,
+        "{spinner} lock-compare [{bar:30}] run {pos}/{len}: {msg} ({elapsed}, about {eta} left)",
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
     for round in 1..=args.rounds {
         for (&backend, (shape, keys)) in args
             .backends
@@ -84,12 +95,15 @@ pub async fn run(args: &LockCompareArgs) -> Result<LockCompareReport> {
                 stores: args.stores.clone(),
                 json: true,
             };
+            progress.set_message(format!("{} {shape}, round {round}", backend.name()));
             let report = lock_bench::run(&bench).await?;
+            progress.inc(1);
             runs.push(ComparedRun { shape, round, report });
             // Let the previous run's background releases settle.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    progress.finish_and_clear();
     Ok(LockCompareReport { runs })
 }
 

@@ -23,7 +23,12 @@ use turnstile_loadtest::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "loadtest", version, about = "Benchmarks and load scenarios for Turnstile")]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Benchmarks and load scenarios for Turnstile",
+    after_help = EXIT_STATUS
+)]
 struct Cli {
     /// Runtime worker threads (default: one per core; 1 = single-threaded).
     #[arg(long, global = true)]
@@ -67,6 +72,17 @@ enum Command {
         name: String,
     },
 }
+
+/// What `--help` says of the exit status, for scripts that run loadtest.
+const EXIT_STATUS: &str = "\
+Progress goes to stderr on a terminal (none with --json); results go to stdout.
+
+Exit status:
+  0  the run finished and every invariant it checks held
+  1  the run finished and an invariant broke (units oversold, a user granted
+     twice, a lock held twice, a chaos check failed): its numbers are no result
+  2  the run could not be carried out (bad arguments, a service unreachable,
+     an API key refused)";
 
 fn exit_code(invariants_hold: bool) -> ExitCode {
     // A sale that broke an invariant must not pass for a result.
