@@ -1,0 +1,44 @@
+# Sourced by the measurement scripts (scripts/goodput, scripts/scale-workers):
+# starts and stops a fresh pipeline on the native stack, from release
+# binaries in $SVC, logging to $LOG, with the processes under test prefixed
+# by "${SUT[@]}" (e.g. taskset). The caller sets SVC, LOG and SUT.
+
+pids=()
+stop_services() {
+  [ ${#pids[@]} -eq 0 ] && return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  pids=()
+}
+
+wait_http() {
+  for _ in $(seq 300); do
+    python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "$(basename "$0"): $1 did not become ready; see $LOG" >&2
+  exit 1
+}
+
+common=(DATABASE_URL=postgres://postgres@127.0.0.1:5432/turnstile TURNSTILE_REDIS_URL=redis://127.0.0.1:6379
+        TURNSTILE_KAFKA_BROKERS=127.0.0.1:9092 TURNSTILE_LOG_FORMAT=json RUST_LOG=warn)
+
+# start_pipeline WORKERS: a fresh broker (its cost grows with its log), then
+# WORKERS claim-workers (metrics on 9101 and up) and one claim-api on 8080
+# (operator port 9100), and waits until each is ready.
+start_pipeline() {
+  local workers=$1 i
+  TURNSTILE_STACK_SERVICES=kafka scripts/stack down >/dev/null 2>&1 || true
+  scripts/stack up >/dev/null
+  for i in $(seq "$workers"); do
+    env "${common[@]}" TURNSTILE_METRICS_ADDR=127.0.0.1:$((9100 + i)) "${SUT[@]}" "$SVC/claim-worker" \
+      >"$LOG/pipeline-worker-$i.log" 2>&1 & pids+=($!)
+  done
+  # One generator stands for every client with one key: no per-key limit.
+  env "${common[@]}" TURNSTILE_HTTP_ADDR=127.0.0.1:8080 TURNSTILE_METRICS_ADDR=127.0.0.1:9100 TURNSTILE_KEY_RATE=0 \
+    "${SUT[@]}" "$SVC/claim-api" >"$LOG/pipeline-claim-api.log" 2>&1 & pids+=($!)
+  wait_http http://127.0.0.1:9100/readyz
+  for i in $(seq "$workers"); do
+    wait_http "http://127.0.0.1:$((9100 + i))/healthz"
+  done
+}
