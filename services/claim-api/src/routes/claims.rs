@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Extension, Json,
-    extract::{Path, State},
+    extract::State,
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
@@ -25,7 +25,7 @@ use crate::{
     accept::{AcceptJob, Admitted},
     admission::AdmissionTicket,
     app::{AppState, ClaimContext, CorrelationId},
-    extract::{self, JsonBody},
+    extract::{self, JsonBody, PathParam},
     problem::ApiError,
 };
 
@@ -180,7 +180,7 @@ async fn accept(
 pub async fn get_claim(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<ClaimView>, ApiError> {
     let not_found = || ApiError::NotFound(format!("claim {raw} does not exist"));
     require(&principal, Operation::Read)?;

@@ -2,7 +2,7 @@
 
 use axum::{
     Extension, Json,
-    extract::{Path, State},
+    extract::State,
     response::Response,
 };
 use turnstile_claim::{
@@ -14,7 +14,11 @@ use turnstile_store as store;
 
 use turnstile_http::resources::{Coupon, NewCoupon, NewResource, NewSku, Sku, path_key};
 
-use crate::{app::AppState, extract::JsonBody, problem::ApiError};
+use crate::{
+    app::AppState,
+    extract::{JsonBody, PathParam},
+    problem::ApiError,
+};
 
 async fn create(state: &AppState, new: &NewResource) -> Result<(), ApiError> {
     state.postgres.permit()?;
@@ -101,7 +105,7 @@ async fn stock(state: &AppState, key: &ResourceKey) -> Result<(i64, i64), ApiErr
 pub async fn get_coupon(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(code): Path<String>,
+    PathParam(code): PathParam,
 ) -> Result<Json<Coupon>, ApiError> {
     require(&principal, Operation::Read)?;
     let key = path_key(principal.tenant, ResourceKind::Coupon, &code)?;
@@ -118,7 +122,7 @@ pub async fn get_coupon(
 pub async fn get_sku(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam,
 ) -> Result<Json<Sku>, ApiError> {
     require(&principal, Operation::Read)?;
     let key = path_key(principal.tenant, ResourceKind::Sku, &sku)?;
