@@ -85,7 +85,8 @@ pub struct Shared {
 #[openapi(
     info(
         title = "Turnstile claim API",
-        description = "Coupon and inventory claims, decided under fenced locks."
+        description = "Coupon and inventory claims, decided under fenced locks. Every error is \
+                       `application/problem+json` (RFC 9457) with a stable `type`."
     ),
     paths(
         resources::create_coupon,
