@@ -2,7 +2,8 @@
 //! and their layers. Tests build it on port 0 and talk to it over HTTP.
 //!
 //! Two listeners: the API (`TURNSTILE_HTTP_ADDR`), where every `/v1` route
-//! needs an API key, and the operator listener (`TURNSTILE_METRICS_ADDR`,
+//! needs an API key (`/healthz`, `/openapi.json` and the reference at
+//! `/docs` are open), and the operator listener (`TURNSTILE_METRICS_ADDR`,
 //! loopback by default) with `/metrics`, `/readyz` and `/healthz`.
 
 use std::{
@@ -41,6 +42,7 @@ use crate::{
     feeds::{self, DecisionWaiters},
     metrics::ApiMetrics,
     problem::ApiError,
+    reference,
     resilience::Breaker,
     routes::{claims, health, resources},
 };
@@ -347,6 +349,7 @@ fn router(state: AppState, gate: AdmissionGate, gatekeeper: Gatekeeper, settings
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .merge(reference::routes())
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .merge(v1)

@@ -14,6 +14,7 @@ mod app;
 mod feeds;
 pub mod keys;
 mod metrics;
+pub mod reference;
 mod resilience;
 mod routes;
 pub mod settings;
