@@ -9,18 +9,16 @@
 //! service that serves this contract:
 //! - every `/v1` operation passes [`crate::auth::authenticate`] (401, 403,
 //!   429), may outlive the request deadline (408), may find a dependency
-//!   failing (503) and has bugs (500);
+//!   failing (503), and answers 500 for a bug;
 //! - a JSON body adds what [`crate::extract::JsonBody`] refuses (400, 408,
 //!   413, 415, 422);
 //! - a read by path adds 404, a create 409, and a claim its headers (400)
 //!   and admission's load shedding (429).
-//!
-//! [`Problem`]: crate::problem::Problem
 
 use std::collections::BTreeMap;
 
 use utoipa::{
-    IntoResponses,
+    IntoResponses, ToSchema,
     openapi::{
         ContentBuilder, Ref, RefOr, Response, ResponseBuilder, Type,
         header::HeaderBuilder,
@@ -28,19 +26,18 @@ use utoipa::{
     },
 };
 
+use crate::problem::Problem;
+
 /// The media type of every error answer (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// The name of the problem schema in the document's components; a document
-/// that uses these sets registers [`crate::problem::Problem`] under it.
-pub const PROBLEM_SCHEMA: &str = "Problem";
 
 /// An error answer: the problem body, and `headers` (name, description).
 fn problem(description: &str, headers: &[(&str, &str, Type)]) -> RefOr<Response> {
     let mut response = ResponseBuilder::new().description(description).content(
         PROBLEM_JSON,
         ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name(PROBLEM_SCHEMA)))
+            // A document that uses these sets lists the schema in its components.
+            .schema(Some(Ref::from_schema_name(Problem::name())))
             .build(),
     );
     for (name, about, kind) in headers {
