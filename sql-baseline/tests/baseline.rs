@@ -358,6 +358,11 @@ async fn bad_input_gets_a_4xx_problem_and_writes_nothing() {
 
     let unknown_route = api.http.get(api.url("/v2/nothing")).send().await.unwrap();
     assert_problem(unknown_route, StatusCode::NOT_FOUND, "/problems/not-found").await;
+    // A path id that does not decode to UTF-8 names nothing.
+    for path in ["/v1/claims/%FF", "/v1/coupons/%FF%FE", "/v1/skus/%FF"] {
+        let undecodable = api.http.get(api.url(path)).send().await.unwrap();
+        assert_problem(undecodable, StatusCode::NOT_FOUND, "/problems/not-found").await;
+    }
     let wrong_method = api.http.delete(api.url("/v1/claims")).send().await.unwrap();
     assert_problem(
         wrong_method,

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod browser;
 pub mod readme;
 
 use std::{

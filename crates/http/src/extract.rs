@@ -1,10 +1,11 @@
 //! Request parsing that answers in problem+json: the JSON body (content type,
-//! size, syntax and schema kept apart) and the claim headers.
+//! size, syntax and schema kept apart), the path parameter and the claim
+//! headers.
 
 use axum::{
     body::Body,
-    extract::{FromRequest, Request},
-    http::{HeaderMap, header},
+    extract::{FromRequest, FromRequestParts, Path, Request},
+    http::{HeaderMap, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 use turnstile_claim::IdempotencyKey;
@@ -59,6 +60,24 @@ where
                 serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
                 _ => ApiError::MalformedJson(e.to_string()),
             })
+    }
+}
+
+/// A path's one parameter (`{claim_id}`, `{code}`, `{sku}`), percent-decoded.
+/// One that does not decode to UTF-8 names nothing that can exist, so it is
+/// a 404 problem, as any other id that cannot exist (axum's own `Path`
+/// would answer a plain-text 400).
+#[derive(Debug)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| Self(value))
+            .map_err(|_| ApiError::NotFound(format!("nothing at {}", parts.uri.path())))
     }
 }
 

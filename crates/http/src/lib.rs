@@ -13,6 +13,8 @@
 //!   apart) and the claim headers (`Idempotency-Key`,
 //!   `Prefer: wait`), parsed into `turnstile-claim`'s types.
 //! - [`resources`]: the coupon and SKU bodies and their validation.
+//! - [`openapi`]: the errors each kind of operation answers, as the
+//!   OpenAPI document lists them.
 //! - [`listener`]: the services' TCP listener, with a deep accept queue.
 //! - [`serve`]: serving a router with a header-read timeout, a connection
 //!   cap and a graceful drain.
@@ -22,6 +24,7 @@ mod caller_settings;
 pub mod claims;
 pub mod extract;
 pub mod listener;
+pub mod openapi;
 pub mod problem;
 pub mod resources;
 pub mod routes;

@@ -2,7 +2,8 @@
 //! and their layers. Tests build it on port 0 and talk to it over HTTP.
 //!
 //! Two listeners: the API (`TURNSTILE_HTTP_ADDR`), where every `/v1` route
-//! needs an API key, and the operator listener (`TURNSTILE_METRICS_ADDR`,
+//! needs an API key (`/healthz`, `/openapi.json` and the reference at
+//! `/docs` are open), and the operator listener (`TURNSTILE_METRICS_ADDR`,
 //! loopback by default) with `/metrics`, `/readyz` and `/healthz`.
 
 use std::{
@@ -42,6 +43,7 @@ use crate::{
     metrics::ApiMetrics,
     problem::ApiError,
     reads::Reads,
+    reference,
     resilience::Breaker,
     routes::{claims, health, resources},
 };
@@ -86,7 +88,8 @@ pub struct Shared {
 #[openapi(
     info(
         title = "Turnstile claim API",
-        description = "Coupon and inventory claims, decided under fenced locks."
+        description = "Coupon and inventory claims, decided under fenced locks. Every error is \
+                       `application/problem+json` (RFC 9457) with a stable `type`."
     ),
     paths(
         resources::create_coupon,
@@ -354,6 +357,7 @@ fn router(state: AppState, gate: AdmissionGate, gatekeeper: Gatekeeper, settings
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .merge(reference::routes())
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .merge(v1)

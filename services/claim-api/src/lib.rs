@@ -15,6 +15,7 @@ mod feeds;
 pub mod keys;
 mod metrics;
 mod reads;
+pub mod reference;
 mod resilience;
 mod routes;
 pub mod settings;

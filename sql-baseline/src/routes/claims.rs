@@ -1,11 +1,6 @@
 //! `POST /v1/claims` (decided before it answers) and `GET /v1/claims/{id}`.
 
-use axum::{
-    Extension, Json,
-    extract::{Path, State},
-    http::HeaderMap,
-    response::Response,
-};
+use axum::{Extension, Json, extract::State, http::HeaderMap, response::Response};
 use turnstile_claim::{
     ClaimId, ClaimRequestBody, ClaimRequested, UnixMillis,
     access::{Operation, Principal},
@@ -16,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     app::AppState,
-    extract::{self, JsonBody},
+    extract::{self, JsonBody, PathParam},
     problem::ApiError,
     store::{ClaimOutcome, claim_for_update},
 };
@@ -82,7 +77,7 @@ pub async fn create_claim(
 pub async fn get_claim(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<ClaimView>, ApiError> {
     let not_found = || ApiError::NotFound(format!("claim {raw} does not exist"));
     require(&principal, Operation::Read)?;

@@ -1,11 +1,7 @@
 //! Coupons and SKUs: create them, read their stock (straight from Postgres:
 //! the baseline has no cache).
 
-use axum::{
-    Extension, Json,
-    extract::{Path, State},
-    response::Response,
-};
+use axum::{Extension, Json, extract::State, response::Response};
 use turnstile_claim::{
     ResourceKind,
     access::{Operation, Principal},
@@ -14,7 +10,11 @@ use turnstile_http::auth::require;
 use turnstile_http::resources::{Coupon, NewCoupon, NewResource, NewSku, Sku, path_key};
 use turnstile_store as store;
 
-use crate::{app::AppState, extract::JsonBody, problem::ApiError};
+use crate::{
+    app::AppState,
+    extract::{JsonBody, PathParam},
+    problem::ApiError,
+};
 
 async fn create(state: &AppState, new: &NewResource) -> Result<(), ApiError> {
     match store::create_resource(&state.pool, &new.key, new.total, new.per_user_limit).await {
@@ -62,7 +62,7 @@ async fn stock(state: &AppState, principal: Principal, kind: ResourceKind, raw: 
 pub async fn get_coupon(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(code): Path<String>,
+    PathParam(code): PathParam,
 ) -> Result<Json<Coupon>, ApiError> {
     let (total, remaining) = stock(&state, principal, ResourceKind::Coupon, &code).await?;
     Ok(Json(Coupon { code, total, remaining }))
@@ -72,7 +72,7 @@ pub async fn get_coupon(
 pub async fn get_sku(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam,
 ) -> Result<Json<Sku>, ApiError> {
     let (stock, remaining) = stock(&state, principal, ResourceKind::Sku, &sku).await?;
     Ok(Json(Sku { sku, stock, remaining }))

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Extension, Json,
-    extract::{Path, State},
+    extract::State,
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
@@ -17,6 +17,7 @@ use turnstile_claim::{
 use turnstile_http::{
     auth::require,
     claims::{ClaimBody, ClaimView},
+    openapi::{ClaimErrors, ReadErrors},
 };
 use uuid::Uuid;
 
@@ -24,7 +25,7 @@ use crate::{
     accept::{AcceptJob, Admitted},
     admission::AdmissionTicket,
     app::{AppState, ClaimContext, CorrelationId},
-    extract::{self, JsonBody},
+    extract::{self, JsonBody, PathParam},
     problem::ApiError,
 };
 
@@ -37,14 +38,9 @@ use crate::{
         ("Prefer" = Option<String>, Header, description = "`wait=N` (seconds, at most 10) waits for the decision"),
     ),
     responses(
-        (status = 202, description = "Accepted, pending", body = ClaimView),
-        (status = 200, description = "Decided within `Prefer: wait`", body = ClaimView),
-        (status = 400, body = crate::problem::Problem), (status = 401, body = crate::problem::Problem),
-        (status = 403, description = "Not a claim key", body = crate::problem::Problem),
-        (status = 413, body = crate::problem::Problem),
-        (status = 415, body = crate::problem::Problem), (status = 422, body = crate::problem::Problem),
-        (status = 429, description = "Overloaded, or the key's or user's rate exceeded; nothing was recorded and the key is still free", body = crate::problem::Problem),
-        (status = 503, description = "A dependency is down; nothing was recorded and the key is still free", body = crate::problem::Problem),
+        (status = 202, description = "Accepted, not decided yet; `Location` names the claim", body = ClaimView),
+        (status = 200, description = "Decided, within `Prefer: wait` or before this repeat of the request", body = ClaimView),
+        ClaimErrors,
     ),
     security(("api_key" = [])))]
 pub async fn create_claim(
@@ -173,13 +169,12 @@ async fn accept(
 /// found, exactly as one that does not exist.
 #[utoipa::path(get, path = "/v1/claims/{claim_id}", tag = "claims",
     params(("claim_id" = Uuid, Path, description = "The claim id")),
-    responses((status = 200, body = ClaimView), (status = 401, body = crate::problem::Problem),
-              (status = 404, body = crate::problem::Problem)),
+    responses((status = 200, description = "The claim as it stands", body = ClaimView), ReadErrors),
     security(("api_key" = [])))]
 pub async fn get_claim(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<ClaimView>, ApiError> {
     let not_found = || ApiError::NotFound(format!("claim {raw} does not exist"));
     require(&principal, Operation::Read)?;

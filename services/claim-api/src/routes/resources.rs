@@ -1,20 +1,22 @@
 //! Coupons and SKUs: create them, read their stock.
 
-use axum::{
-    Extension, Json,
-    extract::{Path, State},
-    response::Response,
-};
+use axum::{Extension, Json, extract::State, response::Response};
 use turnstile_claim::{
     ResourceKey, ResourceKind,
     access::{Operation, Principal},
 };
-use turnstile_http::auth::require;
+use turnstile_http::{
+    auth::require,
+    openapi::{CreateErrors, ReadErrors},
+    resources::{Coupon, NewCoupon, NewResource, NewSku, Sku, path_key},
+};
 use turnstile_store as store;
 
-use turnstile_http::resources::{Coupon, NewCoupon, NewResource, NewSku, Sku, path_key};
-
-use crate::{app::AppState, extract::JsonBody, problem::ApiError};
+use crate::{
+    app::AppState,
+    extract::{JsonBody, PathParam},
+    problem::ApiError,
+};
 
 async fn create(state: &AppState, new: &NewResource) -> Result<(), ApiError> {
     state.postgres.permit()?;
@@ -35,9 +37,7 @@ async fn create(state: &AppState, new: &NewResource) -> Result<(), ApiError> {
 
 /// Creates a coupon of the caller's tenant (admin keys).
 #[utoipa::path(post, path = "/v1/coupons", request_body = NewCoupon, tag = "resources",
-    responses((status = 201, body = Coupon), (status = 401, body = crate::problem::Problem),
-              (status = 403, body = crate::problem::Problem), (status = 409, body = crate::problem::Problem),
-              (status = 422, body = crate::problem::Problem)),
+    responses((status = 201, description = "Created; `Location` names it", body = Coupon), CreateErrors),
     security(("api_key" = [])))]
 pub async fn create_coupon(
     State(state): State<AppState>,
@@ -52,9 +52,7 @@ pub async fn create_coupon(
 
 /// Creates a SKU of the caller's tenant (admin keys).
 #[utoipa::path(post, path = "/v1/skus", request_body = NewSku, tag = "resources",
-    responses((status = 201, body = Sku), (status = 401, body = crate::problem::Problem),
-              (status = 403, body = crate::problem::Problem), (status = 409, body = crate::problem::Problem),
-              (status = 422, body = crate::problem::Problem)),
+    responses((status = 201, description = "Created; `Location` names it", body = Sku), CreateErrors),
     security(("api_key" = [])))]
 pub async fn create_sku(
     State(state): State<AppState>,
@@ -95,13 +93,12 @@ async fn stock(state: &AppState, key: &ResourceKey) -> Result<(i64, i64), ApiErr
 /// Reads a coupon of the caller's tenant.
 #[utoipa::path(get, path = "/v1/coupons/{code}", tag = "resources",
     params(("code" = String, Path, description = "Coupon code")),
-    responses((status = 200, body = Coupon), (status = 401, body = crate::problem::Problem),
-              (status = 404, body = crate::problem::Problem)),
+    responses((status = 200, description = "The coupon and what is left of it", body = Coupon), ReadErrors),
     security(("api_key" = [])))]
 pub async fn get_coupon(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(code): Path<String>,
+    PathParam(code): PathParam,
 ) -> Result<Json<Coupon>, ApiError> {
     require(&principal, Operation::Read)?;
     let key = path_key(principal.tenant, ResourceKind::Coupon, &code)?;
@@ -112,13 +109,12 @@ pub async fn get_coupon(
 /// Reads a SKU of the caller's tenant.
 #[utoipa::path(get, path = "/v1/skus/{sku}", tag = "resources",
     params(("sku" = String, Path, description = "SKU")),
-    responses((status = 200, body = Sku), (status = 401, body = crate::problem::Problem),
-              (status = 404, body = crate::problem::Problem)),
+    responses((status = 200, description = "The SKU and what is left of it", body = Sku), ReadErrors),
     security(("api_key" = [])))]
 pub async fn get_sku(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam,
 ) -> Result<Json<Sku>, ApiError> {
     require(&principal, Operation::Read)?;
     let key = path_key(principal.tenant, ResourceKind::Sku, &sku)?;
