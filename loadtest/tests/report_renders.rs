@@ -16,7 +16,6 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -27,6 +26,7 @@ use turnstile_loadtest::{
     html_report,
     timeline::SecondStats,
 };
+use turnstile_testkit::browser;
 
 fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".to_owned())
@@ -40,103 +40,17 @@ fn scratch_dir(test: &str) -> PathBuf {
     dir
 }
 
-/// Best effort: Chromium's helper processes may still be writing to their
-/// profile for a moment after the browser exits.
-fn remove_scratch(dir: &Path) {
-    for _ in 0..10 {
-        if std::fs::remove_dir_all(dir).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let candidates = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(std::env::split_paths(&path).map(|d| d.join("chromium")))
-        .chain([PathBuf::from("/usr/bin/chromium")]);
-    for candidate in candidates {
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("chromium is not installed: run scripts/ensure-chromium");
-}
-
-/// The DOM Chromium built from `html`, after loading it as a file.
-async fn rendered_dom(html: &Path, scratch: &Path) -> String {
-    let profile = scratch.join("chromium-profile");
-    let child = tokio::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", html.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+/// The DOM Chromium built from the report file `html`.
+async fn rendered_dom(html: &Path) -> String {
+    browser::render(&format!("file://{}", html.display()), Duration::from_secs(2))
         .await
-        .expect("chromium answers within 2 minutes")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "chromium failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+        .dom
 }
 
-/// A PNG of `html` as Chromium paints it, at 860 pixels wide: the page is
-/// laid out and drawn, not only parsed.
-async fn screenshot(html: &Path, scratch: &Path) -> Vec<u8> {
-    let png = scratch.join("report.png");
-    let output = tokio::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=860,4000",
-        ])
-        .arg(format!("--user-data-dir={}", scratch.join("chromium-shot").display()))
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(format!("file://{}", html.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), output)
-        .await
-        .expect("chromium answers within 2 minutes")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "chromium failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::read(&png).unwrap()
+/// A PNG of the report file `html` as Chromium paints it, at 860 pixels
+/// wide: the page is laid out and drawn, not only parsed.
+async fn screenshot(html: &Path) -> Vec<u8> {
+    browser::screenshot(&format!("file://{}", html.display()), 860, 4000).await
 }
 
 /// The markup of the chart with `id`: a `<figure>` that holds one `<svg>`.
@@ -332,7 +246,7 @@ async fn recorded_runs_render_every_chart() {
         recorded(Mode::SqlForUpdate, 10, 900, 900.0),
     ];
     html_report::write(&html, "pipeline vs sql-for-update", &runs).unwrap();
-    let dom = rendered_dom(&html, &scratch).await;
+    let dom = rendered_dom(&html).await;
 
     let seconds: Vec<String> = (0..10).map(|s| s.to_string()).collect();
     let seconds: Vec<&str> = seconds.iter().map(String::as_str).collect();
@@ -522,10 +436,10 @@ async fn recorded_runs_render_every_chart() {
     assert_eq!(dom.matches(r#"<td class="pass">0 ✓</td>"#).count(), 10);
 
     // Laid out and painted: a PNG with more in it than a blank page.
-    let png = screenshot(&html, &scratch).await;
+    let png = screenshot(&html).await;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     assert!(png.len() > 50_000, "a near-empty screenshot: {} bytes", png.len());
-    remove_scratch(&scratch);
+    browser::remove_dir_eventually(&scratch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,7 +516,7 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
     let scratch = scratch_dir("report-real");
     let html = scratch.join("sql-for-update.html");
     html_report::write(&html, "a small sql-for-update sale", std::slice::from_ref(&report)).unwrap();
-    let dom = rendered_dom(&html, &scratch).await;
+    let dom = rendered_dom(&html).await;
     // Every second of the run is a point of the decided line, and the
     // accept latency of every second with an answer one of its line.
     let throughput = assert_drawn(
@@ -632,5 +546,5 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
     );
     assert!(dom.contains(r#"<table id="invariants">"#));
     assert_eq!(dom.matches(r#"<td class="pass">0 ✓</td>"#).count(), 5);
-    remove_scratch(&scratch);
+    browser::remove_dir_eventually(&scratch);
 }

@@ -1,6 +1,7 @@
 //! Headless Chromium, for tests of what a person sees: a page loaded over
-//! HTTP with its scripts run, its DOM as they left it, and what it wrote to
-//! the console (Content-Security-Policy violations included). Chromium
+//! HTTP or from a file with its scripts run, its DOM as they left it, what
+//! it wrote to the console (Content-Security-Policy violations included),
+//! and a screenshot of it. Chromium
 //! comes from `scripts/ensure-chromium`; without it these tests fail, they
 //! are never skipped.
 
@@ -40,39 +41,16 @@ pub struct Rendered {
 /// for `virtual_time` of virtual time (timers and network settle; the wall
 /// clock wait is usually shorter), and returns its DOM and console.
 pub async fn render(url: &str, virtual_time: Duration) -> Rendered {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let profile = std::env::temp_dir().join(format!("turnstile-chromium-{nanos:x}-{:04x}", rand::random::<u16>()));
-    let child = tokio::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // Console messages go to stderr as `INFO:CONSOLE` lines.
-            "--enable-logging=stderr",
-            "--log-level=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let profile = fresh_profile();
+    let output = run(headless(&profile)
+        // Console messages go to stderr as `INFO:CONSOLE` lines.
+        .args(["--enable-logging=stderr", "--log-level=0"])
         .arg(format!("--virtual-time-budget={}", virtual_time.as_millis()))
         .arg("--dump-dom")
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("chromium answers within 2 minutes")
-        .unwrap();
+        .arg(url))
+    .await;
+    remove_dir_eventually(&profile);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "chromium failed: {}\n{stderr}", output.status);
-    remove_profile(&profile);
     Rendered {
         dom: String::from_utf8(output.stdout).unwrap(),
         console: stderr
@@ -83,9 +61,71 @@ pub async fn render(url: &str, virtual_time: Duration) -> Rendered {
     }
 }
 
-/// Best effort: Chromium's helper processes may still be writing to their
-/// profile for a moment after the browser exits.
-fn remove_profile(dir: &Path) {
+/// A PNG of `url` as Chromium lays it out and paints it in a window
+/// `width` × `height` pixels, without scrollbars.
+pub async fn screenshot(url: &str, width: u32, height: u32) -> Vec<u8> {
+    let profile = fresh_profile();
+    let png = profile.with_extension("png");
+    run(headless(&profile)
+        .arg("--hide-scrollbars")
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(url))
+    .await;
+    remove_dir_eventually(&profile);
+    let bytes = std::fs::read(&png).unwrap();
+    let _ = std::fs::remove_file(&png);
+    bytes
+}
+
+/// A Chromium command with the flags every headless run here takes: no
+/// sandbox (the tests run as root), no GPU, nothing fetched in the
+/// background, and its own profile directory.
+fn headless(profile: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(chromium());
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `command` to its end (at most 2 minutes) and asserts it succeeded.
+async fn run(command: &mut tokio::process::Command) -> std::process::Output {
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("chromium answers within 2 minutes")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "chromium failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A profile directory no other run uses.
+fn fresh_profile() -> PathBuf {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    std::env::temp_dir().join(format!("turnstile-chromium-{nanos:x}-{:04x}", rand::random::<u16>()))
+}
+
+/// Removes `dir`, best effort: Chromium's helper processes may still be
+/// writing to a profile for a moment after the browser exits.
+pub fn remove_dir_eventually(dir: &Path) {
     for _ in 0..10 {
         if std::fs::remove_dir_all(dir).is_ok() {
             return;

@@ -198,6 +198,18 @@ impl TestApi {
         })
     }
 
+    /// The OpenAPI document the API serves at `/openapi.json`.
+    pub async fn openapi(&self) -> serde_json::Value {
+        self.anonymous
+            .get(self.url("/openapi.json"))
+            .send()
+            .await
+            .expect("GET /openapi.json")
+            .json()
+            .await
+            .expect("/openapi.json is JSON")
+    }
+
     /// `base` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -226,18 +238,25 @@ impl TestApi {
         Ok(())
     }
 
-    /// Posts a claim as a well-behaved client does, up to 60 times: on 429
-    /// it waits the `Retry-After` it was given and tries again (a 429 has no
+    /// Posts a claim as a well-behaved client does, for up to three
+    /// minutes: on 429 it waits the `Retry-After` it was given, plus a
+    /// random part of a second so that the clients refused together do not
+    /// all come back in the same instant, and tries again (a 429 has no
     /// effect, so the retry is safe); on 408 (the request outlived the
     /// API's deadline, on a loaded machine) it asks again at once with the
-    /// same key, which replays the claim if it was recorded.
+    /// same key, which replays the claim if it was recorded. The budget is
+    /// time, not attempts: on a machine whose cores the whole suite shares,
+    /// the adaptive admission limit can stay low for a minute.
     pub async fn claim_politely(
         &self,
         key: &str,
         body: serde_json::Value,
         wait_secs: Option<u64>,
     ) -> Result<reqwest::Response> {
-        for _ in 0..60 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        let mut attempts = 0;
+        while tokio::time::Instant::now() < deadline {
+            attempts += 1;
             let response = self.claim(key, body.clone(), wait_secs).await?;
             match response.status() {
                 reqwest::StatusCode::TOO_MANY_REQUESTS => {}
@@ -250,9 +269,10 @@ impl TestApi {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .context("a 429 must carry Retry-After")?;
-            tokio::time::sleep(Duration::from_secs(retry_after)).await;
+            let jitter = Duration::from_millis(rand::random_range(0..1000));
+            tokio::time::sleep(Duration::from_secs(retry_after) + jitter).await;
         }
-        bail!("claim {key} still throttled or timed out after 60 attempts")
+        bail!("claim {key} still throttled or timed out after {attempts} attempts in 180 s")
     }
 
     /// Posts (or re-posts, which is idempotent) a claim until it is

@@ -89,15 +89,7 @@ impl PrivatePostgres {
         let bin = pg_bin()?;
         let data = log_dir.join("pgdata");
         std::fs::create_dir_all(&data)?;
-        if running_as_root() {
-            let status = std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(log_dir)
-                .status()?;
-            if !status.success() {
-                bail!("chown of {} failed", log_dir.display());
-            }
-        }
+        hand_to_postgres(log_dir)?;
         let initdb = as_postgres(&bin.join("initdb"))
             .arg("-D")
             .arg(&data)
@@ -133,15 +125,7 @@ impl PrivatePostgres {
     pub async fn start_replica(&self, log_dir: &Path) -> Result<Self> {
         let data = log_dir.join("pgdata");
         std::fs::create_dir_all(log_dir)?;
-        if running_as_root() {
-            let status = std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(log_dir)
-                .status()?;
-            if !status.success() {
-                bail!("chown of {} failed", log_dir.display());
-            }
-        }
+        hand_to_postgres(log_dir)?;
         let backup = as_postgres(&self.bin.join("pg_basebackup"))
             .args([
                 "-h",
@@ -309,13 +293,19 @@ fn require_tls(data: &Path, tls: &ServerTls) -> Result<()> {
          hostssl replication all 127.0.0.1/32 trust\n\
          hostnossl all all 127.0.0.1/32 reject\n",
     )?;
+    hand_to_postgres(data)
+}
+
+/// PostgreSQL refuses to run as root, so as root its files must belong to
+/// `postgres`, the user it runs as.
+fn hand_to_postgres(dir: &Path) -> Result<()> {
     if running_as_root() {
         let status = std::process::Command::new("chown")
             .args(["-R", "postgres:postgres"])
-            .arg(data)
+            .arg(dir)
             .status()?;
         if !status.success() {
-            bail!("chown of {} failed", data.display());
+            bail!("chown of {} failed", dir.display());
         }
     }
     Ok(())

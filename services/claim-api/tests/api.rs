@@ -451,15 +451,7 @@ async fn operational_endpoints() {
         ready,
         json!({"status": "ready", "postgres": true, "redis": true, "kafka": true})
     );
-    let doc: Value = api
-        .anonymous
-        .get(api.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = api.openapi().await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [
         "/v1/claims",

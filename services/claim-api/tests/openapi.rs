@@ -143,15 +143,7 @@ async fn every_answer_of_every_operation_is_documented() {
     let api = TestApi::start(api_settings(&Namespace::new("openapi-walk")))
         .await
         .unwrap();
-    let doc: Value = api
-        .anonymous
-        .get(api.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = api.openapi().await;
     assert!(doc["components"]["schemas"]["Problem"].is_object(), "no problem schema");
     let mut walk = Walk {
         doc,

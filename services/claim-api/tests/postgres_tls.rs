@@ -9,7 +9,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use reqwest::StatusCode;
@@ -52,13 +55,43 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
-/// The URL of `postgres`'s `turnstile` database with `query`, by host name
-/// `localhost`, which `verify-full` checks against the certificate.
-fn with_params(postgres: &PrivatePostgres, query: &str) -> String {
-    format!("postgres://postgres@localhost:{}/turnstile?{query}", postgres.port())
+/// A Postgres of the test's own that takes TLS connections only, with a
+/// certificate its own CA signed, in a scratch directory of its own.
+struct TlsPostgres {
+    dir: PathBuf,
+    server: PrivatePostgres,
+    /// The CA's certificate, for `sslrootcert`.
+    ca_file: PathBuf,
 }
 
-/// Whether this session's connection is encrypted, asked of the server.
+impl TlsPostgres {
+    async fn start(test: &str) -> Self {
+        let dir = scratch(test);
+        let pki = TestPki::new();
+        let server = PrivatePostgres::start_with_tls(&dir, &pki.server).await.unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+        Self { dir, server, ca_file }
+    }
+
+    /// The URL of its `turnstile` database with `query`, by host name
+    /// `localhost`, which `verify-full` checks against the certificate.
+    fn url(&self, query: &str) -> String {
+        format!("postgres://postgres@localhost:{}/turnstile?{query}", self.server.port())
+    }
+
+    /// The URL that checks the server's certificate against `ca_file`.
+    fn verify_full_url(&self, ca_file: &Path) -> String {
+        self.url(&format!("sslmode=verify-full&sslrootcert={}", ca_file.display()))
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether a connection to `url` is encrypted, asked of the server.
 async fn connection_is_encrypted(url: &str) -> bool {
     let pool = turnstile_store::connect(url, 1, Duration::from_secs(5)).await.unwrap();
     let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
@@ -71,52 +104,33 @@ async fn connection_is_encrypted(url: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sslmode_require_and_verify_full_connect_and_a_wrong_ca_or_plain_tcp_is_refused() {
-    let dir = scratch("pg-tls-modes");
-    let pki = TestPki::new();
-    let postgres = PrivatePostgres::start_with_tls(&dir, &pki.server).await.unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
-    let other_ca_file = dir.join("other-ca.pem");
+    let postgres = TlsPostgres::start("pg-tls-modes").await;
+    let other_ca_file = postgres.dir.join("other-ca.pem");
     std::fs::write(&other_ca_file, TestPki::new().ca_pem).unwrap();
 
     // Encrypted, certificate not checked.
-    assert!(connection_is_encrypted(&with_params(&postgres, "sslmode=require")).await);
+    assert!(connection_is_encrypted(&postgres.url("sslmode=require")).await);
     // Encrypted, chain and host name checked against the CA.
-    let verify_full = with_params(
-        &postgres,
-        &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
-    );
-    assert!(connection_is_encrypted(&verify_full).await);
+    assert!(connection_is_encrypted(&postgres.verify_full_url(&postgres.ca_file)).await);
 
     // A CA that did not sign the server's certificate: the handshake fails.
-    let wrong_ca = with_params(
-        &postgres,
-        &format!("sslmode=verify-full&sslrootcert={}", other_ca_file.display()),
-    );
+    let wrong_ca = postgres.verify_full_url(&other_ca_file);
     let refused = turnstile_store::connect(&wrong_ca, 1, Duration::from_secs(5)).await;
     assert!(
         refused.is_err(),
         "verify-full accepted a certificate its CA did not sign"
     );
     // The server takes no plain TCP.
-    let plain = turnstile_store::connect(&with_params(&postgres, "sslmode=disable"), 1, Duration::from_secs(5)).await;
+    let plain = turnstile_store::connect(&postgres.url("sslmode=disable"), 1, Duration::from_secs(5)).await;
     assert!(plain.is_err(), "the server took a connection without TLS");
 
     postgres.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_is_accepted_and_decided_on_a_postgres_that_requires_verify_full() {
-    let dir = scratch("pg-tls-claims");
-    let pki = TestPki::new();
-    let postgres = PrivatePostgres::start_with_tls(&dir, &pki.server).await.unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
-    let database_url = with_params(
-        &postgres,
-        &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
-    );
+    let postgres = TlsPostgres::start("pg-tls-claims").await;
+    let database_url = postgres.verify_full_url(&postgres.ca_file);
 
     let ns = Namespace::new("pg-tls-claims");
     let api = TestApi::start(claim_api::Settings {
@@ -140,7 +154,7 @@ async fn a_claim_is_accepted_and_decided_on_a_postgres_that_requires_verify_full
         .unwrap();
     assert_eq!(decided["status"], "granted", "{decided}");
 
-    // The row is in the TLS server's database, and nowhere else.
+    // The granted claim is in the TLS server's database.
     let pool = turnstile_store::connect(&database_url, 1, Duration::from_secs(5))
         .await
         .unwrap();
@@ -153,7 +167,6 @@ async fn a_claim_is_accepted_and_decided_on_a_postgres_that_requires_verify_full
 
     worker.stop().await.unwrap();
     postgres.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Reads the replica-fallback counter for `reason` from the API's metrics.

@@ -94,15 +94,7 @@ async fn docs_draws_every_operation_from_files_the_api_serves() {
     }
 
     // Drawn in a browser, with the claim operation opened by its deep link.
-    let doc: Value = api
-        .anonymous
-        .get(api.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = api.openapi().await;
     let rendered = browser::render(&api.url("/docs#/claims/create_claim"), Duration::from_secs(20)).await;
     let violations: Vec<&String> = rendered
         .console
