@@ -75,6 +75,15 @@ impl Namespace {
             group_id: format!("{id}-workers"),
         }
     }
+
+    /// The stack's broker, this namespace's topics, 3 partitions each.
+    pub fn kafka(&self) -> turnstile_bus::KafkaSettings {
+        turnstile_bus::KafkaSettings {
+            topic_prefix: self.topic_prefix.clone(),
+            partitions: 3,
+            ..turnstile_bus::KafkaSettings::single_broker(brokers())
+        }
+    }
 }
 
 /// Settings for an API in a test: port 0, the test's namespace.
@@ -88,10 +97,7 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         pg_read_pool: 8,
         pg_acquire_timeout: Duration::from_secs(2),
         redis_url: redis_url(),
-        kafka: turnstile_bus::KafkaSettings::single_broker(brokers()),
-        kafka_idempotence: false,
-        topic_prefix: ns.topic_prefix.clone(),
-        partitions: 3,
+        kafka: ns.kafka(),
         worker_group_id: ns.group_id.clone(),
         max_inflight: 512,
         admission_limiter: claim_api::LimiterKind::Aimd,
@@ -350,11 +356,8 @@ impl Drop for TestApi {
 /// Settings for an in-process worker: metrics on port 0, the namespace.
 pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
     claim_worker::Settings {
-        kafka: turnstile_bus::KafkaSettings::single_broker(brokers()),
-        kafka_idempotence: false,
-        topic_prefix: ns.topic_prefix.clone(),
+        kafka: ns.kafka(),
         group_id: ns.group_id.clone(),
-        partitions: 3,
         database_url: database_url(),
         pg_pool: 8,
         redis_url: redis_url(),

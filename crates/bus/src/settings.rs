@@ -1,6 +1,6 @@
 //! The Kafka settings every service shares, as one clap group.
 
-use crate::{KafkaConnection, TopicLayout, properties_from_env};
+use crate::{KafkaConnection, TopicLayout, Topics, properties_from_env};
 
 /// Where the cluster is and how the services' topics are laid out on it.
 /// Any librdkafka property can be added as `TURNSTILE_KAFKA_<PROPERTY>`
@@ -25,6 +25,26 @@ pub struct KafkaSettings {
     #[arg(long, env = "TURNSTILE_KAFKA_MIN_INSYNC_REPLICAS", default_value_t = 1)]
     pub kafka_min_insync_replicas: i32,
 
+    /// The idempotent producer: on with Apache Kafka, off with tansu 0.6,
+    /// which does not implement it.
+    #[arg(
+        long = "kafka-idempotence",
+        env = "TURNSTILE_KAFKA_IDEMPOTENCE",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub idempotence: bool,
+
+    /// Prefix of the topic names (claims.requested, claims.decided,
+    /// claims.requested.dlq), so that several pipelines share a cluster.
+    #[arg(long, env = "TURNSTILE_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Partitions of the topics a service creates; a topic with fewer gets
+    /// more where the broker can add them.
+    #[arg(long, env = "TURNSTILE_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+
     /// The `TURNSTILE_KAFKA_<PROPERTY>` variables, read by
     /// [`KafkaSettings::read_properties`].
     #[arg(skip)]
@@ -32,14 +52,23 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
-    /// Settings for the cluster at `brokers` with one copy of each partition.
+    /// Settings for the cluster at `brokers` with one copy of each
+    /// partition, the defaults otherwise.
     pub fn single_broker(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             kafka_replication_factor: 1,
             kafka_min_insync_replicas: 1,
+            idempotence: false,
+            topic_prefix: String::new(),
+            partitions: 6,
             properties: Vec::new(),
         }
+    }
+
+    /// The services' topics, under the prefix.
+    pub fn topics(&self) -> Topics {
+        Topics::with_prefix(&self.topic_prefix)
     }
 
     /// Takes the librdkafka properties from `vars` (the process's
@@ -55,10 +84,10 @@ impl KafkaSettings {
         KafkaConnection::new(&self.brokers).with_properties(self.properties.iter().cloned())
     }
 
-    /// The layout of topics of `partitions` each.
-    pub fn layout(&self, partitions: i32) -> TopicLayout {
+    /// How the services' topics are laid out.
+    pub fn layout(&self) -> TopicLayout {
         TopicLayout {
-            partitions,
+            partitions: self.partitions,
             replication_factor: self.kafka_replication_factor,
             min_insync_replicas: self.kafka_min_insync_replicas,
         }
@@ -66,6 +95,9 @@ impl KafkaSettings {
 
     /// The rules between these settings, as (variable, value, problem).
     pub fn check(&self) -> Result<(), (&'static str, i32, String)> {
+        if self.partitions < 1 {
+            return Err(("TURNSTILE_PARTITIONS", self.partitions, "must be at least 1".to_owned()));
+        }
         if self.kafka_replication_factor < 1 {
             return Err((
                 "TURNSTILE_KAFKA_REPLICATION_FACTOR",
@@ -102,6 +134,8 @@ mod tests {
         assert_eq!(settings.check().unwrap_err().0, "TURNSTILE_KAFKA_MIN_INSYNC_REPLICAS");
         settings.kafka_replication_factor = 0;
         assert_eq!(settings.check().unwrap_err().0, "TURNSTILE_KAFKA_REPLICATION_FACTOR");
+        settings.partitions = 0;
+        assert_eq!(settings.check().unwrap_err().0, "TURNSTILE_PARTITIONS");
     }
 
     #[test]
@@ -109,7 +143,8 @@ mod tests {
         let mut settings = KafkaSettings::single_broker("b:9092");
         settings.kafka_replication_factor = 3;
         settings.kafka_min_insync_replicas = 2;
-        let layout = settings.layout(12);
+        settings.partitions = 12;
+        let layout = settings.layout();
         assert_eq!(
             (layout.partitions, layout.replication_factor, layout.min_insync_replicas),
             (12, 3, 2)

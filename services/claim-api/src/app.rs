@@ -181,10 +181,10 @@ impl Application {
             .await
             .context("connecting to redis")?;
 
-        let topics = Topics::with_prefix(&settings.topic_prefix);
+        let topics = settings.kafka.topics();
         let kafka = settings.kafka.connection();
         topics
-            .ensure(&kafka, &settings.kafka.layout(settings.partitions))
+            .ensure(&kafka, &settings.kafka.layout())
             .await
             .context("creating topics")?;
         let publisher = Publisher::connect(
@@ -192,7 +192,7 @@ impl Application {
             &ProducerTuning {
                 delivery_timeout: Duration::from_secs(5),
                 linger: settings.producer_linger,
-                idempotence: settings.kafka_idempotence,
+                idempotence: settings.kafka.idempotence,
                 ..ProducerTuning::default()
             },
         )?;

@@ -69,28 +69,10 @@ pub struct Settings {
     )]
     pub redis_url: String,
 
-    /// The cluster, its topics' layout and any librdkafka property.
+    /// The cluster, the producer, the topics' names and layout, and any
+    /// librdkafka property.
     #[command(flatten)]
     pub kafka: KafkaSettings,
-
-    /// The idempotent producer: on with Apache Kafka, off with tansu 0.6,
-    /// which does not implement it.
-    #[arg(
-        long,
-        env = "TURNSTILE_KAFKA_IDEMPOTENCE",
-        default_value_t = false,
-        action = clap::ArgAction::Set
-    )]
-    pub kafka_idempotence: bool,
-
-    /// Prefix of the topic names (claims.requested, claims.decided,
-    /// claims.requested.dlq), so that several pipelines share a cluster.
-    #[arg(long, env = "TURNSTILE_TOPIC_PREFIX", default_value = "")]
-    pub topic_prefix: String,
-
-    /// Partitions of the topics the API creates.
-    #[arg(long, env = "TURNSTILE_PARTITIONS", default_value_t = 6)]
-    pub partitions: i32,
 
     /// The workers' consumer group, whose lag the API watches.
     #[arg(
@@ -184,13 +166,6 @@ impl Settings {
                 return Err(InvalidSetting::new(name, value, "must be at least 1"));
             }
         }
-        if self.partitions < 1 {
-            return Err(InvalidSetting::new(
-                "TURNSTILE_PARTITIONS",
-                self.partitions,
-                "must be at least 1",
-            ));
-        }
         if let Err((name, value, problem)) = self.kafka.check() {
             return Err(InvalidSetting::new(name, value, problem));
         }
@@ -256,7 +231,7 @@ mod tests {
             "TURNSTILE_KEY_REFRESH=6s is invalid: must be above 0 and at most 5s"
         );
         settings.callers.key_refresh = Duration::from_secs(2);
-        settings.partitions = -1;
+        settings.kafka.partitions = -1;
         assert_eq!(
             settings.validate().unwrap_err().to_string(),
             "TURNSTILE_PARTITIONS=-1 is invalid: must be at least 1"

@@ -41,7 +41,7 @@ use rdkafka::consumer::Consumer;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Publisher, Topics};
+use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Publisher};
 use turnstile_claim::audit::OversoldLedger;
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
@@ -104,10 +104,10 @@ impl Worker {
         .context("connecting to postgres")?;
         store::migrate(&pool).await.context("applying migrations")?;
 
-        let topics = Topics::with_prefix(&settings.topic_prefix);
+        let topics = settings.kafka.topics();
         let kafka = settings.kafka.connection();
         topics
-            .ensure(&kafka, &settings.kafka.layout(settings.partitions))
+            .ensure(&kafka, &settings.kafka.layout())
             .await
             .context("creating topics")?;
 
@@ -176,7 +176,7 @@ impl Worker {
         let publisher = Publisher::connect(
             &kafka,
             &ProducerTuning {
-                idempotence: settings.kafka_idempotence,
+                idempotence: settings.kafka.idempotence,
                 ..ProducerTuning::default()
             },
         )?;

@@ -59,31 +59,14 @@ pub struct Settings {
     )]
     pub redis_url: String,
 
-    /// The cluster, its topics' layout and any librdkafka property.
+    /// The cluster, the producer, the topics' names and layout, and any
+    /// librdkafka property.
     #[command(flatten)]
     pub kafka: KafkaSettings,
-
-    /// The idempotent producer (decisions and dead letters): on with Apache
-    /// Kafka, off with tansu 0.6, which does not implement it.
-    #[arg(
-        long,
-        env = "TURNSTILE_KAFKA_IDEMPOTENCE",
-        default_value_t = false,
-        action = clap::ArgAction::Set
-    )]
-    pub kafka_idempotence: bool,
-
-    /// Prefix of the topic names, so that several pipelines share a cluster.
-    #[arg(long, env = "TURNSTILE_TOPIC_PREFIX", default_value = "")]
-    pub topic_prefix: String,
 
     /// The consumer group: workers in one group share the partitions.
     #[arg(long, env = "TURNSTILE_GROUP_ID", default_value = "claim-workers")]
     pub group_id: String,
-
-    /// Partitions of the topics this worker creates.
-    #[arg(long, env = "TURNSTILE_PARTITIONS", default_value_t = 6)]
-    pub partitions: i32,
 
     /// How long the group waits for a silent worker before moving its
     /// partitions to the others.
@@ -186,13 +169,6 @@ impl Settings {
             if value == 0 {
                 return Err(InvalidSetting::new(name, value, "must be at least 1"));
             }
-        }
-        if self.partitions < 1 {
-            return Err(InvalidSetting::new(
-                "TURNSTILE_PARTITIONS",
-                self.partitions,
-                "must be at least 1",
-            ));
         }
         if let Err((name, value, problem)) = self.kafka.check() {
             return Err(InvalidSetting::new(name, value, problem));
