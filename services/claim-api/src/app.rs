@@ -198,7 +198,7 @@ impl Application {
         )?;
 
         let background = CancellationToken::new();
-        let keys = KeyRing::load(reads.primary_or(&write_pool).clone())
+        let keys = KeyRing::load(reads.primary().clone())
             .await
             .context("loading the API keys")?;
         keys.refresh_every(settings.callers.key_refresh, background.clone());

@@ -47,10 +47,10 @@ impl Reads {
         &self.pool
     }
 
-    /// A pool on the primary that is not the accept path's: the read pool
-    /// when it is on the primary, else `writes`.
-    pub(crate) fn primary_or<'a>(&'a self, writes: &'a PgPool) -> &'a PgPool {
-        if self.primary.is_some() { writes } else { &self.pool }
+    /// A pool on the primary: the read pool when it is on the primary, else
+    /// the one behind the replica.
+    pub(crate) fn primary(&self) -> &PgPool {
+        self.primary.as_ref().unwrap_or(&self.pool)
     }
 
     /// One claim.

@@ -67,11 +67,7 @@ async fn check(state: &AppState) -> Readiness {
     let limit = Duration::from_secs(1);
     let postgres = async {
         matches!(
-            tokio::time::timeout(
-                limit,
-                sqlx::query("SELECT 1").execute(state.reads.primary_or(&state.write_pool))
-            )
-            .await,
+            tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(state.reads.primary())).await,
             Ok(Ok(_))
         )
     };
