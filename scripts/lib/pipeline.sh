@@ -2,8 +2,23 @@
 # starts and stops a fresh pipeline on the native stack, from release
 # binaries in $SVC, logging to $LOG, with the processes under test prefixed
 # by "${SUT[@]}" (e.g. taskset). The caller sets SVC, LOG and SUT.
+#
+# Each service runs under scripts/lib/supervise.sh (`supervised NAME CMD...`),
+# so a crash costs a restart within seconds, not the measurement; its
+# supervisor logs each restart in the service's log and counts them in
+# .stack/run/NAME.restarts. `pids` holds the supervisors: SIGTERM to one
+# stops its service.
 
 pids=()
+SUPERVISE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/supervise.sh"
+
+# supervised NAME COMMAND...: runs COMMAND under its supervisor in the
+# background, logging to $LOG/NAME.log, and adds the supervisor to `pids`.
+supervised() {
+  local name=$1
+  shift
+  "$SUPERVISE" "$name" "$@" >"$LOG/$name.log" 2>&1 </dev/null & pids+=($!)
+}
 stop_services() {
   [ ${#pids[@]} -eq 0 ] && return 0
   kill -TERM "${pids[@]}" 2>/dev/null || true
@@ -31,12 +46,12 @@ start_pipeline() {
   TURNSTILE_STACK_SERVICES=kafka scripts/stack down >/dev/null 2>&1 || true
   scripts/stack up >/dev/null
   for i in $(seq "$workers"); do
-    env "${common[@]}" TURNSTILE_METRICS_ADDR=127.0.0.1:$((9100 + i)) "${SUT[@]}" "$SVC/claim-worker" \
-      >"$LOG/pipeline-worker-$i.log" 2>&1 & pids+=($!)
+    supervised "pipeline-worker-$i" env "${common[@]}" TURNSTILE_METRICS_ADDR=127.0.0.1:$((9100 + i)) \
+      "${SUT[@]}" "$SVC/claim-worker"
   done
   # One generator stands for every client with one key: no per-key limit.
-  env "${common[@]}" TURNSTILE_HTTP_ADDR=127.0.0.1:8080 TURNSTILE_METRICS_ADDR=127.0.0.1:9100 TURNSTILE_KEY_RATE=0 \
-    "${SUT[@]}" "$SVC/claim-api" >"$LOG/pipeline-claim-api.log" 2>&1 & pids+=($!)
+  supervised pipeline-claim-api env "${common[@]}" TURNSTILE_HTTP_ADDR=127.0.0.1:8080 \
+    TURNSTILE_METRICS_ADDR=127.0.0.1:9100 TURNSTILE_KEY_RATE=0 "${SUT[@]}" "$SVC/claim-api"
   wait_http http://127.0.0.1:9100/readyz
   for i in $(seq "$workers"); do
     wait_http "http://127.0.0.1:$((9100 + i))/healthz"
