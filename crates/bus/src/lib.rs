@@ -9,6 +9,8 @@
 //! configuration and encoding; the decisions live elsewhere.
 
 mod connection;
+mod health;
+mod keeper;
 mod publish;
 mod settings;
 
@@ -16,6 +18,8 @@ use std::time::Duration;
 
 pub use connection::{KafkaConnection, OWN_SETTINGS, PROPERTY_PREFIX, properties_from_env, variable_of};
 use prometheus::{IntCounter, IntGaugeVec};
+pub use health::KafkaHealth;
+pub use keeper::TopicKeeper;
 pub use publish::{Publisher, QueueError, TraceHeaders};
 pub use settings::KafkaSettings;
 
@@ -178,6 +182,9 @@ pub fn producer(kafka: &KafkaConnection, tuning: &ProducerTuning) -> Result<Futu
         .set("queue.buffering.max.messages", tuning.queue_limit.to_string())
         .set("compression.type", "lz4")
         .set("socket.nagle.disable", "true")
+        // A missing topic comes back with our layout ([`TopicKeeper`]),
+        // never with the broker's default.
+        .set("allow.auto.create.topics", "false")
         .set_log_level(RDKafkaLogLevel::Warning);
     kafka.create(config)
 }
@@ -214,6 +221,7 @@ impl Default for ConsumerTuning {
 pub struct GroupContext {
     rebalances: IntCounter,
     partition_lag: IntGaugeVec,
+    health: Option<KafkaHealth>,
 }
 
 /// How often librdkafka reports statistics (and so partition lag).
@@ -226,11 +234,25 @@ impl GroupContext {
         Self {
             rebalances,
             partition_lag,
+            health: None,
         }
+    }
+
+    /// Also reports losing every broker to `health`.
+    pub fn with_health(mut self, health: KafkaHealth) -> Self {
+        self.health = Some(health);
+        self
     }
 }
 
 impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let (Some(health), KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) = (&self.health, &error) {
+            health.lost();
+        }
+        warn!(error = %error, reason, "librdkafka: error");
+    }
+
     fn stats(&self, statistics: Statistics) {
         // Replace the whole set: partitions revoked since the last report
         // must not linger with a stale lag.

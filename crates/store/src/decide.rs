@@ -100,12 +100,45 @@ impl OrphanReason {
 /// the claims, one write of the decisions, `COMMIT`. The fence is its own
 /// statement on purpose: it takes the resource's row lock, and the read
 /// after it gets a snapshot in which every earlier writer has committed.
+///
+/// The caller announces the decisions: the consume path, whose partition
+/// offset is stored only once they are announced or owed.
 pub async fn decide_fenced(
     pool: &PgPool,
     resource: &ResourceKey,
     fence: FencingToken,
     events: &[ClaimRequested],
 ) -> Result<FencedOutcome, StoreError> {
+    decide(pool, resource, fence, events, Announce::ByCaller).await
+}
+
+/// [`decide_fenced`], owing the announcement of every decision in the same
+/// transaction (the [`crate::outbox`]): for deciders with no offset to hold
+/// a decision's announcement back, such as the sweeper.
+pub async fn decide_fenced_owing(
+    pool: &PgPool,
+    resource: &ResourceKey,
+    fence: FencingToken,
+    events: &[ClaimRequested],
+) -> Result<FencedOutcome, StoreError> {
+    decide(pool, resource, fence, events, Announce::ThroughOutbox).await
+}
+
+/// Who answers for announcing a batch's decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    ByCaller,
+    ThroughOutbox,
+}
+
+async fn decide(
+    pool: &PgPool,
+    resource: &ResourceKey,
+    fence: FencingToken,
+    events: &[ClaimRequested],
+    announce: Announce,
+) -> Result<FencedOutcome, StoreError> {
+    let owe = announce == Announce::ThroughOutbox;
     let mut tx = pool.begin().await?;
     let tenant = resource.tenant.as_str();
     let kind = resource.kind.as_str();
@@ -159,7 +192,7 @@ pub async fn decide_fenced(
                 .iter()
                 .map(|c| Decision::Rejected(c.claim_id, RejectReason::UnknownResource)),
         );
-        write_decisions(&mut tx, resource, &decided.decisions, None, None).await?;
+        write_decisions(&mut tx, resource, &decided.decisions, None, None, owe).await?;
         tx.commit().await?;
         return Ok(FencedOutcome::Applied { decided, stock: None });
     };
@@ -179,6 +212,7 @@ pub async fn decide_fenced(
         &decided.decisions,
         Some(token),
         Some(outcome.remaining),
+        owe,
     )
     .await?;
     tx.commit().await?;
@@ -330,8 +364,8 @@ fn sort_batch(resource: &ResourceKey, events: &[ClaimRequested], stored: Vec<Sto
     sorted
 }
 
-/// One statement: the decisions, and the units left (when the resource
-/// exists) under the same fence.
+/// One statement: the decisions, the units left (when the resource exists)
+/// under the same fence, and, when `owe`, their announcements in the outbox.
 ///
 /// `decided_at` is `clock_timestamp()`, not `now()`: the statement runs after
 /// the fence row lock is taken, so per resource it orders decisions as they
@@ -342,6 +376,7 @@ async fn write_decisions(
     decisions: &[Decision],
     fence: Option<i64>,
     remaining: Option<i64>,
+    owe: bool,
 ) -> Result<(), StoreError> {
     let n = decisions.len();
     let (mut ids, mut statuses, mut reasons) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -356,6 +391,10 @@ async fn write_decisions(
            UPDATE claims AS c SET status = d.status, reason = d.reason, fence = $6, decided_at = clock_timestamp()
              FROM unnest($3::uuid[], $4::text[], $5::text[]) AS d(claim_id, status, reason)
             WHERE c.claim_id = d.claim_id AND c.status = 'pending'
+           RETURNING c.claim_id
+         ), owed AS (
+           INSERT INTO decision_outbox (claim_id) SELECT claim_id FROM decided WHERE $9
+           ON CONFLICT (claim_id) DO NOTHING
          )
          UPDATE resources SET remaining = $7
           WHERE tenant_id = $8 AND kind = $1 AND id = $2 AND fence = $6 AND $7::int8 IS NOT NULL",
@@ -367,6 +406,7 @@ async fn write_decisions(
         fence,
         remaining,
         resource.tenant.as_str(),
+        owe,
     )
     .execute(&mut **tx)
     .await?;

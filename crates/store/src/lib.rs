@@ -16,6 +16,9 @@
 //!   claims whose rows exist and belong to the batch's resource.
 //! - [`sweep`] (claim-worker): claims left pending past a window, the
 //!   safety net for an event that was never published or never consumed.
+//! - [`outbox`] (claim-worker): decisions whose `ClaimDecided` Kafka has not
+//!   taken yet, so that announcing follows from the database and never
+//!   holds up a decision.
 //! - [`audit`]: the invariants recounted from the claims themselves, for the
 //!   worker's audit, the tests and the load generator alike.
 //! - [`keys`] (claim-api, sql-baseline): API keys, stored as digests.
@@ -27,11 +30,14 @@ mod audit;
 pub mod cache;
 mod decide;
 pub mod keys;
+pub mod outbox;
 mod sweep;
 
 pub use accept::{Admission, Reservation, Reserved, reserve_claim, reserve_claims};
 pub use audit::check_invariants;
-pub use decide::{BatchDecided, EarlierDecision, FencedOutcome, Orphan, OrphanReason, decide_fenced};
+pub use decide::{
+    BatchDecided, EarlierDecision, FencedOutcome, Orphan, OrphanReason, decide_fenced, decide_fenced_owing,
+};
 pub use sweep::{StalePending, SweepTurn, reject_invalid, stale_pending};
 
 use std::time::Duration;

@@ -101,17 +101,41 @@ pub async fn stale_pending(pool: &PgPool, older_than: Duration, limit: i64) -> R
 }
 
 /// Rejects pending claims whose rows are no valid claims, with the reason
-/// `invalid_claim`. No stock changes, so no fence is needed; a claim decided
-/// meanwhile is left as it is.
+/// `invalid_claim`, and owes their announcements (the [`crate::outbox`]).
+/// No stock changes, so no fence is needed; but the write holds the row
+/// locks of the resources the rows name, as every decision does, so it
+/// cannot interleave with a fenced decision of the same claims. A claim
+/// decided meanwhile is left as it is.
 pub async fn reject_invalid(pool: &PgPool, claims: &[ClaimId]) -> Result<u64, StoreError> {
     let ids: Vec<Uuid> = claims.iter().map(ClaimId::as_uuid).collect();
-    let done = sqlx::query!(
-        "UPDATE claims SET status = 'rejected', reason = $2, decided_at = clock_timestamp()
-          WHERE claim_id = ANY($1) AND status = 'pending'",
+    let mut tx = pool.begin().await?;
+    // In key order, as in every multi-resource lock, so two such writers
+    // cannot deadlock.
+    sqlx::query!(
+        "SELECT r.fence FROM resources r JOIN claims c
+             ON r.tenant_id = c.tenant_id AND r.kind = c.kind AND r.id = c.resource_id
+          WHERE c.claim_id = ANY($1)
+          ORDER BY r.tenant_id, r.kind, r.id
+            FOR UPDATE OF r",
+        &ids,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let rejected = sqlx::query_scalar!(
+        r#"WITH rejected AS (
+             UPDATE claims SET status = 'rejected', reason = $2, decided_at = clock_timestamp()
+              WHERE claim_id = ANY($1) AND status = 'pending'
+             RETURNING claim_id
+           ), owed AS (
+             INSERT INTO decision_outbox (claim_id) SELECT claim_id FROM rejected
+             ON CONFLICT (claim_id) DO NOTHING
+           )
+           SELECT count(*) AS "rejected!" FROM rejected"#,
         &ids,
         RejectReason::InvalidClaim.as_str(),
     )
-    .execute(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(done.rows_affected())
+    tx.commit().await?;
+    Ok(u64::try_from(rejected).unwrap_or(0))
 }
