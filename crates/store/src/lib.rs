@@ -33,7 +33,7 @@ pub mod keys;
 pub mod outbox;
 mod sweep;
 
-pub use accept::{Admission, Reservation, Reserved, reserve_claim, reserve_claims};
+pub use accept::{Admission, Reservation, Reserved, pending_claims, reserve_claim, reserve_claims};
 pub use audit::check_invariants;
 pub use decide::{
     BatchDecided, EarlierDecision, FencedOutcome, Orphan, OrphanReason, decide_fenced, decide_fenced_owing,
@@ -61,12 +61,36 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Concurrent requests kept inserting the same keys; nothing was
+    /// written for them. Retry later.
+    #[error("claims contended by concurrent batches")]
+    Contended,
+    /// A statement failed after an earlier statement of the same call had
+    /// committed rows. Retry: the committed rows are found again.
+    #[error("a statement failed after rows were committed")]
+    PartlyCommitted(#[source] Box<StoreError>),
 }
 
 impl StoreError {
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::Contended | Self::PartlyCommitted(_))
+    }
+
+    /// Whether the failed statement may have committed anyway: the
+    /// connection failed while it ran (Postgres restarting, a network
+    /// fault), so its answer was lost. A database error answered for the
+    /// statement means it was rolled back; a pool that gave no connection
+    /// sent nothing.
+    pub fn may_have_committed(&self) -> bool {
+        match self {
+            Self::Unavailable(e) | Self::Query(e) => !matches!(
+                e,
+                sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            ),
+            Self::PartlyCommitted(_) => true,
+            Self::Migrate(_) | Self::Contended => false,
+        }
     }
 }
 
@@ -79,13 +103,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                // Connection exceptions, serialization failures and
-                // deadlocks, shutdown, too many connections.
-                code.starts_with("08")
-                    || code.starts_with("57P")
-                    || matches!(code.as_ref(), "40001" | "40P01" | "53300" | "55P03")
-            }),
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_sqlstate(&code)),
             _ => false,
         };
         if transient {
@@ -96,14 +114,71 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Opens a bounded pool. `acquire_timeout` is the bulkhead's teeth: when
-/// every connection is busy, callers fail fast instead of queueing forever.
+/// Whether a statement that failed with SQLSTATE `code` may succeed when
+/// retried later: the failure is the server's state, not the statement's.
+fn is_transient_sqlstate(code: &str) -> bool {
+    // 08: connection exceptions. 53: insufficient resources (disk full,
+    // out of memory, too many connections). 57P: shutdown, crash recovery.
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        // Serialization failure, deadlock; lock_timeout (55P03) and
+        // statement_timeout or a cancel (57014); a read-only transaction
+        // (25006: a primary demoted, or a standby not yet promoted).
+        || matches!(code, "40001" | "40P01" | "55P03" | "57014" | "25006")
+}
+
+/// How long one statement, and one wait for a lock, may take on a pool's
+/// connections (Postgres' `statement_timeout` and `lock_timeout`, set for
+/// every session when it starts). Past them the statement fails with
+/// `57014` or `55P03`, both transient: a frozen or overloaded database
+/// costs a caller a bounded wait, never a connection held forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementTimeouts {
+    /// Postgres' `statement_timeout`.
+    pub statement: Duration,
+    /// Postgres' `lock_timeout`.
+    pub lock: Duration,
+}
+
+impl Default for StatementTimeouts {
+    /// A backstop for any pool: above the slowest statement the services
+    /// run (the worker's full oversold recount, about 1.5 s on 3.5 million
+    /// claims), far below "forever".
+    fn default() -> Self {
+        Self {
+            statement: Duration::from_secs(30),
+            lock: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Opens a bounded pool with [`StatementTimeouts::default`]. `acquire_timeout`
+/// is the bulkhead's teeth: when every connection is busy, callers fail fast
+/// instead of queueing forever.
 pub async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool, StoreError> {
+    connect_with(url, max_connections, acquire_timeout, StatementTimeouts::default()).await
+}
+
+/// [`connect`], with `timeouts` on every connection.
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+    timeouts: StatementTimeouts,
+) -> Result<PgPool, StoreError> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    // Whole milliseconds; 0 would turn a timeout off, so at least 1.
+    let ms = |d: Duration| d.as_millis().max(1);
+    let options = options.options([
+        ("statement_timeout", ms(timeouts.statement)),
+        ("lock_timeout", ms(timeouts.lock)),
+    ]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(acquire_timeout)
-        .connect(url)
+        .connect_with(options)
         .await?)
 }
 
@@ -215,4 +290,19 @@ pub async fn claims(pool: &PgPool, claim_ids: &[ClaimId]) -> Result<Vec<ClaimRow
             fence: r.fence,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient_sqlstate;
+
+    #[test]
+    fn the_servers_state_is_transient_and_the_statements_fault_is_not() {
+        for code in ["08006", "53100", "53200", "53300", "57P01", "57P03", "57014", "25006", "55P03", "40001"] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "22P02", "42P01", "25P02"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+    }
 }

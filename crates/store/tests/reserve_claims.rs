@@ -118,3 +118,105 @@ async fn another_tenants_coupon_is_unknown() {
     assert!(store::claim(&pool, claim.claim_id).await.unwrap().is_none());
     assert_eq!(store::resource(&pool, &theirs).await.unwrap().unwrap().remaining, 5);
 }
+
+/// A key another batch inserts while this one runs is settled inside
+/// `reserve_claims` (the statement's snapshot predates the other row, so it
+/// runs again for that key): a replay when the other batch wrote the same
+/// request, a reused key when not, and the rest of the batch recorded once.
+#[tokio::test]
+async fn keys_a_concurrent_batch_holds_are_settled_once_it_commits() {
+    let pool = pool().await;
+    let run = format!("{:08x}", rand::random::<u32>());
+    let coupon = coupon(&pool, "RACE", 10).await;
+    let (same, other) = ([4; 32], [5; 32]);
+    let (held, reused, fresh) = (
+        event(&coupon, &format!("held-{run}"), "u1"),
+        event(&coupon, &format!("reused-{run}"), "u2"),
+        event(&coupon, &format!("fresh-{run}"), "u3"),
+    );
+
+    // The other batch: inserted, not committed yet.
+    let mut other_batch = pool.begin().await.unwrap();
+    let theirs = [admission(&same, &held), admission(&same, &reused)];
+    assert_eq!(
+        store::reserve_claims(&mut other_batch, &theirs).await.unwrap(),
+        vec![Reserved::New, Reserved::New]
+    );
+
+    let ours = tokio::spawn({
+        let pool = pool.clone();
+        let (held, reused, fresh) = (held.clone(), reused.clone(), fresh.clone());
+        async move {
+            let batch = [admission(&same, &held), admission(&other, &reused), admission(&same, &fresh)];
+            let mut conn = pool.acquire().await.unwrap();
+            store::reserve_claims(&mut conn, &batch).await.unwrap()
+        }
+    });
+    // Ours waits on the other batch's rows: it is blocked on their lock.
+    let blocked = async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%new_claims%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), blocked)
+        .await
+        .expect("the second batch waits for the first");
+    other_batch.commit().await.unwrap();
+
+    assert_eq!(
+        ours.await.unwrap(),
+        vec![Reserved::Replay(held.claim_id), Reserved::KeyReused, Reserved::New]
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE resource_id = $1")
+        .bind(coupon.id.as_str())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
+}
+
+/// `accepted_at` is the database's clock, the one the sweeper compares it
+/// with, not the clock of the API that sent the event.
+#[tokio::test]
+async fn a_claim_is_accepted_at_the_databases_time() {
+    let pool = pool().await;
+    let coupon = coupon(&pool, "CLOCK", 1).await;
+    // The event says November 2026, whatever the API's clock read.
+    let claim = event(&coupon, &format!("clock-{:08x}", rand::random::<u32>()), "u1");
+    assert_eq!(
+        admit(&pool, &[6; 32], std::slice::from_ref(&claim)).await,
+        vec![Reserved::New]
+    );
+    let skew: f64 = sqlx::query_scalar(
+        "SELECT abs(extract(epoch FROM now() - accepted_at))::float8 FROM claims WHERE claim_id = $1",
+    )
+    .bind(claim.claim_id.as_uuid())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(skew < 60.0, "accepted {skew} s away from the database's now()");
+}
+
+/// The backlog count stops at its cap, however many claims are pending.
+#[tokio::test]
+async fn the_pending_count_stops_at_its_cap() {
+    let pool = pool().await;
+    let coupon = coupon(&pool, "BACKLOG", 10).await;
+    let run = format!("{:08x}", rand::random::<u32>());
+    let claims: Vec<ClaimRequested> = (0..3)
+        .map(|i| event(&coupon, &format!("backlog-{i}-{run}"), &format!("u{i}")))
+        .collect();
+    admit(&pool, &[8; 32], &claims).await;
+    // At least these three are pending (other tests share the database).
+    assert_eq!(store::pending_claims(&pool, 2).await.unwrap(), 2);
+    assert!(store::pending_claims(&pool, 1_000_000).await.unwrap() >= 3);
+}
