@@ -19,10 +19,12 @@ mod memory;
 pub use memory::disable_transparent_huge_pages;
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -185,6 +187,27 @@ pub fn render_metrics(registry: &Registry) -> String {
     String::from_utf8(buffer).unwrap_or_default()
 }
 
+/// Registers `process_start_time_seconds`, the standard gauge of when this
+/// process started (seconds since the Unix epoch). It changes only when the
+/// process is replaced, so `changes()` over it counts restarts, whichever
+/// supervisor (a script, compose, an orchestrator) did them. The time is
+/// taken once per process, at the first registration, which services make
+/// while they start; every registry of the process reports the same value.
+pub fn register_process_start_time(registry: &Registry) -> Result<(), prometheus::Error> {
+    static STARTED: OnceLock<f64> = OnceLock::new();
+    let started = *STARTED.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64())
+    });
+    let gauge = Gauge::new(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+    )?;
+    gauge.set(started);
+    registry.register(Box::new(gauge))
+}
+
 /// `turnstile_db_pool_connections{pool, state}`: connections of each
 /// database pool, `in_use` and `idle`, set when `/metrics` is scraped. A pool
 /// whose `in_use` sits at its maximum is the bottleneck.
@@ -212,5 +235,33 @@ impl PoolGauges {
         self.0
             .with_label_values(&[pool, "in_use"])
             .set(i64::from(size).saturating_sub(idle).max(0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start_time(registry: &Registry) -> f64 {
+        let text = render_metrics(registry);
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("process_start_time_seconds "))
+            .expect("the gauge is rendered");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn process_start_time_is_one_value_per_process_and_not_in_the_future() {
+        let first = Registry::new();
+        let second = Registry::new();
+        register_process_start_time(&first).unwrap();
+        register_process_start_time(&second).unwrap();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let started = start_time(&first);
+        assert!(started > 0.0 && started <= now, "{started} vs now {now}");
+        assert_eq!(started, start_time(&second));
+        // A registry holds it once: registering twice is the caller's bug.
+        assert!(register_process_start_time(&first).is_err());
     }
 }

@@ -149,6 +149,7 @@ impl ApiMetrics {
         registry.register(Box::new(m.readiness_checks.clone()))?;
         registry.register(Box::new(m.decision_waiters.clone()))?;
         registry.register(Box::new(m.auth_refusals.clone()))?;
+        turnstile_telemetry::register_process_start_time(registry)?;
         Ok(m)
     }
 }

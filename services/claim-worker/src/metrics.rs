@@ -144,6 +144,7 @@ impl WorkerMetrics {
         registry.register(Box::new(m.partition_lag.clone()))?;
         registry.register(Box::new(m.oversold.clone()))?;
         registry.register(Box::new(m.swept.clone()))?;
+        turnstile_telemetry::register_process_start_time(registry)?;
         Ok(m)
     }
 }
