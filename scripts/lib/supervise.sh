@@ -54,7 +54,7 @@ say() { # LEVEL MESSAGE [KEY=VALUE...]
     esac
   done
   if [ "${TURNSTILE_LOG_FORMAT:-}" = json ]; then
-    printf '{"timestamp":"%s","level":"%s","target":"supervise","fields":{"message":"%s","service":"%s"%s}}\n' \
+    printf '{"timestamp":"%s","level":"%s","message":"%s","service":"%s"%s,"target":"supervise"}\n' \
       "$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)" "$level" "$message" "$name" "$json" >&2
   else
     printf '%s %5s supervise: %s: %s%s\n' "$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)" "$level" "$name" "$message" "$text" >&2
