@@ -10,6 +10,13 @@
 //! [`MISS_REFRESH_SPACING`] after the previous one: a new key works at once,
 //! and a flood of guesses costs the database ten small reads a second.
 //!
+//! Refreshes are single-flight: one runs at a time, and callers that queued
+//! behind it share its result, success or failure. After a failure the next
+//! refresh waits a back-off ([`REFRESH_BACKOFF`], doubling), and unknown
+//! keys are answered `401` at once meanwhile; no lookup waits longer than
+//! [`MISS_WAIT`]. So while Postgres is down or frozen, the known keys keep
+//! working from the snapshot and guesses cost nothing.
+//!
 //! The tenant is the key's. `X-Tenant-Id` is accepted only when it names the
 //! key's tenant (403 otherwise), so a client that still sends it keeps
 //! working and none can use it to reach another tenant.
@@ -45,18 +52,41 @@ pub const MAX_KEY_REFRESH: Duration = Duration::from_secs(5);
 /// The least time between two refreshes caused by unknown keys.
 pub const MISS_REFRESH_SPACING: Duration = Duration::from_millis(100);
 
+/// After a failed refresh, how long the next one waits: the first bound,
+/// doubling on each failure up to the second.
+pub const REFRESH_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+
+/// The longest an unknown key waits for a refresh before it is answered.
+pub const MISS_WAIT: Duration = Duration::from_secs(1);
+
 type Snapshot = Arc<HashMap<KeyDigest, Principal>>;
 
-/// The keys in force could not be read (the store's own error is its
-/// source, so this crate's API does not depend on it).
+/// The keys in force could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("reading the api keys failed")]
-pub struct KeyRingError(#[source] Box<dyn std::error::Error + Send + Sync>);
+pub enum KeyRingError {
+    /// Reading them failed (the store's own error is its source, so this
+    /// crate's API does not depend on it).
+    #[error("reading the api keys failed")]
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A recent refresh failed; the next waits for its back-off.
+    #[error("a recent refresh of the api keys failed; backing off")]
+    BackingOff,
+}
 
 async fn keys_in_force(pool: &PgPool) -> Result<Vec<(KeyDigest, Principal)>, KeyRingError> {
     store::keys::active_keys(pool)
         .await
-        .map_err(|e| KeyRingError(Box::new(e)))
+        .map_err(|e| KeyRingError::Read(Box::new(e)))
+}
+
+/// The refreshes so far, behind the single-flight lock.
+struct Refreshes {
+    /// When the newest successful refresh started.
+    last_start: Instant,
+    /// When the newest failure ended, while failures continue.
+    failed_at: Option<Instant>,
+    /// How long after `failed_at` the next refresh may start.
+    backoff: Duration,
 }
 
 /// The keys in force, as of the last refresh. Cheap to clone.
@@ -66,9 +96,9 @@ pub struct KeyRing(Arc<RingInner>);
 struct RingInner {
     pool: PgPool,
     snapshot: RwLock<Snapshot>,
-    /// When the newest refresh started; held while refreshing, so one
-    /// refresh runs at a time and the callers that queued behind it reuse it.
-    refreshing: tokio::sync::Mutex<Instant>,
+    /// Held while refreshing, so one refresh runs at a time and the callers
+    /// that queued behind it reuse its result.
+    refreshing: tokio::sync::Mutex<Refreshes>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -85,7 +115,11 @@ impl KeyRing {
         Ok(Self(Arc::new(RingInner {
             pool,
             snapshot: RwLock::new(Arc::new(keys.into_iter().collect())),
-            refreshing: tokio::sync::Mutex::new(started),
+            refreshing: tokio::sync::Mutex::new(Refreshes {
+                last_start: started,
+                failed_at: None,
+                backoff: REFRESH_BACKOFF.0,
+            }),
         })))
     }
 
@@ -104,8 +138,11 @@ impl KeyRing {
                     () = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = ring.refresh_since(Instant::now(), Duration::ZERO).await {
-                    tracing::warn!(error = %e, cause = ?e, "refreshing the API keys failed; using the previous set");
+                match ring.refresh_since(Instant::now(), Duration::ZERO).await {
+                    Ok(()) | Err(KeyRingError::BackingOff) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, cause = ?e, "refreshing the API keys failed; using the previous set");
+                    }
                 }
             }
         });
@@ -119,18 +156,38 @@ impl KeyRing {
 
     /// Ensures a refresh that started at or after `since` has completed,
     /// starting one no sooner than `spacing` after the previous start.
+    /// A refresh that failed after `since` (the caller queued behind it),
+    /// or within its back-off, is not tried again: the caller gets
+    /// [`KeyRingError::BackingOff`] at once.
     async fn refresh_since(&self, since: Instant, spacing: Duration) -> Result<(), KeyRingError> {
-        let mut last_start = self.0.refreshing.lock().await;
-        if *last_start >= since {
+        let mut refreshes = self.0.refreshing.lock().await;
+        if refreshes.last_start >= since {
             return Ok(());
         }
-        let earliest = *last_start + spacing;
+        if let Some(failed_at) = refreshes.failed_at
+            && (failed_at >= since || Instant::now() < failed_at + refreshes.backoff)
+        {
+            return Err(KeyRingError::BackingOff);
+        }
+        let earliest = refreshes.last_start + spacing;
         tokio::time::sleep_until(earliest.into()).await;
         let started = Instant::now();
-        let keys = keys_in_force(&self.0.pool).await?;
-        *self.0.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys.into_iter().collect());
-        *last_start = started;
-        Ok(())
+        match keys_in_force(&self.0.pool).await {
+            Ok(keys) => {
+                *self.0.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys.into_iter().collect());
+                refreshes.last_start = started;
+                refreshes.failed_at = None;
+                refreshes.backoff = REFRESH_BACKOFF.0;
+                Ok(())
+            }
+            Err(e) => {
+                if refreshes.failed_at.is_some() {
+                    refreshes.backoff = (refreshes.backoff * 2).min(REFRESH_BACKOFF.1);
+                }
+                refreshes.failed_at = Some(Instant::now());
+                Err(e)
+            }
+        }
     }
 
     /// Who the key with `digest` stands for, if it is in force.
@@ -139,8 +196,16 @@ impl KeyRing {
         if let Some(found) = self.snapshot().get(&digest) {
             return Some(found.clone());
         }
-        if let Err(e) = self.refresh_since(arrived, MISS_REFRESH_SPACING).await {
-            tracing::debug!(error = %e, "refreshing the API keys for an unknown key failed");
+        // A task of its own, so a refresh the caller stops waiting for
+        // still finishes and records its result for the callers after it.
+        let ring = self.clone();
+        let refresh = tokio::spawn(async move { ring.refresh_since(arrived, MISS_REFRESH_SPACING).await });
+        match tokio::time::timeout(MISS_WAIT, refresh).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::debug!(error = %e, "refreshing the API keys for an unknown key failed"),
+            Ok(Err(_)) | Err(_) => {
+                tracing::debug!("no refresh of the API keys within the wait; the key counts as unknown");
+            }
         }
         self.snapshot().get(&digest).cloned()
     }
@@ -367,6 +432,71 @@ mod tests {
             headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
             assert_eq!(bearer_key(&headers).map(|_| ()), expected, "{value}");
         }
+    }
+
+    /// A ring with no keys whose database accepts connections and never
+    /// answers (a frozen Postgres), and the count of connections it took.
+    async fn ring_on_a_frozen_database() -> (KeyRing, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy(&format!("postgres://postgres@{addr}/frozen"))
+            .unwrap();
+        let ring = KeyRing(Arc::new(RingInner {
+            pool,
+            snapshot: RwLock::new(Arc::new(HashMap::new())),
+            refreshing: tokio::sync::Mutex::new(Refreshes {
+                last_start: Instant::now(),
+                failed_at: None,
+                backoff: REFRESH_BACKOFF.0,
+            }),
+        }));
+        (ring, connections)
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_are_answered_within_the_wait_and_at_once_after_a_failed_refresh() {
+        let (ring, connections) = ring_on_a_frozen_database().await;
+        let guess = || ApiKey::digest_of(ApiKey::generate().reveal()).unwrap();
+
+        // While the one refresh hangs, every guess waits at most MISS_WAIT.
+        let started = Instant::now();
+        let mut lookups = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let ring = ring.clone();
+            let digest = guess();
+            lookups.spawn(async move { ring.principal(digest).await });
+        }
+        while let Some(answer) = lookups.join_next().await {
+            assert!(answer.unwrap().is_none());
+        }
+        let waited = started.elapsed();
+        assert!(waited < MISS_WAIT + Duration::from_millis(500), "{waited:?}");
+
+        // The refresh fails when the pool gives up; a caller queued behind
+        // it shares the failure instead of starting another.
+        let queued = ring.refresh_since(Instant::now(), Duration::ZERO).await;
+        assert!(matches!(queued, Err(KeyRingError::BackingOff)), "{queued:?}");
+
+        // In the back-off, guesses are answered at once, with no round trip.
+        let started = Instant::now();
+        for _ in 0..50 {
+            assert!(ring.principal(guess()).await.is_none());
+        }
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_millis(200), "{waited:?}");
+        let taken = connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(taken, 1, "one refresh for 71 unknown keys");
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The error answers of the `/v1` operations, as an OpenAPI document states
 //! them: every one `application/problem+json` with the [`Problem`] schema,
-//! and the headers that come with it (`Retry-After` on 429 and 503,
+//! and the headers that come with it (`Retry-After` on 429, 503 and 504,
 //! `WWW-Authenticate` on 401).
 //!
 //! Each kind of operation names one set in its `#[utoipa::path]`
@@ -12,8 +12,9 @@
 //!   failing (503), and answers 500 for a bug;
 //! - a JSON body adds what [`crate::extract::JsonBody`] refuses (400, 408,
 //!   413, 415, 422);
-//! - a read by path adds 404, a create 409, and a claim its headers (400)
-//!   and admission's load shedding (429).
+//! - a read by path adds 404, a create 409, and a claim its headers (400),
+//!   admission's load shedding (429) and a commit whose outcome could not
+//!   be known in time (504).
 
 use std::collections::BTreeMap;
 
@@ -116,7 +117,8 @@ fn errors(kind: Kind) -> BTreeMap<String, RefOr<Response>> {
         problem(
             if kind == Kind::Claim {
                 "Overloaded (`/problems/overloaded`), or the key's or the user's rate is exceeded \
-                 (`/problems/rate-limited`); nothing was recorded and the `Idempotency-Key` is still free"
+                 (`/problems/rate-limited`). This request recorded nothing, and an earlier accepted request \
+                 with the same `Idempotency-Key` stands"
             } else {
                 "The key's rate is exceeded (`/problems/rate-limited`); nothing was done"
             },
@@ -128,8 +130,8 @@ fn errors(kind: Kind) -> BTreeMap<String, RefOr<Response>> {
         503,
         problem(
             if kind == Kind::Claim {
-                "A dependency is failing or its circuit is open (`/problems/unavailable`); nothing was \
-                 recorded and the `Idempotency-Key` is still free"
+                "A dependency is failing or its circuit is open (`/problems/unavailable`). This request \
+                 recorded nothing, and an earlier accepted request with the same `Idempotency-Key` stands"
             } else {
                 "A dependency is failing or its circuit is open (`/problems/unavailable`)"
             },
@@ -188,6 +190,17 @@ fn errors(kind: Kind) -> BTreeMap<String, RefOr<Response>> {
     if kind == Kind::Create {
         add(409, problem("It exists already (`/problems/already-exists`)", &[]));
     }
+    if kind == Kind::Claim {
+        add(
+            504,
+            problem(
+                "Outcome unknown (`/problems/outcome-unknown`): the claim's commit was sent but its answer \
+                 was lost, and it could not be read back in time. The claim may or may not be recorded; \
+                 retry with the same `Idempotency-Key`, which tells",
+                &[RETRY_AFTER],
+            ),
+        );
+    }
     answers
 }
 
@@ -245,7 +258,7 @@ mod tests {
         );
         assert_eq!(
             statuses::<ClaimErrors>(),
-            ["400", "401", "403", "408", "413", "415", "422", "429", "500", "503"]
+            ["400", "401", "403", "408", "413", "415", "422", "429", "500", "503", "504"]
         );
     }
 
@@ -257,7 +270,7 @@ mod tests {
             };
             assert_eq!(response.content.keys().collect::<Vec<_>>(), [PROBLEM_JSON], "{status}");
             let retry_after = response.headers.contains_key("Retry-After");
-            assert_eq!(retry_after, status == "429" || status == "503", "{status}");
+            assert_eq!(retry_after, ["429", "503", "504"].contains(&status.as_str()), "{status}");
         }
     }
 }

@@ -2,6 +2,12 @@
 //! `type` clients can match on. Bad input is always a 4xx; a failing
 //! dependency is a 503 with `Retry-After`; nothing is a bare 500 unless it is
 //! a bug.
+//!
+//! What a refusal promises about a claim: a `429` or `503` means this
+//! request recorded nothing, and an earlier accepted request with the same
+//! `Idempotency-Key` stands. A `504 outcome-unknown` means the claim may or
+//! may not be recorded; a `408 request-timeout` likewise. After either, a
+//! retry with the same key tells.
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
@@ -70,7 +76,7 @@ pub enum ApiError {
     /// Shedding load: nothing was done, try again later.
     #[error("overloaded ({cause}); retry later")]
     Overloaded {
-        /// What is saturated: `concurrency`, `producer_queue` or `consumer_lag`.
+        /// What is saturated: `concurrency`, `tenant_share` or `pending_backlog`.
         cause: &'static str,
         /// Seconds to wait.
         retry_after: u64,
@@ -95,6 +101,16 @@ pub enum ApiError {
     RateLimited {
         /// `key`, `user` or `tenant`.
         scope: &'static str,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// The claim's commit was sent, its answer was lost (Postgres
+    /// restarting, a network fault), and reading it back did not succeed
+    /// in time: the claim may or may not be recorded. Not a 503, which
+    /// promises that nothing was recorded. A retry with the same
+    /// `Idempotency-Key` is safe and tells.
+    #[error("the claim may or may not have been recorded; retry with the same Idempotency-Key")]
+    OutcomeUnknown {
         /// Seconds to wait.
         retry_after: u64,
     },
@@ -199,6 +215,14 @@ impl ApiError {
                 "/problems/rate-limited",
                 "Rate limit exceeded",
             ),
+            // 504: the upstream (Postgres) did not answer in time. Unlike
+            // 503 it says nothing about what happened, and unlike 409 it
+            // does not blame the request.
+            OutcomeUnknown { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "/problems/outcome-unknown",
+                "Outcome unknown: retry with the same Idempotency-Key",
+            ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "/problems/internal",
@@ -214,7 +238,8 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::Overloaded { retry_after, .. }
             | Self::Unavailable { retry_after, .. }
-            | Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            | Self::RateLimited { retry_after, .. }
+            | Self::OutcomeUnknown { retry_after } => Some(*retry_after),
             _ => None,
         };
         let body = Problem {

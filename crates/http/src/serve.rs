@@ -2,8 +2,13 @@
 //! meets before any handler runs.
 //!
 //! `axum::serve` has no header-read timeout and no connection cap, so this
-//! is hyper-util's server (HTTP/1.1 and HTTP/2, as `axum::serve` speaks)
-//! driven by hand, as axum's own `serve-with-hyper` example does:
+//! is hyper-util's server driven by hand, as axum's own `serve-with-hyper`
+//! example does:
+//! - **HTTP/1.1 only.** The listener is plain TCP, so HTTP/2 could only be
+//!   prior knowledge (`h2c`), which no browser speaks and whose bounds
+//!   differ: no header-read timeout, and many streams per connection, each
+//!   a request the connection cap does not count. A connection that opens
+//!   with the HTTP/2 preface is closed without an answer.
 //! - **Headers within [`ServeLimits::header_read_timeout`]**: a connection
 //!   that dribbles its request head (a byte a second, slowloris) is closed
 //!   when the timeout passes.
@@ -55,12 +60,11 @@ pub async fn serve(
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
     tokio::pin!(shutdown);
     loop {
         // A slot first: over the cap, connections wait in the accept queue.
@@ -86,8 +90,9 @@ pub async fn serve(
         };
         // Answers are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
+        // Not `serve_connection_with_upgrades`, which ignores `http1_only`.
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router.clone()))
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -102,4 +107,62 @@ pub async fn serve(
         tracing::warn!(drain = ?limits.drain, "connections still open at shutdown were dropped");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves a router answering `ok` on a free port until the token fires.
+    async fn serving() -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(serve(listener, router, ServeLimits::default(), async move {
+            stopped.cancelled().await;
+        }));
+        (addr, stop)
+    }
+
+    /// Everything the server sends on a new connection after `request`,
+    /// until it closes the connection.
+    async fn answer_to(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        // The server closes the connection; a hang fails the test.
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection")
+            .ok();
+        answer
+    }
+
+    #[tokio::test]
+    async fn http2_with_prior_knowledge_is_refused_and_http1_is_served() {
+        let (addr, stop) = serving().await;
+        // The HTTP/2 connection preface, then an empty SETTINGS frame.
+        let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        h2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let answer = answer_to(addr, &h2).await;
+        // An HTTP/2 server's first frame is its SETTINGS (type 4).
+        assert!(
+            answer.len() < 9 || answer[3] != 4,
+            "the server spoke HTTP/2: {answer:?}"
+        );
+        assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+
+        let answer = answer_to(addr, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+        stop.cancel();
+    }
 }
