@@ -378,6 +378,7 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         audit_interval: Duration::from_secs(2),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
     }
+        sweep_after_without_kafka: Duration::from_secs(1),
 }
 
 /// [`worker_settings`] with a sweeper that decides claims pending 2 s,

@@ -37,7 +37,9 @@ pub struct TopicKeeper {
 
 impl std::fmt::Debug for TopicKeeper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TopicKeeper").field("topics", &self.topics).finish_non_exhaustive()
+        f.debug_struct("TopicKeeper")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
     }
 }
 
@@ -86,8 +88,12 @@ impl TopicKeeper {
             .topics
             .iter()
             .map(|t| {
-                NewTopic::new(t, self.layout.partitions, TopicReplication::Fixed(self.layout.replication_factor))
-                    .set("min.insync.replicas", &min_insync)
+                NewTopic::new(
+                    t,
+                    self.layout.partitions,
+                    TopicReplication::Fixed(self.layout.replication_factor),
+                )
+                .set("min.insync.replicas", &min_insync)
             })
             .collect();
         let options = AdminOptions::new()
@@ -103,7 +109,11 @@ impl TopicKeeper {
         }
         if !created.is_empty() {
             for topic in &created {
-                warn!(topic, partitions = self.layout.partitions, "topic was missing on the broker; created it again");
+                warn!(
+                    topic,
+                    partitions = self.layout.partitions,
+                    "topic was missing on the broker; created it again"
+                );
                 self.recreated.with_label_values(&[topic]).inc();
             }
             self.announce.send_modify(|n| *n += 1);

@@ -17,9 +17,9 @@ mod settings;
 use std::time::Duration;
 
 pub use connection::{KafkaConnection, OWN_SETTINGS, PROPERTY_PREFIX, properties_from_env, variable_of};
-use prometheus::{IntCounter, IntGaugeVec};
 pub use health::KafkaHealth;
 pub use keeper::TopicKeeper;
+use prometheus::{IntCounter, IntGaugeVec};
 pub use publish::{Publisher, QueueError, TraceHeaders};
 pub use settings::KafkaSettings;
 

@@ -10,9 +10,12 @@
 -- rest back with backoff and jitter (`next_attempt_at`).
 CREATE TABLE decision_outbox (
     claim_id        UUID        PRIMARY KEY REFERENCES claims (claim_id) ON DELETE CASCADE,
+    -- Where the announcement goes: deployments with their own topic prefix
+    -- can share a database, and each relays only its own.
+    topic           TEXT        NOT NULL,
     owed_since      TIMESTAMPTZ NOT NULL DEFAULT now(),
     attempts        INT         NOT NULL DEFAULT 0,
     next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
-CREATE INDEX decision_outbox_due ON decision_outbox (next_attempt_at);
+CREATE INDEX decision_outbox_due ON decision_outbox (topic, next_attempt_at);

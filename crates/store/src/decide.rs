@@ -112,23 +112,25 @@ pub async fn decide_fenced(
     decide(pool, resource, fence, events, Announce::ByCaller).await
 }
 
-/// [`decide_fenced`], owing the announcement of every decision in the same
-/// transaction (the [`crate::outbox`]): for deciders with no offset to hold
-/// a decision's announcement back, such as the sweeper.
+/// [`decide_fenced`], owing the announcement of every decision on `topic`
+/// in the same transaction (the [`crate::outbox`]): for deciders with no
+/// offset to hold a decision's announcement back, such as the sweeper.
 pub async fn decide_fenced_owing(
     pool: &PgPool,
     resource: &ResourceKey,
     fence: FencingToken,
     events: &[ClaimRequested],
+    topic: &str,
 ) -> Result<FencedOutcome, StoreError> {
-    decide(pool, resource, fence, events, Announce::ThroughOutbox).await
+    decide(pool, resource, fence, events, Announce::ThroughOutbox(topic)).await
 }
 
 /// Who answers for announcing a batch's decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Announce {
+enum Announce<'a> {
     ByCaller,
-    ThroughOutbox,
+    /// The outbox, for this topic.
+    ThroughOutbox(&'a str),
 }
 
 async fn decide(
@@ -136,9 +138,12 @@ async fn decide(
     resource: &ResourceKey,
     fence: FencingToken,
     events: &[ClaimRequested],
-    announce: Announce,
+    announce: Announce<'_>,
 ) -> Result<FencedOutcome, StoreError> {
-    let owe = announce == Announce::ThroughOutbox;
+    let owe = match announce {
+        Announce::ByCaller => None,
+        Announce::ThroughOutbox(topic) => Some(topic),
+    };
     let mut tx = pool.begin().await?;
     let tenant = resource.tenant.as_str();
     let kind = resource.kind.as_str();
@@ -365,7 +370,8 @@ fn sort_batch(resource: &ResourceKey, events: &[ClaimRequested], stored: Vec<Sto
 }
 
 /// One statement: the decisions, the units left (when the resource exists)
-/// under the same fence, and, when `owe`, their announcements in the outbox.
+/// under the same fence, and, when `owe` names a topic, their announcements
+/// owed on it in the outbox.
 ///
 /// `decided_at` is `clock_timestamp()`, not `now()`: the statement runs after
 /// the fence row lock is taken, so per resource it orders decisions as they
@@ -376,7 +382,7 @@ async fn write_decisions(
     decisions: &[Decision],
     fence: Option<i64>,
     remaining: Option<i64>,
-    owe: bool,
+    owe: Option<&str>,
 ) -> Result<(), StoreError> {
     let n = decisions.len();
     let (mut ids, mut statuses, mut reasons) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -393,7 +399,7 @@ async fn write_decisions(
             WHERE c.claim_id = d.claim_id AND c.status = 'pending'
            RETURNING c.claim_id
          ), owed AS (
-           INSERT INTO decision_outbox (claim_id) SELECT claim_id FROM decided WHERE $9
+           INSERT INTO decision_outbox (claim_id, topic) SELECT claim_id, $9 FROM decided WHERE $9::text IS NOT NULL
            ON CONFLICT (claim_id) DO NOTHING
          )
          UPDATE resources SET remaining = $7

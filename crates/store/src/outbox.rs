@@ -19,15 +19,16 @@ use uuid::Uuid;
 use crate::StoreError;
 use turnstile_claim::{ClaimDecided, ClaimId, ClaimStatus, ResourceId, ResourceKey, TenantId};
 
-/// Owes the announcement of `claims` (decided, not taken by Kafka). A claim
-/// already owed stays as it is.
-pub async fn owe(pool: &PgPool, claims: &[ClaimId]) -> Result<(), StoreError> {
+/// Owes the announcement of `claims` (decided, not taken by Kafka) on
+/// `topic`. A claim already owed stays as it is.
+pub async fn owe(pool: &PgPool, topic: &str, claims: &[ClaimId]) -> Result<(), StoreError> {
     let ids: Vec<Uuid> = claims.iter().map(ClaimId::as_uuid).collect();
     sqlx::query!(
-        "INSERT INTO decision_outbox (claim_id)
-         SELECT claim_id FROM claims WHERE claim_id = ANY($1) AND status <> 'pending'
+        "INSERT INTO decision_outbox (claim_id, topic)
+         SELECT claim_id, $2 FROM claims WHERE claim_id = ANY($1) AND status <> 'pending'
          ON CONFLICT (claim_id) DO NOTHING",
         &ids,
+        topic,
     )
     .execute(pool)
     .await?;
@@ -54,15 +55,21 @@ impl OwedAnnouncement {
     }
 }
 
-/// Takes at most `limit` announcements that are due, oldest due first, and
+/// Takes at most `limit` announcements owed on `topic` that are due, oldest
+/// due first, and
 /// holds them for `hold` (longer than a send may take), so that another
 /// relay takes them only if this one dies. Rows locked by another relay
 /// are skipped.
-pub async fn take_due(pool: &PgPool, limit: i64, hold: Duration) -> Result<Vec<OwedAnnouncement>, StoreError> {
+pub async fn take_due(
+    pool: &PgPool,
+    topic: &str,
+    limit: i64,
+    hold: Duration,
+) -> Result<Vec<OwedAnnouncement>, StoreError> {
     let rows = sqlx::query!(
         r#"WITH due AS (
              SELECT claim_id FROM decision_outbox
-              WHERE next_attempt_at <= now()
+              WHERE topic = $3 AND next_attempt_at <= now()
               ORDER BY next_attempt_at
               LIMIT $1
               FOR UPDATE SKIP LOCKED
@@ -79,6 +86,7 @@ pub async fn take_due(pool: &PgPool, limit: i64, hold: Duration) -> Result<Vec<O
             ORDER BY c.decided_at"#,
         limit,
         hold.as_secs_f64(),
+        topic,
     )
     .fetch_all(pool)
     .await?;
@@ -147,12 +155,13 @@ pub struct Backlog {
     pub oldest_seconds: f64,
 }
 
-/// The outbox's size and age, in one statement.
-pub async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
+/// The outbox's size and age on `topic`, in one statement.
+pub async fn backlog(pool: &PgPool, topic: &str) -> Result<Backlog, StoreError> {
     let row = sqlx::query!(
         r#"SELECT count(*) AS "owed!",
                   coalesce(extract(epoch FROM now() - min(owed_since)), 0)::float8 AS "oldest_seconds!"
-             FROM decision_outbox"#
+             FROM decision_outbox WHERE topic = $1"#,
+        topic,
     )
     .fetch_one(pool)
     .await?;

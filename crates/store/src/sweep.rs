@@ -101,12 +101,13 @@ pub async fn stale_pending(pool: &PgPool, older_than: Duration, limit: i64) -> R
 }
 
 /// Rejects pending claims whose rows are no valid claims, with the reason
-/// `invalid_claim`, and owes their announcements (the [`crate::outbox`]).
+/// `invalid_claim`, and owes their announcements on `topic` (the
+/// [`crate::outbox`]).
 /// No stock changes, so no fence is needed; but the write holds the row
 /// locks of the resources the rows name, as every decision does, so it
 /// cannot interleave with a fenced decision of the same claims. A claim
 /// decided meanwhile is left as it is.
-pub async fn reject_invalid(pool: &PgPool, claims: &[ClaimId]) -> Result<u64, StoreError> {
+pub async fn reject_invalid(pool: &PgPool, claims: &[ClaimId], topic: &str) -> Result<u64, StoreError> {
     let ids: Vec<Uuid> = claims.iter().map(ClaimId::as_uuid).collect();
     let mut tx = pool.begin().await?;
     // In key order, as in every multi-resource lock, so two such writers
@@ -127,12 +128,13 @@ pub async fn reject_invalid(pool: &PgPool, claims: &[ClaimId]) -> Result<u64, St
               WHERE claim_id = ANY($1) AND status = 'pending'
              RETURNING claim_id
            ), owed AS (
-             INSERT INTO decision_outbox (claim_id) SELECT claim_id FROM rejected
+             INSERT INTO decision_outbox (claim_id, topic) SELECT claim_id, $3 FROM rejected
              ON CONFLICT (claim_id) DO NOTHING
            )
            SELECT count(*) AS "rejected!" FROM rejected"#,
         &ids,
         RejectReason::InvalidClaim.as_str(),
+        topic,
     )
     .fetch_one(&mut *tx)
     .await?;

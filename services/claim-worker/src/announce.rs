@@ -1,14 +1,19 @@
 //! What the worker tells Kafka: a `ClaimDecided` per decided claim, dead
 //! letters, and the offsets that say a batch is done.
 //!
-//! Announcements are at least once. A batch's offset is stored only after
-//! Kafka acknowledged every message the batch produced ([`settle_in_order`]);
-//! a message Kafka refused is sent again until it is taken. If the worker
-//! dies first, the batch is redelivered, and the decide step reports claims
-//! decided before as they stand, so they are announced again. A consumer of
-//! `ClaimDecided` can see a decision twice, never miss one.
+//! Announcements are at least once and never hold up a decision. A batch's
+//! offset is stored once each of its `ClaimDecided` messages was either
+//! acknowledged by Kafka or, failing that, owed in the database's outbox
+//! ([`settle_in_order`], [`crate::relay`]): a message Kafka refuses, or
+//! that finds the local queue full, costs one insert, not a wait. If the
+//! worker dies before the offset is stored, the batch is redelivered, and
+//! the decide step reports claims decided before as they stand, so they are
+//! announced again. A consumer of `ClaimDecided` can see a decision twice,
+//! never miss one.
 
 use std::{sync::Arc, time::Duration};
+
+use sqlx::PgPool;
 
 use rdkafka::{
     Message,
@@ -20,10 +25,11 @@ use rdkafka::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use turnstile_bus::{GroupContext, Publisher, QueueError, Topics};
-use turnstile_claim::ClaimDecided;
+use turnstile_bus::{GroupContext, KafkaHealth, Publisher, QueueError, Topics};
+use turnstile_claim::{ClaimDecided, ClaimId};
+use turnstile_store::outbox;
 
-use crate::WorkerMetrics;
+use crate::{WorkerMetrics, readiness::SettleClock};
 
 /// Why a message went to the dead-letter topic (the `cause` label, and the
 /// `dead-letter-cause` header).
@@ -58,15 +64,18 @@ pub(crate) struct Announcer {
     pub(crate) publisher: Publisher,
     pub(crate) topics: Topics,
     pub(crate) metrics: WorkerMetrics,
+    pub(crate) health: KafkaHealth,
 }
+
+/// One decision's announcement: its delivery, or `None` when it could not
+/// be queued (it is then owed at once).
+pub(crate) type Announced = (ClaimId, Option<DeliveryFuture>);
 
 impl Announcer {
     /// Queues one `ClaimDecided` per decision, keyed by resource, in order,
     /// in a producer span under `parent` (it covers queueing, not delivery).
-    /// Only a full local queue makes this wait.
-    pub(crate) async fn announce(&self, decided: &[ClaimDecided], parent: &tracing::Span) -> Vec<DeliveryFuture> {
-        use tracing::Instrument;
-
+    /// Never waits: a message the local queue cannot take is owed instead.
+    pub(crate) fn announce(&self, decided: &[ClaimDecided], parent: &tracing::Span) -> Vec<Announced> {
         let topic = self.topics.decided.as_str();
         let span = tracing::info_span!(
             parent: parent,
@@ -78,19 +87,30 @@ impl Announcer {
             messaging.destination.name = topic,
             messaging.batch.message_count = decided.len(),
         );
-        async {
-            let mut deliveries = Vec::with_capacity(decided.len());
-            for event in decided {
+        let _entered = span.enter();
+        // Fault injection for the tests and chaos: `announce-refused` makes
+        // every ClaimDecided fail to queue, as when its topic is unwritable.
+        let refused = (|| {
+            fail::fail_point!("announce-refused", |_| true);
+            false
+        })();
+        decided
+            .iter()
+            .map(|event| {
                 let key = event.resource.to_string();
-                let queued = self
-                    .queue(|| self.publisher.queue_event(topic, &key, "ClaimDecided", event, None))
-                    .await;
-                deliveries.extend(queued);
-            }
-            deliveries
-        }
-        .instrument(span)
-        .await
+                let queued = if refused {
+                    Err(QueueError::Refused(KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed,
+                    )))
+                } else {
+                    self.publisher.queue_event(topic, &key, "ClaimDecided", event, None)
+                };
+                if let Err(e) = &queued {
+                    debug!(claim_id = %event.claim_id, error = %e, "ClaimDecided not queued; owing it");
+                }
+                (event.claim_id, queued.ok())
+            })
+            .collect()
     }
 
     /// Queues a message for the dead-letter topic, its headers extended by
@@ -114,9 +134,10 @@ impl Announcer {
         .await
     }
 
-    /// Queues through `send`, waiting for room while librdkafka's queue is
-    /// full. `None` when it refused the message for good (the batch then
-    /// settles without it; see [`settle_in_order`] for why that is rare).
+    /// Queues a dead letter through `send`, waiting for room while
+    /// librdkafka's queue is full. `None` when it refused the message for
+    /// good (the batch then settles without it). Dead letters are rare, and
+    /// have no record but Kafka, so they may wait where decisions may not.
     async fn queue(&self, send: impl Fn() -> Result<DeliveryFuture, QueueError>) -> Option<DeliveryFuture> {
         for _ in 0..50 {
             match send() {
@@ -135,59 +156,102 @@ impl Announcer {
 
 /// A batch's messages in flight, and the offset to store once they landed.
 pub(crate) struct Settle {
-    /// The partition, and the offset after its batch; `None` for work with
-    /// no offset (the sweeper's).
-    pub(crate) offset: Option<(i32, i64)>,
-    pub(crate) deliveries: Vec<DeliveryFuture>,
+    /// The partition, and the offset after its batch.
+    pub(crate) offset: (i32, i64),
+    /// Each decision's announcement.
+    pub(crate) decisions: Vec<Announced>,
+    /// Dead letters in flight.
+    pub(crate) dead_letters: Vec<DeliveryFuture>,
     /// When the batch was handed over.
     pub(crate) since: std::time::Instant,
 }
 
+/// How long the settler keeps trying to owe announcements while Postgres
+/// refuses, between attempts, at most.
+const OWE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// Awaits each batch's acknowledgements in the order the batches were
-/// handed over, sends again whatever Kafka refused (until it is taken or the
-/// worker stops), then stores the batch's offset. Ends when the sender is
-/// dropped and everything handed over is settled.
+/// handed over, owes in the outbox every `ClaimDecided` that Kafka did not
+/// take, sends refused dead letters again, then stores the batch's offset.
+/// Ends when the sender is dropped and everything handed over is settled.
 pub(crate) async fn settle_in_order(
     mut batches: mpsc::Receiver<Settle>,
     consumer: Arc<StreamConsumer<GroupContext>>,
     announcer: Announcer,
+    pool: PgPool,
+    clock: SettleClock,
     stop: CancellationToken,
 ) {
     while let Some(settle) = batches.recv().await {
+        clock.started();
         let mut landed = true;
-        for delivery in settle.deliveries {
+        let mut owed = Vec::new();
+        for (claim_id, delivery) in settle.decisions {
+            match delivery {
+                Some(delivery) => match delivery.await {
+                    Ok(Ok(_)) => announcer.health.reached(),
+                    Ok(Err((e, _))) => {
+                        debug!(claim_id = %claim_id, error = %e, "ClaimDecided not acknowledged; owing it");
+                        announcer.health.lost();
+                        owed.push(claim_id);
+                    }
+                    // librdkafka dropped the message: only at shutdown.
+                    Err(_) => owed.push(claim_id),
+                },
+                None => owed.push(claim_id),
+            }
+        }
+        for delivery in settle.dead_letters {
             match delivery.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, message))) => landed &= resend(&announcer, e, message, &stop).await,
-                // librdkafka dropped the message: only at shutdown.
                 Err(_) => landed = false,
             }
+        }
+        if !owed.is_empty() {
+            landed &= owe(&pool, &announcer.topics.decided, &owed, &stop).await;
         }
         announcer
             .metrics
             .settle_seconds
             .observe(settle.since.elapsed().as_secs_f64());
-        match settle.offset {
-            Some((partition, next)) if landed => {
-                if let Err(e) = consumer.store_offset(&announcer.topics.requested, partition, next) {
-                    // Lost the partition meanwhile: its new owner redoes the
-                    // batch, and announces its decisions again.
-                    debug!(partition, error = %e, "could not store offset");
-                }
+        let (partition, next) = settle.offset;
+        if landed {
+            if let Err(e) = consumer.store_offset(&announcer.topics.requested, partition, next) {
+                // Lost the partition meanwhile: its new owner redoes the
+                // batch, and announces its decisions again.
+                debug!(partition, error = %e, "could not store offset");
             }
-            Some((partition, next)) => {
-                warn!(
-                    partition,
-                    next, "batch not settled; its messages come again after a restart"
-                );
-            }
-            None => {}
+        } else {
+            warn!(
+                partition,
+                next, "batch not settled; its messages come again after a restart"
+            );
         }
+        clock.idle();
     }
 }
 
-/// Sends a refused message again with backoff until Kafka takes it or the
-/// worker stops. Returns whether it landed.
+/// Owes `claims` in the outbox, trying again with backoff while Postgres
+/// refuses, until it takes them or the worker stops. Returns whether it
+/// took them.
+async fn owe(pool: &PgPool, topic: &str, claims: &[ClaimId], stop: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match outbox::owe(pool, topic, claims).await {
+            Ok(()) => return true,
+            Err(e) => warn!(claims = claims.len(), error = %e, "could not owe announcements; trying again"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(OWE_BACKOFF_MAX);
+    }
+}
+
+/// Sends a refused dead letter again with backoff until Kafka takes it or
+/// the worker stops. Returns whether it landed.
 async fn resend(announcer: &Announcer, first: KafkaError, message: OwnedMessage, stop: &CancellationToken) -> bool {
     let mut error = first;
     let mut delay = Duration::from_millis(100);

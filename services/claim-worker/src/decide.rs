@@ -53,6 +53,16 @@ impl ResourceGroup {
     }
 }
 
+/// Who announces a group's decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Announcing {
+    /// The caller, at once: the consume path, whose offset waits for them.
+    Now,
+    /// The relay, from the outbox row written with each decision: the
+    /// sweeper, which has no offset to hold them back.
+    Owed,
+}
+
 /// Why a resource's claims were not decided this time.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecideFailure {
@@ -107,6 +117,8 @@ pub(crate) struct Decider {
     pub(crate) lock_wait: Duration,
     /// The topic the claims came from, for the consumer span.
     pub(crate) topic: String,
+    /// The topic their decisions go to, for those owed in the outbox.
+    pub(crate) decided_topic: String,
 }
 
 impl Decider {
@@ -114,7 +126,11 @@ impl Decider {
     /// a consumer span continuing the first claim's trace (and linking the
     /// others'), with child spans for the lock, the transaction and the
     /// cache update.
-    pub(crate) async fn decide(&self, group: &ResourceGroup) -> Result<GroupDecided, DecideFailure> {
+    pub(crate) async fn decide(
+        &self,
+        group: &ResourceGroup,
+        announcing: Announcing,
+    ) -> Result<GroupDecided, DecideFailure> {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
 
         let topic = self.topic.as_str();
@@ -139,7 +155,7 @@ impl Decider {
             }
         }
         let result = self
-            .decide_repairing(group, correlation_id)
+            .decide_repairing(group, correlation_id, announcing)
             .instrument(span.clone())
             .await;
         match result {
@@ -161,15 +177,16 @@ impl Decider {
         &self,
         group: &ResourceGroup,
         correlation_id: Option<&str>,
+        announcing: Announcing,
     ) -> Result<(Vec<ClaimDecided>, Vec<Orphan>), DecideFailure> {
-        match self.decide_once(group, correlation_id).await {
+        match self.decide_once(group, correlation_id, announcing).await {
             Err(DecideFailure::StaleFence { fence, last_accepted }) => {
                 let name = group.resource.to_string();
                 let floor = FencingToken::new(u64::try_from(last_accepted).unwrap_or(0));
                 self.locks.raise_floor(&name, floor).await?;
                 self.metrics.fence_repairs.inc();
                 info!(resource = %name, fence, last_accepted, "raised the lock's token counter above the database's fence");
-                self.decide_once(group, correlation_id).await
+                self.decide_once(group, correlation_id, announcing).await
             }
             other => other,
         }
@@ -179,6 +196,7 @@ impl Decider {
         &self,
         group: &ResourceGroup,
         correlation_id: Option<&str>,
+        announcing: Announcing,
     ) -> Result<(Vec<ClaimDecided>, Vec<Orphan>), DecideFailure> {
         let started = Instant::now();
         let (resource, events) = (&group.resource, group.events.as_slice());
@@ -200,7 +218,7 @@ impl Decider {
         tracing::Span::current().record("fence", fence.get());
         hold_lease_before_write(&name, fence).await;
         let outcome = self
-            .decide_with_retry(resource, fence, events)
+            .decide_with_retry(resource, fence, events, announcing)
             .instrument(info_span!(
                 "db",
                 otel.name = "decide_fenced claims",
@@ -360,21 +378,29 @@ impl Decider {
         resource: &ResourceKey,
         fence: FencingToken,
         events: &[ClaimRequested],
+        announcing: Announcing,
     ) -> Result<FencedOutcome, StoreError> {
         // Fault injection for the tests: a statement the database refuses
         // whatever is retried, the way a poison batch fails.
         fail::fail_point!("decide-refused", |_| Err(StoreError::Query(sqlx::Error::RowNotFound)));
-        (|| store::decide_fenced(&self.pool, resource, fence, events))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(20))
-                    .with_max_delay(Duration::from_millis(500))
-                    .with_max_times(3)
-                    .with_jitter(),
-            )
-            .when(StoreError::is_transient)
-            .notify(|e, after| warn!(error = %e, retry_in_ms = after.as_millis() as u64, "postgres write failed"))
-            .await
+        (|| async {
+            match announcing {
+                Announcing::Now => store::decide_fenced(&self.pool, resource, fence, events).await,
+                Announcing::Owed => {
+                    store::decide_fenced_owing(&self.pool, resource, fence, events, &self.decided_topic).await
+                }
+            }
+        })
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(20))
+                .with_max_delay(Duration::from_millis(500))
+                .with_max_times(3)
+                .with_jitter(),
+        )
+        .when(StoreError::is_transient)
+        .notify(|e, after| warn!(error = %e, retry_in_ms = after.as_millis() as u64, "postgres write failed"))
+        .await
     }
 }
 

@@ -22,13 +22,19 @@
 //! Modules, in the order a message meets them: [`consume`] (batches,
 //! validation), [`decide`] (lease, fenced write, cache), [`announce`]
 //! (decisions, dead letters, offsets) and [`pipeline`], the loop that joins
-//! them; [`sweep`] decides what Kafka never delivered.
+//! them; [`sweep`] decides what Kafka never delivered, [`relay`] sends the
+//! announcements owed in the database's outbox, and [`readiness`] says
+//! whether they move. None of them waits on Kafka to decide: with the
+//! broker gone, the sweeper decides from the database and the outbox keeps
+//! what is owed.
 
 mod announce;
 mod consume;
 mod decide;
 mod metrics;
 mod pipeline;
+mod readiness;
+mod relay;
 pub mod settings;
 mod sweep;
 
@@ -41,7 +47,7 @@ use rdkafka::consumer::Consumer;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use turnstile_bus::{ConsumerTuning, GroupContext, ProducerTuning, Publisher};
+use turnstile_bus::{ConsumerTuning, GroupContext, KafkaHealth, ProducerTuning, Publisher, TopicKeeper};
 use turnstile_claim::audit::OversoldLedger;
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
@@ -60,6 +66,8 @@ use announce::{Announcer, Settle};
 use decide::Decider;
 pub use metrics::WorkerMetrics;
 use pipeline::Pipeline;
+use readiness::SettleClock;
+use relay::Relay;
 pub use settings::{LockBackendKind, Settings};
 use sweep::Sweeper;
 
@@ -68,6 +76,8 @@ pub struct Worker {
     settings: Settings,
     pipeline: Pipeline,
     sweeper: Sweeper,
+    relay: Relay,
+    keeper: TopicKeeper,
     settler: (mpsc::Receiver<Settle>, Announcer),
     pool: sqlx::PgPool,
     metrics: WorkerMetrics,
@@ -77,8 +87,17 @@ pub struct Worker {
 }
 
 /// How many decided batches may wait for Kafka's acknowledgements before
-/// consuming pauses.
-const SETTLE_QUEUE: usize = 64;
+/// consuming pauses. A batch whose messages Kafka does not take waits out
+/// the producer's delivery timeout before they are owed, so the queue holds
+/// well over that timeout's worth of batches: announcing does not hold up
+/// consumption.
+const SETTLE_QUEUE: usize = 4096;
+
+/// How often the relay looks for owed announcements when it found few.
+const RELAY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often each service checks that its topics exist.
+const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,7 +179,9 @@ impl Worker {
             .context("connecting to the cache redis")?;
         let cache = ResourceCache::new(cache_conn, "turnstile");
 
-        let context = GroupContext::new(metrics.rebalances.clone(), metrics.partition_lag.clone());
+        let health = KafkaHealth::new(metrics.kafka_up.clone());
+        let context =
+            GroupContext::new(metrics.rebalances.clone(), metrics.partition_lag.clone()).with_health(health.clone());
         let consumer = turnstile_bus::group_consumer(
             &kafka,
             &settings.group_id,
@@ -199,21 +220,34 @@ impl Worker {
             lock_ttl: settings.lock_ttl,
             lock_wait: settings.lock_wait,
             topic: topics.requested.clone(),
+            decided_topic: topics.decided.clone(),
         };
         let announcer = Announcer {
             publisher,
             topics: topics.clone(),
             metrics: metrics.clone(),
+            health: health.clone(),
         };
         let (settle, settled) = mpsc::channel(SETTLE_QUEUE);
         let sweeper = Sweeper {
             database_url: settings.database_url.clone(),
             decider: decider.clone(),
-            announcer: announcer.clone(),
-            settle: settle.clone(),
+            health,
             after: settings.sweep_after,
+            after_without_kafka: settings.sweep_after_without_kafka,
             every: settings.sweep_interval,
         };
+        let relay = Relay {
+            pool: pool.clone(),
+            announcer: announcer.clone(),
+            every: RELAY_INTERVAL,
+        };
+        let keeper = TopicKeeper::new(
+            &kafka,
+            &[&topics.requested, &topics.decided, &topics.dead_letter],
+            settings.kafka.layout(),
+            metrics.topics_recreated.clone(),
+        )?;
         let pipeline = Pipeline::new(
             consumer,
             topics.requested.clone(),
@@ -228,6 +262,8 @@ impl Worker {
             settings,
             pipeline,
             sweeper,
+            relay,
+            keeper,
             settler: (settled, announcer),
             pool,
             metrics,
@@ -247,6 +283,8 @@ impl Worker {
     /// commits the offsets so settled and leaves the group.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (registry, pool, pool_gauges) = (self.registry.clone(), self.pool.clone(), self.pool_gauges);
+        let settle_clock = SettleClock::default();
+        let readiness = (settle_clock.clone(), self.metrics.clone());
         let app = Router::new()
             .route(
                 "/metrics",
@@ -255,7 +293,11 @@ impl Worker {
                     std::future::ready(turnstile_telemetry::render_metrics(&registry))
                 }),
             )
-            .route("/healthz", get(|| std::future::ready("ok")));
+            .route("/healthz", get(|| std::future::ready("ok")))
+            .route(
+                "/readyz",
+                get(move || std::future::ready(readiness::report(&readiness.0, &readiness.1))),
+            );
         let server_stop = shutdown.clone();
         let server = tokio::spawn(async move {
             axum::serve(self.metrics_listener, app)
@@ -269,6 +311,14 @@ impl Worker {
             shutdown.clone(),
         ));
         let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
+        let relay = tokio::spawn(self.relay.run(shutdown.clone()));
+        let resubscribe = tokio::spawn(resubscribe_when_recreated(
+            self.keeper.recreations(),
+            Arc::clone(&self.pipeline.consumer),
+            self.pipeline.topic.clone(),
+            shutdown.clone(),
+        ));
+        let keeper = tokio::spawn(self.keeper.run(TOPIC_CHECK_INTERVAL, shutdown.clone()));
         // The settler outlives the loop: it finishes the batches handed to
         // it, unless Kafka keeps refusing past the grace period.
         let settler_stop = CancellationToken::new();
@@ -278,6 +328,8 @@ impl Worker {
             settled,
             Arc::clone(&self.pipeline.consumer),
             announcer,
+            self.pool.clone(),
+            settle_clock,
             settler_stop.clone(),
         ));
 
@@ -287,6 +339,9 @@ impl Worker {
         self.pipeline.run(shutdown).await;
         audit.abort();
         let _ = sweeper.await;
+        let _ = relay.await;
+        let _ = keeper.await;
+        let _ = resubscribe.await;
         let mut settler = settler;
         tokio::select! {
             _ = &mut settler => {}
@@ -303,6 +358,28 @@ impl Worker {
         }
         server.await??;
         Ok(())
+    }
+}
+
+/// Subscribes again each time the keeper recreated a topic: a group whose
+/// subscribed topic vanished holds no partitions, and a new subscription
+/// has the group assign the new topic's at once rather than at the next
+/// metadata refresh.
+async fn resubscribe_when_recreated(
+    mut recreations: tokio::sync::watch::Receiver<u64>,
+    consumer: Arc<rdkafka::consumer::StreamConsumer<GroupContext>>,
+    topic: String,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = recreations.changed() => if changed.is_err() { return },
+        }
+        match consumer.subscribe(&[&topic]) {
+            Ok(()) => info!(topic, "subscribed again after the topics were recreated"),
+            Err(e) => warn!(topic, error = %e, "subscribing again failed"),
+        }
     }
 }
 

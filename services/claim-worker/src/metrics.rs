@@ -1,6 +1,7 @@
 //! The worker's Prometheus instruments.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use turnstile_bus::{KafkaHealth, TopicKeeper};
 use turnstile_claim::RejectReason;
 
 use crate::announce::DeadLetterCause;
@@ -24,6 +25,11 @@ pub struct WorkerMetrics {
     pub(crate) partition_lag: IntGaugeVec,
     pub(crate) oversold: IntGauge,
     pub(crate) swept: IntCounter,
+    pub(crate) decided_without_kafka: IntCounter,
+    pub(crate) announce_backlog: IntGauge,
+    pub(crate) announce_oldest_seconds: Gauge,
+    pub(crate) kafka_up: IntGauge,
+    pub(crate) topics_recreated: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -100,6 +106,21 @@ impl WorkerMetrics {
                 "turnstile_claims_swept_total",
                 "Claims found pending too long and re-decided from the database.",
             )?,
+            decided_without_kafka: IntCounter::new(
+                "turnstile_claims_decided_without_kafka_total",
+                "Claims the sweeper decided from the database while this worker's Kafka clients reached no broker.",
+            )?,
+            announce_backlog: IntGauge::new(
+                "turnstile_announce_backlog",
+                "Decisions committed whose ClaimDecided Kafka has not acknowledged yet (the outbox), as this \
+                 worker's relay last counted them.",
+            )?,
+            announce_oldest_seconds: Gauge::new(
+                "turnstile_announce_oldest_seconds",
+                "Age of the oldest announcement owed in the outbox (0 when none is owed).",
+            )?,
+            kafka_up: KafkaHealth::gauge()?,
+            topics_recreated: TopicKeeper::counter()?,
             rebalances: IntCounter::new(
                 "turnstile_kafka_rebalances_total",
                 "Consumer group rebalances (assignments and revocations) seen by this worker.",
@@ -144,6 +165,11 @@ impl WorkerMetrics {
         registry.register(Box::new(m.partition_lag.clone()))?;
         registry.register(Box::new(m.oversold.clone()))?;
         registry.register(Box::new(m.swept.clone()))?;
+        registry.register(Box::new(m.decided_without_kafka.clone()))?;
+        registry.register(Box::new(m.announce_backlog.clone()))?;
+        registry.register(Box::new(m.announce_oldest_seconds.clone()))?;
+        registry.register(Box::new(m.kafka_up.clone()))?;
+        registry.register(Box::new(m.topics_recreated.clone()))?;
         turnstile_telemetry::register_process_start_time(registry)?;
         Ok(m)
     }

@@ -28,9 +28,9 @@ use turnstile_bus::GroupContext;
 
 use crate::{
     WorkerMetrics,
-    announce::{Announcer, DeadLetterCause, Settle},
+    announce::{Announced, Announcer, DeadLetterCause, Settle},
     consume::{self, Incoming},
-    decide::{DecideFailure, Decider, ResourceGroup},
+    decide::{Announcing, DecideFailure, Decider, ResourceGroup},
 };
 
 /// Commits the offsets stored so far and leaves the group.
@@ -137,7 +137,7 @@ impl Pipeline {
         let mut all_done = true;
         for (partition, first, next, result) in results {
             match result {
-                Ok(deliveries) => {
+                Ok((decisions, dead_letters)) => {
                     debug!(
                         partition,
                         first_offset = first,
@@ -146,8 +146,9 @@ impl Pipeline {
                     );
                     let since = std::time::Instant::now();
                     let settle = Settle {
-                        offset: Some((partition, next)),
-                        deliveries,
+                        offset: (partition, next),
+                        decisions,
+                        dead_letters,
                         since,
                     };
                     if self.settle.send(settle).await.is_err() {
@@ -177,12 +178,14 @@ impl Pipeline {
     }
 
     /// One partition's messages: dead letters for the invalid ones, then each
-    /// resource's claims in order. Returns the deliveries to settle.
+    /// resource's claims in order. Returns the announcements and the dead
+    /// letters to settle.
     async fn process_partition(
         &self,
         partition: i32,
         items: Vec<Incoming>,
-    ) -> Result<Vec<DeliveryFuture>, DecideFailure> {
+    ) -> Result<(Vec<Announced>, Vec<DeliveryFuture>), DecideFailure> {
+        let mut decisions = Vec::new();
         let mut deliveries = Vec::new();
         let mut claims = Vec::with_capacity(items.len());
         let mut offsets = HashMap::with_capacity(items.len());
@@ -209,10 +212,10 @@ impl Pipeline {
         }
         for group in &ResourceGroup::group(claims) {
             let first_offset = offsets.get(&group.resource).copied().unwrap_or(0);
-            match self.decider.decide(group).await {
+            match self.decider.decide(group, Announcing::Now).await {
                 Ok(decided) => {
                     self.forget_poison(partition, first_offset);
-                    deliveries.extend(self.announcer.announce(&decided.announcements, &decided.span).await);
+                    decisions.extend(self.announcer.announce(&decided.announcements, &decided.span));
                     for orphan in &decided.orphans {
                         if let Some(event) = group.events.iter().find(|e| e.claim_id == orphan.claim_id) {
                             deliveries.extend(
@@ -240,7 +243,7 @@ impl Pipeline {
                 Err(failure) => return Err(failure),
             }
         }
-        Ok(deliveries)
+        Ok((decisions, deliveries))
     }
 
     /// Dead-letters a valid event, encoded again, keyed by its resource.

@@ -143,6 +143,12 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_SWEEP_AFTER", default_value = "10s", value_parser = duration)]
     pub sweep_after: Duration,
 
+    /// The sweep window while this worker's Kafka clients reach no broker:
+    /// no event is coming, so claims are decided from the database soon
+    /// after they are accepted. The sweeper then also looks this often.
+    #[arg(long, env = "TURNSTILE_SWEEP_AFTER_WITHOUT_KAFKA", default_value = "1s", value_parser = duration)]
+    pub sweep_after_without_kafka: Duration,
+
     /// How often the sweeper looks for such claims.
     #[arg(long, env = "TURNSTILE_SWEEP_INTERVAL", default_value = "2s", value_parser = duration)]
     pub sweep_interval: Duration,
@@ -206,6 +212,7 @@ impl Settings {
         }
         for (name, value) in [
             ("TURNSTILE_SWEEP_INTERVAL", self.sweep_interval),
+            ("TURNSTILE_SWEEP_AFTER_WITHOUT_KAFKA", self.sweep_after_without_kafka),
             ("TURNSTILE_AUDIT_INTERVAL", self.audit_interval),
         ] {
             if value.is_zero() {

@@ -1,0 +1,87 @@
+//! The worker's `/readyz`: whether its announcements are moving.
+//!
+//! A worker that decides but cannot settle or announce is a worker to look
+//! at: its partitions' offsets stop moving (a settle stalled on Postgres),
+//! or the outbox grows old (the relay cannot reach Kafka). `/healthz`
+//! stays the liveness probe; `/readyz` answers 503 with the stalled checks
+//! named, so an operator or an orchestrator can tell the two apart.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Json, http::StatusCode, response::IntoResponse};
+use serde::Serialize;
+use turnstile_claim::UnixMillis;
+
+use crate::WorkerMetrics;
+
+/// A settle stalled longer than this makes the worker not ready: past the
+/// producer's delivery timeout and a few Postgres retries.
+pub(crate) const SETTLE_STALL: Duration = Duration::from_secs(30);
+/// An announcement owed longer than this makes the worker not ready.
+pub(crate) const ANNOUNCE_STALL: Duration = Duration::from_secs(60);
+
+/// When the settler started on the batch in hand (0 when idle). Cheap to
+/// clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SettleClock(Arc<AtomicI64>);
+
+impl SettleClock {
+    pub(crate) fn started(&self) {
+        self.0.store(UnixMillis::now().get(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn idle(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the batch in hand has been settling.
+    fn busy_for(&self) -> Duration {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(u64::try_from(UnixMillis::now().get() - since).unwrap_or(0)),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    status: &'static str,
+    settle_busy_seconds: f64,
+    announce_backlog: i64,
+    announce_oldest_seconds: f64,
+    kafka_up: bool,
+    stalled: Vec<&'static str>,
+}
+
+/// The `/readyz` answer.
+pub(crate) fn report(settle: &SettleClock, metrics: &WorkerMetrics) -> impl IntoResponse + use<> {
+    let settle_busy = settle.busy_for();
+    let oldest = metrics.announce_oldest_seconds.get();
+    let mut stalled = Vec::new();
+    if settle_busy > SETTLE_STALL {
+        stalled.push("settle");
+    }
+    if oldest > ANNOUNCE_STALL.as_secs_f64() {
+        stalled.push("announce");
+    }
+    let report = Report {
+        status: if stalled.is_empty() { "ready" } else { "stalled" },
+        settle_busy_seconds: settle_busy.as_secs_f64(),
+        announce_backlog: metrics.announce_backlog.get(),
+        announce_oldest_seconds: oldest,
+        kafka_up: metrics.kafka_up.get() == 1,
+        stalled,
+    };
+    let status = if report.stalled.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report))
+}
