@@ -124,6 +124,28 @@ impl Topics {
     pub async fn ensure(&self, kafka: &KafkaConnection, layout: &TopicLayout) -> Result<(), BusError> {
         ensure_topics(kafka, &[&self.requested, &self.decided, &self.dead_letter], layout).await
     }
+
+    /// [`Topics::ensure`], for a service starting while the broker may be
+    /// down: Kafka is the fast path, so a service starts without it. Gives
+    /// up after `within`, saying so; the [`TopicKeeper`] creates whatever
+    /// is missing once the broker answers. Returns whether the topics were
+    /// ensured now.
+    pub async fn ensure_or_defer(&self, kafka: &KafkaConnection, layout: &TopicLayout, within: Duration) -> bool {
+        match tokio::time::timeout(within, self.ensure(kafka, layout)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not ensure the topics at start-up; starting anyway, the topic keeper will create them");
+                false
+            }
+            Err(_) => {
+                warn!(
+                    within_ms = within.as_millis() as u64,
+                    "kafka did not answer at start-up; starting anyway, the topic keeper will create the topics"
+                );
+                false
+            }
+        }
+    }
 }
 
 /// Producer tuning. Linger trades a few milliseconds of latency for batches,

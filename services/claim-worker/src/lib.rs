@@ -96,6 +96,10 @@ const SETTLE_QUEUE: usize = 4096;
 /// How often the relay looks for owed announcements when it found few.
 const RELAY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long start-up waits for the broker to confirm the topics before it
+/// goes on without (the keeper creates them later).
+const STARTUP_TOPIC_CHECK: Duration = Duration::from_secs(5);
+
 /// How often each service checks that its topics exist.
 const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -107,7 +111,8 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// Connects to every dependency, applies migrations, creates the topics
-    /// if needed, joins the group and binds the metrics endpoint.
+    /// if needed (or leaves that to the keeper while the broker is down),
+    /// joins the group and binds the metrics endpoint.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let metrics = WorkerMetrics::register(&registry)?;
@@ -126,9 +131,8 @@ impl Worker {
         let topics = settings.kafka.topics();
         let kafka = settings.kafka.connection();
         topics
-            .ensure(&kafka, &settings.kafka.layout())
-            .await
-            .context("creating topics")?;
+            .ensure_or_defer(&kafka, &settings.kafka.layout(), STARTUP_TOPIC_CHECK)
+            .await;
 
         let backend: Arc<dyn LockBackend> = match settings.lock_backend {
             LockBackendKind::Redis => Arc::new(
