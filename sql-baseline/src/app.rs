@@ -33,6 +33,8 @@ pub struct AppState {
     pub(crate) inflight: Arc<Semaphore>,
     /// The per-key and per-user buckets.
     pub(crate) limits: CallerLimits,
+    /// How long a lost commit answer is retried (`TURNSTILE_OUTCOME_DEADLINE`).
+    pub(crate) outcome_deadline: std::time::Duration,
 }
 
 /// A built service, bound to its port, not yet serving.
@@ -46,9 +48,17 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres, applies migrations and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = store::connect(&settings.database_url, settings.pg_pool, settings.pg_acquire_timeout)
-            .await
-            .context("connecting to postgres")?;
+        let pool = store::connect_with(
+            &settings.database_url,
+            settings.pg_pool,
+            settings.pg_acquire_timeout,
+            store::StatementTimeouts {
+                statement: settings.pg_statement_timeout,
+                lock: settings.pg_lock_timeout,
+            },
+        )
+        .await
+        .context("connecting to postgres")?;
         store::migrate(&pool).await.context("applying migrations")?;
         let background = CancellationToken::new();
         let keys = KeyRing::load(pool.clone()).await.context("loading the API keys")?;
@@ -62,6 +72,7 @@ impl Application {
             pool,
             inflight: Arc::new(Semaphore::new(settings.max_inflight)),
             limits: limits.clone(),
+            outcome_deadline: settings.outcome_deadline,
         };
         let gatekeeper = Gatekeeper {
             keys,

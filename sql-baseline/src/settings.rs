@@ -37,6 +37,22 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_PG_ACQUIRE_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub pg_acquire_timeout: Duration,
 
+    /// The longest one statement may run (Postgres' statement_timeout).
+    #[arg(long, env = "TURNSTILE_PG_STATEMENT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub pg_statement_timeout: Duration,
+
+    /// The longest a statement waits for a row lock (Postgres'
+    /// lock_timeout). On a hot coupon every claim queues for the row: with
+    /// the pool's 8 transactions of a few milliseconds ahead, a wait of
+    /// seconds means the database is stuck, not busy.
+    #[arg(long, env = "TURNSTILE_PG_LOCK_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub pg_lock_timeout: Duration,
+
+    /// How long a claim whose commit's answer was lost is retried to learn
+    /// its outcome; past it the answer is 504 outcome-unknown.
+    #[arg(long, env = "TURNSTILE_OUTCOME_DEADLINE", default_value = "10s", value_parser = duration)]
+    pub outcome_deadline: Duration,
+
     /// Claims in progress at once; beyond that the service answers 429 at
     /// once. It keeps the pool's queue short: with thousands of requests
     /// queued on the pool, acquires that time out while connecting drop the
@@ -65,6 +81,15 @@ impl Settings {
         ] {
             if value == 0 {
                 return Err(InvalidSetting::new(name, value, "must be at least 1"));
+            }
+        }
+        for (name, value) in [
+            ("TURNSTILE_PG_STATEMENT_TIMEOUT", self.pg_statement_timeout),
+            ("TURNSTILE_PG_LOCK_TIMEOUT", self.pg_lock_timeout),
+            ("TURNSTILE_OUTCOME_DEADLINE", self.outcome_deadline),
+        ] {
+            if value.is_zero() {
+                return Err(InvalidSetting::duration(name, value, "must be above 0"));
             }
         }
         self.callers.validate()

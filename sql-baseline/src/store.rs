@@ -132,6 +132,44 @@ pub async fn claim_for_update(
     }))
 }
 
+/// [`claim_for_update`], with its commit resolved: when a failure may hide
+/// a commit (the connection died while the transaction committed), the
+/// same claim is tried again, with back-off, until `deadline` passes. The
+/// claim is idempotent: a committed first attempt comes back as a replay,
+/// and one that did not commit is decided now. `Err` carries the last
+/// failure, and whether it may have committed (the outcome is unknown).
+pub async fn claim_resolved(
+    pool: &PgPool,
+    fingerprint: &[u8; 32],
+    event: &ClaimRequested,
+    deadline: std::time::Duration,
+) -> Result<ClaimOutcome, (StoreError, bool)> {
+    let give_up = std::time::Instant::now() + deadline;
+    let mut wait = std::time::Duration::from_millis(20);
+    let mut ambiguous = false;
+    loop {
+        let attempt = async {
+            let outcome = claim_for_update(pool, fingerprint, event).await?;
+            // Fault injection for the tests: the commit happened, its answer is lost.
+            fail::fail_point!("claim-answer-lost", |_| Err(StoreError::Unavailable(sqlx::Error::Io(
+                std::io::ErrorKind::ConnectionReset.into()
+            ))));
+            Ok(outcome)
+        };
+        let error = match attempt.await {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) => e,
+        };
+        ambiguous |= error.may_have_committed();
+        if !ambiguous || std::time::Instant::now() + wait >= give_up {
+            return Err((error, ambiguous));
+        }
+        tracing::debug!(error = %error, wait_ms = wait.as_millis() as u64, "trying a claim again to resolve its commit");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
 /// Decides one claim against the locked row with the pipeline's own rule
 /// ([`decide_batch`], a batch of one); returns the decision and the stock
 /// left afterwards.
@@ -156,11 +194,15 @@ fn decide_one(remaining: i64, per_user_limit: Option<i32>, held: i64, event: &Cl
     (decision, outcome.remaining)
 }
 
-/// A store failure as the client should see it: transient ones (pool
-/// exhausted, connection lost, deadlock) are retryable 503s; anything else
-/// is a bug, logged here.
-pub fn problem(e: &StoreError, doing: &'static str) -> ApiError {
-    if e.is_transient() {
+/// A store failure as the client should see it: one that may have
+/// committed is `504 outcome-unknown`; transient ones (pool exhausted,
+/// deadlock, a timeout) are retryable 503s, which promise nothing was
+/// recorded; anything else is a bug, logged here.
+pub fn problem(e: &StoreError, may_have_committed: bool, doing: &'static str) -> ApiError {
+    if may_have_committed {
+        tracing::warn!(error = %e, cause = ?e, doing, "the outcome of a commit is unknown");
+        ApiError::OutcomeUnknown { retry_after: 1 }
+    } else if e.is_transient() {
         tracing::debug!(error = %e, cause = ?e, doing, "postgres unavailable");
         ApiError::Unavailable {
             dependency: "postgres",

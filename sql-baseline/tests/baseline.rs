@@ -36,6 +36,9 @@ impl Baseline {
             database_url: database_url(),
             pg_pool: 16,
             pg_acquire_timeout: Duration::from_secs(30),
+            pg_statement_timeout: Duration::from_secs(30),
+            pg_lock_timeout: Duration::from_secs(30),
+            outcome_deadline: Duration::from_secs(10),
             max_inflight,
             max_body_bytes: 16 * 1024,
             // No buckets: one test client stands for many callers.

@@ -13,7 +13,7 @@ use crate::{
     app::AppState,
     extract::{self, JsonBody, PathParam},
     problem::ApiError,
-    store::{ClaimOutcome, claim_for_update},
+    store::{ClaimOutcome, claim_resolved},
 };
 
 /// Decides a claim for a coupon or SKU and answers with the decision.
@@ -46,9 +46,9 @@ pub async fn create_claim(
         quantity: request.quantity,
         accepted_at_ms: UnixMillis::now(),
     };
-    let outcome = claim_for_update(&state.pool, &request.fingerprint(), &event)
+    let outcome = claim_resolved(&state.pool, &request.fingerprint(), &event, state.outcome_deadline)
         .await
-        .map_err(|e| crate::store::problem(&e, "deciding a claim"))?;
+        .map_err(|(e, unknown)| crate::store::problem(&e, unknown, "deciding a claim"))?;
     match outcome {
         ClaimOutcome::Decided(claim) => {
             tracing::debug!(
@@ -66,7 +66,7 @@ pub async fn create_claim(
                 tracing::error!(%claim_id, "an idempotency key names a claim that does not exist");
                 Err(ApiError::Internal)
             }
-            Err(e) => Err(crate::store::problem(&e, "reading a replayed claim")),
+            Err(e) => Err(crate::store::problem(&e, false, "reading a replayed claim")),
         },
         ClaimOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
         ClaimOutcome::UnknownResource => Err(ApiError::UnknownResource(event.resource.local_name())),
@@ -86,6 +86,6 @@ pub async fn get_claim(
     match store::claim(&state.pool, ClaimId::from_uuid(id)).await {
         Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from(&row))),
         Ok(_) => Err(not_found()),
-        Err(e) => Err(crate::store::problem(&e, "reading a claim")),
+        Err(e) => Err(crate::store::problem(&e, false, "reading a claim")),
     }
 }

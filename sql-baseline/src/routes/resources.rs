@@ -20,7 +20,7 @@ async fn create(state: &AppState, new: &NewResource) -> Result<(), ApiError> {
     match store::create_resource(&state.pool, &new.key, new.total, new.per_user_limit).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(ApiError::AlreadyExists(new.key.local_name())),
-        Err(e) => Err(crate::store::problem(&e, "creating a resource")),
+        Err(e) => Err(crate::store::problem(&e, false, "creating a resource")),
     }
 }
 
@@ -54,7 +54,7 @@ async fn stock(state: &AppState, principal: Principal, kind: ResourceKind, raw: 
     match store::resource(&state.pool, &key).await {
         Ok(Some(row)) => Ok((row.total, row.remaining)),
         Ok(None) => Err(ApiError::NotFound(format!("{} does not exist", key.local_name()))),
-        Err(e) => Err(crate::store::problem(&e, "reading a resource")),
+        Err(e) => Err(crate::store::problem(&e, false, "reading a resource")),
     }
 }
 
