@@ -2,7 +2,8 @@
 //!
 //! librdkafka reports losing every broker (`AllBrokersDown`) but never
 //! reports getting one back; a broker is known reachable again when it
-//! answers: a message consumed or a delivery acknowledged. What depends on
+//! answers: a delivery acknowledged, or the [`crate::TopicKeeper`]'s check
+//! every few seconds, which also reports a broker gone. What depends on
 //! this is a hint, never correctness: the worker's sweeper shortens its
 //! window while Kafka is down, and `turnstile_kafka_up` says so.
 
@@ -36,7 +37,7 @@ impl KafkaHealth {
         IntGauge::new(
             "turnstile_kafka_up",
             "1 while this process's Kafka clients reach a broker, 0 since they lost every broker and until one \
-             answers again (a message consumed or acknowledged).",
+             answers again (a topic check or a delivery acknowledged).",
         )
     }
 

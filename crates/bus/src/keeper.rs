@@ -24,7 +24,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{BusError, KafkaConnection, TopicLayout};
+use crate::{BusError, KafkaConnection, KafkaHealth, TopicLayout};
+
+/// How often a service checks that its topics exist.
+pub const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a service's start-up waits for the broker to confirm its
+/// topics before it goes on without (the keeper creates them later).
+pub const STARTUP_TOPIC_CHECK: Duration = Duration::from_secs(5);
 
 /// Recreates missing topics. See the module's documentation.
 pub struct TopicKeeper {
@@ -33,6 +40,7 @@ pub struct TopicKeeper {
     layout: TopicLayout,
     recreated: IntCounterVec,
     announce: watch::Sender<u64>,
+    health: Option<KafkaHealth>,
 }
 
 impl std::fmt::Debug for TopicKeeper {
@@ -60,7 +68,15 @@ impl TopicKeeper {
             layout,
             recreated,
             announce: watch::channel(0).0,
+            health: None,
         })
+    }
+
+    /// Also reports each pass to `health`: a broker that answered the
+    /// check is reachable, one that did not is not.
+    pub fn with_health(mut self, health: KafkaHealth) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// The counter's name and help, for the services' registries.
@@ -131,8 +147,18 @@ impl TopicKeeper {
                 () = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            if let Err(e) = self.pass().await {
-                debug!(error = %e, "topic check failed; will retry");
+            match self.pass().await {
+                Ok(_) => {
+                    if let Some(health) = &self.health {
+                        health.reached();
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "topic check failed; will retry");
+                    if let Some(health) = &self.health {
+                        health.lost();
+                    }
+                }
             }
         }
     }

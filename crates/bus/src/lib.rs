@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use connection::{KafkaConnection, OWN_SETTINGS, PROPERTY_PREFIX, properties_from_env, variable_of};
 pub use health::KafkaHealth;
-pub use keeper::TopicKeeper;
+pub use keeper::{STARTUP_TOPIC_CHECK, TOPIC_CHECK_INTERVAL, TopicKeeper};
 use prometheus::{IntCounter, IntGaugeVec};
 pub use publish::{Publisher, QueueError, TraceHeaders};
 pub use settings::KafkaSettings;
@@ -51,6 +51,13 @@ pub enum BusError {
     /// The client library refused a setting or the broker failed.
     #[error("kafka operation failed")]
     Kafka(#[from] KafkaError),
+    /// The broker named no partition of a topic (it is missing, or the
+    /// broker is not answering).
+    #[error("no partitions found for topic {topic}")]
+    NoPartitions {
+        /// The topic.
+        topic: String,
+    },
     /// Creating a topic, or adding partitions to it, failed.
     #[error("creating topic {topic} failed: {code}")]
     CreateTopic {
@@ -368,6 +375,11 @@ pub async fn tail_from_end(kafka: &KafkaConnection, topic: &str) -> Result<Strea
         for p in t.partitions() {
             assignment.add_partition_offset(topic, p.id(), Offset::End)?;
         }
+    }
+    if assignment.count() == 0 {
+        return Err(BusError::NoPartitions {
+            topic: topic.to_owned(),
+        });
     }
     consumer.assign(&assignment)?;
     Ok(consumer)

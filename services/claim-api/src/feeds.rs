@@ -70,6 +70,25 @@ impl DecisionWaiters {
     }
 
     /// Follows the decided topic until `stop`, waking waiters.
+    /// Tails `topic` from its end and wakes the waiters of each decision
+    /// until `stop` fires. A broker that is down (at start-up, say) or a
+    /// topic not there yet is tried again with back-off: `Prefer: wait`
+    /// answers from the database meanwhile, when its wait runs out.
+    pub async fn follow_topic(self, kafka: turnstile_bus::KafkaConnection, topic: String, stop: CancellationToken) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match turnstile_bus::tail_from_end(&kafka, &topic).await {
+                Ok(consumer) => return self.follow(consumer, stop).await,
+                Err(e) => warn!(topic, error = %e, "cannot tail the decisions yet; trying again"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
     pub async fn follow(self, consumer: StreamConsumer, stop: CancellationToken) {
         loop {
             let message = tokio::select! {

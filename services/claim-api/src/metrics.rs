@@ -25,6 +25,8 @@ pub struct ApiMetrics {
     pub(crate) auth_refusals: IntCounterVec,
     pub(crate) replica_fallbacks: IntCounterVec,
 }
+    pub(crate) kafka_up: IntGauge,
+    pub(crate) topics_recreated: IntCounterVec,
 
 impl ApiMetrics {
     /// Creates the instruments and registers them.
@@ -126,6 +128,8 @@ impl ApiMetrics {
         for cause in crate::admission::ShedCause::ALL {
             m.throttled.with_label_values(&[cause.as_str()]);
         }
+            kafka_up: turnstile_bus::KafkaHealth::gauge()?,
+            topics_recreated: turnstile_bus::TopicKeeper::counter()?,
         m.throttled.with_label_values(&["rate_user"]);
         for reason in ["missing", "malformed", "unknown", "tenant_mismatch", "rate_key"] {
             m.auth_refusals.with_label_values(&[reason]);
@@ -153,3 +157,5 @@ impl ApiMetrics {
         Ok(m)
     }
 }
+        registry.register(Box::new(m.kafka_up.clone()))?;
+        registry.register(Box::new(m.topics_recreated.clone()))?;

@@ -47,7 +47,10 @@ use rdkafka::consumer::Consumer;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use turnstile_bus::{ConsumerTuning, GroupContext, KafkaHealth, ProducerTuning, Publisher, TopicKeeper};
+use turnstile_bus::{
+    ConsumerTuning, GroupContext, KafkaHealth, ProducerTuning, Publisher, STARTUP_TOPIC_CHECK, TOPIC_CHECK_INTERVAL,
+    TopicKeeper,
+};
 use turnstile_claim::audit::OversoldLedger;
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
@@ -95,13 +98,6 @@ const SETTLE_QUEUE: usize = 4096;
 
 /// How often the relay looks for owed announcements when it found few.
 const RELAY_INTERVAL: Duration = Duration::from_millis(500);
-
-/// How long start-up waits for the broker to confirm the topics before it
-/// goes on without (the keeper creates them later).
-const STARTUP_TOPIC_CHECK: Duration = Duration::from_secs(5);
-
-/// How often each service checks that its topics exist.
-const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -251,7 +247,8 @@ impl Worker {
             &[&topics.requested, &topics.decided, &topics.dead_letter],
             settings.kafka.layout(),
             metrics.topics_recreated.clone(),
-        )?;
+        )?
+        .with_health(announcer.health.clone());
         let pipeline = Pipeline::new(
             consumer,
             topics.requested.clone(),
