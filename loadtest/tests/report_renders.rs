@@ -449,6 +449,9 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
         database_url: database_url(),
         pg_pool: 8,
         pg_acquire_timeout: Duration::from_secs(30),
+        pg_statement_timeout: Duration::from_secs(30),
+        pg_lock_timeout: Duration::from_secs(30),
+        outcome_deadline: Duration::from_secs(10),
         max_inflight: 1024,
         max_body_bytes: 16 * 1024,
         // This test measures the report, not the buckets.

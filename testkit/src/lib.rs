@@ -102,9 +102,13 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         max_inflight: 512,
         admission_limiter: claim_api::LimiterKind::Aimd,
         admission_slo: claim_api::DEFAULT_ADMISSION_SLO,
-        producer_queue_limit: 10_000,
+        pg_statement_timeout: Duration::from_secs(5),
+        pg_lock_timeout: Duration::from_secs(2),
+        outcome_deadline: Duration::from_secs(10),
+        // The tests share one database, and some leave claims pending on
+        // purpose: only a test about the backlog sets a bound.
+        max_pending_claims: i64::MAX - 1,
         producer_linger: Duration::from_millis(5),
-        max_consumer_lag: 0,
         max_body_bytes: 16 * 1024,
         header_read_timeout: Duration::from_secs(5),
         max_connections: 10_000,
@@ -602,4 +606,50 @@ pub async fn assert_problem(response: reqwest::Response, status: reqwest::Status
     assert_eq!(body["status"], status.as_u16());
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
     body
+}
+
+/// A Kafka-protocol broker of one test's own: the stack's tansu binary, in
+/// memory, on a free port, so a test can kill it without touching the
+/// broker every other test shares. Killed on drop.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    child: Child,
+    /// `127.0.0.1:PORT`, as `TURNSTILE_KAFKA_BROKERS` names it.
+    pub addr: String,
+}
+
+impl PrivateBroker {
+    /// Starts the broker and waits until it accepts connections.
+    pub async fn start() -> Result<Self> {
+        let cache = std::env::var("TURNSTILE_CACHE").map_or_else(
+            |_| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/turnstile"),
+            std::path::PathBuf::from,
+        );
+        let bin = cache.join("tansu-0.6.0/bin/tansu");
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let url = format!("tcp://{addr}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {} (scripts/stack up builds it)", bin.display()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("the private broker did not listen on {addr} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { child, addr })
+    }
+
+    /// SIGKILLs the broker and waits until it is gone.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
 }

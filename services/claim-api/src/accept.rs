@@ -1,4 +1,4 @@
-//! Group commit for claim admission: record, commit, then publish.
+//! Group commit for claim admission: record, commit, answer, then publish.
 //!
 //! The Postgres row is the claim. Every accepted claim's pending row (which
 //! is also its idempotency record) is committed before anything else
@@ -6,25 +6,30 @@
 //! the partition's owner to decide it. So:
 //! - a `202` is sent only after the commit: the claim exists and will be
 //!   decided;
-//! - a `429` or `503` is sent only when nothing was committed: the key stays
-//!   free for the client's retry (a failure that may hide a commit is
-//!   resolved by recording once more, which finds what the first attempt
-//!   committed);
+//! - a `429` or `503` is sent only when this request recorded nothing; an
+//!   earlier accepted request with the same key stands. A failure that may
+//!   hide a commit (the connection died while the statement ran: Postgres
+//!   restarting, a network fault) is never answered so: recording is
+//!   idempotent, so it is tried again, with back-off, until it answers or
+//!   `TURNSTILE_OUTCOME_DEADLINE` passes; claims the lost attempt committed
+//!   come back as replays of themselves, answered `202` and published then.
+//!   Past the deadline the answer is `504 outcome-unknown`: retry with the
+//!   same key;
 //! - an event always names a row that exists. A publish that fails after
 //!   the commit leaves a pending claim, which the worker's sweeper decides
 //!   once it has been pending for the sweep window
 //!   (`TURNSTILE_SWEEP_AFTER`); the answer is still `202`.
 //!
-//! The answer does not wait for Kafka's acknowledgement: after the commit
-//! it would be `202` either way. The batch's slot does: a batch holds one of
-//! the `TURNSTILE_ACCEPT_BATCHES` slots until Kafka acknowledged its events.
-//! That bounds the events in flight by the slots, and it keeps batches as
-//! large as they were when the commit waited for Kafka: releasing the slot
-//! at the commit made batches three times smaller at 5 000 claims/s (2.9
-//! claims against 8.5), three times the statements for Postgres, and a
-//! worse end-to-end p99. Kafka's health also reaches admission through the
-//! circuit breaker (fed by the acknowledgements) and the producer-queue
-//! gate, both checked before anything is recorded.
+//! Kafka is the fast path, not the record, so nothing here waits for it.
+//! The commit is the acceptance: the events are queued after it, and their
+//! acknowledgements are awaited by a task of their own, which counts what
+//! Kafka did not take (`turnstile_claims_unpublished_total`); a batch's
+//! slot is held for a fixed pace ([`BATCH_PACE`]), never for Kafka. A
+//! broker that is down therefore slows decisions (the sweeper decides
+//! those claims) but not acceptance. What bounds acceptance is the
+//! database's backlog: admission refuses new claims while
+//! `TURNSTILE_MAX_PENDING_CLAIMS` or more wait for a decision
+//! ([`crate::feeds::watch_pending`]).
 //!
 //! One commit per claim puts a WAL flush on every request; under a flash
 //! sale that is the API's ceiling. So requests queue here, and whoever is
@@ -33,23 +38,41 @@
 //! request and nothing waits; under load batches grow by themselves, with
 //! no linger.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::future::join_all;
 use rdkafka::producer::DeliveryFuture;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
-use turnstile_bus::{Publisher, QueueError, Topics, TraceHeaders};
+use turnstile_bus::{Publisher, Topics, TraceHeaders};
 use turnstile_claim::{ClaimId, ClaimRequested};
 use turnstile_store::{self as store, Admission, ClaimRow, Reserved, StoreError};
 
 use crate::{metrics::ApiMetrics, problem::ApiError, reads::Reads, resilience::Breaker};
 
+/// The least and the most a retry of an ambiguous commit waits.
+const RESOLVE_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
+
 /// Most claims recorded by one statement.
 const MAX_BATCH: usize = 256;
+
+/// The least time a batch holds its slot, from its start: a busy API then
+/// writes at most `TURNSTILE_ACCEPT_BATCHES` statements per pace, and the
+/// claims arriving meanwhile gather into larger batches. It stands in for
+/// the wait on Kafka's acknowledgements that once held the slot (about the
+/// producer's 5 ms linger plus the broker's answer), which kept batches
+/// about three times larger at 5 000 claims/s than releasing the slot at
+/// the commit, with a better end-to-end p99; unlike that wait it is the
+/// same whatever the broker does. At low load slots are free and nothing
+/// waits for it; the answers are sent at the commit either way.
+const BATCH_PACE: Duration = Duration::from_millis(10);
 
 /// One claim to admit: the part of `POST /v1/claims` that does work and is
 /// therefore under the adaptive concurrency limit (waiting for a decision
@@ -85,8 +108,10 @@ pub struct AcceptDeps {
     pub(crate) publisher: Publisher,
     pub(crate) topics: Topics,
     pub(crate) postgres: Breaker,
-    pub(crate) kafka: Breaker,
     pub(crate) metrics: ApiMetrics,
+    /// How long an ambiguous commit is retried before the answer is
+    /// `504 outcome-unknown` (`TURNSTILE_OUTCOME_DEADLINE`).
+    pub(crate) outcome_deadline: Duration,
 }
 
 struct Pending {
@@ -131,7 +156,10 @@ impl AcceptQueue {
                 }
                 let deps = deps.clone();
                 tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
                     run_batch(&deps, batch).await;
+                    // Paced: see BATCH_PACE.
+                    tokio::time::sleep_until(started + BATCH_PACE).await;
                     drop(slot);
                 });
             }
@@ -166,10 +194,10 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
         db.collection.name = "claims",
         db.operation.batch.size = batch.len(),
     );
-    let answers = record(deps, &batch).instrument(span).await;
-    let deliveries = publish_new(deps, &batch, &answers);
+    let recorded = record(deps, &batch).instrument(span).await;
+    let deliveries = publish_new(deps, &batch, &recorded);
     let mut replays = Vec::new();
-    for (pending, answer) in batch.into_iter().zip(answers) {
+    for (pending, answer) in batch.into_iter().zip(recorded.answers) {
         let answer = match answer {
             Ok(Reserved::New) => {
                 deps.metrics.accepted.inc();
@@ -190,9 +218,10 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
         // Outside the batch's slot: the slot is for recording new claims.
         tokio::spawn(answer_replays(deps.reads.clone(), replays));
     }
-    // The clients have their answers; the batch's slot is held until Kafka
-    // acknowledged its events (see the module docs).
-    settle_deliveries(deps, deliveries).await;
+    if !deliveries.is_empty() {
+        // Nobody waits for Kafka: not the clients, not the batch's slot.
+        tokio::spawn(settle_deliveries(deps.metrics.clone(), deliveries));
+    }
 }
 
 /// Answers a batch's replays with their claims as stored now, read in one
@@ -212,14 +241,51 @@ async fn answer_replays(reads: Reads, replays: Vec<(oneshot::Sender<Result<Admit
     }
 }
 
+/// What [`record`] did for a batch.
+struct Recorded {
+    /// One answer per job.
+    answers: Vec<Result<Reserved, ApiError>>,
+    /// An attempt failed in a way that may have committed it, and a later
+    /// one answered: its claims came back as replays, and may have no
+    /// event yet.
+    resolved: bool,
+}
+
+/// Why an attempt to record a batch failed.
+enum AttemptError {
+    /// No connection: nothing was sent.
+    NoConnection(StoreError),
+    /// The statement failed.
+    Statement(StoreError),
+}
+
+/// One attempt: a write connection and [`store::reserve_claims`].
+async fn attempt(deps: &AcceptDeps, admissions: &[Admission<'_>]) -> Result<Vec<Reserved>, AttemptError> {
+    let mut conn = deps
+        .write_pool
+        .acquire()
+        .await
+        .map_err(|e| AttemptError::NoConnection(e.into()))?;
+    let reserved = store::reserve_claims(&mut conn, admissions)
+        .await
+        .map_err(AttemptError::Statement)?;
+    // Fault injection for the tests: the commit happened, its answer is lost.
+    fail::fail_point!("reserve-answer-lost", |_| Err(AttemptError::Statement(
+        StoreError::Unavailable(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()))
+    )));
+    Ok(reserved)
+}
+
 /// Records the batch in one autocommit statement. Returns one answer per
-/// job; an error means nothing was committed for that job.
-async fn record(deps: &AcceptDeps, batch: &[Pending]) -> Vec<Result<Reserved, ApiError>> {
-    let fail_all = |e: &ApiError| batch.iter().map(|_| Err(e.clone())).collect();
-    // Kafka known to be down: refuse before recording, so the key stays
-    // free, rather than accept claims only the sweeper would decide.
-    if let Err(e) = deps.postgres.permit().and_then(|()| deps.kafka.permit()) {
-        return fail_all(&e);
+/// job; an error answer is one of: nothing was recorded for that job (`503`,
+/// `500`), or the outcome could not be known in time (`504`).
+async fn record(deps: &AcceptDeps, batch: &[Pending]) -> Recorded {
+    let fail_all = |e: ApiError| Recorded {
+        answers: batch.iter().map(|_| Err(e.clone())).collect(),
+        resolved: false,
+    };
+    if let Err(e) = deps.postgres.permit() {
+        return fail_all(e);
     }
     let admissions: Vec<Admission<'_>> = batch
         .iter()
@@ -228,69 +294,91 @@ async fn record(deps: &AcceptDeps, batch: &[Pending]) -> Vec<Result<Reserved, Ap
             event: &p.job.event,
         })
         .collect();
-    // A transient failure can hide a commit (the connection died after
-    // Postgres committed, before the answer arrived): answering 503 then
-    // would break its promise. Recording is idempotent, so it is tried once
-    // more: claims the first attempt did commit come back as replays of
-    // themselves, still pending (their events were not published; the
-    // sweeper decides them).
-    let reserved = (|| async {
-        let mut conn = deps.write_pool.acquire().await?;
-        let reserved = store::reserve_claims(&mut conn, &admissions).await?;
-        // Fault injection for the tests: the commit happened, its answer is lost.
-        fail::fail_point!("reserve-answer-lost", |_| Err(StoreError::Unavailable(
-            sqlx::Error::PoolClosed
-        )));
-        Ok(reserved)
-    })
-    .retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(10))
-            .with_max_times(1)
-            .with_jitter(),
-    )
-    .when(StoreError::is_transient)
-    .await;
-    deps.postgres
-        .record(reserved.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
-    match reserved {
-        Ok(reserved) => reserved.into_iter().map(Ok).collect(),
-        Err(e) if e.is_transient() => fail_all(&deps.postgres.unavailable()),
-        Err(e) => {
-            tracing::error!(error = %e, cause = ?e, "reserving claims failed");
-            fail_all(&ApiError::Internal)
+    let deadline = Instant::now() + deps.outcome_deadline;
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(RESOLVE_BACKOFF.0)
+        .with_max_delay(RESOLVE_BACKOFF.1)
+        .without_max_times()
+        .with_jitter()
+        .build();
+    // Whether some attempt may have committed: from then on the batch is
+    // never refused, only resolved (or, past the deadline, unknown).
+    let mut ambiguous = false;
+    let mut retries = 0u32;
+    loop {
+        let error = match attempt(deps, &admissions).await {
+            Ok(reserved) => {
+                deps.postgres.record(true);
+                if ambiguous {
+                    tracing::info!(retries, "an ambiguous commit was resolved by recording again");
+                }
+                return Recorded {
+                    answers: reserved.into_iter().map(Ok).collect(),
+                    resolved: ambiguous,
+                };
+            }
+            Err(AttemptError::NoConnection(e)) => e,
+            Err(AttemptError::Statement(e)) => {
+                if e.may_have_committed() && !ambiguous {
+                    tracing::warn!(error = %e, cause = ?e, batch = batch.len(), "the commit's answer was lost; resolving it");
+                    ambiguous = true;
+                }
+                e
+            }
+        };
+        if !ambiguous {
+            // Nothing was committed: the answer may say so.
+            deps.postgres.record(!error.is_transient());
+            if error.is_transient() {
+                return fail_all(deps.postgres.unavailable());
+            }
+            tracing::error!(error = %error, cause = ?error, "reserving claims failed");
+            return fail_all(ApiError::Internal);
         }
+        let wait = backoff.next().unwrap_or(RESOLVE_BACKOFF.1);
+        if Instant::now() + wait >= deadline {
+            deps.postgres.record(false);
+            tracing::error!(error = %error, cause = ?error, retries, batch = batch.len(),
+                "the outcome of a commit is unknown; answering outcome-unknown");
+            return fail_all(ApiError::OutcomeUnknown { retry_after: 1 });
+        }
+        tracing::debug!(error = %error, retries, wait_ms = wait.as_millis() as u64, "recording again to resolve a commit");
+        retries += 1;
+        tokio::time::sleep(wait).await;
     }
 }
 
-/// Hands the batch's new claims, committed already, to Kafka.
-fn publish_new(deps: &AcceptDeps, batch: &[Pending], answers: &[Result<Reserved, ApiError>]) -> Vec<DeliveryFuture> {
+/// Hands the batch's new claims, committed already, to Kafka; after an
+/// ambiguous commit, also its replays, which may be the claims the lost
+/// attempt committed (a duplicate event is harmless: the worker finds the
+/// claim decided).
+fn publish_new(deps: &AcceptDeps, batch: &[Pending], recorded: &Recorded) -> Vec<DeliveryFuture> {
     batch
         .iter()
-        .zip(answers)
-        .filter(|(_, answer)| matches!(answer, Ok(Reserved::New)))
+        .zip(&recorded.answers)
+        .filter(|(_, answer)| match answer {
+            Ok(Reserved::New) => true,
+            Ok(Reserved::Replay(_)) => recorded.resolved,
+            _ => false,
+        })
         .filter_map(|(pending, _)| publish(deps, pending))
         .collect()
 }
 
-/// Awaits the acknowledgements of a batch's events, which feed the circuit
-/// breaker; a claim Kafka did not take is counted and left to the sweeper.
-async fn settle_deliveries(deps: &AcceptDeps, deliveries: Vec<DeliveryFuture>) {
-    if deliveries.is_empty() {
-        return;
-    }
-    let started = std::time::Instant::now();
+/// Awaits the acknowledgements of a batch's events; a claim Kafka did not
+/// take is counted and left to the sweeper.
+async fn settle_deliveries(metrics: ApiMetrics, deliveries: Vec<DeliveryFuture>) {
+    let started = Instant::now();
     for delivered in join_all(deliveries).await {
-        deps.metrics.produce_duration.observe(started.elapsed().as_secs_f64());
+        metrics.produce_duration.observe(started.elapsed().as_secs_f64());
         match delivered {
-            Ok(Ok(_)) => deps.kafka.record(true),
+            Ok(Ok(_)) => {}
             Ok(Err((e, _))) => {
-                tracing::warn!(error = %e, "ClaimRequested not acknowledged; the sweeper will decide its claim");
-                deps.metrics.unpublished.inc();
-                deps.kafka.record(false);
+                tracing::debug!(error = %e, "ClaimRequested not acknowledged; the sweeper will decide its claim");
+                metrics.unpublished.inc();
             }
             // The producer was dropped: the API is stopping.
-            Err(_) => deps.metrics.unpublished.inc(),
+            Err(_) => metrics.unpublished.inc(),
         }
     }
 }
@@ -332,10 +420,9 @@ fn publish(deps: &AcceptDeps, pending: &Pending) -> Option<DeliveryFuture> {
     match queued {
         Ok(delivery) => Some(delivery),
         Err(e) => {
-            if matches!(e, QueueError::Refused(_)) {
-                deps.kafka.record(false);
-            }
-            tracing::warn!(error = %e, claim_id = %event.claim_id, "ClaimRequested not queued; the sweeper will decide its claim");
+            // A full local queue (the broker slow or down) or a refusal:
+            // the claim is committed, and the sweeper decides it.
+            tracing::debug!(error = %e, claim_id = %event.claim_id, "ClaimRequested not queued; the sweeper will decide its claim");
             deps.metrics.unpublished.inc();
             None
         }

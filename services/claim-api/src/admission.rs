@@ -6,10 +6,12 @@
 //! needs and goodput collapses: a refusal that parses the body, opens a span
 //! and logs a line costs about as much as a claim. So [`admit_claims`], the outermost layer of
 //! the router, looks at the method and path and nothing else:
-//! - if Kafka's local queue or the workers' lag is too deep, or every
-//!   admission slot is taken, it answers `429` at once, from bytes built at
-//!   compile time: no body read, no JSON parsed, no span, no log line (the
-//!   refusals are counted in `turnstile_claims_throttled_total`);
+//! - if the database holds more undecided claims than
+//!   `TURNSTILE_MAX_PENDING_CLAIMS`, or every admission slot is taken, it
+//!   answers `429` at once, from bytes built at compile time: no body read,
+//!   no JSON parsed, no span, no log line (the refusals are counted in
+//!   `turnstile_claims_throttled_total`). Kafka is not asked: a claim is
+//!   accepted by its commit, whatever the broker does;
 //! - otherwise it hands the request a slot ([`AdmissionTicket`]), which
 //!   the handler gives back as soon as the claim is recorded (waiting for a
 //!   decision with `Prefer: wait` holds no slot). A request that fails
@@ -44,7 +46,6 @@ use bytes::Bytes;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_acc::{Aimd, Algorithm, Gradient2};
-use turnstile_bus::Publisher;
 use turnstile_claim::{TenantId, access::Principal};
 
 use crate::metrics::ApiMetrics;
@@ -100,29 +101,21 @@ impl std::fmt::Display for LimiterKind {
 pub enum ShedCause {
     /// Every admission slot is taken.
     Concurrency,
-    /// Kafka's local queue is too deep.
-    ProducerQueue,
-    /// The workers are too far behind.
-    ConsumerLag,
+    /// The database holds too many claims waiting for a decision.
+    PendingBacklog,
     /// The caller's tenant holds its fair share of the slots.
     TenantShare,
 }
 
 impl ShedCause {
     /// Every cause, in the order of [`ShedCause::index`].
-    pub const ALL: [Self; 4] = [
-        Self::Concurrency,
-        Self::ProducerQueue,
-        Self::ConsumerLag,
-        Self::TenantShare,
-    ];
+    pub const ALL: [Self; 3] = [Self::Concurrency, Self::PendingBacklog, Self::TenantShare];
 
     /// The `cause` label of `turnstile_claims_throttled_total`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Concurrency => "concurrency",
-            Self::ProducerQueue => "producer_queue",
-            Self::ConsumerLag => "consumer_lag",
+            Self::PendingBacklog => "pending_backlog",
             Self::TenantShare => "tenant_share",
         }
     }
@@ -135,8 +128,8 @@ impl ShedCause {
     /// than a slot frees.
     pub const fn retry_after(self) -> u64 {
         match self {
-            Self::ConsumerLag => 2,
-            Self::Concurrency | Self::ProducerQueue | Self::TenantShare => 1,
+            Self::PendingBacklog => 2,
+            Self::Concurrency | Self::TenantShare => 1,
         }
     }
 
@@ -163,8 +156,7 @@ impl ShedCause {
         }
         match self {
             Self::Concurrency => overloaded!("concurrency"),
-            Self::ProducerQueue => overloaded!("producer_queue"),
-            Self::ConsumerLag => overloaded!("consumer_lag"),
+            Self::PendingBacklog => overloaded!("pending_backlog"),
             Self::TenantShare => overloaded!("tenant_share"),
         }
     }
@@ -185,7 +177,7 @@ impl ShedCause {
 
 /// The instruments a refusal touches, resolved once.
 struct ShedInstruments {
-    throttled: [IntCounter; 4],
+    throttled: [IntCounter; ShedCause::ALL.len()],
     requests: IntCounter,
     duration: Histogram,
     limit: IntGauge,
@@ -205,7 +197,6 @@ struct Gate {
     tenants: Mutex<HashMap<TenantId, TenantLoad>>,
     controller: Mutex<Controller>,
     load: LoadGate,
-    publisher: Publisher,
     instruments: ShedInstruments,
 }
 
@@ -249,14 +240,7 @@ fn algorithm(kind: LimiterKind, max_inflight: usize, slo: Duration) -> Box<dyn A
 
 impl AdmissionGate {
     /// A gate in front of claim admission.
-    pub fn new(
-        kind: LimiterKind,
-        max_inflight: usize,
-        slo: Duration,
-        load: LoadGate,
-        publisher: Publisher,
-        metrics: &ApiMetrics,
-    ) -> Self {
+    pub fn new(kind: LimiterKind, max_inflight: usize, slo: Duration, load: LoadGate, metrics: &ApiMetrics) -> Self {
         let algorithm = algorithm(kind, max_inflight, slo);
         let slots = algorithm.max_concurrency();
         metrics.admission_limit.set(slots as i64);
@@ -265,7 +249,6 @@ impl AdmissionGate {
             tenants: Mutex::new(HashMap::new()),
             controller: Mutex::new(Controller { algorithm, slots }),
             load,
-            publisher,
             instruments: ShedInstruments {
                 throttled: ShedCause::ALL.map(|c| metrics.throttled.with_label_values(&[c.as_str()])),
                 requests: metrics.http_requests.with_label_values(&[CLAIMS_PATH, "POST", "4xx"]),
@@ -283,7 +266,7 @@ impl AdmissionGate {
 
     /// A slot for a claim of `tenant`, or why there is none.
     fn enter(&self, tenant: TenantId, now: Instant) -> Result<AdmissionTicket, ShedCause> {
-        self.0.load.check(&self.0.publisher)?;
+        self.0.load.check()?;
         let limit = self.limit();
         let mut tenants = self.0.tenants.lock().unwrap_or_else(PoisonError::into_inner);
         // Tenants are few; forgetting the idle ones as we go keeps this cheap.
@@ -411,22 +394,23 @@ impl Drop for Ticket {
     }
 }
 
-/// The non-concurrency load checks, made before a claim gets a slot:
-/// Kafka's local queue and the workers' lag.
+/// The load check made before a claim gets a slot: the backlog of
+/// undecided claims in the database, as last sampled.
 #[derive(Debug, Clone)]
 pub struct LoadGate {
-    pub(crate) producer_queue_limit: i32,
-    pub(crate) lag_exceeded: Arc<std::sync::atomic::AtomicBool>,
+    /// `TURNSTILE_MAX_PENDING_CLAIMS`.
+    pub(crate) max_pending: i64,
+    /// The last sample ([`crate::feeds::watch_pending`]); below 0 while
+    /// unknown, which never refuses on its own.
+    pub(crate) pending: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl LoadGate {
-    /// Refuses if Kafka's queue or the workers' backlog is too deep.
-    fn check(&self, publisher: &Publisher) -> Result<(), ShedCause> {
-        if publisher.in_flight() >= self.producer_queue_limit {
-            return Err(ShedCause::ProducerQueue);
-        }
-        if self.lag_exceeded.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(ShedCause::ConsumerLag);
+    /// Refuses while the backlog is at or above its bound.
+    fn check(&self) -> Result<(), ShedCause> {
+        let pending = self.pending.load(std::sync::atomic::Ordering::Relaxed);
+        if pending >= 0 && pending >= self.max_pending {
+            return Err(ShedCause::PendingBacklog);
         }
         Ok(())
     }

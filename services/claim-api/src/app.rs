@@ -8,7 +8,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{Arc, atomic::AtomicI64},
     time::{Duration, Instant},
 };
 
@@ -31,7 +31,7 @@ use turnstile_http::{
     routes::V1Routes,
     serve::{ServeLimits, serve},
 };
-use turnstile_store::{self as store, cache::ResourceCache};
+use turnstile_store::{self as store, StatementTimeouts, cache::ResourceCache};
 use utoipa::OpenApi;
 
 use crate::{
@@ -155,18 +155,24 @@ impl Application {
         let metrics = ApiMetrics::register(&registry)?;
         let pool_gauges = turnstile_telemetry::PoolGauges::register(&registry)?;
 
-        let write_pool = store::connect(
+        let timeouts = StatementTimeouts {
+            statement: settings.pg_statement_timeout,
+            lock: settings.pg_lock_timeout,
+        };
+        let write_pool = store::connect_with(
             &settings.database_url,
             settings.pg_write_pool,
             settings.pg_acquire_timeout,
+            timeouts,
         )
         .await
         .context("connecting to postgres")?;
         store::migrate(&write_pool).await.context("applying migrations")?;
-        let read_pool = store::connect(
+        let read_pool = store::connect_with(
             settings.database_read_url.as_deref().unwrap_or(&settings.database_url),
             settings.pg_read_pool,
             settings.pg_acquire_timeout,
+            timeouts,
         )
         .await
         .context("connecting to the postgres read pool")?;
@@ -210,19 +216,24 @@ impl Application {
         let decisions = DecisionWaiters::default();
         let tail = turnstile_bus::tail_from_end(&kafka, &topics.decided).await?;
         tokio::spawn(decisions.clone().follow(tail, background.clone()));
-        let lag_exceeded = Arc::new(AtomicBool::new(false));
         tokio::spawn(feeds::watch_lag(
             kafka.clone(),
             settings.worker_group_id.clone(),
             topics.requested.clone(),
-            settings.max_consumer_lag,
-            Arc::clone(&lag_exceeded),
             metrics.consumer_lag.clone(),
+            background.clone(),
+        ));
+        // Unknown until the first count, a moment after start.
+        let pending = Arc::new(AtomicI64::new(-1));
+        tokio::spawn(feeds::watch_pending(
+            reads.primary().clone(),
+            settings.max_pending_claims,
+            Arc::clone(&pending),
+            metrics.pending_claims.clone(),
             background.clone(),
         ));
 
         let postgres = Breaker::new("postgres", metrics.circuit_open.with_label_values(&["postgres"]));
-        let kafka = Breaker::new("kafka", metrics.circuit_open.with_label_values(&["kafka"]));
         // Group commit: a few batches at a time, the rest of the write pool
         // for everything else.
         let accept = AcceptQueue::start(
@@ -232,8 +243,8 @@ impl Application {
                 publisher: publisher.clone(),
                 topics: topics.clone(),
                 postgres: postgres.clone(),
-                kafka: kafka.clone(),
                 metrics: metrics.clone(),
+                outcome_deadline: settings.outcome_deadline,
             },
             usize::try_from(settings.accept_batches).unwrap_or(1),
             background.clone(),
@@ -260,10 +271,9 @@ impl Application {
             settings.max_inflight,
             settings.admission_slo,
             LoadGate {
-                producer_queue_limit: settings.producer_queue_limit,
-                lag_exceeded,
+                max_pending: settings.max_pending_claims,
+                pending,
             },
-            publisher.clone(),
             &state.metrics,
         );
         let gatekeeper = Gatekeeper {

@@ -2,11 +2,14 @@
 //!
 //! Validates a claim, makes retries safe with idempotency keys (one claim per
 //! tenant and key, however often and however concurrently it is sent),
-//! publishes a `ClaimRequested` event keyed by resource and answers `202`.
-//! It never decides a claim: `claim-worker` does, under a fenced lock. When it
-//! cannot take more work (in-flight limit, Kafka's local queue, the workers'
-//! lag) it answers `429` with `Retry-After` and does nothing; when a
-//! dependency fails, its circuit breaker turns calls into fast `503`s.
+//! records it in Postgres, answers `202`, and publishes a `ClaimRequested`
+//! event keyed by resource. The commit is the acceptance: Kafka is the fast
+//! path to a worker, and a claim whose event is lost is decided by the
+//! worker's sweeper. It never decides a claim: `claim-worker` does, under a
+//! fenced lock. When it cannot take more work (in-flight limit, a tenant's
+//! share, too many undecided claims in the database) it answers `429` with
+//! `Retry-After` and records nothing; when Postgres fails, its circuit
+//! breaker turns calls into fast `503`s.
 
 mod accept;
 mod admission;

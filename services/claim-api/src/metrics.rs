@@ -17,6 +17,7 @@ pub struct ApiMetrics {
     pub(crate) produce_duration: Histogram,
     pub(crate) accept_batch_size: Histogram,
     pub(crate) consumer_lag: IntGauge,
+    pub(crate) pending_claims: IntGauge,
     pub(crate) circuit_open: IntGaugeVec,
     pub(crate) admission_limit: IntGauge,
     pub(crate) admission_in_flight: IntGauge,
@@ -24,9 +25,9 @@ pub struct ApiMetrics {
     pub(crate) decision_waiters: IntGauge,
     pub(crate) auth_refusals: IntCounterVec,
     pub(crate) replica_fallbacks: IntCounterVec,
-}
     pub(crate) kafka_up: IntGauge,
     pub(crate) topics_recreated: IntCounterVec,
+}
 
 impl ApiMetrics {
     /// Creates the instruments and registers them.
@@ -100,6 +101,10 @@ impl ApiMetrics {
                 "turnstile_kafka_consumer_lag",
                 "Claims published but not yet committed by the worker group, summed over partitions.",
             )?,
+            pending_claims: IntGauge::new(
+                "turnstile_pending_claims",
+                "Claims recorded and not yet decided, as last counted (up to TURNSTILE_MAX_PENDING_CLAIMS + 1); -1 while unknown.",
+            )?,
             circuit_open: IntGaugeVec::new(
                 Opts::new(
                     "turnstile_circuit_open",
@@ -123,20 +128,19 @@ impl ApiMetrics {
                 "turnstile_admission_in_flight",
                 "Claims holding an admission slot now (being read, parsed or recorded).",
             )?,
+            kafka_up: turnstile_bus::KafkaHealth::gauge()?,
+            topics_recreated: turnstile_bus::TopicKeeper::counter()?,
         };
+        m.pending_claims.set(-1);
         // Every cause exists from the start: a 429 rate reads 0, not absent.
         for cause in crate::admission::ShedCause::ALL {
             m.throttled.with_label_values(&[cause.as_str()]);
         }
-            kafka_up: turnstile_bus::KafkaHealth::gauge()?,
-            topics_recreated: turnstile_bus::TopicKeeper::counter()?,
         m.throttled.with_label_values(&["rate_user"]);
         for reason in ["missing", "malformed", "unknown", "tenant_mismatch", "rate_key"] {
             m.auth_refusals.with_label_values(&[reason]);
         }
-        for dependency in ["postgres", "kafka"] {
-            m.circuit_open.with_label_values(&[dependency]);
-        }
+        m.circuit_open.with_label_values(&["postgres"]);
         registry.register(Box::new(m.http_requests.clone()))?;
         registry.register(Box::new(m.http_duration.clone()))?;
         registry.register(Box::new(m.accepted.clone()))?;
@@ -147,15 +151,16 @@ impl ApiMetrics {
         registry.register(Box::new(m.produce_duration.clone()))?;
         registry.register(Box::new(m.accept_batch_size.clone()))?;
         registry.register(Box::new(m.consumer_lag.clone()))?;
+        registry.register(Box::new(m.pending_claims.clone()))?;
         registry.register(Box::new(m.circuit_open.clone()))?;
         registry.register(Box::new(m.admission_limit.clone()))?;
         registry.register(Box::new(m.admission_in_flight.clone()))?;
         registry.register(Box::new(m.readiness_checks.clone()))?;
         registry.register(Box::new(m.decision_waiters.clone()))?;
         registry.register(Box::new(m.auth_refusals.clone()))?;
+        registry.register(Box::new(m.kafka_up.clone()))?;
+        registry.register(Box::new(m.topics_recreated.clone()))?;
         turnstile_telemetry::register_process_start_time(registry)?;
         Ok(m)
     }
 }
-        registry.register(Box::new(m.kafka_up.clone()))?;
-        registry.register(Box::new(m.topics_recreated.clone()))?;

@@ -60,6 +60,26 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_PG_ACQUIRE_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub pg_acquire_timeout: Duration,
 
+    /// The longest one statement may run on the API's connections
+    /// (Postgres' statement_timeout). A group commit takes milliseconds;
+    /// one that takes seconds meets a frozen or overloaded database, and
+    /// is better retried (or answered) than left holding its connection.
+    #[arg(long, env = "TURNSTILE_PG_STATEMENT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub pg_statement_timeout: Duration,
+
+    /// The longest a statement waits for a row lock (Postgres'
+    /// lock_timeout): a group commit waits for a concurrent copy of one of
+    /// its keys, which commits in milliseconds.
+    #[arg(long, env = "TURNSTILE_PG_LOCK_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub pg_lock_timeout: Duration,
+
+    /// How long a commit whose answer was lost (Postgres restarting, a
+    /// network fault) is retried to learn its outcome; past it the claim is
+    /// answered 504 outcome-unknown. Below the 15 s request deadline, so
+    /// the answer still arrives.
+    #[arg(long, env = "TURNSTILE_OUTCOME_DEADLINE", default_value = "10s", value_parser = duration)]
+    pub outcome_deadline: Duration,
+
     /// The stock cache.
     #[arg(
         long,
@@ -74,7 +94,7 @@ pub struct Settings {
     #[command(flatten)]
     pub kafka: KafkaSettings,
 
-    /// The workers' consumer group, whose lag the API watches.
+    /// The workers' consumer group, whose lag the API reports.
     #[arg(
         long = "group-id",
         value_name = "GROUP_ID",
@@ -103,20 +123,21 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_ADMISSION_SLO", default_value = "100ms", value_parser = duration)]
     pub admission_slo: Duration,
 
-    /// Kafka messages not yet acknowledged before claims are answered 429.
-    #[arg(long, env = "TURNSTILE_PRODUCER_QUEUE_LIMIT", default_value_t = 5_000)]
-    pub producer_queue_limit: i32,
+    /// Claims recorded and not yet decided, in the database, past which new
+    /// claims are answered 429 (`pending_backlog`); 0 refuses every claim.
+    /// The backlog is what a claim queues behind, whatever Kafka does:
+    /// while the broker is down the sweeper decides it, and 1 000 decided
+    /// a second (the target on 2 cores) clears 20 000 in 20 s, within the
+    /// 30 s a claim may wait after the broker is back. In normal operation
+    /// the backlog is the claims in flight, a few hundred at 5 000/s.
+    #[arg(long, env = "TURNSTILE_MAX_PENDING_CLAIMS", default_value_t = 20_000)]
+    pub max_pending_claims: i64,
 
     /// How long the producer gathers events into one request (librdkafka's
     /// linger.ms). Fewer, larger requests cost the broker less per event;
     /// every accepted claim waits up to this long for Kafka's acknowledgement.
     #[arg(long, env = "TURNSTILE_PRODUCER_LINGER", default_value = "5ms", value_parser = duration)]
     pub producer_linger: Duration,
-
-    /// Undecided claims in Kafka before claims are answered 429; 0 turns
-    /// the check off.
-    #[arg(long, env = "TURNSTILE_MAX_CONSUMER_LAG", default_value_t = 50_000)]
-    pub max_consumer_lag: i64,
 
     /// Larger request bodies are answered 413.
     #[arg(long, env = "TURNSTILE_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
@@ -172,10 +193,26 @@ impl Settings {
         for (name, value) in [
             ("TURNSTILE_ADMISSION_SLO", self.admission_slo),
             ("TURNSTILE_HEADER_READ_TIMEOUT", self.header_read_timeout),
+            ("TURNSTILE_PG_STATEMENT_TIMEOUT", self.pg_statement_timeout),
+            ("TURNSTILE_PG_LOCK_TIMEOUT", self.pg_lock_timeout),
         ] {
             if value.is_zero() {
                 return Err(InvalidSetting::duration(name, value, "must be above 0"));
             }
+        }
+        if self.outcome_deadline.is_zero() || self.outcome_deadline >= crate::app::REQUEST_TIMEOUT {
+            return Err(InvalidSetting::duration(
+                "TURNSTILE_OUTCOME_DEADLINE",
+                self.outcome_deadline,
+                "must be above 0 and below the 15s request deadline",
+            ));
+        }
+        if self.max_pending_claims < 0 {
+            return Err(InvalidSetting::new(
+                "TURNSTILE_MAX_PENDING_CLAIMS",
+                self.max_pending_claims,
+                "must be at least 0",
+            ));
         }
         self.callers.validate()
     }

@@ -212,14 +212,21 @@ async fn one_claim_per_idempotency_key_however_concurrent() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn overload_answers_429_and_does_nothing() {
+async fn a_pending_backlog_past_its_bound_answers_429_and_does_nothing() {
     let ns = Namespace::new("overload");
     let mut settings = api_settings(&ns);
-    // A producer queue bound of zero: every claim finds Kafka's queue "full".
-    settings.producer_queue_limit = 0;
+    // A bound of zero: any backlog, even an empty one, is too deep.
+    settings.max_pending_claims = 0;
     let api = TestApi::start(settings).await.unwrap();
     let code = unique("HOT");
     api.create_coupon(&code, 10, None).await.unwrap();
+    // The backlog is unknown (-1) until its first count, and an unknown
+    // backlog never refuses.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while api.metric_value("turnstile_pending_claims").await < 0 {
+        assert!(std::time::Instant::now() < deadline, "the backlog was never counted");
+        tokio::task::yield_now().await;
+    }
     let keys: Vec<String> = (0..20).map(|i| unique(&format!("k{i}"))).collect();
     let responses = join_all(
         keys.iter()
@@ -230,8 +237,9 @@ async fn overload_answers_429_and_does_nothing() {
         let response = response.unwrap();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-        assert!(retry_after >= 1);
-        assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "/problems/overloaded").await;
+        assert_eq!(retry_after, 2, "a backlog drains slower than a slot frees");
+        let problem = assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "/problems/overloaded").await;
+        assert_eq!(problem["detail"], "overloaded (pending_backlog); retry later");
     }
     assert_eq!(claims_for(&code).await, 0, "a 429 must have no effect");
     assert_eq!(
@@ -241,9 +249,49 @@ async fn overload_answers_429_and_does_nothing() {
     );
     let metrics = api.metrics_text().await.unwrap();
     assert!(
-        metrics.contains(r#"turnstile_claims_throttled_total{cause="producer_queue"} 20"#),
+        metrics.contains(r#"turnstile_claims_throttled_total{cause="pending_backlog"} 20"#),
         "{metrics}"
     );
+}
+
+/// The refusal contract: a `429` means this request recorded nothing, and
+/// an earlier accepted request with the same key stands. A retry of an
+/// accepted key that the user's bucket refuses leaves the claim as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_retry_of_an_accepted_key_leaves_its_claim_standing() {
+    let ns = Namespace::new("refused-retry");
+    let mut settings = api_settings(&ns);
+    settings.callers.user_rate = 1;
+    settings.callers.user_burst = 1;
+    let api = TestApi::start(settings).await.unwrap();
+    let code = unique("RETRIED");
+    api.create_coupon(&code, 5, Some(1)).await.unwrap();
+    let key = unique("accepted-then-refused");
+    let body = json!({"coupon": code, "user_id": "u1"});
+
+    let accepted = api.claim(&key, body.clone(), None).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let accepted: Value = accepted.json().await.unwrap();
+
+    // The user's bucket holds one claim a second: the retry is refused.
+    let refused = api.claim(&key, body, None).await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_problem(refused, StatusCode::TOO_MANY_REQUESTS, "/problems/rate-limited").await;
+
+    assert_eq!(
+        claims_under_keys(std::slice::from_ref(&key)).await,
+        1,
+        "the claim stands"
+    );
+    let read = api
+        .http
+        .get(api.url(&format!("/v1/claims/{}", accepted["claim_id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(read["claim_id"], accepted["claim_id"]);
 }
 
 /// Reads one HTTP response's head and body from a raw connection.

@@ -141,7 +141,7 @@ async fn accept(
     // for the decision needs none).
     ticket.complete(matches!(
         admitted,
-        Err(ApiError::Unavailable { .. } | ApiError::Internal)
+        Err(ApiError::Unavailable { .. } | ApiError::OutcomeUnknown { .. } | ApiError::Internal)
     ));
     let admitted = admitted?;
     if let Admitted::Replayed(Some(row)) = &admitted {
