@@ -25,7 +25,9 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use turnstile_bus::{ProducerTuning, Publisher, Topics};
+use turnstile_bus::{
+    KafkaHealth, ProducerTuning, Publisher, STARTUP_TOPIC_CHECK, TOPIC_CHECK_INTERVAL, TopicKeeper, Topics,
+};
 use turnstile_http::{
     auth::{self, CallerLimits, Gatekeeper, KeyRing},
     routes::V1Routes,
@@ -189,10 +191,17 @@ impl Application {
 
         let topics = settings.kafka.topics();
         let kafka = settings.kafka.connection();
+        // Kafka is the fast path: the API starts, and accepts, without it.
         topics
-            .ensure(&kafka, &settings.kafka.layout())
-            .await
-            .context("creating topics")?;
+            .ensure_or_defer(&kafka, &settings.kafka.layout(), STARTUP_TOPIC_CHECK)
+            .await;
+        let keeper = TopicKeeper::new(
+            &kafka,
+            &[&topics.requested, &topics.decided, &topics.dead_letter],
+            settings.kafka.layout(),
+            metrics.topics_recreated.clone(),
+        )?
+        .with_health(KafkaHealth::new(metrics.kafka_up.clone()));
         let publisher = Publisher::connect(
             &kafka,
             &ProducerTuning {
@@ -214,8 +223,12 @@ impl Application {
             background.clone(),
         );
         let decisions = DecisionWaiters::default();
-        let tail = turnstile_bus::tail_from_end(&kafka, &topics.decided).await?;
-        tokio::spawn(decisions.clone().follow(tail, background.clone()));
+        tokio::spawn(
+            decisions
+                .clone()
+                .follow_topic(kafka.clone(), topics.decided.clone(), background.clone()),
+        );
+        tokio::spawn(keeper.run(TOPIC_CHECK_INTERVAL, background.clone()));
         tokio::spawn(feeds::watch_lag(
             kafka.clone(),
             settings.worker_group_id.clone(),
