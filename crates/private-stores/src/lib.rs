@@ -1,9 +1,10 @@
-//! Throwaway PostgreSQL and Redis servers on free loopback ports, for the
-//! runs that must own their stores: a chaos scenario kills, freezes and
-//! restarts them, and the Postgres TLS tests need a server configured for
-//! TLS. Everything else uses the shared stack that `scripts/stack up`
-//! starts. The server binaries are the stack's (Debian's `postgresql` and
-//! `redis-server`); nothing is downloaded.
+//! Throwaway PostgreSQL, Redis and Kafka-protocol servers on free loopback
+//! ports, for the runs that must own their stores: a chaos scenario kills,
+//! freezes and restarts them, and the Postgres TLS tests need a server
+//! configured for TLS. Everything else uses the shared stack that
+//! `scripts/stack up` starts. The server binaries are the stack's (Debian's
+//! `postgresql` and `redis-server`, and the tansu broker the stack builds
+//! into its cache); nothing is downloaded.
 
 use std::{
     path::{Path, PathBuf},
@@ -229,6 +230,28 @@ impl PrivatePostgres {
         Ok(())
     }
 
+    /// A crash: `pg_ctl stop -m immediate` (every server process quits at
+    /// once, without a checkpoint, and open transactions are lost with
+    /// their connections), then start again on the same port and data,
+    /// which runs crash recovery. Returns how long it was down.
+    pub async fn crash_and_restart(&mut self) -> Result<Duration> {
+        let down = Instant::now();
+        let status = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["stop", "-m", "immediate", "-w"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("pg_ctl stop -m immediate failed");
+        }
+        self.shutdown().await?;
+        self.launch().await?;
+        Ok(down.elapsed())
+    }
+
     /// Fast shutdown (SIGINT to the server's process group), then start
     /// again on the same port and data. Returns how long it was down.
     pub async fn restart(&mut self) -> Result<Duration> {
@@ -395,6 +418,121 @@ impl PrivateRedis {
             bail!("no snapshot to roll back to");
         }
         self.kill().await?;
+        self.launch().await
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.kill().await;
+    }
+}
+
+/// Where the stack's tansu binary is: `$TURNSTILE_CACHE`, or
+/// `~/.cache/turnstile`, then `tansu-0.6.0/bin/tansu` (as `scripts/stack`
+/// builds it).
+pub fn tansu_bin() -> PathBuf {
+    let cache = std::env::var_os("TURNSTILE_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/turnstile"),
+        PathBuf::from,
+    );
+    cache.join("tansu-0.6.0/bin/tansu")
+}
+
+/// A Kafka-protocol broker of its own: the stack's tansu, with in-memory
+/// storage, on a free port. Its log lives in the process, so
+/// [`kill`](Self::kill) then [`restart`](Self::restart) is a broker that
+/// comes back on the same address without its topics, as after a crash of
+/// a broker without persistent storage.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    bin: PathBuf,
+    port: u16,
+    log_dir: PathBuf,
+    server: Option<Child>,
+}
+
+impl PrivateBroker {
+    /// Starts the broker and waits until it takes connections. Its output
+    /// goes to `broker.log` in `log_dir`.
+    pub async fn start(log_dir: &Path) -> Result<Self> {
+        let bin = tansu_bin();
+        if !bin.is_file() {
+            bail!("{} not found: scripts/stack up builds it", bin.display());
+        }
+        let mut broker = Self {
+            bin,
+            port: free_port()?,
+            log_dir: log_dir.to_path_buf(),
+            server: None,
+        };
+        broker.launch().await?;
+        Ok(broker)
+    }
+
+    /// `127.0.0.1:PORT`, as `TURNSTILE_KAFKA_BROKERS` names it.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the broker process is running.
+    pub fn is_running(&self) -> bool {
+        self.server.is_some()
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join("broker.log"))?;
+        let url = format!("tcp://{}", self.addr());
+        // As scripts/stack starts the shared one; no traces exported.
+        let child = Command::new(&self.bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "private broker did not listen on {} within 30 s; see {}/broker.log",
+            self.addr(),
+            self.log_dir.display()
+        )
+    }
+
+    /// SIGKILL, and wait until the process is gone: its topics and
+    /// messages are gone with it.
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.server.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same address, empty.
+    pub async fn restart(&mut self) -> Result<()> {
+        if self.server.is_some() {
+            bail!("the broker is running: kill it first");
+        }
+        // The port was released by the killed process; a restart right
+        // after the kill may find it in use for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("port {} still in use 10 s after the broker was killed", self.port);
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
         self.launch().await
     }
 
