@@ -42,7 +42,7 @@
 //! `grants_to_earliest_share` says how first-come-first-served the sale was.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     num::NonZeroUsize,
     path::PathBuf,
     sync::{
@@ -80,6 +80,7 @@ use crate::{
     generator_cpu::CpuStopwatch,
     latency::Latencies,
     progress::Progress,
+    refusals::{KeyAnswer, Promise, RefusedKey, is_refusal},
     timeline::{Answer, SecondStats, Timeline},
 };
 
@@ -216,9 +217,16 @@ pub struct FlashSaleReport {
     pub double_claims: i64,
     pub fence_regressions: i64,
     pub remaining_mismatches: i64,
-    /// Claims recorded under keys that were answered 429 or 5xx, which
-    /// promise that nothing was recorded. Must be 0.
+    /// Keys answered 429 or 503 whose claim was recorded by a request that
+    /// promised to record nothing, judged on every answer the key got
+    /// ([`crate::refusals`]). Must be 0.
     pub refused_keys_taken: i64,
+    /// Every HTTP answer to a claim, by status (`"202"`, `"429"`, `"504"`,
+    /// ...); transport errors and dropped requests are not answers.
+    pub answers_by_status: BTreeMap<String, u64>,
+    /// When the offered load started, in Unix seconds (what the timeline's
+    /// seconds count from).
+    pub started_at_epoch_s: f64,
     pub claims_per_sec: f64,
     pub accept_p50_ms: f64,
     pub accept_p99_ms: f64,
@@ -431,9 +439,12 @@ struct ClaimAnswer {
 struct Collected {
     accept: Latencies,
     accepted: Vec<AcceptedClaim>,
-    /// The arrivals whose last answer was 429 or 5xx (the key is
-    /// `{run_id}-{n}`): nothing may be recorded under their keys.
-    refused: Vec<u64>,
+    /// The arrivals answered 429 or 503 at least once, with every answer
+    /// their key got: no claim under their keys may have been recorded by
+    /// a refused request.
+    refused: Vec<RefusedKey>,
+    /// Answers by HTTP status.
+    statuses: BTreeMap<u16, u64>,
     timeline: Timeline,
 }
 
@@ -553,6 +564,7 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
         accept,
         accepted,
         refused,
+        statuses,
         mut timeline,
     } = std::mem::take(&mut *lock(&shared.collected));
     for index in 0..total {
@@ -569,8 +581,10 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
     let auditing = shown.spinner("auditing the sale in Postgres");
     let tenant = credentials.tenant();
     let mut report = audit(pool, tenant, &codes, &ids).await?;
-    report.refused_keys_taken = refused_keys_taken(pool, tenant, &run_id, &refused).await?;
     let start_epoch = started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    report.refused_keys_taken = refused_keys_taken(pool, tenant, &run_id, start_epoch, &refused).await?;
+    report.answers_by_status = statuses.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
+    report.started_at_epoch_s = start_epoch;
     let decisions = decision_times(pool, &ids).await?;
     let decided = measure_decisions(args.mode, start_epoch, &accepted, &decisions, &mut timeline);
     let earliest = u64::try_from(sale.stock)
@@ -676,6 +690,9 @@ async fn arrive(shared: Arc<Shared>, arrival: Arrival, mut permit: OwnedSemaphor
     } = arrival;
     // Latency runs from this time: the arrival's schedule, then each retry's.
     let mut sent = scheduled;
+    // Every answer under the key, kept if one was a refusal.
+    let mut answers = Vec::new();
+    let mut refused = false;
     loop {
         Counters::add(&shared.counters.requests_sent);
         let response = shared
@@ -710,6 +727,15 @@ async fn arrive(shared: Arc<Shared>, arrival: Arrival, mut permit: OwnedSemaphor
             _ => None,
         }
         .filter(|at| *at < shared.window);
+        // A 429 or 503 promises this request recorded nothing; a 504
+        // (outcome unknown) or a 408 promises nothing either way.
+        let status = response.as_ref().ok().map(|r| r.status);
+        refused |= status.is_some_and(is_refusal);
+        answers.push(KeyAnswer {
+            sent,
+            answered,
+            promise: Promise::of(status),
+        });
         let claim_id = match (answer, response) {
             (Answer::Accepted, Ok(r)) => serde_json::from_slice::<ClaimAnswer>(&r.body).ok().map(|a| a.claim_id),
             _ => None,
@@ -722,8 +748,8 @@ async fn arrive(shared: Arc<Shared>, arrival: Arrival, mut permit: OwnedSemaphor
             if answer == Answer::Accepted {
                 collected.accept.record(accept_latency);
             }
-            if retry_at.is_none() && matches!(answer, Answer::Throttled | Answer::ServerError) {
-                collected.refused.push(index);
+            if let Some(status) = status {
+                *collected.statuses.entry(status.as_u16()).or_default() += 1;
             }
             if let Some(id) = claim_id {
                 collected.accepted.push(AcceptedClaim {
@@ -736,45 +762,68 @@ async fn arrive(shared: Arc<Shared>, arrival: Arrival, mut permit: OwnedSemaphor
             }
         }
         if answer == Answer::Accepted {
-            return;
+            break;
         }
         let Some(retry_at) = retry_at else {
             Counters::add(&shared.counters.arrivals_refused);
-            return;
+            break;
         };
         tokio::time::sleep_until((shared.started + retry_at).into()).await;
         let Ok(next) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
             // Never sent: the arrival's last answer stays the 429 or 503.
             shared.counters.count(Answer::Dropped);
             Counters::add(&shared.counters.arrivals_refused);
-            let mut collected = lock(&shared.collected);
-            collected
+            lock(&shared.collected)
                 .timeline
                 .answered(retry_at, shared.started.elapsed(), Answer::Dropped);
-            collected.refused.push(index);
-            return;
+            break;
         };
         Counters::add(&shared.counters.retries);
         permit = next;
         sent = retry_at;
     }
+    if refused {
+        lock(&shared.collected).refused.push(RefusedKey {
+            arrival: index,
+            answers,
+        });
+    }
 }
 
-/// How many of the keys answered 429 or 5xx have a claim row. Those answers
-/// promise that nothing was recorded: a retry with the key is a new request.
-async fn refused_keys_taken(pool: &PgPool, tenant: &TenantId, run_id: &str, refused: &[u64]) -> Result<i64> {
+/// How many of the keys answered 429 or 503 have a claim row that a
+/// refused request recorded: the contract of [`crate::refusals`], judged on
+/// every answer each key got. `start_epoch` is the load's start in Unix
+/// seconds, which puts Postgres' `accepted_at` on the load's clock.
+async fn refused_keys_taken(
+    pool: &PgPool,
+    tenant: &TenantId,
+    run_id: &str,
+    start_epoch: f64,
+    refused: &[RefusedKey],
+) -> Result<i64> {
     use turnstile_claim::{ClaimId, IdempotencyKey};
 
-    let ids = refused
-        .iter()
-        .map(|n| Ok(ClaimId::for_request(tenant, &IdempotencyKey::parse(&format!("{run_id}-{n}"))?).as_uuid()))
-        .collect::<Result<Vec<Uuid>, turnstile_claim::ParseError>>()?;
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM claims WHERE claim_id = ANY($1)")
+    let mut by_id = HashMap::with_capacity(refused.len());
+    for key in refused {
+        let idempotency_key = IdempotencyKey::parse(&format!("{run_id}-{}", key.arrival))?;
+        by_id.insert(ClaimId::for_request(tenant, &idempotency_key).as_uuid(), key);
+    }
+    let ids: Vec<Uuid> = by_id.keys().copied().collect();
+    let rows: Vec<(Uuid, f64)> =
+        sqlx::query_as("SELECT claim_id, extract(epoch FROM accepted_at)::float8 FROM claims WHERE claim_id = ANY($1)")
             .bind(&ids)
-            .fetch_one(pool)
-            .await?,
-    )
+            .fetch_all(pool)
+            .await?;
+    let taken = rows
+        .into_iter()
+        .filter(|(id, accepted_at)| {
+            // A row recorded before the load started is on no request's
+            // clock: recorded at 0, which no request accounts for.
+            let recorded = Duration::try_from_secs_f64(accepted_at - start_epoch).unwrap_or(Duration::ZERO);
+            by_id.get(id).is_some_and(|key| key.taken_by_refusal(recorded))
+        })
+        .count();
+    Ok(i64::try_from(taken)?)
 }
 
 /// When a claim was accepted and decided, by Postgres' clock (epoch

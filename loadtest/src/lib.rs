@@ -28,6 +28,7 @@ pub mod latency;
 pub mod lock_bench;
 pub mod lock_compare;
 pub mod progress;
+pub mod refusals;
 pub mod sale_compare;
 pub mod sale_sweep;
 pub mod sale_table;
