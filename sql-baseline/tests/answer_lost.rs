@@ -72,7 +72,10 @@ async fn a_lost_commit_answer_is_resolved_or_answered_outcome_unknown() {
     let retried = claim(unknown_key.clone(), "u2").await.unwrap();
     assert_eq!(retried.status(), StatusCode::OK);
     let retried: Value = retried.json().await.unwrap();
-    assert_eq!(retried["status"], "granted", "decided by the attempt whose answer was lost: {retried}");
+    assert_eq!(
+        retried["status"], "granted",
+        "decided by the attempt whose answer was lost: {retried}"
+    );
 
     assert_eq!(claims_under_keys(&[resolved_key, unknown_key]).await, 2);
     assert_eq!(

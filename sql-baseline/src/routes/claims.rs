@@ -66,7 +66,9 @@ pub async fn create_claim(
                 tracing::error!(%claim_id, "an idempotency key names a claim that does not exist");
                 Err(ApiError::Internal)
             }
-            Err(e) => Err(crate::store::problem(&e, false, "reading a replayed claim")),
+            // The claim is recorded, maybe by this very request (a commit
+            // whose answer was lost, resolved as a replay): never a 503.
+            Err(e) => Err(crate::store::problem(&e, true, "reading a replayed claim")),
         },
         ClaimOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
         ClaimOutcome::UnknownResource => Err(ApiError::UnknownResource(event.resource.local_name())),
