@@ -258,7 +258,9 @@ mod tests {
         );
         assert_eq!(
             statuses::<ClaimErrors>(),
-            ["400", "401", "403", "408", "413", "415", "422", "429", "500", "503", "504"]
+            [
+                "400", "401", "403", "408", "413", "415", "422", "429", "500", "503", "504"
+            ]
         );
     }
 
@@ -270,7 +272,11 @@ mod tests {
             };
             assert_eq!(response.content.keys().collect::<Vec<_>>(), [PROBLEM_JSON], "{status}");
             let retry_after = response.headers.contains_key("Retry-After");
-            assert_eq!(retry_after, ["429", "503", "504"].contains(&status.as_str()), "{status}");
+            assert_eq!(
+                retry_after,
+                ["429", "503", "504"].contains(&status.as_str()),
+                "{status}"
+            );
         }
     }
 }

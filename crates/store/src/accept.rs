@@ -173,10 +173,7 @@ enum Existing {
 /// resource exists, and reads, from the same snapshot, the rows that
 /// existed before it. `None` for a claim id another batch inserted while
 /// this statement ran: its row is not in the snapshot, so run again.
-async fn record_batch(
-    conn: &mut PgConnection,
-    batch: &[Admission<'_>],
-) -> Result<Vec<Option<Existing>>, StoreError> {
+async fn record_batch(conn: &mut PgConnection, batch: &[Admission<'_>]) -> Result<Vec<Option<Existing>>, StoreError> {
     let n = batch.len();
     let (mut tenants, mut fingerprints, mut claim_ids, mut kinds, mut resource_ids) = (
         Vec::with_capacity(n),

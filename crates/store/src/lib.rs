@@ -298,7 +298,9 @@ mod tests {
 
     #[test]
     fn the_servers_state_is_transient_and_the_statements_fault_is_not() {
-        for code in ["08006", "53100", "53200", "53300", "57P01", "57P03", "57014", "25006", "55P03", "40001"] {
+        for code in [
+            "08006", "53100", "53200", "53300", "57P01", "57P03", "57014", "25006", "55P03", "40001",
+        ] {
             assert!(is_transient_sqlstate(code), "{code}");
         }
         for code in ["23505", "22P02", "42P01", "25P02"] {

@@ -147,7 +147,11 @@ async fn keys_a_concurrent_batch_holds_are_settled_once_it_commits() {
         let pool = pool.clone();
         let (held, reused, fresh) = (held.clone(), reused.clone(), fresh.clone());
         async move {
-            let batch = [admission(&same, &held), admission(&other, &reused), admission(&same, &fresh)];
+            let batch = [
+                admission(&same, &held),
+                admission(&other, &reused),
+                admission(&same, &fresh),
+            ];
             let mut conn = pool.acquire().await.unwrap();
             store::reserve_claims(&mut conn, &batch).await.unwrap()
         }
