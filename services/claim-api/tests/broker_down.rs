@@ -13,14 +13,17 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use turnstile_testkit::{Namespace, PrivateBroker, TestApi, api_settings, claims_under_keys, unique};
+use turnstile_private_stores::PrivateBroker;
+use turnstile_testkit::{Namespace, TestApi, api_settings, claims_under_keys, unique};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_are_accepted_at_once_while_the_broker_is_down() {
-    let mut broker = PrivateBroker::start().await.unwrap();
+    let logs = std::env::temp_dir().join(unique("broker-down"));
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut broker = PrivateBroker::start(&logs).await.unwrap();
     let ns = Namespace::new("broker-down");
     let mut settings = api_settings(&ns);
-    settings.kafka.brokers = broker.addr.clone();
+    settings.kafka.brokers = broker.addr();
     settings.accept_batches = 1;
     let api = TestApi::start(settings).await.unwrap();
     let code = unique("NO-BROKER");
