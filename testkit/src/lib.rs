@@ -378,11 +378,11 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         fetch_wait: Duration::from_millis(10),
         session_timeout: Duration::from_secs(6),
         sweep_after: Duration::from_secs(10),
+        sweep_after_without_kafka: Duration::from_secs(1),
         sweep_interval: Duration::from_secs(2),
         audit_interval: Duration::from_secs(2),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
     }
-        sweep_after_without_kafka: Duration::from_secs(1),
 }
 
 /// [`worker_settings`] with a sweeper that decides claims pending 2 s,
@@ -607,4 +607,3 @@ pub async fn assert_problem(response: reqwest::Response, status: reqwest::Status
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
     body
 }
-
