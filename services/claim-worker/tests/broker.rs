@@ -1,0 +1,135 @@
+//! The broker may fail in any way: decisions go on from the database.
+//!
+//! Each test runs its own broker (tansu, in memory, on a free port), so
+//! killing it touches no other test; a restart brings it back empty, as a
+//! broker without persistent storage comes back after a crash.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use turnstile_private_stores::PrivateBroker;
+use turnstile_testkit::{Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, db, unique};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
+
+/// Polls `check` every 100 ms until it holds, for at most `within`.
+async fn until<F: Future<Output = bool>>(within: Duration, what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many of `claims` are still pending.
+async fn pending(claims: &[uuid::Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM claims WHERE claim_id = ANY($1) AND status = 'pending'")
+        .bind(claims)
+        .fetch_one(&db().await.unwrap())
+        .await
+        .unwrap()
+}
+
+/// How many announcements are owed on `topic`.
+async fn owed(topic: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM decision_outbox WHERE topic = $1")
+        .bind(topic)
+        .fetch_one(&db().await.unwrap())
+        .await
+        .unwrap()
+}
+
+/// With the broker killed, claims are still accepted and decided, from the
+/// database, by the sweeper; their announcements are owed. The broker comes
+/// back empty: the topics are recreated, the group gets its partitions
+/// again without a restart (a new claim is decided by the consume path),
+/// and every owed announcement is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_are_decided_while_the_broker_is_down_and_consumed_again_when_it_returns_empty() {
+    let log_dir = std::env::temp_dir().join(unique("broker-outage"));
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let mut broker = PrivateBroker::start(&log_dir).await.unwrap();
+    let ns = Namespace::new("broker-outage");
+    let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
+    let mut settings = api_settings(&ns);
+    settings.kafka.brokers = broker.addr();
+    let api = TestApi::start(settings).await.unwrap();
+    let worker = WorkerProcess::spawn(
+        WORKER,
+        &ns,
+        &[
+            ("TURNSTILE_KAFKA_BROKERS", broker.addr()),
+            // The consume path decides everything while the broker is up.
+            ("TURNSTILE_SWEEP_AFTER", "60s".to_owned()),
+            ("TURNSTILE_SWEEP_AFTER_WITHOUT_KAFKA", "1s".to_owned()),
+            ("TURNSTILE_SWEEP_INTERVAL", "250ms".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    let code = unique("OUTAGE");
+    api.create_coupon(&code, 20, Some(1)).await.unwrap();
+    let claim = |user: String| {
+        let (api, body) = (&api, json!({"coupon": code, "user_id": user}));
+        async move {
+            let response = api.claim_politely(&unique("outage"), body, None).await.unwrap();
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            let view: Value = response.json().await.unwrap();
+            view["claim_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+        }
+    };
+    let first = claim("u-before".to_owned()).await;
+    until(Duration::from_secs(60), "the first claim decided", || async {
+        pending(&[first]).await == 0
+    })
+    .await;
+
+    broker.kill().await.unwrap();
+    let mut during = Vec::new();
+    for user in 0..15 {
+        during.push(claim(format!("u-down-{user}")).await);
+    }
+    until(
+        Duration::from_secs(60),
+        "every claim decided with the broker down",
+        || async { pending(&during).await == 0 },
+    )
+    .await;
+    assert!(
+        worker
+            .metric("turnstile_claims_decided_without_kafka_total")
+            .await
+            .unwrap()
+            >= 1.0,
+        "decisions made without Kafka are counted"
+    );
+    assert_eq!(worker.metric("turnstile_kafka_up").await.unwrap(), 0.0);
+    assert!(owed(&topics.decided).await >= 15, "their announcements are owed");
+
+    broker.restart().await.unwrap();
+    until(Duration::from_secs(60), "the owed announcements sent", || async {
+        owed(&topics.decided).await == 0
+    })
+    .await;
+    let recreated = worker.metric("turnstile_kafka_topics_recreated_total").await.unwrap()
+        + turnstile_testkit::metric(&api.operator_url("/metrics"), "turnstile_kafka_topics_recreated_total")
+            .await
+            .unwrap();
+    assert!(recreated >= 3.0, "all three topics recreated, counted {recreated}");
+    assert_eq!(worker.metric("turnstile_kafka_up").await.unwrap(), 1.0);
+
+    // Consumed again: the claim is decided by a consumed batch, not swept
+    // (the sweep window is a minute).
+    let batches = worker.metric("turnstile_worker_batches_total").await.unwrap();
+    let after = claim("u-after".to_owned()).await;
+    until(Duration::from_secs(60), "a claim after the return decided", || async {
+        pending(&[after]).await == 0
+    })
+    .await;
+    assert!(worker.metric("turnstile_worker_batches_total").await.unwrap() > batches);
+    assert_claim_invariants(&[code], 20).await;
+    broker.stop().await;
+}
