@@ -38,13 +38,14 @@
 //!   partition: both are dead-lettered at once and nothing stalls.
 //! - `broker-restart-empty`: SIGKILL the broker and start it again on the
 //!   same port without its data (its log was in memory): topics and group
-//!   are gone. The services recreate the topics, the workers get their
-//!   partitions again, and everything accepted before the broker came back
-//!   is decided within 30 s of its return.
+//!   are gone. The services recreate the topics, the workers consume
+//!   again (not everything after the return is swept), and everything
+//!   accepted before the broker came back is decided within 30 s of its
+//!   return.
 //! - `topic-deleted`: an admin `DeleteTopics` of the run's
 //!   `claims.requested` and `claims.decided` on the live broker: they are
 //!   recreated (`turnstile_kafka_topics_recreated_total`) and claims keep
-//!   being decided.
+//!   being decided, some of them consumed from Kafka again (not all swept).
 //! - `broker-down-60s`: SIGKILL the broker and keep it down 60 s while
 //!   claims keep arriving, then start it again (empty). The API answers
 //!   `202` throughout (no `5xx`), the workers decide from the database
@@ -885,6 +886,9 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario, phase: &P
     // deleted), in Unix seconds; when the announcing workers were replaced.
     let mut outage: Option<(f64, f64)> = None;
     let mut replaced_at: Option<f64> = None;
+    // The workers' count of swept claims when the broker (or the topics)
+    // came back: what the sweeper decided after it is not Kafka's doing.
+    let mut swept_at_return = 0.0;
     let requested_topic = format!("{prefix}claims.requested");
     let decided_topic = format!("{prefix}claims.decided");
     let fault = match scenario {
@@ -994,9 +998,11 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario, phase: &P
             rig.idle(Duration::from_secs(1)).await;
             broker.restart().await?;
             outage = Some((down_at, epoch_now()));
+            swept_at_return = rig.worker_counter("turnstile_claims_swept_total").await;
             "SIGKILL the broker (in-memory log), started again empty on the same port 1 s later".to_owned()
         }
         Scenario::TopicDeleted => {
+            swept_at_return = rig.worker_counter("turnstile_claims_swept_total").await;
             delete_topics(&brokers, &[&requested_topic, &decided_topic]).await?;
             let deleted_at = epoch_now();
             outage = Some((deleted_at, deleted_at));
@@ -1021,6 +1027,7 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario, phase: &P
             let without_kafka = rig.worker_counter("turnstile_claims_decided_without_kafka_total").await;
             broker.restart().await?;
             outage = Some((down_at, epoch_now()));
+            swept_at_return = rig.worker_counter("turnstile_claims_swept_total").await;
             measured.insert("api_2xx_while_down".to_owned(), json!(during.ok));
             measured.insert("api_429_while_down".to_owned(), json!(during.throttled));
             measured.insert("api_5xx_while_down".to_owned(), json!(during.failed));
@@ -1107,6 +1114,8 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario, phase: &P
             let after = decided_between(&pool, up_at, epoch_now()).await?;
             measured.insert("decided_after_return".to_owned(), json!(after));
             checks.insert("decided_after_return".to_owned(), json!(after > 0));
+            let through_kafka = decided_through_kafka(&rig, after, swept_at_return, &mut measured).await;
+            checks.insert("consumed_again_after_return".to_owned(), json!(through_kafka > 0.0));
             // Everything accepted before the broker returned is decided
             // within 30 s of its return.
             let drained = backlog_drained_after(&pool, up_at).await?;
@@ -1139,6 +1148,8 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario, phase: &P
             let after = decided_between(&pool, deleted_at, epoch_now()).await?;
             measured.insert("decided_after_deletion".to_owned(), json!(after));
             checks.insert("decided_after_deletion".to_owned(), json!(after > 0));
+            let through_kafka = decided_through_kafka(&rig, after, swept_at_return, &mut measured).await;
+            checks.insert("consumed_again_after_recreation".to_owned(), json!(through_kafka > 0.0));
         }
         Scenario::PgCrashDuringAccept => {
             let status = |code: &str| sale_report.answers_by_status.get(code).copied().unwrap_or(0);
@@ -1229,6 +1240,23 @@ async fn claim_answers(rig: &Rig) -> ClaimAnswers {
         throttled: rig.api_counter("turnstile_claims_throttled_total").await,
         failed: of(r#"status_class="5xx""#).await,
     }
+}
+
+/// Of `decided` claims decided since the broker or its topics came back,
+/// those the workers consumed from Kafka rather than swept from the
+/// database (`swept_then`: the workers' swept count at that moment). A
+/// worker restarted since lost its count, which can only make this larger.
+async fn decided_through_kafka(
+    rig: &Rig,
+    decided: i64,
+    swept_then: f64,
+    measured: &mut serde_json::Map<String, Value>,
+) -> f64 {
+    let swept = (rig.worker_counter("turnstile_claims_swept_total").await - swept_then).max(0.0);
+    let through_kafka = (decided as f64 - swept).max(0.0);
+    measured.insert("swept_since".to_owned(), json!(swept));
+    measured.insert("decided_through_kafka_since".to_owned(), json!(through_kafka));
+    through_kafka
 }
 
 /// Topics the running services found missing and created again.
