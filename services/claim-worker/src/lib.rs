@@ -23,8 +23,9 @@
 //! validation), [`decide`] (lease, fenced write, cache), [`announce`]
 //! (decisions, dead letters, offsets) and [`pipeline`], the loop that joins
 //! them; [`sweep`] decides what Kafka never delivered, [`relay`] sends the
-//! announcements owed in the database's outbox, and [`readiness`] says
-//! whether they move. None of them waits on Kafka to decide: with the
+//! announcements owed in the database's outbox, [`readiness`] says
+//! whether they move, and [`subscription`] keeps the group subscribed
+//! across topics that vanish. None of them waits on Kafka to decide: with the
 //! broker gone, the sweeper decides from the database and the outbox keeps
 //! what is owed.
 
@@ -36,6 +37,7 @@ mod pipeline;
 mod readiness;
 mod relay;
 pub mod settings;
+mod subscription;
 mod sweep;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -313,10 +315,11 @@ impl Worker {
         ));
         let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
-        let resubscribe = tokio::spawn(resubscribe_when_recreated(
+        let resubscribe = tokio::spawn(subscription::keep_subscribed(
             self.keeper.recreations(),
             Arc::clone(&self.pipeline.consumer),
             self.pipeline.topic.clone(),
+            TOPIC_CHECK_INTERVAL,
             shutdown.clone(),
         ));
         let keeper = tokio::spawn(self.keeper.run(TOPIC_CHECK_INTERVAL, shutdown.clone()));
@@ -359,28 +362,6 @@ impl Worker {
         }
         server.await??;
         Ok(())
-    }
-}
-
-/// Subscribes again each time the keeper recreated a topic: a group whose
-/// subscribed topic vanished holds no partitions, and a new subscription
-/// has the group assign the new topic's at once rather than at the next
-/// metadata refresh.
-async fn resubscribe_when_recreated(
-    mut recreations: tokio::sync::watch::Receiver<u64>,
-    consumer: Arc<rdkafka::consumer::StreamConsumer<GroupContext>>,
-    topic: String,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            changed = recreations.changed() => if changed.is_err() { return },
-        }
-        match consumer.subscribe(&[&topic]) {
-            Ok(()) => info!(topic, "subscribed again after the topics were recreated"),
-            Err(e) => warn!(topic, error = %e, "subscribing again failed"),
-        }
     }
 }
 

@@ -133,3 +133,73 @@ async fn claims_are_decided_while_the_broker_is_down_and_consumed_again_when_it_
     assert_claim_invariants(&[code], 20).await;
     broker.stop().await;
 }
+
+/// A topic deleted on a live broker and recreated by another service's
+/// keeper (here: by the test, before this worker's keeper looks): the
+/// worker's group had lost its partitions with the topic, and gets them
+/// back from a metadata refresh, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_deleted_and_recreated_by_someone_else_is_consumed_again() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+
+    let log_dir = std::env::temp_dir().join(unique("topic-deleted"));
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let broker = PrivateBroker::start(&log_dir).await.unwrap();
+    let ns = Namespace::new("topic-deleted");
+    let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
+    let mut settings = api_settings(&ns);
+    settings.kafka.brokers = broker.addr();
+    let api = TestApi::start(settings).await.unwrap();
+    let worker = WorkerProcess::spawn(
+        WORKER,
+        &ns,
+        &[
+            ("TURNSTILE_KAFKA_BROKERS", broker.addr()),
+            ("TURNSTILE_SWEEP_AFTER", "10m".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    let code = unique("DELETED");
+    api.create_coupon(&code, 5, Some(1)).await.unwrap();
+    let claim = |user: &str| {
+        let (api, body) = (&api, json!({"coupon": code, "user_id": user}));
+        async move {
+            let response = api.claim_politely(&unique("deleted"), body, None).await.unwrap();
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            let view: Value = response.json().await.unwrap();
+            view["claim_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+        }
+    };
+    let first = claim("u-before").await;
+    until(Duration::from_secs(60), "the first claim decided", || async {
+        pending(&[first]).await == 0
+    })
+    .await;
+
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(&[&topics.requested], &options).await.unwrap() {
+        result.unwrap();
+    }
+    let new = NewTopic::new(&topics.requested, 3, TopicReplication::Fixed(1));
+    for result in admin.create_topics([&new], &options).await.unwrap() {
+        result.unwrap();
+    }
+
+    // The sweep window is ten minutes: a decision within the wait below is
+    // the consume path's.
+    let after = claim("u-after").await;
+    until(
+        Duration::from_secs(90),
+        "a claim sent after the recreation consumed",
+        || async { pending(&[after]).await == 0 },
+    )
+    .await;
+    assert_eq!(worker.metric("turnstile_claims_swept_total").await.unwrap(), 0.0);
+    assert_claim_invariants(&[code], 5).await;
+    broker.stop().await;
+}
