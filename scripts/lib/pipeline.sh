@@ -12,12 +12,15 @@
 pids=()
 SUPERVISE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/supervise.sh"
 
-# supervised NAME COMMAND...: runs COMMAND under its supervisor in the
-# background, logging to $LOG/NAME.log, and adds the supervisor to `pids`.
+# supervised NAME env VAR=VALUE... COMMAND...: runs COMMAND with those
+# settings under its supervisor in the background (the supervisor gets the
+# settings too, so its lines follow TURNSTILE_LOG_FORMAT), logging to
+# $LOG/NAME.log, and adds the supervisor to `pids`.
 supervised() {
-  local name=$1
-  shift
-  "$SUPERVISE" "$name" "$@" >"$LOG/$name.log" 2>&1 </dev/null & pids+=($!)
+  local name=$1 settings=()
+  shift 2
+  while [[ $1 == *=* ]]; do settings+=("$1"); shift; done
+  env "${settings[@]}" "$SUPERVISE" "$name" "$@" >"$LOG/$name.log" 2>&1 </dev/null & pids+=($!)
 }
 stop_services() {
   [ ${#pids[@]} -eq 0 ] && return 0
