@@ -154,7 +154,7 @@ pub async fn claim_resolved(
             fail::fail_point!("claim-answer-lost", |_| Err(StoreError::Unavailable(sqlx::Error::Io(
                 std::io::ErrorKind::ConnectionReset.into()
             ))));
-            Ok(outcome)
+            Ok::<_, StoreError>(outcome)
         };
         let error = match attempt.await {
             Ok(outcome) => return Ok(outcome),
