@@ -200,8 +200,9 @@ impl Application {
             &[&topics.requested, &topics.decided, &topics.dead_letter],
             settings.kafka.layout(),
             metrics.topics_recreated.clone(),
-        )?
-        .with_health(KafkaHealth::new(metrics.kafka_up.clone()));
+        )?;
+        let kafka_health = KafkaHealth::new(metrics.kafka_up.clone());
+        let keeper = keeper.with_health(kafka_health.clone());
         let publisher = Publisher::connect(
             &kafka,
             &ProducerTuning {
@@ -254,6 +255,7 @@ impl Application {
                 write_pool: write_pool.clone(),
                 reads: reads.clone(),
                 publisher: publisher.clone(),
+                kafka: kafka_health,
                 topics: topics.clone(),
                 postgres: postgres.clone(),
                 metrics: metrics.clone(),
