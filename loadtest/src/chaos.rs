@@ -63,8 +63,8 @@
 //!   claim's `ClaimDecided` is on the topic (read from its start).
 //!
 //! Every scenario checks the sale's invariants, among them that no key
-//! answered 429 or 5xx has a claim (those answers promise nothing was
-//! recorded).
+//! answered 429 or 503 has a claim (those answers promise nothing was
+//! recorded; a 504 outcome-unknown promises nothing either way).
 //!
 //! Each run mints an admin key and a claim key for tenant `default` in its
 //! private PostgreSQL once claim-api has migrated it; the sale, the
