@@ -27,12 +27,14 @@ use tracing::{debug, warn};
 use crate::{BusError, KafkaConnection, KafkaHealth, TopicLayout};
 
 /// How often a service checks that its topics exist. Each check is one
-/// CreateTopics request per service. Checked every 2 s by three services,
-/// the hot-coupon sale's send-to-decision p99 on tansu was 103-198 ms
-/// against 61-89 ms without a keeper (5 000/s, two cores); every 30 s, 63
-/// against 52 ms in the one undisturbed pair of runs. 5 s is the middle:
-/// a lost topic is back within 5 s.
-pub const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// CreateTopics request per service, and it is also how a service learns
+/// that the broker is back. Checked every 2 s by three services, the
+/// hot-coupon sale's send-to-decision p99 on tansu was 103-198 ms against
+/// 61-89 ms without a keeper (5 000/s, two cores); every 30 s, 63 against
+/// 52 ms in the one undisturbed pair of runs. Every 5 s, a worker did not
+/// consume again after a broker returned empty (its checks lost the race
+/// to claim-api's), so it stays at 2 s until that is understood.
+pub const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a service's start-up waits for the broker to confirm its
 /// topics before it goes on without (the keeper creates them later).

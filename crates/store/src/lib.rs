@@ -182,6 +182,16 @@ pub async fn connect_with(
         .await?)
 }
 
+/// The resource a claim row names, when its columns parse as one: a row
+/// written outside the API may hold anything.
+fn stored_resource_key(tenant_id: &str, kind: &str, resource_id: &str) -> Option<ResourceKey> {
+    Some(ResourceKey {
+        tenant: turnstile_claim::TenantId::parse(tenant_id).ok()?,
+        kind: kind.parse().ok()?,
+        id: turnstile_claim::ResourceId::parse("resource", resource_id).ok()?,
+    })
+}
+
 /// Applies pending migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;

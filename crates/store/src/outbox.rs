@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::StoreError;
-use turnstile_claim::{ClaimDecided, ClaimId, ClaimStatus, ResourceId, ResourceKey, TenantId};
+use turnstile_claim::{ClaimDecided, ClaimId, ClaimStatus};
 
 /// Owes the announcement of `claims` (decided, not taken by Kafka) on
 /// `topic`. A claim already owed stays as it is.
@@ -101,11 +101,7 @@ pub async fn take_due(
                 }
                 Some(ClaimDecided {
                     claim_id,
-                    resource: ResourceKey {
-                        tenant: TenantId::parse(&r.tenant_id).ok()?,
-                        kind: r.kind.parse().ok()?,
-                        id: ResourceId::parse("resource", &r.resource_id).ok()?,
-                    },
+                    resource: crate::stored_resource_key(&r.tenant_id, &r.kind, &r.resource_id)?,
                     status,
                     reason: r.reason.as_deref().and_then(|s| s.parse().ok()),
                     fence: u64::try_from(r.fence).unwrap_or(0),

@@ -11,9 +11,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::StoreError;
-use turnstile_claim::{
-    ClaimId, ClaimRequested, Quantity, RejectReason, ResourceId, ResourceKey, TenantId, UnixMillis, UserId,
-};
+use turnstile_claim::{ClaimId, ClaimRequested, Quantity, RejectReason, UnixMillis, UserId};
 
 /// The advisory lock that makes one worker the sweeper at a time (an
 /// arbitrary constant, "turnstil").
@@ -85,11 +83,7 @@ pub async fn stale_pending(pool: &PgPool, older_than: Duration, limit: i64) -> R
             let parsed = (|| {
                 Some(ClaimRequested {
                     claim_id,
-                    resource: ResourceKey {
-                        tenant: TenantId::parse(&r.tenant_id).ok()?,
-                        kind: r.kind.parse().ok()?,
-                        id: ResourceId::parse("resource", &r.resource_id).ok()?,
-                    },
+                    resource: crate::stored_resource_key(&r.tenant_id, &r.kind, &r.resource_id)?,
                     user_id: UserId::parse(&r.user_id).ok()?,
                     quantity: Quantity::parse(i64::from(r.quantity)).ok()?,
                     accepted_at_ms: UnixMillis::parse(r.accepted_at_ms).ok()?,

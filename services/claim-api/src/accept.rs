@@ -337,8 +337,14 @@ async fn record(deps: &AcceptDeps, batch: &[Pending]) -> Recorded {
             tracing::error!(error = %error, cause = ?error, "reserving claims failed");
             return fail_all(ApiError::Internal);
         }
-        let wait = backoff.next().unwrap_or(RESOLVE_BACKOFF.1);
-        if Instant::now() + wait >= deadline {
+        // The last attempt is made at the deadline itself: the whole
+        // deadline is spent trying to learn the outcome.
+        let now = Instant::now();
+        let wait = backoff
+            .next()
+            .unwrap_or(RESOLVE_BACKOFF.1)
+            .min(deadline.saturating_duration_since(now));
+        if now >= deadline {
             deps.postgres.record(false);
             tracing::error!(error = %error, cause = ?error, retries, batch = batch.len(),
                 "the outcome of a commit is unknown; answering outcome-unknown");

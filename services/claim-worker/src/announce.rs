@@ -94,10 +94,6 @@ impl Announcer {
             fail::fail_point!("announce-refused", |_| true);
             false
         })();
-        // No broker answers: owe at once rather than queue messages that
-        // only fail at their delivery timeout (and cost librdkafka a core
-        // meanwhile).
-        let refused = refused || !self.health.is_up();
         decided
             .iter()
             .map(|event| {
@@ -196,6 +192,7 @@ pub(crate) async fn settle_in_order(
                     Ok(Ok(_)) => announcer.health.reached(),
                     Ok(Err((e, _))) => {
                         debug!(claim_id = %claim_id, error = %e, "ClaimDecided not acknowledged; owing it");
+                        announcer.health.lost();
                         owed.push(claim_id);
                     }
                     // librdkafka dropped the message: only at shutdown.

@@ -60,12 +60,8 @@ impl Relay {
         }
     }
 
-    /// One pass. Returns how many announcements it took: none while no
-    /// broker answers (the keeper's check says when one does again).
+    /// One pass. Returns how many announcements it took.
     async fn pass(&self) -> Result<usize, turnstile_store::StoreError> {
-        if !self.announcer.health.is_up() {
-            return Ok(0);
-        }
         let due = outbox::take_due(&self.pool, &self.announcer.topics.decided, RELAY_LIMIT, HOLD).await?;
         if due.is_empty() {
             return Ok(0);

@@ -6,37 +6,22 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::{owed, until};
 use turnstile_private_stores::PrivateBroker;
 use turnstile_testkit::{Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, db, unique};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
 
-/// Polls `check` every 100 ms until it holds, for at most `within`.
-async fn until<F: Future<Output = bool>>(within: Duration, what: &str, mut check: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// How many of `claims` are still pending.
 async fn pending(claims: &[uuid::Uuid]) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM claims WHERE claim_id = ANY($1) AND status = 'pending'")
         .bind(claims)
-        .fetch_one(&db().await.unwrap())
-        .await
-        .unwrap()
-}
-
-/// How many announcements are owed on `topic`.
-async fn owed(topic: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM decision_outbox WHERE topic = $1")
-        .bind(topic)
         .fetch_one(&db().await.unwrap())
         .await
         .unwrap()
@@ -122,7 +107,17 @@ async fn claims_are_decided_while_the_broker_is_down_and_consumed_again_when_it_
     assert_eq!(worker.metric("turnstile_kafka_up").await.unwrap(), 1.0);
 
     // Consumed again: the claim is decided by a consumed batch, not swept
-    // (the sweep window is a minute).
+    // (the sweep window is a minute), once the API knows the broker is back
+    // (until then it leaves claims to the sweeper rather than queue events
+    // for a broker that does not answer).
+    let api_metrics = api.operator_url("/metrics");
+    until(Duration::from_secs(30), "the API finds the broker back", || async {
+        turnstile_testkit::metric(&api_metrics, "turnstile_kafka_up")
+            .await
+            .unwrap()
+            == 1.0
+    })
+    .await;
     let batches = worker.metric("turnstile_worker_batches_total").await.unwrap();
     let after = claim("u-after".to_owned()).await;
     until(Duration::from_secs(60), "a claim after the return decided", || async {

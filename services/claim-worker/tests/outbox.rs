@@ -3,33 +3,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::{collections::HashMap, time::Duration};
 
 use rdkafka::{Message, consumer::Consumer};
 use serde_json::{Value, json};
+use support::{owed, until};
 use turnstile_testkit::{
     Namespace, TestApi, TestWorker, WorkerProcess, api_settings, assert_claim_invariants, db, kafka, unique,
 };
 
 const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
-
-/// How many announcements are owed on `topic`.
-async fn owed(topic: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM decision_outbox WHERE topic = $1")
-        .bind(topic)
-        .fetch_one(&db().await.unwrap())
-        .await
-        .unwrap()
-}
-
-/// Polls `check` every 100 ms until it holds, for at most `within`.
-async fn until<F: Future<Output = bool>>(within: Duration, what: &str, mut check: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Reads `ClaimDecided` messages from the start of `topic` until each of
 /// `claims` was seen; returns the last seen for each.
