@@ -19,6 +19,7 @@ use prometheus::IntGauge;
 pub struct KafkaHealth {
     up: Arc<AtomicBool>,
     gauge: IntGauge,
+    returns: tokio::sync::watch::Sender<u64>,
 }
 
 impl KafkaHealth {
@@ -29,7 +30,15 @@ impl KafkaHealth {
         Self {
             up: Arc::new(AtomicBool::new(true)),
             gauge,
+            returns: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// A receiver that changes each time a broker answers again after
+    /// every broker was lost: a broker that comes back may have lost its
+    /// topics and groups with its data.
+    pub fn returns(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.returns.subscribe()
     }
 
     /// The gauge's name and help, for the services' registries.
@@ -46,6 +55,7 @@ impl KafkaHealth {
         if !self.up.swap(true, Ordering::Relaxed) {
             self.gauge.set(1);
             tracing::info!("kafka reachable again");
+            self.returns.send_modify(|n| *n += 1);
         }
     }
 

@@ -314,9 +314,11 @@ impl Worker {
             shutdown.clone(),
         ));
         let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
+        let broker_returns = self.relay.announcer.health.returns();
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
         let resubscribe = tokio::spawn(subscription::keep_subscribed(
             self.keeper.recreations(),
+            broker_returns,
             Arc::clone(&self.pipeline.consumer),
             self.pipeline.topic.clone(),
             TOPIC_CHECK_INTERVAL,

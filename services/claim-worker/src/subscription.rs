@@ -5,9 +5,18 @@
 //! always assign the topic again once it is back (a topic recreated under
 //! the same name and partition count was still unassigned 90 s later), so
 //! the worker subscribes again:
-//! - at once when its own topic keeper had to recreate a topic;
+//! - at once when its own topic keeper had to recreate a topic, or a
+//!   broker answers again after all were lost (one that restarted without
+//!   its data has lost the group, and a member that rejoined before the
+//!   topics were back holds nothing);
 //! - when it held partitions and has held none for [`LOST_AFTER_CHECKS`]
-//!   topic checks in a row, whoever recreated the topic. A member that is
+//!   topic checks in a row, whoever recreated the topic;
+//! - when it still holds a partition whose position lies past the
+//!   partition's end: the topic was recreated under it (deleted, or lost
+//!   with the broker's data, and made again by another service) and the
+//!   member goes on fetching the old one, silently, consuming nothing.
+//!   It unsubscribes first, so the partitions are revoked and fetched
+//!   afresh from the new topic's start. A member that is
 //!   idle by design (more workers than partitions) subscribes again at
 //!   most once per loss, since it must hold partitions again before it can
 //!   lose them again.
@@ -28,6 +37,7 @@ pub(crate) const LOST_AFTER_CHECKS: u32 = 3;
 /// `stop` fires.
 pub(crate) async fn keep_subscribed(
     mut recreations: watch::Receiver<u64>,
+    mut returns: watch::Receiver<u64>,
     consumer: Arc<StreamConsumer<GroupContext>>,
     topic: String,
     every: Duration,
@@ -45,13 +55,30 @@ pub(crate) async fn keep_subscribed(
                 }
                 true
             }
+            changed = returns.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                true
+            }
             _ = ticks.tick() => false,
         };
         let assigned = consumer.assignment().map_or(0, |a| a.count());
         let lost = loss.observe(assigned);
-        if recreated || lost {
-            let reason = if recreated {
-                "topic recreated"
+        let behind_its_end = assigned > 0 && !recreated && !lost && {
+            let consumer = Arc::clone(&consumer);
+            tokio::task::spawn_blocking(move || position_past_end(&consumer))
+                .await
+                .unwrap_or(false)
+        };
+        if behind_its_end {
+            consumer.unsubscribe();
+        }
+        if recreated || lost || behind_its_end {
+            let reason = if behind_its_end {
+                "position past the partition's end: the topic was recreated"
+            } else if recreated {
+                "topic recreated or broker back"
             } else {
                 "every partition lost"
             };
@@ -62,6 +89,23 @@ pub(crate) async fn keep_subscribed(
             loss = Loss::default();
         }
     }
+}
+
+/// Whether some assigned partition's position is past its high watermark,
+/// which only a topic recreated under the member explains. Blocks (one
+/// ListOffsets round trip per partition): call it from a blocking task.
+fn position_past_end(consumer: &StreamConsumer<GroupContext>) -> bool {
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    positions.elements().iter().any(|element| {
+        let rdkafka::Offset::Offset(position) = element.offset() else {
+            return false;
+        };
+        consumer
+            .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
+            .is_ok_and(|(_, high)| position > high)
+    })
 }
 
 /// Whether a member that held partitions has lost them all for long
