@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use prometheus::IntCounterVec;
 use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    admin::{AdminClient, AdminOptions},
     client::DefaultClientContext,
     error::RDKafkaErrorCode,
 };
@@ -107,18 +107,7 @@ impl TopicKeeper {
     /// created.
     pub async fn pass(&self) -> Result<Vec<String>, BusError> {
         let min_insync = self.layout.min_insync_replicas.to_string();
-        let new: Vec<NewTopic<'_>> = self
-            .topics
-            .iter()
-            .map(|t| {
-                NewTopic::new(
-                    t,
-                    self.layout.partitions,
-                    TopicReplication::Fixed(self.layout.replication_factor),
-                )
-                .set("min.insync.replicas", &min_insync)
-            })
-            .collect();
+        let new = crate::new_topics(self.topics.iter().map(String::as_str), &self.layout, &min_insync);
         let options = AdminOptions::new()
             .operation_timeout(Some(Duration::from_secs(5)))
             .request_timeout(Some(Duration::from_secs(5)));

@@ -468,13 +468,7 @@ pub fn reader_from_start(kafka: &KafkaConnection, group_id: &str) -> Result<Stre
 pub async fn ensure_topics(kafka: &KafkaConnection, topics: &[&str], layout: &TopicLayout) -> Result<(), BusError> {
     let admin: AdminClient<DefaultClientContext> = kafka.create(kafka.config())?;
     let min_insync = layout.min_insync_replicas.to_string();
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| {
-            NewTopic::new(t, layout.partitions, TopicReplication::Fixed(layout.replication_factor))
-                .set("min.insync.replicas", &min_insync)
-        })
-        .collect();
+    let new = new_topics(topics.iter().copied(), layout, &min_insync);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let mut existing = Vec::new();
     for result in admin.create_topics(new.iter(), &options).await? {
@@ -522,6 +516,23 @@ pub async fn ensure_topics(kafka: &KafkaConnection, topics: &[&str], layout: &To
         }
     }
     Ok(())
+}
+
+/// `topics` as `layout` lays them out, for a CreateTopics request
+/// (`min_insync` is the layout's `min.insync.replicas`, as text the specs
+/// borrow).
+fn new_topics<'a>(
+    topics: impl IntoIterator<Item = &'a str>,
+    layout: &TopicLayout,
+    min_insync: &'a str,
+) -> Vec<NewTopic<'a>> {
+    topics
+        .into_iter()
+        .map(|t| {
+            NewTopic::new(t, layout.partitions, TopicReplication::Fixed(layout.replication_factor))
+                .set("min.insync.replicas", min_insync)
+        })
+        .collect()
 }
 
 /// The topics among `counts` (name, partitions) with fewer than `wanted`.
