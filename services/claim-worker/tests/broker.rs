@@ -27,6 +27,49 @@ async fn pending(claims: &[uuid::Uuid]) -> i64 {
         .unwrap()
 }
 
+/// One test's pipeline on a broker of its own: claim-api in this process,
+/// a claim-worker process with `worker_env`, and a coupon on sale.
+struct OwnBrokerPipeline {
+    broker: PrivateBroker,
+    topics: turnstile_bus::Topics,
+    api: TestApi,
+    worker: WorkerProcess,
+    code: String,
+}
+
+impl OwnBrokerPipeline {
+    async fn start(name: &str, stock: i64, worker_env: &[(&str, String)]) -> Self {
+        let log_dir = std::env::temp_dir().join(unique(name));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let broker = PrivateBroker::start(&log_dir).await.unwrap();
+        let ns = Namespace::new(name);
+        let mut settings = api_settings(&ns);
+        settings.kafka.brokers = broker.addr();
+        let api = TestApi::start(settings).await.unwrap();
+        let mut env = vec![("TURNSTILE_KAFKA_BROKERS", broker.addr())];
+        env.extend_from_slice(worker_env);
+        let worker = WorkerProcess::spawn(WORKER, &ns, &env).await.unwrap();
+        let code = unique(name);
+        api.create_coupon(&code, stock, Some(1)).await.unwrap();
+        Self {
+            broker,
+            topics: turnstile_bus::Topics::with_prefix(&ns.topic_prefix),
+            api,
+            worker,
+            code,
+        }
+    }
+
+    /// Claims a unit for `user`; returns the claim id of the `202`.
+    async fn claim(&self, user: &str) -> uuid::Uuid {
+        let body = json!({"coupon": self.code, "user_id": user});
+        let response = self.api.claim_politely(&unique("claim"), body, None).await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let view: Value = response.json().await.unwrap();
+        view["claim_id"].as_str().unwrap().parse().unwrap()
+    }
+}
+
 /// With the broker killed, claims are still accepted and decided, from the
 /// database, by the sweeper; their announcements are owed. The broker comes
 /// back empty: the topics are recreated and every owed announcement is
@@ -35,48 +78,27 @@ async fn pending(claims: &[uuid::Uuid]) -> i64 {
 /// the chaos scenarios `broker-restart-empty` and `broker-down-60s`.)
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_are_decided_while_the_broker_is_down_and_announced_when_it_returns_empty() {
-    let log_dir = std::env::temp_dir().join(unique("broker-outage"));
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let mut broker = PrivateBroker::start(&log_dir).await.unwrap();
-    let ns = Namespace::new("broker-outage");
-    let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
-    let mut settings = api_settings(&ns);
-    settings.kafka.brokers = broker.addr();
-    let api = TestApi::start(settings).await.unwrap();
-    let worker = WorkerProcess::spawn(
-        WORKER,
-        &ns,
+    let mut p = OwnBrokerPipeline::start(
+        "broker-outage",
+        20,
         &[
-            ("TURNSTILE_KAFKA_BROKERS", broker.addr()),
             // The consume path decides everything while the broker is up.
             ("TURNSTILE_SWEEP_AFTER", "60s".to_owned()),
             ("TURNSTILE_SWEEP_AFTER_WITHOUT_KAFKA", "1s".to_owned()),
             ("TURNSTILE_SWEEP_INTERVAL", "250ms".to_owned()),
         ],
     )
-    .await
-    .unwrap();
-    let code = unique("OUTAGE");
-    api.create_coupon(&code, 20, Some(1)).await.unwrap();
-    let claim = |user: String| {
-        let (api, body) = (&api, json!({"coupon": code, "user_id": user}));
-        async move {
-            let response = api.claim_politely(&unique("outage"), body, None).await.unwrap();
-            assert_eq!(response.status(), StatusCode::ACCEPTED);
-            let view: Value = response.json().await.unwrap();
-            view["claim_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
-        }
-    };
-    let first = claim("u-before".to_owned()).await;
+    .await;
+    let first = p.claim("u-before").await;
     until(Duration::from_secs(60), "the first claim decided", || async {
         pending(&[first]).await == 0
     })
     .await;
 
-    broker.kill().await.unwrap();
+    p.broker.kill().await.unwrap();
     let mut during = Vec::new();
     for user in 0..15 {
-        during.push(claim(format!("u-down-{user}")).await);
+        during.push(p.claim(&format!("u-down-{user}")).await);
     }
     until(
         Duration::from_secs(60),
@@ -85,30 +107,33 @@ async fn claims_are_decided_while_the_broker_is_down_and_announced_when_it_retur
     )
     .await;
     assert!(
-        worker
+        p.worker
             .metric("turnstile_claims_decided_without_kafka_total")
             .await
             .unwrap()
             >= 1.0,
         "decisions made without Kafka are counted"
     );
-    assert_eq!(worker.metric("turnstile_kafka_up").await.unwrap(), 0.0);
-    assert!(owed(&topics.decided).await >= 15, "their announcements are owed");
+    assert_eq!(p.worker.metric("turnstile_kafka_up").await.unwrap(), 0.0);
+    assert!(owed(&p.topics.decided).await >= 15, "their announcements are owed");
 
-    broker.restart().await.unwrap();
+    p.broker.restart().await.unwrap();
     until(Duration::from_secs(60), "the owed announcements sent", || async {
-        owed(&topics.decided).await == 0
+        owed(&p.topics.decided).await == 0
     })
     .await;
-    let recreated = worker.metric("turnstile_kafka_topics_recreated_total").await.unwrap()
-        + turnstile_testkit::metric(&api.operator_url("/metrics"), "turnstile_kafka_topics_recreated_total")
-            .await
-            .unwrap();
+    let recreated = p.worker.metric("turnstile_kafka_topics_recreated_total").await.unwrap()
+        + turnstile_testkit::metric(
+            &p.api.operator_url("/metrics"),
+            "turnstile_kafka_topics_recreated_total",
+        )
+        .await
+        .unwrap();
     assert!(recreated >= 3.0, "all three topics recreated, counted {recreated}");
-    assert_eq!(worker.metric("turnstile_kafka_up").await.unwrap(), 1.0);
+    assert_eq!(p.worker.metric("turnstile_kafka_up").await.unwrap(), 1.0);
 
-    assert_claim_invariants(&[code], 20).await;
-    broker.stop().await;
+    assert_claim_invariants(&[p.code], 20).await;
+    p.broker.stop().await;
 }
 
 /// A topic deleted on a live broker and recreated by another service's
@@ -119,64 +144,36 @@ async fn claims_are_decided_while_the_broker_is_down_and_announced_when_it_retur
 async fn a_topic_deleted_and_recreated_by_someone_else_is_consumed_again() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 
-    let log_dir = std::env::temp_dir().join(unique("topic-deleted"));
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let broker = PrivateBroker::start(&log_dir).await.unwrap();
-    let ns = Namespace::new("topic-deleted");
-    let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
-    let mut settings = api_settings(&ns);
-    settings.kafka.brokers = broker.addr();
-    let api = TestApi::start(settings).await.unwrap();
-    let worker = WorkerProcess::spawn(
-        WORKER,
-        &ns,
-        &[
-            ("TURNSTILE_KAFKA_BROKERS", broker.addr()),
-            ("TURNSTILE_SWEEP_AFTER", "10m".to_owned()),
-        ],
-    )
-    .await
-    .unwrap();
-    let code = unique("DELETED");
-    api.create_coupon(&code, 5, Some(1)).await.unwrap();
-    let claim = |user: &str| {
-        let (api, body) = (&api, json!({"coupon": code, "user_id": user}));
-        async move {
-            let response = api.claim_politely(&unique("deleted"), body, None).await.unwrap();
-            assert_eq!(response.status(), StatusCode::ACCEPTED);
-            let view: Value = response.json().await.unwrap();
-            view["claim_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
-        }
-    };
-    let first = claim("u-before").await;
+    let p = OwnBrokerPipeline::start("topic-deleted", 5, &[("TURNSTILE_SWEEP_AFTER", "10m".to_owned())]).await;
+    let first = p.claim("u-before").await;
     until(Duration::from_secs(60), "the first claim decided", || async {
         pending(&[first]).await == 0
     })
     .await;
 
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
+        .set("bootstrap.servers", p.broker.addr())
         .create()
         .unwrap();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.delete_topics(&[&topics.requested], &options).await.unwrap() {
+    for result in admin.delete_topics(&[&p.topics.requested], &options).await.unwrap() {
         result.unwrap();
     }
-    let new = NewTopic::new(&topics.requested, 3, TopicReplication::Fixed(1));
+    let new = NewTopic::new(&p.topics.requested, 3, TopicReplication::Fixed(1));
     for result in admin.create_topics([&new], &options).await.unwrap() {
         result.unwrap();
     }
 
     // The sweep window is ten minutes: a decision within the wait below is
     // the consume path's.
-    let after = claim("u-after").await;
+    let after = p.claim("u-after").await;
     until(
         Duration::from_secs(90),
         "a claim sent after the recreation consumed",
         || async { pending(&[after]).await == 0 },
     )
     .await;
-    assert_eq!(worker.metric("turnstile_claims_swept_total").await.unwrap(), 0.0);
-    assert_claim_invariants(&[code], 5).await;
-    broker.stop().await;
+    assert_eq!(p.worker.metric("turnstile_claims_swept_total").await.unwrap(), 0.0);
+    assert_claim_invariants(&[p.code], 5).await;
+    p.broker.stop().await;
 }
