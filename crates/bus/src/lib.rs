@@ -66,6 +66,10 @@ pub enum BusError {
         /// The broker's answer.
         code: RDKafkaErrorCode,
     },
+    /// A blocking librdkafka call, run on tokio's blocking pool, panicked
+    /// or was cancelled.
+    #[error("a blocking kafka call did not finish")]
+    Blocking(#[from] tokio::task::JoinError),
     /// librdkafka refused a passed-through property.
     #[error("{variable} is not a property librdkafka accepts")]
     Property {
