@@ -13,6 +13,8 @@
 //!
 //! Requests go straight to `hyper`'s connection API: one `SendRequest` per
 //! connection, checked out for one request and its body, then returned.
+//! They implement `turnstile-client`'s `Transport`, so a sale's claims go
+//! through the same client, retries and throttling as a caller's.
 
 use std::{
     net::SocketAddr,
@@ -25,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{
-    Request, Response, StatusCode, Uri,
+    Method, Request, StatusCode, Uri,
     body::Incoming,
     client::conn::{
         TrySendError,
@@ -35,6 +37,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, sync::Semaphore};
+use turnstile_client::{Request as ClientRequest, Response, Transport, TransportError};
 
 /// A request not answered in this long counts as a transport error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -91,23 +94,40 @@ impl Connections {
     /// copied, so sending the same request again costs no allocation.
     pub async fn post_json(
         &self,
-        path: &'static str,
+        path: &str,
         headers: &[(&HeaderName, HeaderValue)],
         body: impl Into<Bytes>,
     ) -> Result<Answer> {
+        let headers = headers.iter().map(|(name, value)| (*name, value));
+        self.request(Method::POST, path, headers, Some(body.into())).await
+    }
+
+    /// Sends a request on the next free connection and reads the whole
+    /// answer; a body goes as `application/json`.
+    async fn request<'h>(
+        &self,
+        method: Method,
+        path: &str,
+        headers: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+        body: Option<Bytes>,
+    ) -> Result<Answer> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.host.clone());
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        for (name, value) in headers {
+            request = request.header(name, value.clone());
+        }
+        let request = request.body(Full::new(body.unwrap_or_default()))?;
         let _free = self.free.acquire().await?;
         let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut sender = match pooled {
             Some(sender) if !sender.is_closed() => sender,
             _ => connect(self.addr).await?,
         };
-        let mut request = Request::post(path)
-            .header(header::HOST, self.host.clone())
-            .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (name, value) in headers {
-            request = request.header(*name, value.clone());
-        }
-        let request = request.body(Full::new(body.into()))?;
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
             // A connection the server closed while it sat idle gives the
             // request back unsent: send it once more on a new connection.
@@ -140,10 +160,32 @@ impl Connections {
     }
 }
 
+/// The claim client's transport: its retries, tickets and throttling run
+/// on these connections, so a wait for a free one counts as it does for
+/// every other request.
+impl Transport for Connections {
+    async fn send(&self, request: &ClientRequest<'_>) -> Result<Response, TransportError> {
+        let answer = self
+            .request(
+                request.method().clone(),
+                request.path(),
+                request.headers(),
+                request.body().cloned(),
+            )
+            .await
+            .map_err(TransportError::new)?;
+        Ok(Response {
+            status: answer.status,
+            headers: answer.headers,
+            body: answer.body,
+        })
+    }
+}
+
 async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>> {
+) -> Result<hyper::Response<Incoming>, TrySendError<Request<Full<Bytes>>>> {
     // `ready` fails only when the connection is gone; the request is then
     // still unsent, and `try_send_request` hands it back.
     let _ = sender.ready().await;

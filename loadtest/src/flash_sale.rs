@@ -33,13 +33,19 @@
 //! and the audit reads that tenant's resources and claims only.
 //!
 //! Each scheduled request is one arrival: one shopper, one user id, one
-//! idempotency key. By default an arrival answered 429 or 503 is counted and
-//! gone. With `--retry` it behaves like a person: it waits what
+//! idempotency key. Every arrival's claim goes through `turnstile-client`
+//! on the generator's own connections, so a sale measures what a caller of
+//! that client gets. By default an arrival answered 429 or 503 is counted
+//! and gone. With `--retry` it behaves like a person: the client waits what
 //! `Retry-After` asks (with jitter) and sends the same request under the
-//! same key again, until it is accepted or the offered load's window ends.
-//! Then `decide_from_first_attempt` (from the arrival's first scheduled
-//! send to its decision) is what the shopper lived through, and
-//! `grants_to_earliest_share` says how first-come-first-served the sale was.
+//! same key again, with the ticket the refusal carried, until it is
+//! accepted or the offered load's window ends. Then
+//! `decide_from_first_attempt` (from the arrival's first scheduled send to
+//! its decision) is what the shopper lived through, and
+//! `grants_to_earliest_share` says how first-come-first-served the sale
+//! was. With `--throttle` the client also throttles itself (Google SRE's
+//! adaptive throttling): the requests it drops are never sent, and are
+//! counted apart, in `throttled_locally`.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -53,12 +59,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use hyper::{
-    StatusCode,
-    header::{AUTHORIZATION, HeaderName, HeaderValue, RETRY_AFTER},
-};
+use hyper::{StatusCode, header::AUTHORIZATION};
 use indicatif::ProgressBar;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -68,14 +70,18 @@ use tokio::{
     task::JoinSet,
 };
 use turnstile_claim::{
-    ResourceId, ResourceKey, TenantId,
+    IdempotencyKey, ResourceId, ResourceKey, TenantId, UserId,
     audit::{AuditScope, InvariantReport},
+};
+use turnstile_client::{
+    AttemptEnd, AttemptOutcome, CallOptions, ClaimBatch, Client, NewClaim, Observer, PreparedClaim, RetryPolicy,
+    ThrottleSettings,
 };
 use turnstile_store as store;
 use uuid::Uuid;
 
 use crate::{
-    connections::{self, Connections},
+    connections::Connections,
     credentials::{Credentials, KeyArgs},
     generator_cpu::CpuStopwatch,
     latency::Latencies,
@@ -151,9 +157,52 @@ pub struct SaleParams {
     /// Shoppers come back: an arrival answered 429 or 503 waits the
     /// `Retry-After` seconds (1 when absent, at most 10) times a random
     /// factor in [0.5, 1.5), then sends the same request under the same
-    /// idempotency key again, until it is accepted or `--duration` is over.
+    /// idempotency key again (with the refusal's `Turnstile-Ticket`), until
+    /// it is accepted or `--duration` is over: `turnstile-client`'s retries.
     #[arg(long)]
     pub retry: bool,
+    #[command(flatten)]
+    pub throttle: ThrottleArgs,
+}
+
+/// `turnstile-client`'s adaptive throttling, for a sale's arrivals.
+#[derive(Debug, Clone, Args)]
+pub struct ThrottleArgs {
+    /// The client throttles itself (Google SRE's adaptive throttling): over
+    /// a sliding window it drops each request with probability
+    /// max(0, (requests - K * accepts) / (requests + 1)), where every answer
+    /// but a 429 or 503 is an accept. Dropped requests are never sent and
+    /// are counted in `throttled_locally`.
+    #[arg(long)]
+    pub throttle: bool,
+    /// K of `--throttle`: the client sends about K times what the API accepts.
+    #[arg(long, default_value_t = ThrottleSettings::DEFAULT_K, value_name = "K", requires = "throttle")]
+    pub throttle_k: f64,
+    /// The window of `--throttle`, in seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS", requires = "throttle")]
+    pub throttle_window: u64,
+}
+
+impl Default for ThrottleArgs {
+    fn default() -> Self {
+        Self {
+            throttle: false,
+            throttle_k: ThrottleSettings::DEFAULT_K,
+            throttle_window: 120,
+        }
+    }
+}
+
+impl ThrottleArgs {
+    /// The throttle's settings, when it is on.
+    pub fn settings(&self) -> Result<Option<ThrottleSettings>> {
+        if !self.throttle {
+            return Ok(None);
+        }
+        ThrottleSettings::try_new(Duration::from_secs(self.throttle_window), self.throttle_k)
+            .map(Some)
+            .context("--throttle-k must be at least 1 and --throttle-window from 1 s to a day")
+    }
 }
 
 fn parse_run_id(raw: &str) -> Result<String, String> {
@@ -242,8 +291,17 @@ pub struct FlashSaleReport {
     pub retries: u64,
     /// `retries / requests_sent`.
     pub retry_share: f64,
+    /// Whether the client throttled itself (`--throttle`), with what K and
+    /// window (seconds).
+    pub throttle: bool,
+    pub throttle_k: f64,
+    pub throttle_window_s: u64,
+    /// Requests the client's adaptive throttling dropped, first attempts
+    /// and retries alike: never sent, so in none of `requests_sent`,
+    /// `dropped` and `answers_by_status`.
+    pub throttled_locally: u64,
     /// Arrivals whose last answer was not 200/202 (429, other 4xx, 5xx,
-    /// transport error, or dropped by the client).
+    /// transport error, or dropped by the client or its throttle).
     pub arrivals_refused: u64,
     /// From an arrival's first scheduled send to its decision's commit: what
     /// the shopper lived through. Equal to `decide_from_send` without retries.
@@ -299,6 +357,7 @@ struct Counters {
     errors_5xx: AtomicU64,
     transport: AtomicU64,
     dropped: AtomicU64,
+    throttled_locally: AtomicU64,
     requests_sent: AtomicU64,
     retries: AtomicU64,
     arrivals_refused: AtomicU64,
@@ -313,6 +372,7 @@ impl Counters {
             Answer::ServerError => &self.errors_5xx,
             Answer::Transport => &self.transport,
             Answer::Dropped => &self.dropped,
+            Answer::ThrottledLocally => &self.throttled_locally,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -337,16 +397,7 @@ struct AcceptedClaim {
     accept_latency: Duration,
 }
 
-/// One arrival's request, built before the clock starts.
-#[derive(Debug, Clone)]
-struct PreparedRequest {
-    /// The JSON body; a slice of one buffer shared by every request.
-    body: Bytes,
-    /// `{run_id}-{n}`; likewise a slice of one shared buffer.
-    key: HeaderValue,
-}
-
-/// Builds the `total` requests of a run: request `n` has the idempotency key
+/// Builds the `total` claims of a run: claim `n` has the idempotency key
 /// `{run_id}-{n}`, a coupon of `codes` and one of `users` user ids, both
 /// drawn from `rng`. The bodies share one buffer and the keys another,
 /// whatever `total` is.
@@ -356,82 +407,25 @@ fn prepare_requests(
     users: u64,
     total: u64,
     rng: &mut impl Rng,
-) -> Result<Vec<PreparedRequest>> {
+) -> Result<Vec<PreparedClaim>> {
     use std::fmt::Write as _;
 
-    let count = usize::try_from(total)?;
-    let (mut bodies, mut keys) = (
-        Vec::with_capacity(count.saturating_mul(64)),
-        Vec::with_capacity(count.saturating_mul(16)),
-    );
-    let (mut body_ends, mut key_ends) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    let codes = codes
+        .iter()
+        .map(|code| ResourceId::parse("coupon", code))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut batch = ClaimBatch::with_capacity(usize::try_from(total)?);
     let mut text = String::new();
     for n in 0..total {
         text.clear();
         write!(text, "user-{}", rng.random_range(0..users))?;
-        serde_json::to_writer(
-            &mut bodies,
-            &ClaimBody {
-                coupon: &codes[rng.random_range(0..codes.len())],
-                user_id: &text,
-            },
-        )?;
-        body_ends.push(bodies.len());
+        let user = UserId::parse(&text)?;
+        let claim = NewClaim::coupon(codes[rng.random_range(0..codes.len())].clone(), user);
         text.clear();
         write!(text, "{run_id}-{n}")?;
-        keys.extend_from_slice(text.as_bytes());
-        key_ends.push(keys.len());
+        batch.push(&claim, &IdempotencyKey::parse(&text)?);
     }
-    let (bodies, keys) = (Bytes::from(bodies), Bytes::from(keys));
-    let (mut body_start, mut key_start) = (0, 0);
-    body_ends
-        .into_iter()
-        .zip(key_ends)
-        .map(|(body_end, key_end)| {
-            let request = PreparedRequest {
-                body: bodies.slice(body_start..body_end),
-                key: HeaderValue::from_maybe_shared(keys.slice(key_start..key_end))?,
-            };
-            (body_start, key_start) = (body_end, key_end);
-            Ok(request)
-        })
-        .collect()
-}
-
-/// The longest `Retry-After` a returning shopper honours, in seconds.
-const MAX_RETRY_AFTER_S: u64 = 10;
-
-/// The seconds a `Retry-After` header asks to wait: 1 when it is absent or
-/// not a number of seconds (an HTTP date included), at most
-/// [`MAX_RETRY_AFTER_S`].
-fn retry_after_secs(header: Option<&HeaderValue>) -> u64 {
-    header
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(1)
-        .min(MAX_RETRY_AFTER_S)
-}
-
-/// How long a shopper waits before trying again: what `Retry-After` asks,
-/// times a jitter factor in [0.5, 1.5) drawn from `unit` in [0, 1), so that
-/// shoppers refused together do not all come back together.
-fn retry_wait(header: Option<&HeaderValue>, unit: f64) -> Duration {
-    // Short of 1.5 by more than a nanosecond's rounding at the longest wait.
-    let factor = 0.5 + unit.clamp(0.0, 0.999_999);
-    Duration::from_secs(retry_after_secs(header)).mul_f64(factor)
-}
-
-/// The claim request's body.
-#[derive(Serialize)]
-struct ClaimBody<'a> {
-    coupon: &'a str,
-    user_id: &'a str,
-}
-
-/// The part of a claim's answer the load test reads.
-#[derive(Deserialize)]
-struct ClaimAnswer {
-    claim_id: Uuid,
+    Ok(batch.finish())
 }
 
 /// What the sending phase collected, behind one lock (held for a push).
@@ -516,19 +510,17 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
         ..Collected::default()
     });
     let interval = Duration::from_secs_f64(1.0 / sale.rate);
+    let client = claim_client(sale, connections, credentials)?;
     let cpu = CpuStopwatch::start();
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let shared = Arc::new(Shared {
-        connections,
-        idempotency_key: HeaderName::from_static("idempotency-key"),
-        authorization: credentials.claim_authorization().clone(),
+        client,
         counters: Counters::default(),
         collected,
         in_flight: Arc::new(Semaphore::new(sale.max_in_flight)),
         started,
         window: Duration::from_secs(sale.duration),
-        retry: sale.retry,
     });
     // Finished arrivals are reaped as the run goes, so the generator's
     // memory stays flat instead of holding every arrival's task to the end.
@@ -622,6 +614,10 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
     } else {
         0.0
     };
+    report.throttle = sale.throttle.throttle;
+    report.throttle_k = sale.throttle.throttle_k;
+    report.throttle_window_s = sale.throttle.throttle_window;
+    report.throttled_locally = count(&counters.throttled_locally);
     report.arrivals_refused = count(&counters.arrivals_refused);
     report.decide_from_first_attempt_p50_ms = decided.from_first_attempt.quantile_ms(0.5).unwrap_or(0.0);
     report.decide_from_first_attempt_p99_ms = decided.from_first_attempt.quantile_ms(0.99).unwrap_or(0.0);
@@ -633,14 +629,35 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
     Ok(report)
 }
 
+/// The sale's claim client, on its connections: with `--retry` it comes
+/// back after every 429 or 503 until the offered load's window ends (the
+/// deadline each call is given), without it a refusal is the answer; with
+/// `--throttle` it throttles itself.
+fn claim_client(
+    sale: &SaleParams,
+    connections: Arc<Connections>,
+    credentials: &Credentials,
+) -> Result<Client<Arc<Connections>>> {
+    let policy = if sale.retry {
+        RetryPolicy::try_new(u32::MAX, Duration::from_secs(sale.duration))?
+    } else {
+        RetryPolicy::never()
+    };
+    let client = Client::new(connections)
+        .with_authorization(credentials.claim_authorization().clone())
+        .with_retry(policy);
+    Ok(match sale.throttle.settings()? {
+        Some(settings) => client.with_throttle(settings),
+        None => client,
+    })
+}
+
 /// What every arrival's task shares, behind one `Arc`.
 #[derive(Debug)]
 struct Shared {
-    connections: Arc<Connections>,
-    idempotency_key: HeaderName,
-    /// `Bearer <claim key>`, the same for every request (a sensitive
-    /// value: debug output shows none of it).
-    authorization: HeaderValue,
+    /// The claim client: its retry policy, and its throttle, which counts
+    /// every arrival's requests.
+    client: Client<Arc<Connections>>,
     counters: Counters,
     collected: Mutex<Collected>,
     /// One permit per request in flight, counting those waiting for a
@@ -649,7 +666,6 @@ struct Shared {
     started: Instant,
     /// The end of the offered load, from `started`: no retry leaves after it.
     window: Duration,
-    retry: bool,
 }
 
 /// One shopper: when they first come, and what they send.
@@ -658,17 +674,17 @@ struct Arrival {
     index: u64,
     /// The first scheduled send, from the start of the load.
     scheduled: Duration,
-    request: PreparedRequest,
+    request: PreparedClaim,
 }
 
-/// How a request ended, from its HTTP answer or the lack of one.
-fn classify(response: &Result<connections::Answer>) -> Answer {
-    match response {
-        Ok(r) if matches!(r.status, StatusCode::ACCEPTED | StatusCode::OK) => Answer::Accepted,
-        Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => Answer::Throttled,
-        Ok(r) if r.status.is_client_error() => Answer::ClientError,
-        Ok(_) => Answer::ServerError,
-        Err(_) => Answer::Transport,
+/// How a request ended, from its HTTP status or the lack of one.
+fn classify(status: Option<StatusCode>) -> Answer {
+    match status {
+        Some(StatusCode::ACCEPTED | StatusCode::OK) => Answer::Accepted,
+        Some(StatusCode::TOO_MANY_REQUESTS) => Answer::Throttled,
+        Some(s) if s.is_client_error() => Answer::ClientError,
+        Some(_) => Answer::ServerError,
+        None => Answer::Transport,
     }
 }
 
@@ -679,108 +695,136 @@ fn is_rate_limited(body: &[u8]) -> bool {
     body.windows(TYPE.len()).any(|w| w == TYPE)
 }
 
-/// Sends an arrival's request, holding `permit` while it is in flight;
-/// with `--retry`, sends it again after a 429 or 503 for as long as the
-/// window is open and a permit is free.
-async fn arrive(shared: Arc<Shared>, arrival: Arrival, mut permit: OwnedSemaphorePermit) {
+/// The client's attempts for one arrival, as they happen: counted, put on
+/// the timeline, and kept for the refusal audit. It also holds the
+/// arrival's in-flight permit while an attempt is under way.
+#[derive(Debug)]
+struct ArrivalLog<'a> {
+    shared: &'a Shared,
+    /// The first scheduled send, from the start of the load.
+    scheduled: Duration,
+    /// Held while an attempt is in flight; a retry takes a new one.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Every answer under the key, kept if one was a refusal.
+    answers: Vec<KeyAnswer>,
+    refused: bool,
+    /// How the last attempt ended: its answer, its scheduled send and its
+    /// latency from then.
+    last: Option<(Answer, Duration, Duration)>,
+}
+
+impl ArrivalLog<'_> {
+    fn since_start(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.shared.started)
+    }
+}
+
+impl Observer for ArrivalLog<'_> {
+    fn before_attempt(&mut self, _attempt: u32, due: Instant) -> bool {
+        if self.permit.is_some() {
+            return true;
+        }
+        let Ok(permit) = Arc::clone(&self.shared.in_flight).try_acquire_owned() else {
+            // Never sent: the arrival's last answer stays the 429 or 503.
+            self.shared.counters.count(Answer::Dropped);
+            let (sent, now) = (self.since_start(due), self.shared.started.elapsed());
+            lock(&self.shared.collected)
+                .timeline
+                .answered(sent, now, Answer::Dropped);
+            self.last = Some((Answer::Dropped, sent, Duration::ZERO));
+            return false;
+        };
+        self.permit = Some(permit);
+        true
+    }
+
+    fn after_attempt(&mut self, end: &AttemptEnd<'_>) {
+        // Waiting to come back is not being in flight.
+        self.permit = None;
+        // Latency runs from the arrival's schedule, then from the end of
+        // each retry's wait: a late send counts against the system.
+        let sent = if end.attempt == 1 {
+            self.scheduled
+        } else {
+            self.since_start(end.due)
+        };
+        let answered = self.since_start(end.ended);
+        let counters = &self.shared.counters;
+        let (status, body) = match end.outcome {
+            AttemptOutcome::Throttled { .. } => {
+                counters.count(Answer::ThrottledLocally);
+                let mut collected = lock(&self.shared.collected);
+                collected.timeline.answered(sent, answered, Answer::ThrottledLocally);
+                self.last = Some((Answer::ThrottledLocally, sent, Duration::ZERO));
+                return;
+            }
+            AttemptOutcome::Failed(_) => (None, None),
+            AttemptOutcome::Answered(response) => (Some(response.status), Some(&response.body)),
+        };
+        Counters::add(&counters.requests_sent);
+        if end.attempt > 1 {
+            Counters::add(&counters.retries);
+        }
+        let answer = classify(status);
+        counters.count(answer);
+        if answer == Answer::Throttled && body.is_some_and(|b| is_rate_limited(b)) {
+            Counters::add(&counters.rate_limited);
+        }
+        // A 429 or 503 promises this request recorded nothing; a 504
+        // (outcome unknown) or a 408 promises nothing either way.
+        self.refused |= status.is_some_and(is_refusal);
+        self.answers.push(KeyAnswer {
+            sent,
+            answered,
+            promise: Promise::of(status),
+        });
+        let accept_latency = answered.saturating_sub(sent);
+        let mut collected = lock(&self.shared.collected);
+        collected.timeline.answered(sent, answered, answer);
+        if answer == Answer::Accepted {
+            collected.accept.record(accept_latency);
+        }
+        if let Some(status) = status {
+            *collected.statuses.entry(status.as_u16()).or_default() += 1;
+        }
+        self.last = Some((answer, sent, accept_latency));
+    }
+}
+
+/// Sends an arrival's claim through the client, holding `permit` while
+/// its first attempt is in flight; with `--retry` the client sends it again
+/// after a 429 or 503 for as long as the window is open and a permit is
+/// free.
+async fn arrive(shared: Arc<Shared>, arrival: Arrival, permit: OwnedSemaphorePermit) {
     let Arrival {
         index,
         scheduled,
         request,
     } = arrival;
-    // Latency runs from this time: the arrival's schedule, then each retry's.
-    let mut sent = scheduled;
-    // Every answer under the key, kept if one was a refusal.
-    let mut answers = Vec::new();
-    let mut refused = false;
-    loop {
-        Counters::add(&shared.counters.requests_sent);
-        let response = shared
-            .connections
-            .post_json(
-                "/v1/claims",
-                &[
-                    (&shared.idempotency_key, request.key.clone()),
-                    (&AUTHORIZATION, shared.authorization.clone()),
-                ],
-                request.body.clone(),
-            )
-            .await;
-        let answered = shared.started.elapsed();
-        // Waiting to come back is not being in flight.
-        drop(permit);
-        let answer = classify(&response);
-        shared.counters.count(answer);
-        if answer == Answer::Throttled && response.as_ref().is_ok_and(|r| is_rate_limited(&r.body)) {
-            Counters::add(&shared.counters.rate_limited);
-        }
-        let retry_at = match &response {
-            Ok(r)
-                if shared.retry
-                    && matches!(
-                        r.status,
-                        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-                    ) =>
-            {
-                Some(answered + retry_wait(r.headers.get(RETRY_AFTER), rand::random()))
-            }
-            _ => None,
-        }
-        .filter(|at| *at < shared.window);
-        // A 429 or 503 promises this request recorded nothing; a 504
-        // (outcome unknown) or a 408 promises nothing either way.
-        let status = response.as_ref().ok().map(|r| r.status);
-        refused |= status.is_some_and(is_refusal);
-        answers.push(KeyAnswer {
+    let mut log = ArrivalLog {
+        shared: &shared,
+        scheduled,
+        permit: Some(permit),
+        answers: Vec::new(),
+        refused: false,
+        last: None,
+    };
+    let deadline = CallOptions::until(shared.started + shared.window);
+    let claimed = shared.client.claim_with(&request, deadline, &mut log).await;
+    let ArrivalLog {
+        answers, refused, last, ..
+    } = log;
+    match (claimed, last) {
+        (Ok(answer), Some((_, sent, accept_latency))) => lock(&shared.collected).accepted.push(AcceptedClaim {
+            id: answer.claim.claim_id.as_uuid(),
+            arrival: index,
+            first_sent: scheduled,
             sent,
-            answered,
-            promise: Promise::of(status),
-        });
-        let claim_id = match (answer, response) {
-            (Answer::Accepted, Ok(r)) => serde_json::from_slice::<ClaimAnswer>(&r.body).ok().map(|a| a.claim_id),
-            _ => None,
-        };
-        // From the scheduled time: a late send counts against the system.
-        let accept_latency = answered.saturating_sub(sent);
-        {
-            let mut collected = lock(&shared.collected);
-            collected.timeline.answered(sent, answered, answer);
-            if answer == Answer::Accepted {
-                collected.accept.record(accept_latency);
-            }
-            if let Some(status) = status {
-                *collected.statuses.entry(status.as_u16()).or_default() += 1;
-            }
-            if let Some(id) = claim_id {
-                collected.accepted.push(AcceptedClaim {
-                    id,
-                    arrival: index,
-                    first_sent: scheduled,
-                    sent,
-                    accept_latency,
-                });
-            }
-        }
-        if answer == Answer::Accepted {
-            break;
-        }
-        let Some(retry_at) = retry_at else {
-            Counters::add(&shared.counters.arrivals_refused);
-            break;
-        };
-        tokio::time::sleep_until((shared.started + retry_at).into()).await;
-        let Ok(next) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
-            // Never sent: the arrival's last answer stays the 429 or 503.
-            shared.counters.count(Answer::Dropped);
-            Counters::add(&shared.counters.arrivals_refused);
-            lock(&shared.collected)
-                .timeline
-                .answered(retry_at, shared.started.elapsed(), Answer::Dropped);
-            break;
-        };
-        Counters::add(&shared.counters.retries);
-        permit = next;
-        sent = retry_at;
+            accept_latency,
+        }),
+        // Accepted with a body that names no claim: nothing to follow.
+        (Err(_), Some((Answer::Accepted, ..))) => {}
+        _ => Counters::add(&shared.counters.arrivals_refused),
     }
     if refused {
         lock(&shared.collected).refused.push(RefusedKey {
@@ -1127,47 +1171,14 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_read_in_seconds_bounded_and_defaults_to_one() {
-        let header = |v: &'static str| HeaderValue::from_static(v);
-        assert_eq!(retry_after_secs(None), 1);
-        assert_eq!(retry_after_secs(Some(&header("3"))), 3);
-        assert_eq!(retry_after_secs(Some(&header("0"))), 0);
-        assert_eq!(retry_after_secs(Some(&header("120"))), MAX_RETRY_AFTER_S);
-        for unparsable in ["soon", "-1", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT", ""] {
-            assert_eq!(retry_after_secs(Some(&header(unparsable))), 1, "{unparsable:?}");
-        }
-    }
-
-    #[test]
-    fn retry_wait_is_jittered_between_half_and_one_and_a_half_times() {
-        let two = HeaderValue::from_static("2");
-        assert_eq!(retry_wait(Some(&two), 0.0), Duration::from_secs(1));
-        assert_eq!(retry_wait(Some(&two), 0.5), Duration::from_secs(2));
-        assert!(retry_wait(Some(&two), 1.0) < Duration::from_secs(3));
-        let mut rng = rand::rng();
-        for _ in 0..10_000 {
-            let wait = retry_wait(Some(&two), rng.random());
-            assert!(
-                wait >= Duration::from_secs(1) && wait < Duration::from_secs(3),
-                "{wait:?}"
-            );
-            let wait = retry_wait(None, rng.random());
-            assert!(
-                wait >= Duration::from_millis(500) && wait < Duration::from_millis(1_500),
-                "{wait:?}"
-            );
-        }
-    }
-
-    #[test]
     fn requests_are_prepared_with_their_keys_and_a_coupon_and_user_each() {
         let codes = vec![coupon_code("R1", 0), coupon_code("R1", 1)];
         let requests = prepare_requests("R1", &codes, 7, 1_000, &mut rand::rng()).unwrap();
         assert_eq!(requests.len(), 1_000);
         let mut coupons = std::collections::HashSet::new();
         for (n, request) in requests.iter().enumerate() {
-            assert_eq!(request.key.to_str().unwrap(), format!("R1-{n}"));
-            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            assert_eq!(request.idempotency_key(), format!("R1-{n}"));
+            let body: serde_json::Value = serde_json::from_slice(request.body()).unwrap();
             let coupon = body["coupon"].as_str().unwrap();
             assert!(codes.iter().any(|c| c == coupon), "{body}");
             let user: u64 = body["user_id"]

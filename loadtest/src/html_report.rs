@@ -240,7 +240,7 @@ fn ms(v: f64) -> String {
 
 fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> Markup {
     type Row = (&'static str, fn(&FlashSaleReport) -> String);
-    let rows: [Row; 22] = [
+    let rows: [Row; 23] = [
         ("coupons × units", |r| {
             format!("{} × {}", r.coupons, r.stock_per_coupon)
         }),
@@ -269,6 +269,7 @@ fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> Markup {
         ("5xx", |r| r.errors_5xx.to_string()),
         ("transport errors", |r| r.transport_errors.to_string()),
         ("dropped by the client", |r| r.dropped.to_string()),
+        ("dropped by the client's throttle", |r| r.throttled_locally.to_string()),
         ("claims decided/s", |r| format!("{:.0}", r.claims_per_sec)),
         ("accept p50 / p99", |r| {
             format!("{} / {}", ms(r.accept_p50_ms), ms(r.accept_p99_ms))

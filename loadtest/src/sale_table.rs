@@ -130,6 +130,10 @@ fn refusals(r: &FlashSaleReport) -> Table {
             ["5xx".to_owned(), r.errors_5xx.to_string()],
             ["transport errors".to_owned(), r.transport_errors.to_string()],
             ["dropped by the client".to_owned(), r.dropped.to_string()],
+            [
+                "dropped by the client's throttle".to_owned(),
+                r.throttled_locally.to_string(),
+            ],
             ["arrivals refused in the end".to_owned(), r.arrivals_refused.to_string()],
         ],
     )

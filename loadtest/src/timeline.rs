@@ -28,6 +28,8 @@ pub enum Answer {
     Transport,
     /// Never sent: the client's in-flight cap was reached.
     Dropped,
+    /// Never sent: the client's adaptive throttling dropped it.
+    ThrottledLocally,
 }
 
 /// One second of a run, as reported.
@@ -43,7 +45,8 @@ pub struct SecondStats {
     pub decided: u64,
     /// 429s received in this second.
     pub throttled_429: u64,
-    /// Other failures (4xx, 5xx, transport, dropped) in this second.
+    /// Other failures (4xx, 5xx, transport, dropped by the client or its
+    /// throttle) in this second.
     pub errors: u64,
     /// Accept latency of requests sent in this second (none: nothing accepted).
     pub accept_p50_ms: Option<f64>,
@@ -119,7 +122,11 @@ impl Timeline {
         match answer {
             Answer::Accepted => second.accepted += 1,
             Answer::Throttled => second.throttled += 1,
-            Answer::ClientError | Answer::ServerError | Answer::Transport | Answer::Dropped => second.errors += 1,
+            Answer::ClientError
+            | Answer::ServerError
+            | Answer::Transport
+            | Answer::Dropped
+            | Answer::ThrottledLocally => second.errors += 1,
         }
         if answer == Answer::Accepted {
             self.at(sent).accept.record(answered.saturating_sub(sent));

@@ -22,7 +22,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 use turnstile_loadtest::{
     credentials::KeyArgs,
-    flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams},
+    flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams, ThrottleArgs},
     html_report,
     timeline::SecondStats,
 };
@@ -485,6 +485,7 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
             decide_timeout: 30,
             run_id: None,
             retry: false,
+            throttle: ThrottleArgs::default(),
         },
         json: true,
         report: None,

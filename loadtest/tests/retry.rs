@@ -1,5 +1,5 @@
-//! `flash-sale --retry` against a stub claim API whose answers are known in
-//! advance: every arrival's first request is refused (429 or 503 with
+//! `flash-sale --retry` and `--throttle` (turnstile-client's behaviour)
+//! against a stub claim API whose answers are known in advance: every arrival's first request is refused (429 or 503 with
 //! `Retry-After: 1`, or a final 409), and a request that comes back is
 //! accepted. The audit runs against the stack's Postgres, where the stub
 //! records the coupons it is asked to create (as the API would) but no
@@ -26,7 +26,7 @@ use axum::{
 use turnstile_claim::{ResourceId, ResourceKey, TenantId, access::Role};
 use turnstile_loadtest::{
     credentials::KeyArgs,
-    flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams},
+    flash_sale::{self, FlashSaleArgs, FlashSaleReport, Mode, SaleParams, ThrottleArgs},
 };
 use turnstile_store::{self as store, keys};
 use uuid::Uuid;
@@ -123,7 +123,11 @@ async fn stub(expected: Expected, pool: sqlx::PgPool) -> (String, Seen) {
     (api, seen)
 }
 
-async fn sale(retry: bool, duration: u64) -> (FlashSaleReport, HashMap<String, Vec<(Instant, Bytes)>>) {
+async fn sale(
+    retry: bool,
+    throttle: ThrottleArgs,
+    duration: u64,
+) -> (FlashSaleReport, HashMap<String, Vec<(Instant, Bytes)>>) {
     // Keys of the stack's database: loadtest checks given keys there.
     let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
     let tenant = TenantId::default_tenant();
@@ -161,6 +165,7 @@ async fn sale(retry: bool, duration: u64) -> (FlashSaleReport, HashMap<String, V
             decide_timeout: 5,
             run_id: None,
             retry,
+            throttle,
         },
         json: true,
         report: None,
@@ -175,7 +180,7 @@ async fn sale(retry: bool, duration: u64) -> (FlashSaleReport, HashMap<String, V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_arrivals_come_back_with_the_same_request_until_the_window_ends() {
-    let (report, seen) = sale(true, 3).await;
+    let (report, seen) = sale(true, ThrottleArgs::default(), 3).await;
     assert!(report.retry);
     assert_eq!(report.offered, 60);
     assert_eq!(seen.len(), 60, "one key per arrival");
@@ -222,11 +227,34 @@ async fn refused_arrivals_come_back_with_the_same_request_until_the_window_ends(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_retry_a_refused_arrival_is_counted_and_gone() {
-    let (report, seen) = sale(false, 1).await;
+    let (report, seen) = sale(false, ThrottleArgs::default(), 1).await;
     assert!(!report.retry);
     assert_eq!(report.offered, 20);
     assert_eq!((report.requests_sent, report.retries, report.accepted), (20, 0, 0));
     assert_eq!(report.arrivals_refused, 20);
     assert!(seen.values().all(|attempts| attempts.len() == 1));
     assert_eq!(report.retry_share, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_client_drops_requests_itself_and_they_are_counted_apart() {
+    // Two of three first requests refused (429, 503), one answered 409: an
+    // accept. With K = 1 the client drops about a third of its requests
+    // once it has seen a few refusals.
+    let throttle = ThrottleArgs {
+        throttle: true,
+        throttle_k: 1.0,
+        throttle_window: 60,
+    };
+    let (report, seen) = sale(false, throttle, 3).await;
+    assert!(report.throttle);
+    assert_eq!(report.offered, 60);
+    assert!(report.throttled_locally > 0, "{report:?}");
+    // Dropped requests were never sent: not requests, not answers, not `dropped`.
+    assert_eq!(report.requests_sent + report.throttled_locally, report.offered);
+    assert_eq!(seen.len() as u64, report.requests_sent);
+    assert_eq!(report.answers_by_status.values().sum::<u64>(), report.requests_sent);
+    assert_eq!(report.dropped, 0);
+    assert_eq!(report.arrivals_refused, report.offered);
+    assert_eq!(report.refused_keys_taken, 0);
 }
