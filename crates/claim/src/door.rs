@@ -42,7 +42,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{RejectReason, ResourceKey};
+use crate::{BatchOutcome, Decision, PendingClaim, RejectReason, ResourceKey, ResourceState};
 
 /// One announced decision, as far as the door needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,10 +137,46 @@ impl DoorKnowledge {
     }
 }
 
+/// The facts a batch's decisions give the door, one per claim in the
+/// batch's order: `claims` decided by [`crate::decide_batch`] from `state`
+/// and `granted_before` into `outcome`, on `resource`. The decider
+/// announces them with its decisions.
+pub fn decision_facts(
+    resource: &ResourceKey,
+    stock_epoch: u64,
+    state: ResourceState,
+    granted_before: &HashMap<String, u32>,
+    claims: &[PendingClaim],
+    outcome: &BatchOutcome,
+) -> Vec<DecisionFact> {
+    let mut remaining = state.remaining.max(0);
+    let mut granted_now: HashMap<&str, u32> = HashMap::new();
+    claims
+        .iter()
+        .zip(&outcome.decisions)
+        .map(|(claim, decision)| {
+            if let Decision::Granted(_) = decision {
+                remaining -= i64::from(claim.quantity);
+                *granted_now.entry(claim.user_id.as_str()).or_default() += 1;
+            }
+            let user_holds = granted_before.get(&claim.user_id).copied().unwrap_or(0)
+                + granted_now.get(claim.user_id.as_str()).copied().unwrap_or(0);
+            DecisionFact {
+                resource: resource.clone(),
+                stock_epoch,
+                remaining,
+                user_id: claim.user_id.clone(),
+                user_holds,
+                per_user_limit: state.per_user_limit,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ClaimId, Decision, PendingClaim, ResourceState, TenantId, decide_batch};
+    use crate::{ClaimId, TenantId, decide_batch};
     use proptest::prelude::*;
     use uuid::Uuid;
 
@@ -202,6 +238,34 @@ mod tests {
         assert_eq!(door.answer(&coupon(), "c", 1), None);
     }
 
+    #[test]
+    fn facts_follow_the_batch_claim_by_claim() {
+        let state = ResourceState {
+            remaining: 3,
+            per_user_limit: Some(2),
+        };
+        let claims: Vec<PendingClaim> = [("a", 1), ("b", 2), ("a", 1), ("c", 1)]
+            .iter()
+            .enumerate()
+            .map(|(n, (user, quantity))| PendingClaim {
+                claim_id: ClaimId::from_uuid(Uuid::from_u128(n as u128)),
+                user_id: (*user).to_owned(),
+                quantity: *quantity,
+            })
+            .collect();
+        let before = HashMap::from([("a".to_owned(), 1)]);
+        let out = decide_batch(state, &before, &claims);
+        let facts = decision_facts(&coupon(), 7, state, &before, &claims, &out);
+        let seen: Vec<(&str, i64, u32)> = facts
+            .iter()
+            .map(|f| (f.user_id.as_str(), f.remaining, f.user_holds))
+            .collect();
+        // a: granted (holds 2, at the limit); b: granted 2 of the 2 left;
+        // a again: at the limit; c: sold out.
+        assert_eq!(seen, [("a", 2, 2), ("b", 0, 1), ("a", 0, 2), ("c", 0, 0)]);
+        assert!(facts.iter().all(|f| f.stock_epoch == 7 && f.per_user_limit == Some(2)));
+    }
+
     /// A resource's pipeline: batches decided in order by `decide_batch`,
     /// each decision announced as a fact with what was left and what its
     /// user held right after it.
@@ -225,24 +289,13 @@ mod tests {
                 })
                 .collect();
             let out = decide_batch(self.state, &self.holds, &claims);
-            let mut remaining = self.state.remaining;
-            let facts = claims
-                .iter()
-                .zip(&out.decisions)
-                .map(|(claim, decision)| {
-                    if let Decision::Granted(_) = decision {
-                        remaining -= i64::from(claim.quantity);
-                        *self.holds.entry(claim.user_id.clone()).or_default() += 1;
-                    }
-                    fact(
-                        remaining,
-                        &claim.user_id,
-                        self.holds.get(&claim.user_id).copied().unwrap_or(0),
-                        self.state.per_user_limit,
-                    )
-                })
-                .collect();
-            assert_eq!(remaining, out.remaining);
+            let facts = decision_facts(&coupon(), 0, self.state, &self.holds, &claims, &out);
+            for (claim, decision) in claims.iter().zip(&out.decisions) {
+                if let Decision::Granted(_) = decision {
+                    *self.holds.entry(claim.user_id.clone()).or_default() += 1;
+                }
+            }
+            assert_last_fact_leaves_the_batch_remaining(&facts, out.remaining);
             self.state.remaining = out.remaining;
             facts
         }
@@ -255,6 +308,13 @@ mod tests {
                 quantity,
             };
             decide_batch(self.state, &self.holds, &[probe]).decisions[0]
+        }
+    }
+
+    /// The last fact's `remaining` is the batch's.
+    fn assert_last_fact_leaves_the_batch_remaining(facts: &[DecisionFact], remaining: i64) {
+        if let Some(last) = facts.last() {
+            assert_eq!(last.remaining, remaining);
         }
     }
 
