@@ -44,12 +44,11 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{BatchOutcome, Decision, PendingClaim, RejectReason, ResourceKey, ResourceState};
 
-/// One announced decision, as far as the door needs it.
+/// One announced decision on a resource, as far as the door needs it
+/// (`ClaimDecided` carries it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionFact {
-    /// The resource decided on.
-    pub resource: ResourceKey,
-    /// Its stock epoch: 0 until stock can be added back.
+    /// The resource's stock epoch: 0 until stock can be added back.
     pub stock_epoch: u64,
     /// Units left right after this decision.
     pub remaining: i64,
@@ -93,6 +92,17 @@ impl Known {
     }
 }
 
+/// How much [`DoorKnowledge`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DoorSize {
+    /// Resources with a decision learned.
+    pub resources: usize,
+    /// Of those, the ones with nothing left.
+    pub sold_out: usize,
+    /// Users at a per-user limit, over every resource.
+    pub users_at_limit: usize,
+}
+
 /// Per resource, what no later decision can change. See the module's
 /// documentation.
 #[derive(Debug, Clone, Default)]
@@ -106,14 +116,14 @@ impl DoorKnowledge {
         Self::default()
     }
 
-    /// Takes in one announced decision.
-    pub fn learn(&mut self, fact: &DecisionFact) {
-        match self.resources.get_mut(&fact.resource) {
+    /// Takes in one announced decision on `resource`.
+    pub fn learn(&mut self, resource: &ResourceKey, fact: &DecisionFact) {
+        match self.resources.get_mut(resource) {
             Some(known) if known.stock_epoch > fact.stock_epoch => {}
             Some(known) if known.stock_epoch == fact.stock_epoch => known.merge(fact),
             Some(known) => *known = Known::first(fact),
             None => {
-                self.resources.insert(fact.resource.clone(), Known::first(fact));
+                self.resources.insert(resource.clone(), Known::first(fact));
             }
         }
     }
@@ -129,20 +139,22 @@ impl DoorKnowledge {
         (known.remaining == 0 && quantity > 0).then_some(RejectReason::SoldOut)
     }
 
-    /// Resources known, and users at their limit over all of them: what
-    /// the knowledge costs in memory.
-    pub fn size(&self) -> (usize, usize) {
-        let users = self.resources.values().map(|known| known.at_limit.len()).sum();
-        (self.resources.len(), users)
+    /// What is known, and so what it costs in memory. Walks every
+    /// resource: for a metrics scrape, not for each claim.
+    pub fn size(&self) -> DoorSize {
+        DoorSize {
+            resources: self.resources.len(),
+            sold_out: self.resources.values().filter(|known| known.remaining == 0).count(),
+            users_at_limit: self.resources.values().map(|known| known.at_limit.len()).sum(),
+        }
     }
 }
 
 /// The facts a batch's decisions give the door, one per claim in the
 /// batch's order: `claims` decided by [`crate::decide_batch`] from `state`
-/// and `granted_before` into `outcome`, on `resource`. The decider
-/// announces them with its decisions.
+/// and `granted_before` into `outcome`. The decider announces them with
+/// its decisions.
 pub fn decision_facts(
-    resource: &ResourceKey,
     stock_epoch: u64,
     state: ResourceState,
     granted_before: &HashMap<String, u32>,
@@ -162,7 +174,6 @@ pub fn decision_facts(
             let user_holds = granted_before.get(&claim.user_id).copied().unwrap_or(0)
                 + granted_now.get(claim.user_id.as_str()).copied().unwrap_or(0);
             DecisionFact {
-                resource: resource.clone(),
                 stock_epoch,
                 remaining,
                 user_id: claim.user_id.clone(),
@@ -189,7 +200,6 @@ mod tests {
 
     fn fact(remaining: i64, user: &str, holds: u32, limit: Option<u32>) -> DecisionFact {
         DecisionFact {
-            resource: coupon(),
             stock_epoch: 0,
             remaining,
             user_id: user.to_owned(),
@@ -206,35 +216,43 @@ mod tests {
     #[test]
     fn sold_out_and_the_user_limit_are_answered_and_the_limit_comes_first() {
         let mut door = DoorKnowledge::new();
-        door.learn(&fact(1, "a", 1, Some(1)));
+        door.learn(&coupon(), &fact(1, "a", 1, Some(1)));
         assert_eq!(door.answer(&coupon(), "a", 1), Some(RejectReason::PerUserLimit));
         assert_eq!(door.answer(&coupon(), "b", 1), None);
         // Units left: the pipeline decides, whatever is asked.
         assert_eq!(door.answer(&coupon(), "b", 2), None);
-        door.learn(&fact(0, "b", 1, Some(1)));
+        door.learn(&coupon(), &fact(0, "b", 1, Some(1)));
         assert_eq!(door.answer(&coupon(), "c", 1), Some(RejectReason::SoldOut));
         assert_eq!(door.answer(&coupon(), "a", 1), Some(RejectReason::PerUserLimit));
+        assert_eq!(
+            door.size(),
+            DoorSize {
+                resources: 1,
+                sold_out: 1,
+                users_at_limit: 2
+            }
+        );
     }
 
     #[test]
     fn a_late_or_repeated_fact_never_raises_what_is_left() {
         let mut door = DoorKnowledge::new();
-        door.learn(&fact(0, "b", 1, Some(1)));
-        door.learn(&fact(3, "a", 1, Some(1)));
+        door.learn(&coupon(), &fact(0, "b", 1, Some(1)));
+        door.learn(&coupon(), &fact(3, "a", 1, Some(1)));
         assert_eq!(door.answer(&coupon(), "c", 1), Some(RejectReason::SoldOut));
     }
 
     #[test]
     fn a_newer_stock_epoch_replaces_what_was_known_and_an_older_one_is_ignored() {
         let mut door = DoorKnowledge::new();
-        door.learn(&fact(0, "a", 1, Some(1)));
+        door.learn(&coupon(), &fact(0, "a", 1, Some(1)));
         let restocked = DecisionFact {
             stock_epoch: 1,
             ..fact(5, "b", 1, Some(2))
         };
-        door.learn(&restocked);
+        door.learn(&coupon(), &restocked);
         assert_eq!(door.answer(&coupon(), "a", 1), None);
-        door.learn(&fact(0, "a", 1, Some(1)));
+        door.learn(&coupon(), &fact(0, "a", 1, Some(1)));
         assert_eq!(door.answer(&coupon(), "c", 1), None);
     }
 
@@ -255,7 +273,7 @@ mod tests {
             .collect();
         let before = HashMap::from([("a".to_owned(), 1)]);
         let out = decide_batch(state, &before, &claims);
-        let facts = decision_facts(&coupon(), 7, state, &before, &claims, &out);
+        let facts = decision_facts(7, state, &before, &claims, &out);
         let seen: Vec<(&str, i64, u32)> = facts
             .iter()
             .map(|f| (f.user_id.as_str(), f.remaining, f.user_holds))
@@ -289,7 +307,7 @@ mod tests {
                 })
                 .collect();
             let out = decide_batch(self.state, &self.holds, &claims);
-            let facts = decision_facts(&coupon(), 0, self.state, &self.holds, &claims, &out);
+            let facts = decision_facts(0, self.state, &self.holds, &claims, &out);
             for (claim, decision) in claims.iter().zip(&out.decisions) {
                 if let Decision::Granted(_) = decision {
                     *self.holds.entry(claim.user_id.clone()).or_default() += 1;
@@ -343,13 +361,13 @@ mod tests {
                 let known = announced.len().saturating_sub(lag);
                 door = DoorKnowledge::new();
                 for fact in &announced[..known] {
-                    door.learn(fact);
+                    door.learn(&coupon(), fact);
                     if repeat {
-                        door.learn(fact);
+                        door.learn(&coupon(), fact);
                     }
                 }
                 if repeat && known > 0 {
-                    door.learn(&announced[0]);
+                    door.learn(&coupon(), &announced[0]);
                 }
                 for (user, quantity) in &probes {
                     if let Some(reason) = door.answer(&coupon(), &format!("u{user}"), *quantity) {

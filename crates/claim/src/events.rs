@@ -14,8 +14,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ClaimId, ClaimStatus, ParseError, Quantity, RejectReason, ResourceId, ResourceKey, ResourceKind, TenantId,
-    UnixMillis, UserId,
+    ClaimId, ClaimStatus, DecisionFact, ParseError, Quantity, RejectReason, ResourceId, ResourceKey, ResourceKind,
+    TenantId, UnixMillis, UserId,
 };
 
 /// A claim accepted by the API, to be decided by a worker.
@@ -57,6 +57,10 @@ pub struct ClaimDecided {
     pub fence: u64,
     /// When it was decided, in Unix milliseconds.
     pub decided_at_ms: i64,
+    /// What the decision tells claim-api's door (what was left and what the
+    /// user held right after it), when it was decided now: a decision
+    /// announced again after a redelivery, or from the outbox, has none.
+    pub door: Option<DecisionFact>,
 }
 
 impl ClaimDecided {
@@ -141,6 +145,36 @@ struct DecidedWire {
     reason: Option<RejectReason>,
     fence: u64,
     decided_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    door: Option<DoorWire>,
+}
+
+/// [`DecisionFact`] on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DoorWire {
+    #[serde(default)]
+    stock_epoch: u64,
+    remaining: i64,
+    user_id: UserId,
+    user_holds: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    per_user_limit: Option<u32>,
+}
+
+impl TryFrom<DoorWire> for DecisionFact {
+    type Error = ParseError;
+    fn try_from(w: DoorWire) -> Result<Self, Self::Error> {
+        if w.remaining < 0 {
+            return Err(ParseError::new("door.remaining", "must not be negative"));
+        }
+        Ok(Self {
+            stock_epoch: w.stock_epoch,
+            remaining: w.remaining,
+            user_id: w.user_id.as_str().to_owned(),
+            user_holds: w.user_holds,
+            per_user_limit: w.per_user_limit,
+        })
+    }
 }
 
 impl TryFrom<DecidedWire> for ClaimDecided {
@@ -153,6 +187,7 @@ impl TryFrom<DecidedWire> for ClaimDecided {
             reason: w.reason,
             fence: w.fence,
             decided_at_ms: w.decided_at_ms,
+            door: w.door.map(DecisionFact::try_from).transpose()?,
         })
     }
 }
@@ -167,6 +202,15 @@ impl From<ClaimDecided> for DecidedWire {
             reason: e.reason,
             fence: e.fence,
             decided_at_ms: e.decided_at_ms,
+            door: e.door.and_then(|fact| {
+                Some(DoorWire {
+                    stock_epoch: fact.stock_epoch,
+                    remaining: fact.remaining,
+                    user_id: UserId::parse(&fact.user_id).ok()?,
+                    user_holds: fact.user_holds,
+                    per_user_limit: fact.per_user_limit,
+                })
+            }),
         }
     }
 }
@@ -212,6 +256,32 @@ mod tests {
         let mut foreign = valid();
         foreign["resource"]["tenant"] = serde_json::json!("other");
         assert!(decode(foreign).is_err(), "a resource of another tenant decoded");
+    }
+
+    #[test]
+    fn a_decision_carries_what_it_tells_the_door_and_older_ones_decode_without() {
+        let mut decided = serde_json::json!({
+            "claim_id": "5f0c6f5e-8d7a-5b8e-9c1d-2e3f4a5b6c7d",
+            "tenant_id": "default",
+            "resource": {"kind": "coupon", "id": "SPRING"},
+            "status": "rejected",
+            "reason": "sold_out",
+            "fence": 7,
+            "decided_at_ms": 1_795_000_000_000_i64,
+        });
+        let old: ClaimDecided = serde_json::from_value(decided.clone()).unwrap();
+        assert_eq!(old.door, None);
+        decided["door"] = serde_json::json!({"remaining": 0, "user_id": "u1", "user_holds": 0, "per_user_limit": 1});
+        let new: ClaimDecided = serde_json::from_value(decided.clone()).unwrap();
+        let fact = new.door.clone().unwrap();
+        assert_eq!(
+            (fact.remaining, fact.user_id.as_str(), fact.per_user_limit),
+            (0, "u1", Some(1))
+        );
+        let again: ClaimDecided = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(again, new);
+        decided["door"]["remaining"] = serde_json::json!(-1);
+        assert!(serde_json::from_value::<ClaimDecided>(decided).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod model;
 pub mod request;
 
 pub use decision::{BatchOutcome, Decision, PendingClaim, ResourceState, decide_batch};
-pub use door::{DecisionFact, DoorKnowledge, decision_facts};
+pub use door::{DecisionFact, DoorKnowledge, DoorSize, decision_facts};
 pub use events::{ClaimDecided, ClaimRequested};
 pub use model::{
     ClaimId, ClaimStatus, IdempotencyKey, ParseError, Quantity, RejectReason, ResourceId, ResourceKey, ResourceKind,

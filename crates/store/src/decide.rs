@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::StoreError;
 use turnstile_claim::{
-    ClaimId, ClaimRequested, ClaimStatus, Decision, PendingClaim, Quantity, RejectReason, ResourceKey, ResourceState,
-    decide_batch,
+    ClaimId, ClaimRequested, ClaimStatus, Decision, DecisionFact, PendingClaim, Quantity, RejectReason, ResourceKey,
+    ResourceState, decide_batch, decision_facts,
 };
 
 /// The result of [`decide_fenced`].
@@ -44,6 +44,10 @@ pub struct BatchDecided {
     /// Events that name no claim of this resource: nothing was written for
     /// them.
     pub orphans: Vec<Orphan>,
+    /// What each claim decided now by the stock rules tells claim-api's
+    /// door, by claim (none for claims rejected as invalid or for an
+    /// unknown resource).
+    pub facts: HashMap<ClaimId, DecisionFact>,
 }
 
 /// A claim that was already decided when its event came (again).
@@ -188,6 +192,7 @@ async fn decide(
         decisions: sorted.invalid,
         earlier: sorted.earlier,
         orphans: sorted.orphans,
+        facts: HashMap::new(),
     };
 
     let Some(state) = state else {
@@ -202,14 +207,13 @@ async fn decide(
         return Ok(FencedOutcome::Applied { decided, stock: None });
     };
 
-    let outcome = decide_batch(
-        ResourceState {
-            remaining: state.remaining,
-            per_user_limit: state.per_user_limit.and_then(|l| u32::try_from(l).ok()),
-        },
-        &sorted.granted_before,
-        &sorted.pending,
-    );
+    let before = ResourceState {
+        remaining: state.remaining,
+        per_user_limit: state.per_user_limit.and_then(|l| u32::try_from(l).ok()),
+    };
+    let outcome = decide_batch(before, &sorted.granted_before, &sorted.pending);
+    let facts = decision_facts(0, before, &sorted.granted_before, &sorted.pending, &outcome);
+    decided.facts = sorted.pending.iter().map(|c| c.claim_id).zip(facts).collect();
     decided.decisions.extend(outcome.decisions);
     write_decisions(
         &mut tx,

@@ -106,6 +106,7 @@ pub async fn take_due(
                     reason: r.reason.as_deref().and_then(|s| s.parse().ok()),
                     fence: u64::try_from(r.fence).unwrap_or(0),
                     decided_at_ms: r.decided_at_ms,
+                    door: None,
                 })
             })();
             decided.map_or(OwedAnnouncement::Unannounceable(claim_id), OwedAnnouncement::Decided)

@@ -353,6 +353,7 @@ impl Decider {
                 reason,
                 fence: fence.get(),
                 decided_at_ms,
+                door: decided.facts.get(&event.claim_id).cloned(),
             });
         }
         for earlier in &decided.earlier {
@@ -366,6 +367,7 @@ impl Decider {
                 reason: earlier.reason,
                 fence: earlier.fence,
                 decided_at_ms: earlier.decided_at_ms,
+                door: None,
             });
         }
         out
