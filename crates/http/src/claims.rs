@@ -54,6 +54,13 @@ impl ClaimView {
         self.status != ClaimStatus::Pending.as_str()
     }
 
+    /// The answer to a claim that was not recorded (rejected at the door,
+    /// from what earlier decisions settled): `200` with the same body as a
+    /// decided claim's, and no `Location`, as there is nothing to read back.
+    pub fn respond_unrecorded(self) -> Response {
+        (StatusCode::OK, Json(self)).into_response()
+    }
+
     /// The answer to `POST /v1/claims`: 200 for a decided claim, 202 for a
     /// pending one, with its `Location` either way.
     pub fn respond(self) -> Response {

@@ -52,7 +52,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use turnstile_bus::{KafkaHealth, Publisher, Topics, TraceHeaders};
-use turnstile_claim::{ClaimId, ClaimRequested};
+use turnstile_claim::{ClaimId, ClaimRequested, RejectReason};
 use turnstile_store::{self as store, Admission, ClaimRow, Reserved, StoreError};
 
 use crate::{metrics::ApiMetrics, problem::ApiError, reads::Reads, resilience::Breaker};
@@ -81,6 +81,9 @@ pub struct AcceptJob {
     pub(crate) fingerprint: [u8; 32],
     pub(crate) event: ClaimRequested,
     pub(crate) correlation_id: String,
+    /// The door's answer ([`crate::door`]): given, unless the key is
+    /// already recorded.
+    pub(crate) door: Option<RejectReason>,
 }
 
 impl std::fmt::Debug for AcceptJob {
@@ -98,6 +101,8 @@ pub enum Admitted {
     Accepted,
     /// The key was used before with this request; the claim as stored now.
     Replayed(Option<ClaimRow>),
+    /// Answered at the door: rejected for this reason, nothing recorded.
+    AtTheDoor(RejectReason),
 }
 
 /// What a batch needs to record and publish claims.
@@ -185,6 +190,10 @@ impl AcceptQueue {
 }
 
 async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
+    let batch = answer_at_the_door(deps, batch).await;
+    if batch.is_empty() {
+        return;
+    }
     deps.metrics.accept_batch_size.observe(batch.len() as f64);
     let span = tracing::info_span!(
         parent: &batch[0].span,
@@ -224,6 +233,35 @@ async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
         // Nobody waits for Kafka: not the clients, not the batch's slot.
         tokio::spawn(settle_deliveries(deps.metrics.clone(), deliveries));
     }
+}
+
+/// Answers the jobs the door can answer whose keys are not recorded, after
+/// one read of those keys' claims (a key that is recorded is replayed, or
+/// refused as reused, by recording as usual); returns the jobs left to
+/// record. A failed read answers nothing at the door.
+async fn answer_at_the_door(deps: &AcceptDeps, batch: Vec<Pending>) -> Vec<Pending> {
+    let asked: Vec<ClaimId> = batch
+        .iter()
+        .filter(|p| p.job.door.is_some())
+        .map(|p| p.job.event.claim_id)
+        .collect();
+    if asked.is_empty() {
+        return batch;
+    }
+    let Ok(recorded) = deps.reads.claims(&asked).await else {
+        return batch;
+    };
+    let recorded: std::collections::HashSet<ClaimId> = recorded.iter().map(|row| row.claim_id).collect();
+    let mut left = Vec::with_capacity(batch.len());
+    for pending in batch {
+        match pending.job.door {
+            Some(reason) if !recorded.contains(&pending.job.event.claim_id) => {
+                let _ = pending.reply.send(Ok(Admitted::AtTheDoor(reason)));
+            }
+            _ => left.push(pending),
+        }
+    }
+    left
 }
 
 /// Answers a batch's replays with their claims as stored now, read in one

@@ -40,6 +40,7 @@ use crate::{
     Settings,
     accept::{AcceptDeps, AcceptQueue},
     admission::{AdmissionGate, LoadGate, admit_claims},
+    door::Door,
     extract::BodyLimit,
     feeds::{self, DecisionWaiters},
     metrics::ApiMetrics,
@@ -72,6 +73,8 @@ pub struct Shared {
     pub(crate) publisher: Publisher,
     pub(crate) topics: Topics,
     pub(crate) decisions: DecisionWaiters,
+    /// What earlier decisions settled: claims answered before recording.
+    pub(crate) door: Door,
     pub(crate) postgres: Breaker,
     pub(crate) metrics: ApiMetrics,
     pub(crate) registry: Registry,
@@ -224,11 +227,13 @@ impl Application {
             background.clone(),
         );
         let decisions = DecisionWaiters::default();
-        tokio::spawn(
-            decisions
-                .clone()
-                .follow_topic(kafka.clone(), topics.decided.clone(), background.clone()),
-        );
+        let door = Door::new(metrics.door_answers.clone(), metrics.door_known.clone());
+        tokio::spawn(decisions.clone().follow_topic(
+            kafka.clone(),
+            topics.decided.clone(),
+            door.clone(),
+            background.clone(),
+        ));
         tokio::spawn(keeper.run(TOPIC_CHECK_INTERVAL, background.clone()));
         tokio::spawn(feeds::watch_lag(
             kafka.clone(),
@@ -272,6 +277,7 @@ impl Application {
             publisher: publisher.clone(),
             topics,
             decisions,
+            door,
             postgres,
             metrics,
             registry,

@@ -18,6 +18,8 @@ use tracing::{debug, warn};
 use turnstile_bus::GroupLag;
 use turnstile_claim::{ClaimDecided, ClaimId};
 
+use crate::door::Door;
+
 /// Requests waiting for their claim's decision.
 #[derive(Debug, Clone, Default)]
 pub struct DecisionWaiters {
@@ -70,15 +72,21 @@ impl DecisionWaiters {
         }
     }
 
-    /// Tails `topic` from its end and wakes the waiters of each decision
-    /// until `stop` fires. A broker that is down (at start-up, say) or a
+    /// Tails `topic` from its end, teaches each decision to `door` and wakes
+    /// its waiters, until `stop` fires. A broker that is down (at start-up, say) or a
     /// topic not there yet is tried again with back-off: `Prefer: wait`
     /// answers from the database meanwhile, when its wait runs out.
-    pub async fn follow_topic(self, kafka: turnstile_bus::KafkaConnection, topic: String, stop: CancellationToken) {
+    pub async fn follow_topic(
+        self,
+        kafka: turnstile_bus::KafkaConnection,
+        topic: String,
+        door: Door,
+        stop: CancellationToken,
+    ) {
         let mut delay = Duration::from_millis(500);
         loop {
             match turnstile_bus::tail_from_end(&kafka, &topic).await {
-                Ok(consumer) => return self.follow(consumer, stop).await,
+                Ok(consumer) => return self.follow(consumer, door, stop).await,
                 Err(e) => warn!(topic, error = %e, "cannot tail the decisions yet; trying again"),
             }
             tokio::select! {
@@ -89,8 +97,9 @@ impl DecisionWaiters {
         }
     }
 
-    /// Follows the decided topic until `stop`, waking waiters.
-    pub async fn follow(self, consumer: StreamConsumer, stop: CancellationToken) {
+    /// Follows the decided topic until `stop`, teaching `door` and waking
+    /// waiters.
+    pub async fn follow(self, consumer: StreamConsumer, door: Door, stop: CancellationToken) {
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => return,
@@ -98,7 +107,10 @@ impl DecisionWaiters {
             };
             match message {
                 Ok(message) => match turnstile_bus::decode::<ClaimDecided>(message.payload()) {
-                    Ok(decided) => self.deliver(decided),
+                    Ok(decided) => {
+                        door.learn(&decided);
+                        self.deliver(decided);
+                    }
                     Err(reason) => debug!(reason, "skipping undecodable ClaimDecided"),
                 },
                 Err(e) => warn!(error = %e, "decided feed error"),

@@ -6,7 +6,9 @@
 //! event keyed by resource. The commit is the acceptance: Kafka is the fast
 //! path to a worker, and a claim whose event is lost is decided by the
 //! worker's sweeper. It never decides a claim: `claim-worker` does, under a
-//! fenced lock. When it cannot take more work (in-flight limit, a tenant's
+//! fenced lock; a claim whose rejection earlier decisions already settled
+//! (sold out, the user at the limit) is answered at the door and not
+//! recorded (`door`). When it cannot take more work (in-flight limit, a tenant's
 //! share, too many undecided claims in the database) it answers `429` with
 //! `Retry-After` and records nothing; when Postgres fails, its circuit
 //! breaker turns calls into fast `503`s.
@@ -14,6 +16,7 @@
 mod accept;
 mod admission;
 mod app;
+mod door;
 mod feeds;
 pub mod keys;
 mod metrics;

@@ -27,6 +27,8 @@ pub struct ApiMetrics {
     pub(crate) replica_fallbacks: IntCounterVec,
     pub(crate) kafka_up: IntGauge,
     pub(crate) topics_recreated: IntCounterVec,
+    pub(crate) door_answers: IntCounterVec,
+    pub(crate) door_known: IntGaugeVec,
 }
 
 impl ApiMetrics {
@@ -35,6 +37,7 @@ impl ApiMetrics {
         let latency = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
+        let (door_answers, door_known) = crate::door::Door::instruments()?;
         let m = Self {
             http_requests: IntCounterVec::new(
                 Opts::new(
@@ -130,6 +133,8 @@ impl ApiMetrics {
             )?,
             kafka_up: turnstile_bus::KafkaHealth::gauge()?,
             topics_recreated: turnstile_bus::TopicKeeper::counter()?,
+            door_answers,
+            door_known,
         };
         m.pending_claims.set(-1);
         // Every cause exists from the start: a 429 rate reads 0, not absent.
@@ -160,6 +165,8 @@ impl ApiMetrics {
         registry.register(Box::new(m.auth_refusals.clone()))?;
         registry.register(Box::new(m.kafka_up.clone()))?;
         registry.register(Box::new(m.topics_recreated.clone()))?;
+        registry.register(Box::new(m.door_answers.clone()))?;
+        registry.register(Box::new(m.door_known.clone()))?;
         turnstile_telemetry::register_process_start_time(registry)?;
         Ok(m)
     }

@@ -31,7 +31,9 @@ use crate::{
 
 /// Accepts a claim for a coupon or SKU and publishes it for a worker to
 /// decide. Exactly one claim exists per tenant and `Idempotency-Key`, however
-/// often and however concurrently the request is sent.
+/// often and however concurrently the request is sent. A claim whose
+/// rejection earlier decisions settled (sold out, or the user at the
+/// per-user limit) is answered at the door: `200 rejected`, not recorded.
 #[utoipa::path(post, path = "/v1/claims", request_body = ClaimBody, tag = "claims",
     params(
         ("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; required"),
@@ -39,7 +41,9 @@ use crate::{
     ),
     responses(
         (status = 202, description = "Accepted, not decided yet; `Location` names the claim", body = ClaimView),
-        (status = 200, description = "Decided, within `Prefer: wait` or before this repeat of the request", body = ClaimView),
+        (status = 200, description = "Decided, within `Prefer: wait` or before this repeat of the request (with `Location`); \
+            or rejected at the door (`sold_out`, `per_user_limit`: what the pipeline would answer, from earlier \
+            decisions), without `Location`, not recorded: a GET of its id answers 404 and the key stays free", body = ClaimView),
         ClaimErrors,
     ),
     security(("api_key" = [])))]
@@ -133,6 +137,9 @@ async fn accept(
 
     let job = AcceptJob {
         fingerprint: request.fingerprint(),
+        door: state
+            .door
+            .answer(&event.resource, event.user_id.as_str(), event.quantity.get()),
         event,
         correlation_id,
     };
@@ -144,6 +151,10 @@ async fn accept(
         Err(ApiError::Unavailable { .. } | ApiError::OutcomeUnknown { .. } | ApiError::Internal)
     ));
     let admitted = admitted?;
+    if let Admitted::AtTheDoor(reason) = admitted {
+        state.door.answered(reason);
+        return Ok(ClaimView::decided(claim_id, ClaimStatus::Rejected, Some(reason), None).respond_unrecorded());
+    }
     if let Admitted::Replayed(Some(row)) = &admitted {
         // A replay reports the claim as it stands now.
         if row.status != ClaimStatus::Pending || wait.is_none() {

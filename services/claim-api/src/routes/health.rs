@@ -105,6 +105,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     for (name, pool) in [("api_write", &state.write_pool), ("api_read", state.reads.pool())] {
         state.pool_gauges.observe(name, pool.size(), pool.num_idle());
     }
+    state.door.observe();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         turnstile_telemetry::render_metrics(&state.registry),
