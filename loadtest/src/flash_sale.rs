@@ -276,7 +276,15 @@ pub struct FlashSaleReport {
     /// When the offered load started, in Unix seconds (what the timeline's
     /// seconds count from).
     pub started_at_epoch_s: f64,
+    /// Pipeline decisions per second: claims recorded and decided.
     pub claims_per_sec: f64,
+    /// Arrivals given a final answer per second, at the door or by the
+    /// pipeline, from the first accepted to the last answered.
+    pub answered_per_sec: f64,
+    /// Claims answered at the door (`200` without `Location`): rejected
+    /// from what earlier decisions settled, not recorded. They are in
+    /// `accepted` and in the decide latencies (answered in the request).
+    pub door_answers: u64,
     pub accept_p50_ms: f64,
     pub accept_p99_ms: f64,
     pub decide_p50_ms: f64,
@@ -358,6 +366,7 @@ struct Counters {
     transport: AtomicU64,
     dropped: AtomicU64,
     throttled_locally: AtomicU64,
+    door_answers: AtomicU64,
     requests_sent: AtomicU64,
     retries: AtomicU64,
     arrivals_refused: AtomicU64,
@@ -395,6 +404,8 @@ struct AcceptedClaim {
     sent: Duration,
     /// From the scheduled send time to the answer.
     accept_latency: Duration,
+    /// Answered at the door: final, and not recorded.
+    at_the_door: bool,
 }
 
 /// Builds the `total` claims of a run: claim `n` has the idempotency key
@@ -606,6 +617,8 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
     report.decide_from_send_p50_ms = decided.from_send.quantile_ms(0.5).unwrap_or(0.0);
     report.decide_from_send_p99_ms = decided.from_send.quantile_ms(0.99).unwrap_or(0.0);
     report.claims_per_sec = decided.per_sec;
+    report.answered_per_sec = decided.answered_per_sec;
+    report.door_answers = count(&counters.door_answers);
     report.retry = sale.retry;
     report.requests_sent = count(&counters.requests_sent);
     report.retries = count(&counters.retries);
@@ -711,6 +724,8 @@ struct ArrivalLog<'a> {
     /// How the last attempt ended: its answer, its scheduled send and its
     /// latency from then.
     last: Option<(Answer, Duration, Duration)>,
+    /// Whether the last answer came from the door.
+    at_the_door: bool,
 }
 
 impl ArrivalLog<'_> {
@@ -759,7 +774,11 @@ impl Observer for ArrivalLog<'_> {
                 return;
             }
             AttemptOutcome::Failed(_) => (None, None),
-            AttemptOutcome::Answered(response) => (Some(response.status), Some(&response.body)),
+            AttemptOutcome::Answered(response) => {
+                self.at_the_door =
+                    response.status == StatusCode::OK && !response.headers.contains_key(hyper::header::LOCATION);
+                (Some(response.status), Some(&response.body))
+            }
         };
         Counters::add(&counters.requests_sent);
         if end.attempt > 1 {
@@ -808,20 +827,31 @@ async fn arrive(shared: Arc<Shared>, arrival: Arrival, permit: OwnedSemaphorePer
         answers: Vec::new(),
         refused: false,
         last: None,
+        at_the_door: false,
     };
     let deadline = CallOptions::until(shared.started + shared.window);
     let claimed = shared.client.claim_with(&request, deadline, &mut log).await;
     let ArrivalLog {
-        answers, refused, last, ..
+        answers,
+        refused,
+        last,
+        at_the_door,
+        ..
     } = log;
     match (claimed, last) {
-        (Ok(answer), Some((_, sent, accept_latency))) => lock(&shared.collected).accepted.push(AcceptedClaim {
-            id: answer.claim.claim_id.as_uuid(),
-            arrival: index,
-            first_sent: scheduled,
-            sent,
-            accept_latency,
-        }),
+        (Ok(answer), Some((_, sent, accept_latency))) => {
+            if at_the_door {
+                Counters::add(&shared.counters.door_answers);
+            }
+            lock(&shared.collected).accepted.push(AcceptedClaim {
+                id: answer.claim.claim_id.as_uuid(),
+                arrival: index,
+                first_sent: scheduled,
+                sent,
+                accept_latency,
+                at_the_door,
+            });
+        }
         // Accepted with a body that names no claim: nothing to follow.
         (Err(_), Some((Answer::Accepted, ..))) => {}
         _ => Counters::add(&shared.counters.arrivals_refused),
@@ -910,7 +940,10 @@ struct DecideMeasures {
     decide: Latencies,
     from_send: Latencies,
     from_first_attempt: Latencies,
+    /// Pipeline decisions per second.
     per_sec: f64,
+    /// Final answers per second, door answers included.
+    answered_per_sec: f64,
 }
 
 fn measure_decisions(
@@ -925,7 +958,21 @@ fn measure_decisions(
     let mut from_send = Latencies::new();
     let mut from_first_attempt = Latencies::new();
     let (mut first_accepted, mut last_decided, mut count) = (f64::INFINITY, f64::NEG_INFINITY, 0u64);
+    let (mut first_answered, mut last_answered, mut answered) = (f64::INFINITY, f64::NEG_INFINITY, 0u64);
     for claim in accepted {
+        if claim.at_the_door {
+            // Final in the request: the answer is the decision.
+            let lived = (claim.sent + claim.accept_latency).saturating_sub(claim.first_sent);
+            decide.record(claim.accept_latency);
+            from_send.record(claim.accept_latency);
+            from_first_attempt.record(lived);
+            timeline.decided(claim.sent, claim.sent + claim.accept_latency);
+            let at = start_epoch + (claim.sent + claim.accept_latency).as_secs_f64();
+            first_answered = first_answered.min(start_epoch + claim.sent.as_secs_f64());
+            last_answered = last_answered.max(at);
+            answered += 1;
+            continue;
+        }
         let Some(t) = decisions.get(&claim.id) else {
             continue;
         };
@@ -950,16 +997,14 @@ fn measure_decisions(
         last_decided = last_decided.max(t.decided_at);
         count += 1;
     }
-    let span = last_decided - first_accepted;
+    let rate = |n: u64, span: f64| if n > 0 && span > 0.0 { n as f64 / span } else { 0.0 };
+    let answered_span = last_answered.max(last_decided) - first_answered.min(first_accepted);
     DecideMeasures {
         decide,
         from_send,
         from_first_attempt,
-        per_sec: if count > 0 && span > 0.0 {
-            count as f64 / span
-        } else {
-            0.0
-        },
+        per_sec: rate(count, last_decided - first_accepted),
+        answered_per_sec: rate(count + answered, answered_span),
     }
 }
 
@@ -1058,6 +1103,7 @@ mod tests {
             first_sent: Duration::from_millis(sent_ms),
             sent: Duration::from_millis(sent_ms),
             accept_latency: Duration::from_millis(accept_ms),
+            at_the_door: false,
         }
     }
 
@@ -1105,6 +1151,29 @@ mod tests {
                 .decided_from_send_p50_ms
                 .is_some_and(|ms| (519.0..=521.0).contains(&ms))
         );
+    }
+
+    #[test]
+    fn door_answers_are_final_answers_but_not_pipeline_decisions() {
+        let start = 1_000.0;
+        // Claim 1: decided by the pipeline, accepted at +0.51 s, decided at
+        // +0.61 s. Claims 2 and 3: answered at the door, sent at +1.0 s and
+        // +2.0 s and answered 10 ms later.
+        let door = |n, sent_ms| AcceptedClaim {
+            at_the_door: true,
+            ..claim(n, sent_ms, 10)
+        };
+        let accepted = [claim(1, 500, 20), door(2, 1_000), door(3, 2_000)];
+        let decisions = HashMap::from([(Uuid::from_u128(1), decision(1_000.51, 1_000.61, true))]);
+        let m = measure_decisions(Mode::Pipeline, start, &accepted, &decisions, &mut Timeline::new());
+        // One pipeline decision; it alone spans nothing but its own 0.1 s.
+        assert!((m.per_sec - 1.0 / 0.1).abs() < 1e-6);
+        // Three answers from the first acceptance (+0.51 s) to the last
+        // answer (+2.01 s).
+        assert!((m.answered_per_sec - 3.0 / 1.5).abs() < 1e-6, "{}", m.answered_per_sec);
+        assert_eq!(m.from_send.count(), 3);
+        let fastest = m.from_send.quantile_ms(0.0).unwrap();
+        assert!((9.0..=11.0).contains(&fastest), "{fastest}");
     }
 
     #[test]
