@@ -11,15 +11,24 @@
 //!   topics were back holds nothing);
 //! - when it held partitions and has held none for [`LOST_AFTER_CHECKS`]
 //!   topic checks in a row, whoever recreated the topic;
-//! - when it still holds a partition whose position lies past the
-//!   partition's end: the topic was recreated under it (deleted, or lost
-//!   with the broker's data, and made again by another service) and the
-//!   member goes on fetching the old one, silently, consuming nothing.
-//!   It unsubscribes first, so the partitions are revoked and fetched
-//!   afresh from the new topic's start. A member that is
-//!   idle by design (more workers than partitions) subscribes again at
-//!   most once per loss, since it must hold partitions again before it can
-//!   lose them again.
+//! - when a partition it holds was recreated under it (deleted, or lost
+//!   with the broker's data, and made again by another service), so that
+//!   it goes on fetching the old one, silently, consuming nothing: the
+//!   partition ends before it ended at an earlier check (a log only
+//!   grows), or is known again after the broker said it did not know it,
+//!   or, held for the first time, the group's position in it (the old
+//!   log's) lies far past its end. It unsubscribes first, so the
+//!   partitions are revoked and fetched afresh from the new topic's start.
+//!   Ends are compared with ends, and positions only far past them,
+//!   because tansu 0.6 reports a partition's end as the last batch's first
+//!   offset plus one: a position a batch past that end is what every
+//!   caught-up member of a partition written in batches has. A recreated
+//!   log that outgrew the old one before a check goes unnoticed; its first
+//!   messages are then decided by the sweeper.
+//!
+//! A member that is idle by design (more workers than partitions)
+//! subscribes again at most once per loss, since it must hold partitions
+//! again before it can lose them again.
 
 use std::{sync::Arc, time::Duration};
 
@@ -46,6 +55,7 @@ pub(crate) async fn keep_subscribed(
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut loss = Loss::default();
+    let mut ends = Ends::default();
     loop {
         let recreated = tokio::select! {
             () = stop.cancelled() => return,
@@ -67,16 +77,17 @@ pub(crate) async fn keep_subscribed(
         let lost = loss.observe(assigned);
         let behind_its_end = assigned > 0 && !recreated && !lost && {
             let consumer = Arc::clone(&consumer);
-            tokio::task::spawn_blocking(move || position_past_end(&consumer))
+            let read = tokio::task::spawn_blocking(move || partition_ends(&consumer))
                 .await
-                .unwrap_or(false)
+                .unwrap_or_default();
+            ends.observe(read)
         };
         if behind_its_end {
             consumer.unsubscribe();
         }
         if recreated || lost || behind_its_end {
             let reason = if behind_its_end {
-                "position past the partition's end: the topic was recreated"
+                "a partition's log was recreated under the member"
             } else if recreated {
                 "topic recreated or broker back"
             } else {
@@ -87,25 +98,114 @@ pub(crate) async fn keep_subscribed(
                 Err(e) => warn!(topic, reason, error = %e, "subscribing again failed"),
             }
             loss = Loss::default();
+            ends = Ends::default();
         }
     }
 }
 
-/// Whether some assigned partition's position is past its high watermark,
-/// which only a topic recreated under the member explains. Blocks (one
-/// ListOffsets round trip per partition): call it from a blocking task.
-fn position_past_end(consumer: &StreamConsumer<GroupContext>) -> bool {
+/// What the broker said of a partition's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Its high watermark.
+    At(i64),
+    /// It does not know the partition: its topic is gone.
+    Unknown,
+}
+
+/// Each assigned partition's end, as the broker reports it. Blocks (one
+/// ListOffsets round trip per partition): call it from a blocking task. A
+/// partition the broker did not answer for otherwise is left out.
+fn partition_ends(consumer: &StreamConsumer<GroupContext>) -> Vec<PartitionEnd> {
+    use rdkafka::types::RDKafkaErrorCode;
     let Ok(positions) = consumer.position() else {
-        return false;
+        return Vec::new();
     };
-    positions.elements().iter().any(|element| {
-        let rdkafka::Offset::Offset(position) = element.offset() else {
-            return false;
-        };
-        consumer
-            .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
-            .is_ok_and(|(_, high)| position > high)
-    })
+    positions
+        .elements()
+        .iter()
+        .filter_map(|element| {
+            let (topic, partition) = (element.topic(), element.partition());
+            let position = match element.offset() {
+                rdkafka::Offset::Offset(position) => Some(position),
+                _ => None,
+            };
+            let end = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(2)) {
+                Ok((_, high)) => End::At(high),
+                Err(e)
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+                    ) =>
+                {
+                    End::Unknown
+                }
+                Err(_) => return None,
+            };
+            Some(PartitionEnd {
+                key: (topic.to_owned(), partition),
+                end,
+                position,
+            })
+        })
+        .collect()
+}
+
+/// One partition's end, and the member's position in it when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PartitionEnd {
+    key: (String, i32),
+    end: End,
+    position: Option<i64>,
+}
+
+/// Whether a position lies so far past a partition's end that the log
+/// cannot be the one the position was taken in. tansu 0.6 reports an end
+/// up to a producer batch short of the true one (the last batch's first
+/// offset plus one), so a position only a little past the end is every
+/// caught-up member of a partition written in batches; twice the end plus
+/// a hundred leaves room for batches far larger than the API's.
+fn far_past_the_end(position: i64, end: i64) -> bool {
+    position > end.saturating_mul(2).saturating_add(100)
+}
+
+/// The furthest end seen of each partition since the member last
+/// subscribed, and the partitions the broker said it did not know. Pure,
+/// so its rule is tested without a broker.
+#[derive(Debug, Default, Clone)]
+struct Ends {
+    furthest: std::collections::HashMap<(String, i32), i64>,
+    unknown: std::collections::HashSet<(String, i32)>,
+}
+
+impl Ends {
+    /// Records one check's ends; returns whether some partition's log was
+    /// recreated: it ends before it ended earlier, is known again after the
+    /// broker did not know it, or, held for the first time, the member's
+    /// position (the group's, from the old log) lies far past its end.
+    fn observe(&mut self, ends: Vec<PartitionEnd>) -> bool {
+        let mut recreated = false;
+        for PartitionEnd { key, end, position } in ends {
+            match end {
+                End::Unknown => {
+                    self.unknown.insert(key);
+                }
+                End::At(end) => {
+                    recreated |= self.unknown.remove(&key);
+                    match self.furthest.get_mut(&key) {
+                        Some(furthest) => {
+                            recreated |= end < *furthest;
+                            *furthest = (*furthest).max(end);
+                        }
+                        None => {
+                            recreated |= position.is_some_and(|p| far_past_the_end(p, end));
+                            self.furthest.insert(key, end);
+                        }
+                    }
+                }
+            }
+        }
+        recreated
+    }
 }
 
 /// Whether a member that held partitions has lost them all for long
@@ -151,6 +251,62 @@ mod tests {
         assert!(!loss.observe(0));
         assert!(!loss.observe(0));
         assert!(loss.observe(0), "the third empty check in a row");
+    }
+
+    fn end(partition: i32, end: i64) -> PartitionEnd {
+        at(partition, end, None)
+    }
+
+    fn at(partition: i32, end: i64, position: Option<i64>) -> PartitionEnd {
+        PartitionEnd {
+            key: ("t".to_owned(), partition),
+            end: End::At(end),
+            position,
+        }
+    }
+
+    #[test]
+    fn a_partition_first_held_far_past_its_end_was_recreated_and_one_batch_past_is_not() {
+        // Caught up on a partition written in batches: tansu's end is a
+        // batch short.
+        assert!(!Ends::default().observe(vec![at(0, 11, Some(15)), at(1, 1, Some(5))]));
+        // The group's position in the old log, in a new one.
+        assert!(Ends::default().observe(vec![at(0, 36, Some(600))]));
+        // Only the first check of a partition: later ones compare ends.
+        let mut ends = Ends::default();
+        assert!(!ends.observe(vec![at(0, 500, Some(510))]));
+        assert!(!ends.observe(vec![at(0, 500, Some(5_000))]));
+    }
+
+    #[test]
+    fn a_partition_known_again_after_the_broker_did_not_know_it_was_recreated() {
+        let mut ends = Ends::default();
+        assert!(!ends.observe(vec![end(0, 40)]));
+        assert!(!ends.observe(vec![PartitionEnd {
+            key: ("t".to_owned(), 0),
+            end: End::Unknown,
+            position: None,
+        }]));
+        // Back, and already longer than before: recreated all the same.
+        assert!(ends.observe(vec![end(0, 90)]));
+        assert!(!ends.observe(vec![end(0, 95)]));
+    }
+
+    #[test]
+    fn growing_or_steady_logs_are_no_recreation() {
+        let mut ends = Ends::default();
+        assert!(!ends.observe(vec![end(0, 0), end(1, 5)]));
+        assert!(!ends.observe(vec![end(0, 7), end(1, 5)]));
+        // A partition the broker did not answer for is no news.
+        assert!(!ends.observe(vec![end(0, 9)]));
+        assert!(!ends.observe(vec![end(0, 9), end(1, 5)]));
+    }
+
+    #[test]
+    fn a_log_that_ends_before_it_ended_was_recreated() {
+        let mut ends = Ends::default();
+        assert!(!ends.observe(vec![end(0, 40), end(1, 12)]));
+        assert!(ends.observe(vec![end(0, 40), end(1, 3)]));
     }
 
     #[test]
