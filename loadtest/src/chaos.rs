@@ -209,11 +209,16 @@ pub struct ChaosArgs {
     /// The scenarios that kill or edit the broker start one of their own.
     #[arg(long, env = "TURNSTILE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
-    /// Units of the one hot coupon.
-    #[arg(long, default_value_t = 300)]
-    pub stock: i64,
-    /// Distinct users.
-    #[arg(long, default_value_t = 3000)]
+    /// Units of the one hot coupon. By default 85% of the claims offered:
+    /// it sells out near the end, so claims flow through the pipeline
+    /// across the fault (after a sell-out claim-api answers them at the
+    /// door, and a fault's effect on deciding would go unseen) and the
+    /// sell-out still comes under load.
+    #[arg(long)]
+    pub stock: Option<i64>,
+    /// Distinct users (each may hold one unit): enough that nearly every
+    /// claim is a new user's.
+    #[arg(long, default_value_t = 100_000)]
     pub users: u64,
     /// Offered claims per second (`overload` offers 20 times this).
     #[arg(long, default_value_t = 200.0)]
@@ -1447,7 +1452,7 @@ fn sale_args(
         "--coupons".to_owned(),
         "1".to_owned(),
         "--stock".to_owned(),
-        args.stock.to_string(),
+        args.stock.unwrap_or_else(|| default_stock(rate, duration)).to_string(),
         "--users".to_owned(),
         args.users.to_string(),
         "--rate".to_owned(),
@@ -1461,6 +1466,12 @@ fn sale_args(
     let mut sale = Wrapper::try_parse_from(argv)?.sale;
     sale.sale.keys = credentials.as_args();
     Ok(sale)
+}
+
+/// 85% of the claims a sale at `rate` for `duration` seconds offers: see
+/// [`ChaosArgs::stock`].
+fn default_stock(rate: f64, duration: u64) -> i64 {
+    (rate * duration as f64 * 0.85).round() as i64
 }
 
 fn now_rfc3339() -> String {
