@@ -9,6 +9,8 @@
 # .stack/run/NAME.restarts. `pids` holds the supervisors: SIGTERM to one
 # stops its service.
 
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/partitions.sh"
+
 pids=()
 SUPERVISE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/supervise.sh"
 
@@ -43,20 +45,27 @@ common=(DATABASE_URL=postgres://postgres@127.0.0.1:5432/turnstile TURNSTILE_REDI
 
 # start_pipeline WORKERS: a fresh broker (its cost grows with its log), then
 # WORKERS claim-workers (metrics on 9101 and up) and one claim-api on 8080
-# (operator port 9100), and waits until each is ready.
+# (operator port 9100), and waits until each is ready and the workers hold
+# every partition of the claims topic.
 start_pipeline() {
   local workers=$1 i
   TURNSTILE_STACK_SERVICES=kafka scripts/stack down >/dev/null 2>&1 || true
   scripts/stack up >/dev/null
   for i in $(seq "$workers"); do
+    # turnstile_bus=info: the assignments, which wait_partitions reads.
     supervised "pipeline-worker-$i" env "${common[@]}" TURNSTILE_METRICS_ADDR=127.0.0.1:$((9100 + i)) \
-      "${SUT[@]}" "$SVC/claim-worker"
+      RUST_LOG=warn,turnstile_bus=info "${SUT[@]}" "$SVC/claim-worker"
   done
   # One generator stands for every client with one key: no per-key limit.
   supervised pipeline-claim-api env "${common[@]}" TURNSTILE_HTTP_ADDR=127.0.0.1:8080 \
     TURNSTILE_METRICS_ADDR=127.0.0.1:9100 TURNSTILE_KEY_RATE=0 "${SUT[@]}" "$SVC/claim-api"
   wait_http http://127.0.0.1:9100/readyz
+  local held=()
   for i in $(seq "$workers"); do
     wait_http "http://127.0.0.1:$((9100 + i))/healthz"
+    held+=("pipeline-worker-$i=$((9100 + i))")
   done
+  # A sale that starts while the group still forms waits for its
+  # rebalances: seconds on the first claims, whatever the build.
+  wait_partitions 60 "${held[@]}" >&2
 }
