@@ -522,6 +522,16 @@ impl WorkerProcess {
     }
 }
 
+/// Polls `check` every 100 ms until it holds; fails the test, naming
+/// `what`, if it has not held within `within`.
+pub async fn until<F: std::future::Future<Output = bool>>(within: Duration, what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Reads a metric from a Prometheus text endpoint, summed over its labels.
 pub async fn metric(url: &str, name: &str) -> Result<f64> {
     let text = reqwest::get(url).await?.text().await?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{StreamExt, stream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use turnstile_testkit::{Namespace, TestApi, TestWorker, api_settings, db, unique, worker_settings};
+use turnstile_testkit::{Namespace, TestApi, TestWorker, api_settings, db, unique, until, worker_settings};
 
 /// Claims on `code` recorded in the database.
 async fn rows(code: &str) -> i64 {
@@ -25,15 +25,6 @@ async fn metric(api: &TestApi, name: &str) -> f64 {
     turnstile_testkit::metric(&api.operator_url("/metrics"), name)
         .await
         .unwrap()
-}
-
-/// Polls `check` every 50 ms until it holds, for at most `within`.
-async fn until<F: std::future::Future<Output = bool>>(within: Duration, what: &str, mut check: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// How many sold-out resources `api`'s door knows.
