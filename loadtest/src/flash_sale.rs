@@ -132,6 +132,11 @@ pub struct SaleParams {
     /// Distinct users; a user may come back, and the limit of one per user holds.
     #[arg(long, default_value_t = 20_000)]
     pub users: u64,
+    /// Every arrival is a user of its own (`--users` is ignored): with
+    /// `--stock` at least the arrivals, every claim is a grant, the deep-stock
+    /// sale that measures the pipeline's own pace.
+    #[arg(long)]
+    pub each_user_once: bool,
     /// Offered load, claims per second (`compare --sweep` ignores it).
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
@@ -281,6 +286,8 @@ pub struct FlashSaleReport {
     /// Arrivals given a final answer per second, at the door or by the
     /// pipeline, from the first accepted to the last answered.
     pub answered_per_sec: f64,
+    /// Arrivals given a final answer, at the door or by the pipeline.
+    pub answered: u64,
     /// Claims answered at the door (`200` without `Location`): rejected
     /// from what earlier decisions settled, not recorded. They are in
     /// `accepted` and in the decide latencies (answered in the request).
@@ -410,12 +417,12 @@ struct AcceptedClaim {
 
 /// Builds the `total` claims of a run: claim `n` has the idempotency key
 /// `{run_id}-{n}`, a coupon of `codes` and one of `users` user ids, both
-/// drawn from `rng`. The bodies share one buffer and the keys another,
-/// whatever `total` is.
+/// drawn from `rng` (or, with `users` `None`, user `n`: each user once).
+/// The bodies share one buffer and the keys another, whatever `total` is.
 fn prepare_requests(
     run_id: &str,
     codes: &[String],
-    users: u64,
+    users: Option<u64>,
     total: u64,
     rng: &mut impl Rng,
 ) -> Result<Vec<PreparedClaim>> {
@@ -429,7 +436,10 @@ fn prepare_requests(
     let mut text = String::new();
     for n in 0..total {
         text.clear();
-        write!(text, "user-{}", rng.random_range(0..users))?;
+        match users {
+            Some(users) => write!(text, "user-{}", rng.random_range(0..users))?,
+            None => write!(text, "user-{n}")?,
+        }
         let user = UserId::parse(&text)?;
         let claim = NewClaim::coupon(codes[rng.random_range(0..codes.len())].clone(), user);
         text.clear();
@@ -510,7 +520,8 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
     }
 
     let total = (sale.rate * sale.duration as f64).round() as u64;
-    let requests = prepare_requests(&run_id, &codes, sale.users, total, &mut rand::rng())?;
+    let users = (!sale.each_user_once).then_some(sale.users);
+    let requests = prepare_requests(&run_id, &codes, users, total, &mut rand::rng())?;
     let shown = Progress::new(args.json);
     let progress = shown.bar(
         total,
@@ -618,6 +629,7 @@ async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) 
     report.decide_from_send_p99_ms = decided.from_send.quantile_ms(0.99).unwrap_or(0.0);
     report.claims_per_sec = decided.per_sec;
     report.answered_per_sec = decided.answered_per_sec;
+    report.answered = decided.answered;
     report.door_answers = count(&counters.door_answers);
     report.retry = sale.retry;
     report.requests_sent = count(&counters.requests_sent);
@@ -944,6 +956,8 @@ struct DecideMeasures {
     per_sec: f64,
     /// Final answers per second, door answers included.
     answered_per_sec: f64,
+    /// Final answers, door answers included.
+    answered: u64,
 }
 
 fn measure_decisions(
@@ -1005,6 +1019,7 @@ fn measure_decisions(
         from_first_attempt,
         per_sec: rate(count, last_decided - first_accepted),
         answered_per_sec: rate(count + answered, answered_span),
+        answered: count + answered,
     }
 }
 
@@ -1242,7 +1257,7 @@ mod tests {
     #[test]
     fn requests_are_prepared_with_their_keys_and_a_coupon_and_user_each() {
         let codes = vec![coupon_code("R1", 0), coupon_code("R1", 1)];
-        let requests = prepare_requests("R1", &codes, 7, 1_000, &mut rand::rng()).unwrap();
+        let requests = prepare_requests("R1", &codes, Some(7), 1_000, &mut rand::rng()).unwrap();
         assert_eq!(requests.len(), 1_000);
         let mut coupons = std::collections::HashSet::new();
         for (n, request) in requests.iter().enumerate() {

@@ -475,6 +475,7 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
             coupons: 1,
             stock: 50,
             users: 400,
+            each_user_once: false,
             // Gentle enough for a debug build on a busy CI machine; the
             // in-flight cap is high so that a slow moment queues rather
             // than drops.

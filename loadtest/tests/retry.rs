@@ -158,6 +158,7 @@ async fn sale(
             coupons: 1,
             stock: 10,
             users: 100,
+            each_user_once: false,
             rate: 20.0,
             duration,
             max_in_flight: 4096,

@@ -53,6 +53,17 @@ fn problem(description: &str, headers: &[(&str, &str, Type)]) -> RefOr<Response>
 
 const RETRY_AFTER: (&str, &str, Type) = ("Retry-After", "Seconds to wait before trying again", Type::Integer);
 
+/// The ticket of a claim refused for load.
+const TICKET: (&str, &str, Type) = (
+    "Turnstile-Ticket",
+    "On a refusal for load (`/problems/overloaded`) of a request with an `Idempotency-Key`: the claim's \
+     place in line, signed over the tenant, the key and the first attempt's time. Send it back unchanged with \
+     the retry (same key, same body): the claim then waits for a slot ahead of every claim first sent later. \
+     `Retry-After` is the expected wait for the claims ahead. A forged, expired (2 minutes by default) or \
+     another key's ticket is ignored",
+    Type::String,
+);
+
 /// Which operation a set describes, for the answers whose causes differ.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -122,7 +133,11 @@ fn errors(kind: Kind) -> BTreeMap<String, RefOr<Response>> {
             } else {
                 "The key's rate is exceeded (`/problems/rate-limited`); nothing was done"
             },
-            &[RETRY_AFTER],
+            if kind == Kind::Claim {
+                &[RETRY_AFTER, TICKET]
+            } else {
+                &[RETRY_AFTER]
+            },
         ),
     );
     add(500, problem("A bug (`/problems/internal`)", &[]));

@@ -84,6 +84,10 @@ pub struct AcceptJob {
     /// The door's answer ([`crate::door`]): given, unless the key is
     /// already recorded.
     pub(crate) door: Option<RejectReason>,
+    /// Admitted without a slot, for the door to answer: if the door cannot
+    /// (its key's read failed), nothing is recorded and the answer is 503.
+    /// A key already recorded is replayed as usual.
+    pub(crate) door_only: bool,
 }
 
 impl std::fmt::Debug for AcceptJob {
@@ -187,6 +191,24 @@ impl AcceptQueue {
         }
         answer.await.unwrap_or(Err(ApiError::Internal))
     }
+
+    /// Queues `job` if there is room, else answers 429: for a claim that
+    /// holds no admission slot, which must not wait for one here either.
+    pub async fn try_admit(&self, job: AcceptJob) -> Result<Admitted, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            job,
+            span: Span::current(),
+            reply,
+        };
+        if self.jobs.try_send(pending).is_err() {
+            return Err(ApiError::Overloaded {
+                cause: "concurrency",
+                retry_after: 1,
+            });
+        }
+        answer.await.unwrap_or(Err(ApiError::Internal))
+    }
 }
 
 async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {
@@ -249,7 +271,13 @@ async fn answer_at_the_door(deps: &AcceptDeps, batch: Vec<Pending>) -> Vec<Pendi
         return batch;
     }
     let Ok(recorded) = deps.reads.claims(&asked).await else {
-        return batch;
+        // Not known to be free: a claim admitted only for the door is
+        // answered as if the database were down; nothing was recorded.
+        let (door_only, left): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.job.door_only);
+        for pending in door_only {
+            let _ = pending.reply.send(Err(deps.postgres.unavailable()));
+        }
+        return left;
     };
     let recorded: std::collections::HashSet<ClaimId> = recorded.iter().map(|row| row.claim_id).collect();
     let mut left = Vec::with_capacity(batch.len());

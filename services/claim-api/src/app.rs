@@ -39,7 +39,7 @@ use utoipa::OpenApi;
 use crate::{
     Settings,
     accept::{AcceptDeps, AcceptQueue},
-    admission::{AdmissionGate, LoadGate, admit_claims},
+    admission::{AdmissionGate, LimiterSettings, LoadGate, QueueSettings, admit_claims},
     door::Door,
     extract::BodyLimit,
     feeds::{self, DecisionWaiters},
@@ -49,6 +49,7 @@ use crate::{
     reference,
     resilience::Breaker,
     routes::{claims, health, resources},
+    ticket::TicketKeys,
 };
 
 /// What every handler shares: one allocation behind an `Arc`, because axum
@@ -288,13 +289,22 @@ impl Application {
             limits: limits.clone(),
         }));
         let gate = AdmissionGate::new(
-            settings.admission_limiter,
-            settings.max_inflight,
-            settings.admission_slo,
+            LimiterSettings {
+                kind: settings.admission_limiter,
+                max_inflight: settings.max_inflight,
+                slo: settings.admission_slo,
+            },
+            QueueSettings {
+                capacity: settings.admission_queue,
+                max_wait: settings.admission_queue_wait,
+                keys: settings.ticket_keys.clone().unwrap_or_else(TicketKeys::random),
+                ticket_ttl: settings.ticket_ttl,
+            },
             LoadGate {
                 max_pending: settings.max_pending_claims,
                 pending,
             },
+            state.door.clone(),
             &state.metrics,
         );
         let gatekeeper = Gatekeeper {

@@ -21,7 +21,10 @@
 //! Memory: per resource one number and the users at its limit, each of whom
 //! holds a unit, so at most the stock on sale plus the resources.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{
+    Arc, PoisonError, RwLock,
+    atomic::{AtomicBool, Ordering},
+};
 
 use prometheus::{IntCounterVec, IntGaugeVec};
 use turnstile_claim::{ClaimDecided, DoorKnowledge, RejectReason, ResourceKey};
@@ -31,6 +34,9 @@ use turnstile_claim::{ClaimDecided, DoorKnowledge, RejectReason, ResourceKey};
 #[derive(Debug, Clone)]
 pub struct Door {
     knowledge: Arc<RwLock<DoorKnowledge>>,
+    /// Some claim could be answered: a resource sold out or a user at a
+    /// limit was learned. Admission reads a refused claim only then.
+    settled_some: Arc<AtomicBool>,
     answers: IntCounterVec,
     known: IntGaugeVec,
 }
@@ -44,6 +50,7 @@ impl Door {
         }
         let door = Self {
             knowledge: Arc::new(RwLock::new(DoorKnowledge::new())),
+            settled_some: Arc::new(AtomicBool::new(false)),
             answers,
             known,
         };
@@ -95,7 +102,18 @@ impl Door {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .learn(&decided.resource, fact);
+            let at_limit = fact.per_user_limit.is_some_and(|limit| fact.user_holds >= limit);
+            if fact.remaining == 0 || at_limit {
+                self.settled_some.store(true, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Whether the door may answer some claim: it learned a resource sold
+    /// out or a user at a limit (and stays so: reading a refused claim
+    /// needlessly costs a parse, never a wrong answer).
+    pub fn may_answer(&self) -> bool {
+        self.settled_some.load(Ordering::Relaxed)
     }
 
     /// The rejection a new claim would get, when the door knows it.

@@ -19,12 +19,14 @@ mod app;
 mod door;
 mod feeds;
 pub mod keys;
+mod line;
 mod metrics;
 mod reads;
 pub mod reference;
 mod resilience;
 mod routes;
 pub mod settings;
+pub mod ticket;
 
 // The HTTP edge shared with the other services.
 use turnstile_http::{extract, problem};

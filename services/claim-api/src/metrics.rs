@@ -21,6 +21,9 @@ pub struct ApiMetrics {
     pub(crate) circuit_open: IntGaugeVec,
     pub(crate) admission_limit: IntGauge,
     pub(crate) admission_in_flight: IntGauge,
+    pub(crate) admission_queued: IntGauge,
+    pub(crate) admission_line: IntGauge,
+    pub(crate) tickets: IntCounterVec,
     pub(crate) readiness_checks: IntCounter,
     pub(crate) decision_waiters: IntGauge,
     pub(crate) auth_refusals: IntCounterVec,
@@ -131,6 +134,22 @@ impl ApiMetrics {
                 "turnstile_admission_in_flight",
                 "Claims holding an admission slot now (being read, parsed or recorded).",
             )?,
+            admission_queued: IntGauge::new(
+                "turnstile_admission_queued",
+                "Claims waiting in the admission queue for a slot, oldest first attempt first.",
+            )?,
+            admission_line: IntGauge::new(
+                "turnstile_admission_line",
+                "Claims sent away with a ticket and not let in yet (nor lapsed): the line ahead of a newcomer.",
+            )?,
+            tickets: IntCounterVec::new(
+                Opts::new(
+                    "turnstile_tickets_total",
+                    "Turnstile-Ticket headers issued with a 429, presented and honoured (the claim kept its first \
+                     attempt's place), or presented and ignored (forged, expired or another tenant's or key's).",
+                ),
+                &["outcome"],
+            )?,
             kafka_up: turnstile_bus::KafkaHealth::gauge()?,
             topics_recreated: turnstile_bus::TopicKeeper::counter()?,
             door_answers,
@@ -142,6 +161,9 @@ impl ApiMetrics {
             m.throttled.with_label_values(&[cause.as_str()]);
         }
         m.throttled.with_label_values(&["rate_user"]);
+        for outcome in crate::admission::TicketOutcome::ALL {
+            m.tickets.with_label_values(&[outcome.as_str()]);
+        }
         for reason in ["missing", "malformed", "unknown", "tenant_mismatch", "rate_key"] {
             m.auth_refusals.with_label_values(&[reason]);
         }
@@ -160,6 +182,9 @@ impl ApiMetrics {
         registry.register(Box::new(m.circuit_open.clone()))?;
         registry.register(Box::new(m.admission_limit.clone()))?;
         registry.register(Box::new(m.admission_in_flight.clone()))?;
+        registry.register(Box::new(m.admission_queued.clone()))?;
+        registry.register(Box::new(m.admission_line.clone()))?;
+        registry.register(Box::new(m.tickets.clone()))?;
         registry.register(Box::new(m.readiness_checks.clone()))?;
         registry.register(Box::new(m.decision_waiters.clone()))?;
         registry.register(Box::new(m.auth_refusals.clone()))?;

@@ -8,7 +8,12 @@ use turnstile_bus::KafkaSettings;
 use turnstile_http::CallerSettings;
 use turnstile_runtime::settings::{InvalidSetting, duration};
 
-use crate::admission::LimiterKind;
+use crate::{admission::LimiterKind, ticket::TicketKeys};
+
+/// Parses `TURNSTILE_TICKET_KEYS`; the error never quotes a secret.
+fn parse_ticket_keys(raw: &str) -> Result<TicketKeys, String> {
+    TicketKeys::parse(raw).map_err(|e| e.to_string())
+}
 
 /// Everything the API needs to know. `main` parses it with
 /// `turnstile_runtime::settings::parse`; tests build it directly.
@@ -108,6 +113,30 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_MAX_INFLIGHT", default_value_t = 256)]
     pub max_inflight: usize,
 
+    /// Claims waiting for an admission slot at most. A freed slot goes to
+    /// the waiter with the oldest first attempt (a ticket's, or its
+    /// arrival); past this many waiters a claim is answered 429 with a
+    /// ticket.
+    #[arg(long, env = "TURNSTILE_ADMISSION_QUEUE", default_value_t = 1024)]
+    pub admission_queue: usize,
+
+    /// The longest a claim waits in that queue before it is answered 429
+    /// with a ticket.
+    #[arg(long, env = "TURNSTILE_ADMISSION_QUEUE_WAIT", default_value = "1s", value_parser = duration)]
+    pub admission_queue_wait: Duration,
+
+    /// Keys that sign the tickets of 429s, `id=secret,...` (secrets of 16
+    /// to 256 bytes): the first signs, every one verifies. Rotate by putting
+    /// a new key first and dropping the old one a ticket TTL later. Unset,
+    /// a random key known to this process alone: replicas behind one
+    /// balancer need the same keys.
+    #[arg(long, env = "TURNSTILE_TICKET_KEYS", hide_env_values = true, value_parser = parse_ticket_keys)]
+    pub ticket_keys: Option<TicketKeys>,
+
+    /// How long a ticket keeps its holder's place, from the first attempt.
+    #[arg(long, env = "TURNSTILE_TICKET_TTL", default_value = "2m", value_parser = duration)]
+    pub ticket_ttl: Duration,
+
     /// How the admission limit adapts: aimd to a latency objective,
     /// gradient to latency rising.
     #[arg(
@@ -192,6 +221,8 @@ impl Settings {
         }
         for (name, value) in [
             ("TURNSTILE_ADMISSION_SLO", self.admission_slo),
+            ("TURNSTILE_ADMISSION_QUEUE_WAIT", self.admission_queue_wait),
+            ("TURNSTILE_TICKET_TTL", self.ticket_ttl),
             ("TURNSTILE_HEADER_READ_TIMEOUT", self.header_read_timeout),
             ("TURNSTILE_PG_STATEMENT_TIMEOUT", self.pg_statement_timeout),
             ("TURNSTILE_PG_LOCK_TIMEOUT", self.pg_lock_timeout),
@@ -240,9 +271,12 @@ mod tests {
 
     #[test]
     fn every_setting_has_a_variable_and_a_default() {
-        // Unset, a read replica is not used: there is no default replica.
-        let breaches =
-            turnstile_runtime::settings::convention_breaches(&Settings::command(), &["TURNSTILE_DATABASE_READ_URL"]);
+        // Unset, a read replica is not used: there is no default replica;
+        // unset, tickets are signed with a key drawn at start-up.
+        let breaches = turnstile_runtime::settings::convention_breaches(
+            &Settings::command(),
+            &["TURNSTILE_DATABASE_READ_URL", "TURNSTILE_TICKET_KEYS"],
+        );
         assert!(breaches.is_empty(), "{breaches:?}");
     }
 

@@ -328,6 +328,8 @@ async fn a_full_admission_refuses_before_reading_the_body() {
     let ns = Namespace::new("admission-full");
     let mut settings = api_settings(&ns);
     settings.max_inflight = claim_api::MIN_ADMISSION_LIMIT;
+    // No queue: a claim that finds every slot taken is refused at once.
+    settings.admission_queue = 0;
     let api = TestApi::start(settings).await.unwrap();
     let code = unique("DOOR");
     api.create_coupon(&code, 10, None).await.unwrap();

@@ -11,7 +11,7 @@ use axum::{
 use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 use turnstile_claim::{
-    ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, UnixMillis,
+    ClaimId, ClaimRequest, ClaimRequestBody, ClaimRequested, ClaimStatus, RejectReason, UnixMillis,
     access::{Operation, Principal},
 };
 use turnstile_http::{
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     accept::{AcceptJob, Admitted},
-    admission::AdmissionTicket,
+    admission::{Admission, AdmissionTicket, Entry},
     app::{AppState, ClaimContext, CorrelationId},
     extract::{self, JsonBody, PathParam},
     problem::ApiError,
@@ -38,6 +38,8 @@ use crate::{
     params(
         ("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; required"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (seconds, at most 10) waits for the decision"),
+        ("Turnstile-Ticket" = Option<String>, Header, description = "The ticket of an earlier 429 for this key, \
+            sent back unchanged: the claim keeps its first attempt's place in line"),
     ),
     responses(
         (status = 202, description = "Accepted, not decided yet; `Location` names the claim", body = ClaimView),
@@ -51,13 +53,13 @@ pub async fn create_claim(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     correlation: Option<Extension<CorrelationId>>,
-    ticket: Option<Extension<AdmissionTicket>>,
+    admission: Option<Extension<Admission>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ClaimRequestBody>,
 ) -> Result<Response, ApiError> {
-    // The admission layer gives every claim request a ticket.
-    let Some(Extension(ticket)) = ticket else {
-        tracing::error!("a claim reached its handler without an admission ticket");
+    // The admission layer decides on every claim request first.
+    let Some(entry) = admission.and_then(|Extension(admission)| admission.take()) else {
+        tracing::error!("a claim reached its handler without an admission entry");
         return Err(ApiError::Internal);
     };
     require(&principal, Operation::PostClaims)?;
@@ -76,7 +78,20 @@ pub async fn create_claim(
         claim_id: claim_id.to_string(),
     };
     let correlation_id = correlation.map(|Extension(CorrelationId(id))| id).unwrap_or_default();
-    let accepted = accept(&state, &ticket, &headers, claim_id, request, correlation_id).await;
+    let door = state
+        .door
+        .answer(&request.resource, request.user.as_str(), request.quantity.get());
+    let slot = match entry {
+        Entry::Slot(slot) => Some(slot),
+        Entry::Queued(queued) if door.is_none() => match queued.wait().await {
+            Ok(slot) => Some(slot),
+            Err(refusal) => return Ok(refusal.response()),
+        },
+        Entry::Refused(refusal) if door.is_none() => return Ok(refusal.response()),
+        // The door answers it: no slot needed.
+        Entry::Queued(_) | Entry::Refused(_) => None,
+    };
+    let accepted = accept(&state, slot.as_ref(), door, &headers, claim_id, request, correlation_id).await;
     let mut response = accepted.into_response();
     response.extensions_mut().insert(context);
     Ok(response)
@@ -105,9 +120,12 @@ impl Drop for WaiterSlot {
 }
 
 /// The work of `POST /v1/claims` once the request parsed.
+/// A claim without a slot (`slot` is `None`) is one the door answers: it
+/// is only looked up, never recorded anew.
 async fn accept(
     state: &AppState,
-    ticket: &AdmissionTicket,
+    slot: Option<&AdmissionTicket>,
+    door: Option<RejectReason>,
     headers: &HeaderMap,
     claim_id: ClaimId,
     request: ClaimRequest,
@@ -137,20 +155,34 @@ async fn accept(
 
     let job = AcceptJob {
         fingerprint: request.fingerprint(),
-        door: state
-            .door
-            .answer(&event.resource, event.user_id.as_str(), event.quantity.get()),
+        door,
+        door_only: slot.is_none(),
         event,
         correlation_id,
+    };
+    let Some(slot) = slot else {
+        let admitted = state.accept.try_admit(job).await?;
+        return answer(state, claim_id, admitted, wait, waiting).await;
     };
     let admitted = state.accept.clone().admit(job).await;
     // Recorded or refused: the slot is free for the next claim (waiting
     // for the decision needs none).
-    ticket.complete(matches!(
+    slot.complete(matches!(
         admitted,
         Err(ApiError::Unavailable { .. } | ApiError::OutcomeUnknown { .. } | ApiError::Internal)
     ));
-    let admitted = admitted?;
+    answer(state, claim_id, admitted?, wait, waiting).await
+}
+
+/// The answer to an admitted claim: the door's, the claim as stored, or
+/// (with `Prefer: wait`) its decision when it comes in time.
+async fn answer(
+    state: &AppState,
+    claim_id: ClaimId,
+    admitted: Admitted,
+    wait: Option<Duration>,
+    waiting: Option<crate::feeds::Waiting>,
+) -> Result<Response, ApiError> {
     if let Admitted::AtTheDoor(reason) = admitted {
         state.door.answered(reason);
         return Ok(ClaimView::decided(claim_id, ClaimStatus::Rejected, Some(reason), None).respond_unrecorded());
