@@ -1255,6 +1255,16 @@ mod tests {
     }
 
     #[test]
+    fn each_user_once_gives_every_arrival_a_user_of_its_own() {
+        let codes = vec![coupon_code("R2", 0)];
+        let requests = prepare_requests("R2", &codes, None, 500, &mut rand::rng()).unwrap();
+        for (n, request) in requests.iter().enumerate() {
+            let body: serde_json::Value = serde_json::from_slice(request.body()).unwrap();
+            assert_eq!(body["user_id"], format!("user-{n}"));
+        }
+    }
+
+    #[test]
     fn requests_are_prepared_with_their_keys_and_a_coupon_and_user_each() {
         let codes = vec![coupon_code("R1", 0), coupon_code("R1", 1)];
         let requests = prepare_requests("R1", &codes, Some(7), 1_000, &mut rand::rng()).unwrap();
