@@ -347,6 +347,16 @@ impl FlashSaleReport {
             && self.refused_keys_taken == 0
     }
 
+    /// Final answers per second, at the door or by the pipeline (the
+    /// decisions alone for reports saved before answers were counted).
+    pub fn answered_or_decided_per_sec(&self) -> f64 {
+        if self.answered_per_sec > 0.0 {
+            self.answered_per_sec
+        } else {
+            self.claims_per_sec
+        }
+    }
+
     /// The share of HTTP requests answered 429 (of those offered, for
     /// reports saved before `requests_sent` was counted).
     pub fn throttled_share(&self) -> f64 {

@@ -240,7 +240,7 @@ fn ms(v: f64) -> String {
 
 fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> Markup {
     type Row = (&'static str, fn(&FlashSaleReport) -> String);
-    let rows: [Row; 23] = [
+    let rows: [Row; 24] = [
         ("coupons × units", |r| {
             format!("{} × {}", r.coupons, r.stock_per_coupon)
         }),
@@ -271,6 +271,9 @@ fn summary_table(runs: &[FlashSaleReport], slugs: &[String]) -> Markup {
         ("dropped by the client", |r| r.dropped.to_string()),
         ("dropped by the client's throttle", |r| r.throttled_locally.to_string()),
         ("claims decided/s", |r| format!("{:.0}", r.claims_per_sec)),
+        ("final answers/s (at the door or decided)", |r| {
+            format!("{:.0}", r.answered_or_decided_per_sec())
+        }),
         ("accept p50 / p99", |r| {
             format!("{} / {}", ms(r.accept_p50_ms), ms(r.accept_p99_ms))
         }),

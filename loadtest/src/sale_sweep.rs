@@ -3,7 +3,8 @@
 //!
 //! Each point is a whole `compare` ([`crate::sale_compare`]): the pipeline,
 //! `--pause`, the baseline, then `--pause` before the next rate. Per point
-//! and mode it keeps what decides the question: claims decided per second,
+//! and mode it keeps what decides the question: final answers per second
+//! (at the door or by the pipeline; for the baseline, its decisions),
 //! accept and decide p99, the share of requests answered 429, and how much
 //! of the machine the load generator itself took while it sent.
 
@@ -28,8 +29,8 @@ pub struct SweepReport {
 /// The sweep table's columns.
 pub const COLUMNS: [&str; 10] = [
     "offered/s",
-    "pipeline decided/s",
-    "baseline decided/s",
+    "pipeline answered/s",
+    "baseline answered/s",
     "pipeline ÷ baseline",
     "pipeline accept p99 ms",
     "pipeline decide p99 ms",
@@ -60,15 +61,16 @@ impl SweepReport {
             .iter()
             .map(|point| {
                 let (p, b) = (&point.pipeline, &point.sql_for_update);
-                let ratio = if b.claims_per_sec > 0.0 {
-                    format!("{:.2}", p.claims_per_sec / b.claims_per_sec)
+                let (pa, ba) = (p.answered_or_decided_per_sec(), b.answered_or_decided_per_sec());
+                let ratio = if ba > 0.0 {
+                    format!("{:.2}", pa / ba)
                 } else {
                     "–".to_owned()
                 };
                 [
                     format!("{}", p.rate),
-                    format!("{:.0}", p.claims_per_sec),
-                    format!("{:.0}", b.claims_per_sec),
+                    format!("{pa:.0}"),
+                    format!("{ba:.0}"),
                     ratio,
                     format!("{:.1}", p.accept_p99_ms),
                     format!("{:.1}", p.decide_from_send_p99_ms),
@@ -96,12 +98,12 @@ impl SweepReport {
         out
     }
 
-    /// Decided per second against offered, one curve per mode.
+    /// Final answers per second against offered, one curve per mode.
     pub fn curves(&self) -> [Curve; 2] {
         let points = |run: fn(&CompareReport) -> &FlashSaleReport| {
             self.points
                 .iter()
-                .map(|point| (run(point).rate, run(point).claims_per_sec))
+                .map(|point| (run(point).rate, run(point).answered_or_decided_per_sec()))
                 .collect()
         };
         [

@@ -18,7 +18,7 @@ pub struct Curve {
     pub name: String,
     /// Red, green, blue.
     pub color: (u8, u8, u8),
-    /// `(offered claims/s, decided claims/s)`, in offered order.
+    /// `(offered claims/s, final answers/s)`, in offered order.
     pub points: Vec<(f64, f64)>,
 }
 
@@ -39,7 +39,7 @@ pub fn decided_against_offered(curves: &[Curve]) -> Result<String> {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| failed(&e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Claims decided per second against the offered load", (FONT, 22))
+            .caption("Final answers per second against the offered load", (FONT, 22))
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(72)
@@ -49,7 +49,7 @@ pub fn decided_against_offered(curves: &[Curve]) -> Result<String> {
         chart
             .configure_mesh()
             .x_desc("offered claims/s")
-            .y_desc("decided claims/s")
+            .y_desc("answered claims/s")
             .x_label_formatter(&label)
             .y_label_formatter(&label)
             .x_labels(8)
@@ -128,7 +128,7 @@ mod tests {
             "sql-for-update",
             "offered",
             "offered claims/s",
-            "decided claims/s",
+            "answered claims/s",
         ] {
             assert!(texts.contains(&text), "no {text:?} in {texts:?}");
         }
