@@ -316,10 +316,8 @@ impl<T: Transport> Client<T> {
             };
             let answered = now();
             let status = result.as_ref().ok().map(|r| r.status);
-            if let Some(throttle) = &self.throttle
-                && counts_as_accept(status)
-            {
-                lock(throttle).accepted(answered);
+            if let Some(throttle) = &self.throttle {
+                lock(throttle).answered(answered, counts_as_accept(status));
             }
             observer.after_attempt(&AttemptEnd {
                 attempt,

@@ -4,7 +4,11 @@
 //!
 //! Over a sliding window the client counts `requests` (every request the
 //! application asked to send, those dropped here included) and `accepts`
-//! (requests the server took on). Each new request is dropped locally with
+//! (requests the server took on). A request sent is counted when its
+//! answer comes, with its accept if it is one, so the two grow together: a
+//! burst of requests still in flight is not mistaken for refusals (counted
+//! when sent, the first hundreds of a flash sale would be dropped before
+//! the server had said anything). Each new request is dropped locally with
 //! probability
 //!
 //! ```text
@@ -146,26 +150,32 @@ impl AdaptiveThrottle {
 
     /// Decides whether to send a request at `now`, given `unit`, a draw
     /// uniform in `[0, 1)`: dropped when `unit` is below the current
-    /// probability. The request is counted either way, as the SRE book asks:
-    /// dropping keeps the ratio of requests to accepts high while the
-    /// server refuses.
+    /// probability. A dropped request is counted now, as the SRE book asks
+    /// (dropping keeps the ratio of requests to accepts high while the
+    /// server refuses); one sent is counted by [`answered`](Self::answered).
     pub fn admit(&mut self, now: Instant, unit: f64) -> Result<(), Dropped> {
         let probability = self.rejection_probability(now);
-        let bucket = self.bucket(now);
-        self.buckets[bucket].requests += 1;
-        self.total.requests += 1;
         if unit < probability {
+            let bucket = self.bucket(now);
+            self.buckets[bucket].requests += 1;
+            self.total.requests += 1;
             Err(Dropped { probability })
         } else {
             Ok(())
         }
     }
 
-    /// Counts a request the server took on, answered at `now`.
-    pub fn accepted(&mut self, now: Instant) {
+    /// Counts a request sent and answered at `now`, and whether the server
+    /// took it on (`accepted`). A request that failed without an answer is
+    /// answered here as not accepted.
+    pub fn answered(&mut self, now: Instant, accepted: bool) {
         let bucket = self.bucket(now);
-        self.buckets[bucket].accepts += 1;
-        self.total.accepts += 1;
+        self.buckets[bucket].requests += 1;
+        self.total.requests += 1;
+        if accepted {
+            self.buckets[bucket].accepts += 1;
+            self.total.accepts += 1;
+        }
     }
 
     /// The probability a request sent at `now` is dropped.
@@ -251,8 +261,10 @@ mod tests {
         for n in 0..10_000u64 {
             // Evenly spread draws: the share dropped is the probability.
             let unit = (n % 100) as f64 / 100.0;
-            if t.admit(start + Duration::from_millis(n), unit).is_ok() {
+            let at = start + Duration::from_millis(n);
+            if t.admit(at, unit).is_ok() {
                 sent += 1;
+                t.answered(at, false);
             }
         }
         assert!(sent < 200, "{sent} of 10 000 sent to a server that accepts nothing");
@@ -264,7 +276,10 @@ mod tests {
         let mut t = throttle(64_000, 2.0);
         let start = Instant::now();
         for n in 0..100 {
-            let _ = t.admit(start + Duration::from_millis(n), 0.99);
+            let at = start + Duration::from_millis(n);
+            if t.admit(at, 0.99).is_ok() {
+                t.answered(at, false);
+            }
         }
         assert!(t.rejection_probability(start + Duration::from_secs(1)) > 0.9);
         // Still inside the window: 63 buckets of a second later.
@@ -278,25 +293,37 @@ mod tests {
     fn an_instant_read_late_counts_in_the_newest_bucket() {
         let mut t = throttle(64_000, 2.0);
         let start = Instant::now();
-        let _ = t.admit(start + Duration::from_secs(10), 0.5);
-        t.accepted(start + Duration::from_secs(9));
+        assert!(t.admit(start + Duration::from_secs(10), 0.5).is_ok());
+        t.answered(start + Duration::from_secs(9), true);
         let counts = t.counts(start + Duration::from_secs(10));
         assert_eq!((counts.requests, counts.accepts), (1, 1));
         assert_eq!(t.counts(start + Duration::from_secs(74)), WindowCounts::default());
     }
 
-    /// One step of a run: time moves on, then a request or an accept.
+    #[test]
+    fn a_burst_before_any_answer_is_not_dropped() {
+        let mut t = throttle(120_000, 2.0);
+        let start = Instant::now();
+        for n in 0..10_000u64 {
+            assert!(t.admit(start + Duration::from_micros(n), 0.0).is_ok(), "request {n} dropped");
+        }
+    }
+
+    /// One step of a run: time moves on, then a request is asked for and,
+    /// if sent, answered at once, accepted or not.
     #[derive(Debug, Clone)]
-    enum Step {
-        Request { after_ms: u64, unit: f64 },
-        Accept { after_ms: u64 },
+    struct Step {
+        after_ms: u64,
+        unit: f64,
+        accepted: bool,
     }
 
     fn steps() -> impl Strategy<Value = Vec<Step>> {
-        let step = prop_oneof![
-            (0u64..3_000, 0.0..1.0f64).prop_map(|(after_ms, unit)| Step::Request { after_ms, unit }),
-            (0u64..3_000).prop_map(|after_ms| Step::Accept { after_ms }),
-        ];
+        let step = (0u64..3_000, 0.0..1.0f64, any::<bool>()).prop_map(|(after_ms, unit, accepted)| Step {
+            after_ms,
+            unit,
+            accepted,
+        });
         proptest::collection::vec(step, 0..300)
     }
 
@@ -316,32 +343,31 @@ mod tests {
             // The window's buckets count from the first instant it sees.
             prop_assert_eq!(t.counts(start), WindowCounts::default());
             let mut at = Duration::ZERO;
-            // (bucket number, is an accept)
+            // (bucket number, is an accept): a request is (b, false), its
+            // accept a second event (b, true).
             let mut events: Vec<(u64, bool)> = Vec::new();
             let bucket_of = |at: Duration| (at.as_nanos() / width.as_nanos()) as u64;
             for step in steps {
-                let (after_ms, accept) = match step {
-                    Step::Request { after_ms, .. } => (after_ms, false),
-                    Step::Accept { after_ms } => (after_ms, true),
-                };
-                at += Duration::from_millis(after_ms);
+                at += Duration::from_millis(step.after_ms);
                 let now = bucket_of(at);
                 let in_window = |b: &u64| *b + BUCKETS as u64 > now;
                 let requests = events.iter().filter(|(b, a)| in_window(b) && !a).count() as u64;
                 let accepts = events.iter().filter(|(b, a)| in_window(b) && *a).count() as u64;
                 let expected = rejection_probability(requests, accepts, k);
                 prop_assert!((0.0..1.0).contains(&expected));
-                match step {
-                    Step::Request { unit, .. } => {
-                        let decision = t.admit(start + at, unit);
-                        prop_assert_eq!(decision.is_err(), unit < expected);
-                    }
-                    Step::Accept { .. } => t.accepted(start + at),
+                let decision = t.admit(start + at, step.unit);
+                prop_assert_eq!(decision.is_err(), step.unit < expected);
+                events.push((now, false));
+                let accepted = decision.is_ok() && step.accepted;
+                if decision.is_ok() {
+                    t.answered(start + at, step.accepted);
                 }
-                events.push((now, accept));
+                if accepted {
+                    events.push((now, true));
+                }
                 let counts = t.counts(start + at);
-                prop_assert_eq!(counts.requests, requests + u64::from(!accept));
-                prop_assert_eq!(counts.accepts, accepts + u64::from(accept));
+                prop_assert_eq!(counts.requests, requests + 1);
+                prop_assert_eq!(counts.accepts, accepts + u64::from(accepted));
             }
         }
 
@@ -357,7 +383,7 @@ mod tests {
             for (gap, unit) in gaps.into_iter().zip(units) {
                 now += Duration::from_millis(gap);
                 prop_assert!(t.admit(now, unit).is_ok());
-                t.accepted(now);
+                t.answered(now, true);
             }
         }
 

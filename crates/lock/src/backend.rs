@@ -6,9 +6,13 @@
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis-cluster")]
 pub mod redis_cluster;
+#[cfg(feature = "redlock")]
 pub mod redlock;
+#[cfg(feature = "redis")]
 mod wakeups;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
@@ -46,6 +50,7 @@ impl fmt::Debug for OwnerId {
 
 /// The outcome of one attempt to take a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Attempt {
     /// The lock is ours for `ttl` from when the attempt was sent. (How long
     /// the holder may rely on it, clock drift taken off, is worked out once
@@ -63,6 +68,7 @@ pub enum Attempt {
 
 /// The outcome of waiting in a store's own queue of waiters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Turn {
     /// Our turn came: the lock is ours for `ttl` from `since`.
     Granted {

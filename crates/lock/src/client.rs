@@ -28,6 +28,7 @@ enum Outcome {
 
 /// Settings shared by every lease a [`LockClient`] hands out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct LockConfig {
     /// Delays between attempts on a busy lock when no release wake-up comes.
     pub poll: PollBackoff,

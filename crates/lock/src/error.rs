@@ -6,8 +6,10 @@ use std::time::Duration;
 /// A boxed error from a backend's client library.
 pub type BackendSource = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// What went wrong with a lock operation.
+/// What went wrong with a lock operation. More variants may come: match on
+/// [`LockError::kind`] to decide what to do.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockError {
     /// `try_acquire` found the lock held by someone else.
     #[error("lock on {resource} is held by another owner")]
@@ -62,10 +64,15 @@ pub enum LockError {
     /// The request itself is malformed (empty resource name, zero ttl, ...).
     #[error("invalid lock request: {0}")]
     InvalidRequest(&'static str),
+    /// A backend was configured with a value it cannot use (a table or key
+    /// name, a node count).
+    #[error("invalid lock configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// The class of a [`LockError`], for callers deciding what to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LockErrorKind {
     /// Held by someone else or waited too long: try later.
     Contended,
@@ -84,7 +91,7 @@ impl LockError {
             Self::Busy { .. } | Self::Timeout { .. } => LockErrorKind::Contended,
             Self::Expired { .. } | Self::HeldByOther { .. } => LockErrorKind::LeaseLost,
             Self::NoQuorum { .. } | Self::Unavailable { .. } => LockErrorKind::Unavailable,
-            Self::InvalidRequest(_) => LockErrorKind::InvalidRequest,
+            Self::InvalidRequest(_) | Self::InvalidConfig(_) => LockErrorKind::InvalidRequest,
         }
     }
 

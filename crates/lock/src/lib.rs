@@ -10,7 +10,7 @@
 //!
 //! The crate is usable on its own:
 //!
-//! ```
+//! ```no_run
 //! use std::{sync::Arc, time::Duration};
 //! use turnstile_lock::{LockClient, backend::redis::RedisLockBackend};
 //!
@@ -38,12 +38,26 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Features
+//! Only what you use is compiled:
+//!
+//! | feature | what it adds | pulls in |
+//! |---|---|---|
+//! | `redis` (default) | `backend::redis`: one Redis server | `redis` |
+//! | `redis-cluster` | `backend::redis_cluster`: Redis Cluster | `redis/cluster-async` |
+//! | `redlock` | `backend::redlock`: a majority of independent masters | `redis` |
+//! | `postgres` | `backend::postgres`: a lease table | `sqlx` (Postgres) |
+//! | `zookeeper` | `backend::zookeeper`: sequential ephemeral nodes | `zookeeper-client` |
+//! | `prometheus` | `LockMetricFamilies`: instruments in your registry | `prometheus` |
+//! | `testsuite` | `testsuite`: the contract a backend must pass | |
+//!
 //! ## Layout
 //! - [`lease`] and [`fence`]: the pure rules (validity, drift, quorum,
 //!   jitter, the fence check), property-tested, no I/O.
 //! - [`LockBackend`]: the port a store implements, one atomic step per call.
-//! - [`backend::redis`], [`backend::redis_cluster`] and [`backend::redlock`]
-//!   (and, behind features, `postgres` and `zookeeper`): the adapters.
+//! - `backend::redis`, `backend::redis_cluster`, `backend::redlock`,
+//!   `backend::postgres` and `backend::zookeeper`, each behind its feature:
+//!   the adapters.
 //! - [`LockClient`] and [`LeaseGuard`]: waiting, renewal, the lease-lost
 //!   signal and metrics, written once for every backend.
 //! - `testsuite` (feature `testsuite`): the contract every backend must pass.
@@ -63,6 +77,9 @@
 //!   another holder's lease and report [`LockError::Expired`] or
 //!   [`LockError::HeldByOther`] instead.
 
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod backend;
 pub mod fence;
 pub mod lease;
@@ -78,4 +95,6 @@ pub use backend::{Attempt, LockBackend, OwnerId, ReleaseSubscription, Turn};
 pub use client::{LeaseGuard, LockClient, LockConfig};
 pub use error::{BackendSource, LockError, LockErrorKind};
 pub use fence::{FenceCheck, FencingToken, StaleFence};
-pub use metrics::{LockMetricFamilies, LockMetrics};
+#[cfg(feature = "prometheus")]
+pub use metrics::LockMetricFamilies;
+pub use metrics::{DEFAULT_METRIC_PREFIX, LockMetrics};

@@ -26,10 +26,7 @@ fn zookeeper_url() -> String {
 async fn connect(cluster: &str, session_timeout: Duration) -> ZooKeeperLockBackend {
     ZooKeeperLockBackend::connect(
         cluster,
-        ZooKeeperConfig {
-            session_timeout,
-            ..ZooKeeperConfig::default()
-        },
+        ZooKeeperConfig::default().with_session_timeout(session_timeout),
     )
     .await
     .expect("zookeeper from scripts/stack must be up")

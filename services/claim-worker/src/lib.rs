@@ -152,10 +152,7 @@ impl Worker {
                 Arc::new(backend)
             }
             LockBackendKind::ZooKeeper => {
-                let config = ZooKeeperConfig {
-                    session_timeout: settings.zookeeper_session_timeout,
-                    ..ZooKeeperConfig::default()
-                };
+                let config = ZooKeeperConfig::default().with_session_timeout(settings.zookeeper_session_timeout);
                 let backend = ZooKeeperLockBackend::connect(&settings.zookeeper_url, config)
                     .await
                     .context("connecting to zookeeper")?;

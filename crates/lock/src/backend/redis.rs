@@ -51,6 +51,27 @@ return {0, redis.call('PTTL', KEYS[1])}
 ";
 static ACQUIRE: LazyLock<LockScript> = LazyLock::new(|| LockScript::new(ACQUIRE_LUA));
 
+/// `KEYS`: fence. Seeds a counter that data loss reset: raises it to the
+/// server clock in microseconds (never lowers it) and returns it, the
+/// holder's token. Run only by a holder whose `INCR` came back below
+/// [`SEEDED`].
+const SEED_LUA: &str = r"
+local now = redis.call('TIME')
+local seed = tonumber(now[1] .. string.format('%06d', tonumber(now[2])))
+local f = tonumber(redis.call('GET', KEYS[1]) or '0')
+if f < seed then
+  redis.call('SET', KEYS[1], now[1] .. string.format('%06d', tonumber(now[2])))
+  return now[1] .. string.format('%06d', tonumber(now[2]))
+end
+return redis.call('GET', KEYS[1])
+";
+static SEED: LazyLock<LockScript> = LazyLock::new(|| LockScript::new(SEED_LUA));
+
+/// Every counter seeded from a server clock is above this (microseconds
+/// since 1970 passed 10^15 in 2001); a counter below it was reset by data
+/// loss and must be seeded before its token is used.
+const SEEDED: i64 = 1_000_000_000_000_000;
+
 /// `KEYS`: lock, fence. `ARGV`: owner, ttl ms, token to write back (`0`: none).
 /// Returns 1 extended, 0 expired, -1 held by another owner.
 const EXTEND_LUA: &str = r"
@@ -150,6 +171,7 @@ pub fn script_source(name: &str) -> Option<&'static str> {
 
 /// Connection settings for one Redis server.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RedisLockConfig {
     /// Prefix of every key the lock writes.
     pub key_prefix: String,
@@ -157,6 +179,23 @@ pub struct RedisLockConfig {
     pub response_timeout: Duration,
     /// How long connecting may take.
     pub connection_timeout: Duration,
+}
+
+impl RedisLockConfig {
+    /// The same settings with every key under `prefix` (default `turnstile`).
+    #[must_use]
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The same settings with `timeout` for each command and for connecting.
+    #[must_use]
+    pub fn with_timeouts(mut self, response: Duration, connection: Duration) -> Self {
+        self.response_timeout = response;
+        self.connection_timeout = connection;
+        self
+    }
 }
 
 impl Default for RedisLockConfig {
@@ -230,6 +269,48 @@ impl Publish {
 /// resource shares its hash tag, so one node runs it).
 pub(crate) mod ops {
     use super::*;
+
+    /// Takes the lock without a script, on one server: `INCR` the counter,
+    /// `SET NX PX` the lock and read its `PTTL`, in one `MULTI`/`EXEC`
+    /// (one round trip, atomic, so grants and tokens follow one order). The
+    /// counter counts attempts, not grants, which keeps it increasing and
+    /// costs nothing. Redis spends about a third of the acquire script's
+    /// CPU on it (`docs/lock-backends.md`). A counter below [`SEEDED`] was
+    /// reset by data loss: its holder seeds it from the clock first.
+    /// Not for Redis Cluster, whose client does not run transactions; the
+    /// cluster uses [`acquire`].
+    pub(crate) async fn acquire_in_transaction(
+        conn: &mut impl ConnectionLike,
+        keys: &ResourceKeys,
+        owner: &OwnerId,
+        ttl: Duration,
+    ) -> RedisResult<Attempt> {
+        let (counted, set, left): (i64, Option<String>, i64) = ::redis::pipe()
+            .atomic()
+            .incr(&keys.fence, 1)
+            .cmd("SET")
+            .arg(&keys.lock)
+            .arg(owner.as_str())
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_millis(ttl))
+            .pttl(&keys.lock)
+            .query_async(conn)
+            .await?;
+        if set.is_none() {
+            return Ok(Attempt::Busy {
+                retry_after: u64::try_from(left).ok().map(Duration::from_millis),
+            });
+        }
+        let token = if counted < SEEDED {
+            SEED.run::<i64>(conn, &[&keys.fence], ()).await?
+        } else {
+            counted
+        };
+        Ok(Attempt::Acquired {
+            token: FencingToken::new(u64::try_from(token).unwrap_or(0)),
+        })
+    }
 
     pub(crate) async fn acquire(
         conn: &mut impl ConnectionLike,
@@ -327,7 +408,7 @@ impl RedisNode {
     }
 
     pub(crate) async fn acquire(&self, keys: &ResourceKeys, owner: &OwnerId, ttl: Duration) -> RedisResult<Attempt> {
-        ops::acquire(&mut self.conn.clone(), keys, owner, ttl).await
+        ops::acquire_in_transaction(&mut self.conn.clone(), keys, owner, ttl).await
     }
 
     pub(crate) async fn extend(
@@ -398,7 +479,17 @@ impl RedisLockBackend {
     pub async fn connect_with(url: &str, config: RedisLockConfig) -> Result<Self, LockError> {
         let unavailable = |e| LockError::unavailable("redis", e);
         let info = url.into_connection_info().map_err(unavailable)?;
-        let client = Client::open(info.clone()).map_err(unavailable)?;
+        Self::from_client(Client::open(info).map_err(unavailable)?, config).await
+    }
+
+    /// Uses an existing `client` (its address, database, credentials and
+    /// TLS), with `config`, checking that the server answers. The lock opens
+    /// its own multiplexed connection and, for release wake-ups, one RESP3
+    /// connection; commands of the application never queue behind the
+    /// lock's.
+    pub async fn from_client(client: Client, config: RedisLockConfig) -> Result<Self, LockError> {
+        let unavailable = |e| LockError::unavailable("redis", e);
+        let info = client.get_connection_info().clone();
         let node = RedisNode::lazy(client, &config).map_err(unavailable)?;
         let mut conn = node.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;

@@ -32,12 +32,29 @@ use crate::{
 
 /// Settings for a Redlock backend.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RedlockConfig {
     /// Per-node connection settings and the key prefix.
     pub node: RedisLockConfig,
     /// How long one node may take to answer before it counts as failed.
     /// Must be small against the ttl, or a slow node eats the validity.
     pub node_timeout: Duration,
+}
+
+impl RedlockConfig {
+    /// The same settings with every node's keys under `prefix`.
+    #[must_use]
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.node.key_prefix = prefix.into();
+        self
+    }
+
+    /// The same settings giving each node `timeout` to answer.
+    #[must_use]
+    pub fn with_node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
 }
 
 impl Default for RedlockConfig {

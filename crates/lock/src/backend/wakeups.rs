@@ -14,10 +14,11 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
+#[cfg(feature = "redis-cluster")]
+use redis::cluster_async::ClusterConnection;
 use redis::{
     Client, PushInfo, PushKind, RedisResult, Value,
     aio::{ConnectionManager, ConnectionManagerConfig, SendError},
-    cluster_async::ClusterConnection,
 };
 use tokio::sync::{Notify, OnceCell};
 use tracing::debug;
@@ -93,6 +94,7 @@ enum Link {
     Server(Box<ServerLink>),
     /// A cluster: sharded channels on the backend's cluster connection, whose
     /// pushes already go to the hub's [`Channels`].
+    #[cfg(feature = "redis-cluster")]
     Cluster(ClusterConnection),
 }
 
@@ -141,6 +143,7 @@ impl ReleaseHub {
 
     /// Sharded channels on a cluster, through `conn` (RESP3), built with
     /// `channels`' [`push_sender`](Channels::push_sender).
+    #[cfg(feature = "redis-cluster")]
     pub(crate) fn on_cluster(channels: Channels, conn: ClusterConnection) -> Self {
         Self::new("redis-cluster", channels, Link::Cluster(conn))
     }
@@ -202,6 +205,7 @@ impl HubInner {
                     .await?;
                 conn.clone().subscribe(channel).await
             }
+            #[cfg(feature = "redis-cluster")]
             Link::Cluster(conn) => conn.clone().ssubscribe(channel).await,
         }
     }
@@ -212,6 +216,7 @@ impl HubInner {
                 Some(conn) => conn.clone().unsubscribe(channel).await,
                 None => Ok(()),
             },
+            #[cfg(feature = "redis-cluster")]
             Link::Cluster(conn) => conn.clone().sunsubscribe(channel).await,
         }
     }

@@ -58,6 +58,7 @@ use crate::{Attempt, FencingToken, LockBackend, LockError, OwnerId, Turn};
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ZooKeeperConfig {
     /// The znode under which every resource gets its parent.
     pub root: String,
@@ -67,6 +68,21 @@ pub struct ZooKeeperConfig {
 }
 
 impl ZooKeeperConfig {
+    /// The same settings with resources' znodes under `root` (default
+    /// `/turnstile/locks`).
+    #[must_use]
+    pub fn with_root(mut self, root: impl Into<String>) -> Self {
+        self.root = root.into();
+        self
+    }
+
+    /// The same settings asking for a session of `timeout`.
+    #[must_use]
+    pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
     /// The persistent znode under which `resource`'s contenders queue.
     pub fn queue_path(&self, resource: &str) -> String {
         format!("{}/{}", self.root, encode_component(resource))
