@@ -305,7 +305,10 @@ mod tests {
         let mut t = throttle(120_000, 2.0);
         let start = Instant::now();
         for n in 0..10_000u64 {
-            assert!(t.admit(start + Duration::from_micros(n), 0.0).is_ok(), "request {n} dropped");
+            assert!(
+                t.admit(start + Duration::from_micros(n), 0.0).is_ok(),
+                "request {n} dropped"
+            );
         }
     }
 

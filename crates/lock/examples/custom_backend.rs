@@ -11,6 +11,8 @@
 //!
 //! `cargo run -p turnstile-lock --example custom_backend --features testsuite`
 
+#![allow(clippy::print_stdout)] // an example reports what it did
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
@@ -98,7 +100,8 @@ impl LockBackend for InMemoryBackend {
     }
 
     async fn raise_floor(&self, resource: &str, floor: FencingToken) -> Result<(), LockError> {
-        self.0.with(resource, |entry, _| entry.token = entry.token.max(floor.get()));
+        self.0
+            .with(resource, |entry, _| entry.token = entry.token.max(floor.get()));
         Ok(())
     }
 }

@@ -10,6 +10,8 @@
 //! (`scripts/stack up` starts both):
 //! `cargo run -p turnstile-lock --example fenced_write`
 
+#![allow(clippy::print_stdout)] // an example reports what it did
+
 use std::{sync::Arc, time::Duration};
 
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -33,8 +35,8 @@ async fn fenced_add(db: &PgPool, account: &str, amount: i64, token: FencingToken
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let postgres = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".to_owned());
+    let postgres =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/turnstile".to_owned());
     let db = PgPoolOptions::new().max_connections(2).connect(&postgres).await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS example_accounts (id TEXT PRIMARY KEY, balance BIGINT NOT NULL, fence BIGINT NOT NULL)",
@@ -56,7 +58,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     // Meanwhile the lock expired and a live writer took it and wrote.
-    let live = locks.acquire(&resource, Duration::from_secs(5), Duration::from_secs(1)).await?;
+    let live = locks
+        .acquire(&resource, Duration::from_secs(5), Duration::from_secs(1))
+        .await?;
     assert!(fenced_add(&db, &account, 100, live.token()).await?);
     live.release().await?;
 

@@ -10,6 +10,8 @@
 //! Needs a Redis on 127.0.0.1:6379 (`scripts/stack up` starts one):
 //! `cargo run -p turnstile-lock --example keep_alive`
 
+#![allow(clippy::print_stdout)] // an example reports what it did
+
 use std::{sync::Arc, time::Duration};
 
 use turnstile_lock::{LockClient, LockError, backend::redis::RedisLockBackend};
@@ -21,7 +23,9 @@ async fn main() -> Result<(), LockError> {
     let resource = format!("example:keep-alive:{}", std::process::id());
 
     // A 1 s lease, waiting up to 2 s for it.
-    let mut lease = locks.acquire(&resource, Duration::from_secs(1), Duration::from_secs(2)).await?;
+    let mut lease = locks
+        .acquire(&resource, Duration::from_secs(1), Duration::from_secs(2))
+        .await?;
     let lost = lease.keep_alive();
     let token = lease.token();
 

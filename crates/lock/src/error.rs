@@ -100,6 +100,10 @@ impl LockError {
         matches!(self.kind(), LockErrorKind::Contended | LockErrorKind::Unavailable)
     }
 
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "postgres", feature = "zookeeper")),
+        allow(dead_code)
+    )]
     pub(crate) fn unavailable(backend: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Unavailable {
             backend,

@@ -94,10 +94,7 @@ impl LockMetricFamilies {
                 "wait_duration_seconds",
                 "Time from asking for a lock to holding it, waits behind other holders included.",
             )?,
-            hold_seconds: histogram(
-                "hold_duration_seconds",
-                "Time a lease was held, from grant to release.",
-            )?,
+            hold_seconds: histogram("hold_duration_seconds", "Time a lease was held, from grant to release.")?,
             acquisitions: IntCounterVec::new(
                 Opts::new(
                     name("acquisitions_total"),

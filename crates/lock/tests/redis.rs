@@ -62,6 +62,37 @@ async fn tokens_keep_increasing_across_a_redis_restart() -> Result<()> {
     Ok(())
 }
 
+/// A counter that data loss reset and that an attempt counted before its
+/// holder could seed it (the holder crashed in between) is seeded by the
+/// next holder: its token comes from the clock, above every earlier one,
+/// not from the small count.
+#[tokio::test]
+async fn a_reset_counter_is_seeded_by_the_next_holder() -> Result<()> {
+    let locks = LockClient::new(backend().await);
+    let resource = unique("reseed");
+    let first = locks.try_acquire(&resource, Duration::from_secs(5)).await?;
+    let seeded = first.token();
+    first.release().await?;
+    assert!(
+        seeded.get() > 1_000_000_000_000_000,
+        "a first token is the clock: {seeded}"
+    );
+    // Data loss, then three attempts counted with no seed.
+    let mut redis = ::redis::Client::open(redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let fence = format!("turnstile:{{{resource}}}:fence");
+    let _: () = ::redis::cmd("SET").arg(&fence).arg(3).query_async(&mut redis).await?;
+    let next = locks.try_acquire(&resource, Duration::from_secs(5)).await?;
+    let reseeded = next.token();
+    assert!(reseeded > seeded, "{reseeded} after a reset, {seeded} before");
+    next.release().await?;
+    let again = locks.try_acquire(&resource, Duration::from_secs(5)).await?;
+    assert_eq!(again.token().get(), reseeded.get() + 1, "counted on from the seed");
+    again.release().await?;
+    Ok(())
+}
+
 /// A dropped guard releases in the background without blocking its caller.
 #[tokio::test]
 async fn dropped_guard_releases() -> Result<()> {

@@ -67,7 +67,8 @@ fn is_table_name(name: &str) -> bool {
     let part = |p: &str| {
         (1..=63).contains(&p.len())
             && p.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     };
     match name.split_once('.') {
         Some((schema, table)) => part(schema) && part(table),
@@ -294,7 +295,16 @@ mod tests {
         for ok in ["turnstile_locks", "locks", "app.leases", "_x1"] {
             assert!(is_table_name(ok), "{ok}");
         }
-        for bad in ["", "Locks", "1locks", "a.b.c", "locks; DROP TABLE x", "\"q\"", "a.", ".a"] {
+        for bad in [
+            "",
+            "Locks",
+            "1locks",
+            "a.b.c",
+            "locks; DROP TABLE x",
+            "\"q\"",
+            "a.",
+            ".a",
+        ] {
             assert!(!is_table_name(bad), "{bad}");
         }
     }
@@ -302,7 +312,11 @@ mod tests {
     #[test]
     fn the_schema_names_the_configured_table() {
         let sql = Statements::for_table("app.leases");
-        assert!(sql.schema.contains("CREATE TABLE IF NOT EXISTS app.leases"), "{}", sql.schema);
+        assert!(
+            sql.schema.contains("CREATE TABLE IF NOT EXISTS app.leases"),
+            "{}",
+            sql.schema
+        );
         assert!(!sql.schema.contains(DEFAULT_TABLE));
         assert!(sql.acquire.contains("INSERT INTO app.leases AS l"));
     }

@@ -49,6 +49,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return {0, redis.call('PTTL', KEYS[1])}
 ";
+#[cfg(feature = "redis-cluster")]
 static ACQUIRE: LazyLock<LockScript> = LazyLock::new(|| LockScript::new(ACQUIRE_LUA));
 
 /// `KEYS`: fence. Seeds a counter that data loss reset: raises it to the
@@ -252,6 +253,7 @@ impl LeaseState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Publish {
     Plain,
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
     Sharded,
 }
 
@@ -270,9 +272,9 @@ impl Publish {
 pub(crate) mod ops {
     use super::*;
 
-    /// Takes the lock without a script, on one server: `INCR` the counter,
-    /// `SET NX PX` the lock and read its `PTTL`, in one `MULTI`/`EXEC`
-    /// (one round trip, atomic, so grants and tokens follow one order). The
+    /// Takes the lock without a script, on one server: `INCR` the counter
+    /// and `SET NX PX` the lock in one `MULTI`/`EXEC` (one round trip,
+    /// atomic, so grants and tokens follow one order). The
     /// counter counts attempts, not grants, which keeps it increasing and
     /// costs nothing. Redis spends about a third of the acquire script's
     /// CPU on it (`docs/lock-backends.md`). A counter below [`SEEDED`] was
@@ -285,7 +287,7 @@ pub(crate) mod ops {
         owner: &OwnerId,
         ttl: Duration,
     ) -> RedisResult<Attempt> {
-        let (counted, set, left): (i64, Option<String>, i64) = ::redis::pipe()
+        let (counted, set): (i64, Option<String>) = ::redis::pipe()
             .atomic()
             .incr(&keys.fence, 1)
             .cmd("SET")
@@ -294,16 +296,18 @@ pub(crate) mod ops {
             .arg("NX")
             .arg("PX")
             .arg(ttl_millis(ttl))
-            .pttl(&keys.lock)
             .query_async(conn)
             .await?;
         if set.is_none() {
+            // Busy: how long the holder has left, in a second round trip
+            // that only a contended attempt pays for.
+            let left: i64 = ::redis::cmd("PTTL").arg(&keys.lock).query_async(conn).await?;
             return Ok(Attempt::Busy {
                 retry_after: u64::try_from(left).ok().map(Duration::from_millis),
             });
         }
         let token = if counted < SEEDED {
-            SEED.run::<i64>(conn, &[&keys.fence], ()).await?
+            SEED.run::<i64>(conn, &[&keys.fence], &[] as &[&str]).await?
         } else {
             counted
         };
@@ -312,6 +316,7 @@ pub(crate) mod ops {
         })
     }
 
+    #[cfg(feature = "redis-cluster")]
     pub(crate) async fn acquire(
         conn: &mut impl ConnectionLike,
         keys: &ResourceKeys,
