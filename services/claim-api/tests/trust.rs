@@ -297,6 +297,8 @@ async fn the_per_user_bucket_answers_429_with_retry_after() {
 async fn a_tenant_cannot_take_the_whole_admission_limit() {
     let mut settings = api_settings(&Namespace::new("fair-share"));
     settings.max_inflight = claim_api::MIN_ADMISSION_LIMIT;
+    // No queue: the shares are seen in who is refused at once.
+    settings.admission_queue = 0;
     let api = TestApi::start(settings).await.unwrap();
     let slots = api.metric_value("turnstile_admission_limit").await;
     let tenant_b = unique("tenant-b");
