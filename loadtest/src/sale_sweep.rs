@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(rows[1][9], "25.0% / 25.0%");
         let table = sweep().table();
         assert_eq!(table.lines().count(), 4, "{table}");
-        assert!(table.starts_with("| offered/s | pipeline decided/s |"), "{table}");
+        assert!(table.starts_with("| offered/s | pipeline answered/s |"), "{table}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The sweep's chart: claims decided per second against the offered load,
+//! The sweep's chart: final answers per second against the offered load,
 //! one line per mode, with the offered load itself (y = x) as a dashed
 //! reference, so where a mode leaves the diagonal is where it saturates.
 //!
