@@ -805,6 +805,12 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario, phase: &P
         ("RUST_LOG", "info".to_owned()),
     ];
     let mut env = env;
+    if scenario == Scenario::Overload {
+        // No admission queue: the excess is refused at once, which is the
+        // shedding this scenario checks (a queue of 1 024 absorbs 20 times
+        // the normal rate on this machine, with no 429 at all).
+        env.push(("TURNSTILE_ADMISSION_QUEUE", "0".to_owned()));
+    }
     if scenario == Scenario::PublishFailsAfterCommit {
         // After 50 publishes, claim-api drops the next 20 after their commit.
         env.push((
