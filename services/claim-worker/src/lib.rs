@@ -317,6 +317,7 @@ impl Worker {
             self.keeper.recreations(),
             broker_returns,
             Arc::clone(&self.pipeline.consumer),
+            self.pipeline.waiting.clone(),
             self.pipeline.topic.clone(),
             TOPIC_CHECK_INTERVAL,
             shutdown.clone(),

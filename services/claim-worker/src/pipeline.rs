@@ -60,6 +60,9 @@ pub(crate) struct Pipeline {
     pub(crate) announcer: Announcer,
     pub(crate) settle: mpsc::Sender<Settle>,
     pub(crate) metrics: WorkerMetrics,
+    /// Whether the loop is waiting on the consumer, for the subscription
+    /// keeper.
+    pub(crate) waiting: consume::Waiting,
     /// Non-transient failures so far, by the partition and offset of the
     /// failing resource's first message.
     poison: Mutex<HashMap<(i32, i64), u32>>,
@@ -86,6 +89,7 @@ impl Pipeline {
             announcer,
             settle,
             metrics,
+            waiting: consume::Waiting::default(),
             poison: Mutex::new(HashMap::new()),
         }
     }
@@ -100,6 +104,7 @@ impl Pipeline {
                 self.batch_size,
                 self.batch_linger,
                 &self.metrics,
+                &self.waiting,
                 &shutdown,
             )
             .await
