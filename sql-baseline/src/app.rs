@@ -61,7 +61,9 @@ impl Application {
         .context("connecting to postgres")?;
         store::migrate(&pool).await.context("applying migrations")?;
         let background = CancellationToken::new();
-        let keys = KeyRing::load(pool.clone()).await.context("loading the API keys")?;
+        let keys = KeyRing::load(turnstile_store::keys::StoredKeys(pool.clone()))
+            .await
+            .context("loading the API keys")?;
         keys.refresh_every(settings.callers.key_refresh, background.clone());
         let limits = CallerLimits::new(
             settings.callers.key_limit(),

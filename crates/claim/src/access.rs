@@ -167,6 +167,18 @@ impl Principal {
     }
 }
 
+/// The keys in force, each as its digest and who it speaks for, or why
+/// they could not be read.
+pub type KeysInForce = Result<Vec<(KeyDigest, Principal)>, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Where the keys in force are read from. The HTTP edge's key ring
+/// refreshes from one; `turnstile-store` reads them from Postgres. A trait
+/// here, so the edge needs no store and the store no edge.
+pub trait KeySource: Send + Sync + 'static {
+    /// Every key that is not revoked.
+    fn keys_in_force(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = KeysInForce> + Send + '_>>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,13 +35,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use turnstile_claim::{
     TenantId, UserId,
-    access::{ApiKey, KeyDigest, Operation, Principal},
+    access::{ApiKey, KeyDigest, KeySource, Operation, Principal},
 };
-use turnstile_store as store;
 use uuid::Uuid;
 
 use crate::problem::{ApiError, AuthFailure};
@@ -73,10 +71,8 @@ pub enum KeyRingError {
     BackingOff,
 }
 
-async fn keys_in_force(pool: &PgPool) -> Result<Vec<(KeyDigest, Principal)>, KeyRingError> {
-    store::keys::active_keys(pool)
-        .await
-        .map_err(|e| KeyRingError::Read(Box::new(e)))
+async fn keys_in_force(source: &dyn KeySource) -> Result<Vec<(KeyDigest, Principal)>, KeyRingError> {
+    source.keys_in_force().await.map_err(KeyRingError::Read)
 }
 
 /// The refreshes so far, behind the single-flight lock.
@@ -94,7 +90,7 @@ struct Refreshes {
 pub struct KeyRing(Arc<RingInner>);
 
 struct RingInner {
-    pool: PgPool,
+    source: Box<dyn KeySource>,
     snapshot: RwLock<Snapshot>,
     /// Held while refreshing, so one refresh runs at a time and the callers
     /// that queued behind it reuse its result.
@@ -108,12 +104,12 @@ impl std::fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
-    /// Loads the keys in force from `pool`.
-    pub async fn load(pool: PgPool) -> Result<Self, KeyRingError> {
+    /// Loads the keys in force from `source`.
+    pub async fn load(source: impl KeySource) -> Result<Self, KeyRingError> {
         let started = Instant::now();
-        let keys = keys_in_force(&pool).await?;
+        let keys = keys_in_force(&source).await?;
         Ok(Self(Arc::new(RingInner {
-            pool,
+            source: Box::new(source),
             snapshot: RwLock::new(Arc::new(keys.into_iter().collect())),
             refreshing: tokio::sync::Mutex::new(Refreshes {
                 last_start: started,
@@ -172,7 +168,7 @@ impl KeyRing {
         let earliest = refreshes.last_start + spacing;
         tokio::time::sleep_until(earliest.into()).await;
         let started = Instant::now();
-        match keys_in_force(&self.0.pool).await {
+        match keys_in_force(self.0.source.as_ref()).await {
             Ok(keys) => {
                 *self.0.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys.into_iter().collect());
                 refreshes.last_start = started;
@@ -434,26 +430,29 @@ mod tests {
         }
     }
 
-    /// A ring with no keys whose database accepts connections and never
-    /// answers (a frozen Postgres), and the count of connections it took.
+    /// A source like a frozen Postgres behind a pool: each read hangs until
+    /// the pool gives up (2 s), then fails. Counts the reads.
+    struct FrozenSource(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl KeySource for FrozenSource {
+        fn keys_in_force(
+            &self,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = turnstile_claim::access::KeysInForce> + Send + '_>>
+        {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Err("pool timed out".into())
+            })
+        }
+    }
+
+    /// A ring with no keys whose source never answers in time, and the
+    /// count of reads it made.
     async fn ring_on_a_frozen_database() -> (KeyRing, Arc<std::sync::atomic::AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = Arc::clone(&connections);
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                held.push(stream);
-            }
-        });
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(2))
-            .connect_lazy(&format!("postgres://postgres@{addr}/frozen"))
-            .unwrap();
         let ring = KeyRing(Arc::new(RingInner {
-            pool,
+            source: Box::new(FrozenSource(Arc::clone(&connections))),
             snapshot: RwLock::new(Arc::new(HashMap::new())),
             refreshing: tokio::sync::Mutex::new(Refreshes {
                 last_start: Instant::now(),

@@ -8,7 +8,6 @@ use axum::{
 };
 use serde::Serialize;
 use turnstile_claim::{ClaimDecided, ClaimId, ClaimStatus, RejectReason};
-use turnstile_store::ClaimRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -71,12 +70,6 @@ impl ClaimView {
             StatusCode::ACCEPTED
         };
         (status, [(header::LOCATION, location)], Json(self)).into_response()
-    }
-}
-
-impl From<&ClaimRow> for ClaimView {
-    fn from(row: &ClaimRow) -> Self {
-        Self::decided(row.claim_id, row.status, row.reason, row.fence)
     }
 }
 

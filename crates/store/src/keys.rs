@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::StoreError;
 use turnstile_claim::{
     TenantId,
-    access::{ApiKey, KeyDigest, Principal, Role},
+    access::{ApiKey, KeyDigest, KeySource, KeysInForce, Principal, Role},
 };
 
 /// A key as listed: everything but the key itself, which is not stored.
@@ -75,6 +75,16 @@ pub async fn revoke_key(pool: &PgPool, key_id: Uuid) -> Result<bool, StoreError>
     .execute(pool)
     .await?;
     Ok(revoked.rows_affected() == 1)
+}
+
+/// The keys in force in a database, for a key ring.
+#[derive(Debug, Clone)]
+pub struct StoredKeys(pub PgPool);
+
+impl KeySource for StoredKeys {
+    fn keys_in_force(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = KeysInForce> + Send + '_>> {
+        Box::pin(async move { active_keys(&self.0).await.map_err(|e| Box::new(e) as _) })
+    }
 }
 
 /// Every key in force, with whom it stands for. Rows that do not parse

@@ -218,7 +218,7 @@ impl Application {
         )?;
 
         let background = CancellationToken::new();
-        let keys = KeyRing::load(reads.primary().clone())
+        let keys = KeyRing::load(store::keys::StoredKeys(reads.primary().clone()))
             .await
             .context("loading the API keys")?;
         keys.refresh_every(settings.callers.key_refresh, background.clone());

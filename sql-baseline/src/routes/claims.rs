@@ -61,7 +61,7 @@ pub async fn create_claim(
             Ok(ClaimView::decided(claim.claim_id, claim.status, claim.reason, Some(claim.fence)).respond())
         }
         ClaimOutcome::Replay(claim_id) => match store::claim(&state.pool, claim_id).await {
-            Ok(Some(row)) => Ok(ClaimView::from(&row).respond()),
+            Ok(Some(row)) => Ok(ClaimView::decided(row.claim_id, row.status, row.reason, row.fence).respond()),
             Ok(None) => {
                 tracing::error!(%claim_id, "an idempotency key names a claim that does not exist");
                 Err(ApiError::Internal)
@@ -86,7 +86,12 @@ pub async fn get_claim(
     let tenant = principal.tenant;
     let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
     match store::claim(&state.pool, ClaimId::from_uuid(id)).await {
-        Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from(&row))),
+        Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::decided(
+            row.claim_id,
+            row.status,
+            row.reason,
+            row.fence,
+        ))),
         Ok(_) => Err(not_found()),
         Err(e) => Err(crate::store::problem(&e, false, "reading a claim")),
     }

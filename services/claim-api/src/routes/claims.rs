@@ -190,7 +190,7 @@ async fn answer(
     if let Admitted::Replayed(Some(row)) = &admitted {
         // A replay reports the claim as it stands now.
         if row.status != ClaimStatus::Pending || wait.is_none() {
-            return Ok(ClaimView::from(row).respond());
+            return Ok(ClaimView::decided(row.claim_id, row.status, row.reason, row.fence).respond());
         }
     }
 
@@ -202,7 +202,7 @@ async fn answer(
         Ok(Ok(decided)) => Ok(ClaimView::from(&decided).respond()),
         // Not in time, or the feed missed it: the database has the answer.
         _ => match state.reads.claim(claim_id).await {
-            Ok(Some(row)) => Ok(ClaimView::from(&row).respond()),
+            Ok(Some(row)) => Ok(ClaimView::decided(row.claim_id, row.status, row.reason, row.fence).respond()),
             _ => Ok(ClaimView::pending(claim_id).respond()),
         },
     }
@@ -229,7 +229,12 @@ pub async fn get_claim(
         .postgres
         .record(row.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
     match row {
-        Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::from(&row))),
+        Ok(Some(row)) if row.tenant_id == tenant.as_str() => Ok(Json(ClaimView::decided(
+            row.claim_id,
+            row.status,
+            row.reason,
+            row.fence,
+        ))),
         Ok(_) => Err(not_found()),
         Err(e) if e.is_transient() => Err(state.postgres.unavailable()),
         Err(e) => {
