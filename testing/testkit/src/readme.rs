@@ -14,7 +14,7 @@ pub struct DocumentedSetting {
 /// `worker`) reads; a row of `both` counts for each. A row naming two
 /// variables (`` `A`, `B` ``) gives both, without a literal default.
 pub fn documented_settings(reader: &str) -> Vec<DocumentedSetting> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let section = readme.split("\n## Configuration").nth(1).unwrap();
     let table = section.split("\n## ").next().unwrap();
     table
