@@ -30,6 +30,7 @@
 //! what is owed.
 
 mod announce;
+pub mod cli;
 mod consume;
 mod decide;
 mod metrics;

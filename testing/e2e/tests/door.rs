@@ -4,12 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use turnstile_testkit::{Namespace, TestApi, TestWorker, api_settings, db, unique, until, worker_settings};
+use support::{Namespace, TestApi, TestWorker, api_settings, db, unique, until, worker_settings};
 
 /// Claims on `code` recorded in the database.
 async fn rows(code: &str) -> i64 {
@@ -22,9 +24,7 @@ async fn rows(code: &str) -> i64 {
 
 /// A metric of `api`, summed over its labels, or one label's value.
 async fn metric(api: &TestApi, name: &str) -> f64 {
-    turnstile_testkit::metric(&api.operator_url("/metrics"), name)
-        .await
-        .unwrap()
+    support::metric(&api.operator_url("/metrics"), name).await.unwrap()
 }
 
 /// How many sold-out resources `api`'s door knows.
@@ -49,9 +49,9 @@ async fn claim(api: &TestApi, code: &str, user: &str, key: &str) -> (StatusCode,
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_sell_out_claims_are_answered_at_the_door_and_recorded_keys_still_replay() {
     let ns = Namespace::new("door");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
     // A replica, running before the sale: it learns from the feed alone.
-    let replica = TestApi::start(api_settings(&ns)).await.unwrap();
+    let replica = support::start_api(api_settings(&ns)).await.unwrap();
     let _worker = TestWorker::start(worker_settings(&ns)).await.unwrap();
     let code = unique("DOOR");
     api.create_coupon(&code, 3, Some(1)).await.unwrap();
@@ -137,7 +137,7 @@ async fn after_a_sell_out_claims_are_answered_at_the_door_and_recorded_keys_stil
 
     // A restarted API knows nothing: its claims go to the pipeline until a
     // decision it tails teaches it, and then they are answered at the door.
-    let restarted = TestApi::start(api_settings(&ns)).await.unwrap();
+    let restarted = support::start_api(api_settings(&ns)).await.unwrap();
     assert_eq!(sold_out_known(&restarted).await, 0.0);
     let mut through_the_pipeline = 0;
     until(

@@ -4,15 +4,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::{Namespace, TestApi, api_settings, assert_problem, client_with_key, db, mint_key, unique};
 use turnstile_claim::access::Role;
-use turnstile_testkit::{Namespace, TestApi, api_settings, assert_problem, client_with_key, db, mint_key, unique};
 
 async fn api(test: &str) -> TestApi {
-    TestApi::start(api_settings(&Namespace::new(test))).await.unwrap()
+    support::start_api(api_settings(&Namespace::new(test))).await.unwrap()
 }
 
 /// Every `/v1` route, with a body that would be valid.
@@ -113,7 +115,7 @@ async fn roles_are_enforced() {
         .await
         .unwrap();
     assert_problem(refused, StatusCode::FORBIDDEN, "/problems/forbidden").await;
-    assert_eq!(turnstile_testkit::claims_under_keys(&[key]).await, 0);
+    assert_eq!(support::claims_under_keys(&[key]).await, 0);
     // Both read.
     for client in [&api.http, &api.admin] {
         let coupon = client
@@ -233,7 +235,7 @@ async fn tenants_cannot_see_or_touch_each_other() {
 async fn a_revoked_key_is_refused_within_the_refresh_interval() {
     let mut settings = api_settings(&Namespace::new("revoke"));
     settings.callers.key_refresh = Duration::from_secs(1);
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let tenant = unique("revoked");
     let key = mint_key(&tenant, Role::Admin).await;
     let client = client_with_key(&key);
@@ -272,7 +274,7 @@ async fn the_per_user_bucket_answers_429_with_retry_after() {
     let mut settings = api_settings(&Namespace::new("user-bucket"));
     settings.callers.user_rate = 1;
     settings.callers.user_burst = 2;
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let code = unique("BUCKET");
     api.create_coupon(&code, 100, None).await.unwrap();
     let claim = |user: &str| {
@@ -286,7 +288,7 @@ async fn the_per_user_bucket_answers_429_with_retry_after() {
     let (refused, key) = claim("greedy").await;
     assert_eq!(refused.headers()["retry-after"], "1");
     assert_problem(refused, StatusCode::TOO_MANY_REQUESTS, "/problems/rate-limited").await;
-    assert_eq!(turnstile_testkit::claims_under_keys(&[key]).await, 0);
+    assert_eq!(support::claims_under_keys(&[key]).await, 0);
     assert_eq!(claim("patient").await.0.status(), StatusCode::ACCEPTED);
 }
 
@@ -299,7 +301,7 @@ async fn a_tenant_cannot_take_the_whole_admission_limit() {
     settings.max_inflight = claim_api::MIN_ADMISSION_LIMIT;
     // No queue: the shares are seen in who is refused at once.
     settings.admission_queue = 0;
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let slots = api.metric_value("turnstile_admission_limit").await;
     let tenant_b = unique("tenant-b");
     let admin_b = client_with_key(&mint_key(&tenant_b, Role::Admin).await);
@@ -365,7 +367,7 @@ async fn the_per_key_bucket_answers_429_before_the_handler() {
     let mut settings = api_settings(&Namespace::new("key-bucket"));
     settings.callers.key_rate = 1;
     settings.callers.key_burst = 2;
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let greedy = client_with_key(&mint_key("default", Role::Claim).await);
     let read = |client: &reqwest::Client| client.get(api.url("/v1/coupons/NOTHING")).send();
     assert_eq!(read(&greedy).await.unwrap().status(), StatusCode::NOT_FOUND);

@@ -7,12 +7,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use claim_api::reference::CONTENT_SECURITY_POLICY;
 use reqwest::StatusCode;
 use serde_json::Value;
-use turnstile_testkit::{Namespace, TestApi, api_settings, browser};
+use support::{Namespace, api_settings, browser};
 
 /// The URLs a page loads (`src` and `href` attributes).
 fn loaded_urls(html: &str) -> Vec<&str> {
@@ -37,7 +39,7 @@ fn drawn_operations(dom: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn docs_draws_every_operation_from_files_the_api_serves() {
-    let api = TestApi::start(api_settings(&Namespace::new("docs"))).await.unwrap();
+    let api = support::start_api(api_settings(&Namespace::new("docs"))).await.unwrap();
 
     // The page: HTML, locked to this origin, asked for again on each load.
     let page = api.anonymous.get(api.url("/docs")).send().await.unwrap();

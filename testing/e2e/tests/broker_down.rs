@@ -9,12 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::{Namespace, api_settings, claims_under_keys, unique};
 use turnstile_private_stores::PrivateBroker;
-use turnstile_testkit::{Namespace, TestApi, api_settings, claims_under_keys, unique};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_are_accepted_at_once_while_the_broker_is_down() {
@@ -25,7 +27,7 @@ async fn claims_are_accepted_at_once_while_the_broker_is_down() {
     let mut settings = api_settings(&ns);
     settings.kafka.brokers = broker.addr();
     settings.accept_batches = 1;
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let code = unique("NO-BROKER");
     api.create_coupon(&code, 100, Some(1)).await.unwrap();
     let post = |key: String, user: String| {

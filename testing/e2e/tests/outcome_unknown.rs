@@ -7,18 +7,20 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use turnstile_testkit::{Namespace, TestApi, api_settings, assert_problem, claims_under_keys, unique};
+use support::{Namespace, api_settings, assert_problem, claims_under_keys, unique};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_that_cannot_be_resolved_in_time_is_outcome_unknown_not_refused() {
     let ns = Namespace::new("outcome-unknown");
     let mut settings = api_settings(&ns);
     settings.outcome_deadline = Duration::from_secs(1);
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let code = unique("UNKNOWN");
     api.create_coupon(&code, 3, Some(1)).await.unwrap();
     let key = unique("unknown-outcome");

@@ -6,12 +6,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use claim_api::ticket::TicketKeys;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use turnstile_testkit::{Namespace, TestApi, TestWorker, api_settings, unique, until, worker_settings};
+use support::{Namespace, TestApi, TestWorker, api_settings, unique, until, worker_settings};
 
 const KEYS: &str = "t1=ticket-test-secret-0123456789";
 
@@ -21,7 +23,7 @@ async fn refusing_api(ns: &Namespace) -> TestApi {
     let mut settings = api_settings(ns);
     settings.max_pending_claims = 0;
     settings.ticket_keys = Some(TicketKeys::parse(KEYS).unwrap());
-    TestApi::start(settings).await.unwrap()
+    support::start_api(settings).await.unwrap()
 }
 
 /// Posts a claim on `code` with `key` and, if given, a ticket.
@@ -115,7 +117,7 @@ async fn a_refusal_for_load_carries_a_ticket_that_keeps_the_first_attempts_place
 #[tokio::test(flavor = "multi_thread")]
 async fn the_door_answers_a_sold_out_claim_that_has_no_slot() {
     let ns = Namespace::new("tickets-door");
-    let selling = TestApi::start(api_settings(&ns)).await.unwrap();
+    let selling = support::start_api(api_settings(&ns)).await.unwrap();
     let refusing = refusing_api(&ns).await;
     let _worker = TestWorker::start(worker_settings(&ns)).await.unwrap();
     let sold = unique("TICKET-SOLD");

@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use turnstile_testkit::{
+use support::{
     Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, assert_problem, claims_under_keys, db,
     unique, worker_settings,
 };
@@ -14,7 +16,7 @@ use turnstile_testkit::{
 async fn api(test: &str) -> (TestApi, Namespace) {
     let ns = Namespace::new(test);
     (
-        TestApi::start(api_settings(&ns))
+        support::start_api(api_settings(&ns))
             .await
             .expect("api starts against the stack"),
         ns,
@@ -217,7 +219,7 @@ async fn a_pending_backlog_past_its_bound_answers_429_and_does_nothing() {
     let mut settings = api_settings(&ns);
     // A bound of zero: any backlog, even an empty one, is too deep.
     settings.max_pending_claims = 0;
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let code = unique("HOT");
     api.create_coupon(&code, 10, None).await.unwrap();
     // The backlog is unknown (-1) until its first count, and an unknown
@@ -263,7 +265,7 @@ async fn a_refused_retry_of_an_accepted_key_leaves_its_claim_standing() {
     let mut settings = api_settings(&ns);
     settings.callers.user_rate = 1;
     settings.callers.user_burst = 1;
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let code = unique("RETRIED");
     api.create_coupon(&code, 5, Some(1)).await.unwrap();
     let key = unique("accepted-then-refused");
@@ -330,7 +332,7 @@ async fn a_full_admission_refuses_before_reading_the_body() {
     settings.max_inflight = claim_api::MIN_ADMISSION_LIMIT;
     // No queue: a claim that finds every slot taken is refused at once.
     settings.admission_queue = 0;
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let code = unique("DOOR");
     api.create_coupon(&code, 10, None).await.unwrap();
     let slots = api.metric_value("turnstile_admission_limit").await;
@@ -388,7 +390,7 @@ async fn a_dribbled_request_head_is_cut_off() {
     let ns = Namespace::new("slowloris");
     let mut settings = api_settings(&ns);
     settings.header_read_timeout = std::time::Duration::from_secs(1);
-    let api = TestApi::start(settings).await.unwrap();
+    let api = support::start_api(settings).await.unwrap();
     let addr = api.base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (mut reader, mut writer) = stream.split();
@@ -428,7 +430,7 @@ async fn waiters_beyond_the_cap_are_answered_at_once() {
     let ns = Namespace::new("waiter-cap");
     let mut settings = api_settings(&ns);
     settings.max_waiters = 1;
-    let api = std::sync::Arc::new(TestApi::start(settings).await.unwrap());
+    let api = std::sync::Arc::new(support::start_api(settings).await.unwrap());
     let code = unique("WAIT");
     api.create_coupon(&code, 10, None).await.unwrap();
     // No worker runs: nothing is decided, so the first waiter waits.
@@ -741,7 +743,7 @@ async fn redis_rolled_back_to_an_older_snapshot_recovers_on_the_next_claim() {
     assert_eq!(first["status"], "granted");
     let fence = first["fence"].as_i64().unwrap();
 
-    let redis = redis::Client::open(turnstile_testkit::redis_url()).unwrap();
+    let redis = redis::Client::open(support::redis_url()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("SET")
         .arg(format!("turnstile:{{coupon:{code}}}:fence"))

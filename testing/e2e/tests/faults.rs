@@ -4,14 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::future::join_all;
 use rdkafka::{Message, consumer::Consumer};
 use serde_json::{Value, json};
-use turnstile_testkit::{Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, db, kafka, unique};
+use support::{Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, db, kafka, unique};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
+const WORKER: &str = support::WORKER_BIN;
 
 /// The claim's view once decided (see [`TestApi::claim_until_decided`]).
 async fn decide(api: &TestApi, key: &str, body: &Value) -> Value {
@@ -23,7 +25,7 @@ async fn decide(api: &TestApi, key: &str, body: &Value) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_worker_loses_and_duplicates_nothing() {
     let ns = Namespace::new("kill-worker");
-    let api = Arc::new(TestApi::start(api_settings(&ns)).await.unwrap());
+    let api = Arc::new(support::start_api(api_settings(&ns)).await.unwrap());
     let short_session = [("TURNSTILE_SESSION_TIMEOUT", "6s".to_owned())];
     let mut a = WorkerProcess::spawn(WORKER, &ns, &short_session).await.unwrap();
     let b = WorkerProcess::spawn(WORKER, &ns, &short_session).await.unwrap();
@@ -105,7 +107,7 @@ async fn killed_worker_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_worker_is_fenced_off_by_the_database() {
     let ns = Namespace::new("zombie");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
     let code = unique("ZOMBIE");
     api.create_coupon(&code, 5, Some(1)).await.unwrap();
     let common = [
@@ -171,7 +173,7 @@ async fn killed_zookeeper_holder_is_released_within_the_session_timeout() {
     };
     const SESSION: Duration = Duration::from_secs(2);
     let ns = Namespace::new("zk-kill");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
     let code = unique("ZKKILL");
     api.create_coupon(&code, 5, Some(1)).await.unwrap();
     let holder_env = [
@@ -243,7 +245,7 @@ async fn killed_zookeeper_holder_is_released_within_the_session_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
     let ns = Namespace::new("poison");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
     let _worker = WorkerProcess::spawn(WORKER, &ns, &[]).await.unwrap();
     let code = unique("POISON");
     api.create_coupon(&code, 1, None).await.unwrap();
@@ -353,7 +355,7 @@ async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_that_keeps_failing_is_dead_lettered_and_swept_later() {
     let ns = Namespace::new("refused");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
     let worker = WorkerProcess::spawn(
         WORKER,
         &ns,
@@ -406,7 +408,7 @@ async fn a_batch_that_keeps_failing_is_dead_lettered_and_swept_later() {
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_whose_message_was_lost_are_still_decided() {
     let api_ns = Namespace::new("lost-msg-api");
-    let api = TestApi::start(api_settings(&api_ns)).await.unwrap();
+    let api = support::start_api(api_settings(&api_ns)).await.unwrap();
     let code = unique("LOST");
     api.create_coupon(&code, 3, Some(1)).await.unwrap();
     let key = unique("lost");
@@ -415,8 +417,8 @@ async fn claims_whose_message_was_lost_are_still_decided() {
     assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
 
     // A worker of another deployment: it never sees the message.
-    let settings = turnstile_testkit::quickly_sweeping_worker_settings(&Namespace::new("lost-msg-worker"));
-    let worker = turnstile_testkit::TestWorker::start(settings).await.unwrap();
+    let settings = support::quickly_sweeping_worker_settings(&Namespace::new("lost-msg-worker"));
+    let worker = support::TestWorker::start(settings).await.unwrap();
     let decided = decide(&api, &key, &body).await;
     assert_eq!(decided["status"], "granted");
     assert!(decided["fence"].as_i64().is_some());
@@ -430,10 +432,8 @@ async fn claims_whose_message_was_lost_are_still_decided() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_claim_is_announced_again_as_decided() {
     let ns = Namespace::new("reannounce");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
-    let worker = turnstile_testkit::TestWorker::start(turnstile_testkit::worker_settings(&ns))
-        .await
-        .unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
+    let worker = support::TestWorker::start(support::worker_settings(&ns)).await.unwrap();
     let code = unique("AGAIN");
     api.create_coupon(&code, 1, Some(1)).await.unwrap();
     let decided = decide(&api, &unique("again"), &json!({"coupon": code, "user_id": "u1"})).await;
@@ -483,8 +483,8 @@ async fn a_redelivered_claim_is_announced_again_as_decided() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pending_row_that_is_no_valid_claim_is_rejected_by_the_sweeper() {
     let ns = Namespace::new("invalid-row");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
-    let worker = turnstile_testkit::TestWorker::start(turnstile_testkit::quickly_sweeping_worker_settings(&ns))
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
+    let worker = support::TestWorker::start(support::quickly_sweeping_worker_settings(&ns))
         .await
         .unwrap();
     let code = unique("INVALID");

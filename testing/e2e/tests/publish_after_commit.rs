@@ -6,17 +6,17 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod support;
+
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use turnstile_testkit::{
-    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, quickly_sweeping_worker_settings, unique,
-};
+use support::{Namespace, TestWorker, api_settings, assert_claim_invariants, quickly_sweeping_worker_settings, unique};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_whose_publish_fails_after_commit_is_accepted_and_swept() {
     let ns = Namespace::new("publish-after-commit");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
     let worker = TestWorker::start(quickly_sweeping_worker_settings(&ns)).await.unwrap();
     let code = unique("UNPUBLISHED");
     api.create_coupon(&code, 3, Some(1)).await.unwrap();
@@ -31,7 +31,7 @@ async fn a_claim_whose_publish_fails_after_commit_is_accepted_and_swept() {
         reqwest::StatusCode::ACCEPTED,
         "committed, so accepted"
     );
-    let unpublished = turnstile_testkit::metric(&api.operator_url("/metrics"), "turnstile_claims_unpublished_total")
+    let unpublished = support::metric(&api.operator_url("/metrics"), "turnstile_claims_unpublished_total")
         .await
         .unwrap();
     assert_eq!(unpublished, 1.0);

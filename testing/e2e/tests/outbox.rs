@@ -9,12 +9,10 @@ use std::{collections::HashMap, time::Duration};
 
 use rdkafka::{Message, consumer::Consumer};
 use serde_json::{Value, json};
+use support::{Namespace, TestWorker, WorkerProcess, api_settings, assert_claim_invariants, db, kafka, unique};
 use support::{owed, until};
-use turnstile_testkit::{
-    Namespace, TestApi, TestWorker, WorkerProcess, api_settings, assert_claim_invariants, db, kafka, unique,
-};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_claim-worker");
+const WORKER: &str = support::WORKER_BIN;
 
 /// Reads `ClaimDecided` messages from the start of `topic` until each of
 /// `claims` was seen; returns the last seen for each.
@@ -45,7 +43,7 @@ async fn announced(topic: &str, claims: &[String]) -> HashMap<String, Value> {
 async fn decisions_kafka_refuses_are_owed_and_announced_later() {
     let ns = Namespace::new("owed");
     let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
     let mut refusing = WorkerProcess::spawn(WORKER, &ns, &[("FAILPOINTS", "announce-refused=return".to_owned())])
         .await
         .unwrap();
@@ -98,9 +96,7 @@ async fn decisions_kafka_refuses_are_owed_and_announced_later() {
     refusing.signal("TERM").unwrap();
     refusing.wait().await.unwrap();
 
-    let worker = TestWorker::start(turnstile_testkit::worker_settings(&ns))
-        .await
-        .unwrap();
+    let worker = TestWorker::start(support::worker_settings(&ns)).await.unwrap();
     let seen = announced(&topics.decided, &claim_ids).await;
     let stored: Vec<(uuid::Uuid, String, i64)> =
         sqlx::query_as("SELECT claim_id, status, fence FROM claims WHERE claim_id = ANY($1)")
@@ -127,7 +123,7 @@ async fn decisions_kafka_refuses_are_owed_and_announced_later() {
 /// their topic.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_swept_decision_is_announced_from_the_outbox() {
-    let api = TestApi::start(api_settings(&Namespace::new("swept-owed-api")))
+    let api = support::start_api(api_settings(&Namespace::new("swept-owed-api")))
         .await
         .unwrap();
     let code = unique("SWEPTOWED");
@@ -143,7 +139,7 @@ async fn a_swept_decision_is_announced_from_the_outbox() {
     // A worker of another deployment: the event never reaches it.
     let ns = Namespace::new("swept-owed-worker");
     let topics = turnstile_bus::Topics::with_prefix(&ns.topic_prefix);
-    let worker = TestWorker::start(turnstile_testkit::quickly_sweeping_worker_settings(&ns))
+    let worker = TestWorker::start(support::quickly_sweeping_worker_settings(&ns))
         .await
         .unwrap();
     let seen = announced(&topics.decided, std::slice::from_ref(&claim_id)).await;

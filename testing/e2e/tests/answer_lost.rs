@@ -6,16 +6,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use serde_json::json;
-use turnstile_testkit::{
-    Namespace, TestApi, TestWorker, api_settings, assert_claim_invariants, claims_under_keys,
-    quickly_sweeping_worker_settings, unique,
+use support::{
+    Namespace, TestWorker, api_settings, assert_claim_invariants, claims_under_keys, quickly_sweeping_worker_settings,
+    unique,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_whose_answer_was_lost_is_accepted_not_refused() {
     let ns = Namespace::new("answer-lost");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
     let worker = TestWorker::start(quickly_sweeping_worker_settings(&ns)).await.unwrap();
     let code = unique("LOST-ANSWER");
     api.create_coupon(&code, 3, Some(1)).await.unwrap();

@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -17,8 +19,8 @@ use std::{
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::{Namespace, TestApi, TestWorker, api_settings, unique, worker_settings};
 use turnstile_private_stores::{PrivatePostgres, ServerTls};
-use turnstile_testkit::{Namespace, TestApi, TestWorker, api_settings, unique, worker_settings};
 
 /// A certificate authority made for one test, and a server certificate it
 /// signed for `localhost` and 127.0.0.1.
@@ -133,7 +135,7 @@ async fn a_claim_is_accepted_and_decided_on_a_postgres_that_requires_verify_full
     let database_url = postgres.verify_full_url(&postgres.ca_file);
 
     let ns = Namespace::new("pg-tls-claims");
-    let api = TestApi::start(claim_api::Settings {
+    let api = support::start_api(claim_api::Settings {
         database_url: database_url.clone(),
         ..api_settings(&ns)
     })
@@ -185,7 +187,7 @@ async fn a_claim_the_replica_has_not_replayed_yet_is_read_from_the_primary() {
     let replica = primary.start_replica(&dir.join("replica")).await.unwrap();
 
     let ns = Namespace::new("pg-replica");
-    let api = TestApi::start(claim_api::Settings {
+    let api = support::start_api(claim_api::Settings {
         database_url: primary.url(),
         database_read_url: Some(replica.url()),
         ..api_settings(&ns)

@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod support;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,
@@ -18,8 +20,8 @@ use std::{
 
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
+use support::{Namespace, TestApi, api_settings, client_with_key, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use turnstile_testkit::{Namespace, TestApi, api_settings, client_with_key, unique};
 
 const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -140,7 +142,7 @@ fn bad_bodies() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_answer_of_every_operation_is_documented() {
-    let api = TestApi::start(api_settings(&Namespace::new("openapi-walk")))
+    let api = support::start_api(api_settings(&Namespace::new("openapi-walk")))
         .await
         .unwrap();
     let doc: Value = api.openapi().await;
@@ -374,7 +376,7 @@ async fn every_answer_of_every_operation_is_documented() {
     let mut limited = api_settings(&Namespace::new("openapi-walk-429"));
     limited.callers.key_rate = 1;
     limited.callers.key_burst = 1;
-    let limited = TestApi::start(limited).await.unwrap();
+    let limited = support::start_api(limited).await.unwrap();
     let found_claim = claim_path.clone();
     let v1: [(&Method, &str, &reqwest::Client, String, Option<Value>); 6] = [
         (

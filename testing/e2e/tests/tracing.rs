@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use opentelemetry::{
     Value,
     trace::{SpanKind, TracerProvider as _},
@@ -16,8 +18,8 @@ use opentelemetry_sdk::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value as Json, json};
+use support::{Namespace, TestWorker, api_settings, unique, worker_settings};
 use tracing_subscriber::{EnvFilter, prelude::*};
-use turnstile_testkit::{Namespace, TestApi, TestWorker, api_settings, unique, worker_settings};
 
 fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
     span.attributes
@@ -43,7 +45,7 @@ async fn one_trace_follows_a_claim_from_http_through_kafka_into_the_worker() {
         .init();
 
     let ns = Namespace::new("trace");
-    let api = TestApi::start(api_settings(&ns)).await.unwrap();
+    let api = support::start_api(api_settings(&ns)).await.unwrap();
     let worker = TestWorker::start(worker_settings(&ns)).await.unwrap();
     let code = unique("TRACE");
     api.create_coupon(&code, 10, Some(1)).await.unwrap();
