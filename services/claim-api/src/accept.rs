@@ -180,12 +180,7 @@ impl AcceptQueue {
 
     /// Queues `job` and waits for its batch to commit.
     pub async fn admit(self, job: AcceptJob) -> Result<Admitted, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            job,
-            span: Span::current(),
-            reply,
-        };
+        let (pending, answer) = pending(job);
         if self.jobs.send(pending).await.is_err() {
             return Err(ApiError::Internal);
         }
@@ -195,12 +190,7 @@ impl AcceptQueue {
     /// Queues `job` if there is room, else answers 429: for a claim that
     /// holds no admission slot, which must not wait for one here either.
     pub async fn try_admit(&self, job: AcceptJob) -> Result<Admitted, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            job,
-            span: Span::current(),
-            reply,
-        };
+        let (pending, answer) = pending(job);
         if self.jobs.try_send(pending).is_err() {
             return Err(ApiError::Overloaded {
                 cause: "concurrency",
@@ -209,6 +199,18 @@ impl AcceptQueue {
         }
         answer.await.unwrap_or(Err(ApiError::Internal))
     }
+}
+
+/// `job` as the batcher takes it, under the caller's span, and where its
+/// answer will come.
+fn pending(job: AcceptJob) -> (Pending, oneshot::Receiver<Result<Admitted, ApiError>>) {
+    let (reply, answer) = oneshot::channel();
+    let pending = Pending {
+        job,
+        span: Span::current(),
+        reply,
+    };
+    (pending, answer)
 }
 
 async fn run_batch(deps: &AcceptDeps, batch: Vec<Pending>) {

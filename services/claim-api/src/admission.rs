@@ -150,14 +150,6 @@ impl ShedCause {
         }
     }
 
-    /// [`ShedCause::retry_after`] as a header value, without formatting.
-    const fn retry_after_header(self) -> &'static str {
-        match self.retry_after() {
-            2 => "2",
-            _ => "1",
-        }
-    }
-
     /// The problem+json body, the same as `ApiError::Overloaded` renders
     /// (a test holds them equal), built at compile time.
     const fn body(self) -> &'static [u8] {
@@ -178,8 +170,9 @@ impl ShedCause {
         }
     }
 
-    /// The whole answer: status, two static headers and a static body.
-    pub fn response(self) -> Response {
+    /// The whole answer: status, the static body and its type, and
+    /// `retry_after` seconds.
+    pub fn response(self, retry_after: u64) -> Response {
         let mut response = Response::new(Body::from(Bytes::from_static(self.body())));
         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         let headers = response.headers_mut();
@@ -187,7 +180,7 @@ impl ShedCause {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static(self.retry_after_header()));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         response
     }
 }
@@ -704,11 +697,9 @@ impl Refusal {
     /// The `429`: the static problem body of its cause, `Retry-After`
     /// from the claim's place in line, and `Turnstile-Ticket`.
     pub fn response(&self) -> Response {
-        let mut response = self.cause.response();
-        let headers = response.headers_mut();
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after_secs));
+        let mut response = self.cause.response(self.retry_after_secs);
         if let Some(ticket) = &self.ticket {
-            headers.insert(TICKET_HEADER, ticket.clone());
+            response.headers_mut().insert(TICKET_HEADER, ticket.clone());
         }
         response
     }
@@ -876,7 +867,7 @@ mod tests {
                 retry_after: cause.retry_after(),
             }
             .into_response();
-            let shed = cause.response();
+            let shed = cause.response(cause.retry_after());
             assert_eq!(shed.status(), built.status());
             assert_eq!(shed.headers(), built.headers(), "{cause:?}");
             let built = axum::body::to_bytes(built.into_body(), 1024).await.unwrap();

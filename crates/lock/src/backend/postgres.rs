@@ -88,6 +88,12 @@ struct Statements {
     release: Arc<str>,
 }
 
+/// A statement of [`Statements`] as sqlx takes it: built at start-up from
+/// a validated table name, never from input, so safe to run as is.
+fn safe(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
+    AssertSqlSafe(Arc::clone(statement))
+}
+
 impl Statements {
     fn for_table(table: &str) -> Self {
         let sql = |s: String| Arc::<str>::from(s);
@@ -193,7 +199,7 @@ impl PostgresLockBackend {
     /// Tells an expired lease from one held by someone else, after an
     /// owner-checked statement touched no row.
     async fn why_not(&self, resource: &str, owner: &OwnerId) -> Result<LockError, LockError> {
-        let holder: Option<String> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.holder)))
+        let holder: Option<String> = sqlx::query_scalar(safe(&self.sql.holder))
             .bind(resource)
             .fetch_optional(&self.pool)
             .await
@@ -213,7 +219,7 @@ impl LockBackend for PostgresLockBackend {
     }
 
     async fn try_acquire(&self, resource: &str, owner: &OwnerId, ttl: Duration) -> Result<Attempt, LockError> {
-        let token: Option<i64> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.acquire)))
+        let token: Option<i64> = sqlx::query_scalar(safe(&self.sql.acquire))
             .bind(resource)
             .bind(owner.as_str())
             .bind(secs(ttl))
@@ -225,7 +231,7 @@ impl LockBackend for PostgresLockBackend {
                 token: FencingToken::new(u64::try_from(token).unwrap_or(0)),
             }),
             None => {
-                let left: Option<Option<i64>> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.time_left)))
+                let left: Option<Option<i64>> = sqlx::query_scalar(safe(&self.sql.time_left))
                     .bind(resource)
                     .fetch_optional(&self.pool)
                     .await
@@ -247,7 +253,7 @@ impl LockBackend for PostgresLockBackend {
         _token: FencingToken,
         ttl: Duration,
     ) -> Result<(), LockError> {
-        let extended: Option<bool> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.extend)))
+        let extended: Option<bool> = sqlx::query_scalar(safe(&self.sql.extend))
             .bind(resource)
             .bind(owner.as_str())
             .bind(secs(ttl))
@@ -263,7 +269,7 @@ impl LockBackend for PostgresLockBackend {
     /// Raises the row's token; a resource never locked gets an expired row
     /// holding the floor, so its first grant counts on from there.
     async fn raise_floor(&self, resource: &str, floor: FencingToken) -> Result<(), LockError> {
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.raise_floor)))
+        sqlx::query(safe(&self.sql.raise_floor))
             .bind(resource)
             .bind(floor.as_i64())
             .execute(&self.pool)
@@ -273,7 +279,7 @@ impl LockBackend for PostgresLockBackend {
     }
 
     async fn release(&self, resource: &str, owner: &OwnerId, _token: FencingToken) -> Result<(), LockError> {
-        let released: Option<bool> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.release)))
+        let released: Option<bool> = sqlx::query_scalar(safe(&self.sql.release))
             .bind(resource)
             .bind(owner.as_str())
             .fetch_optional(&self.pool)
