@@ -160,125 +160,27 @@ impl Application {
         let registry = Registry::new();
         let metrics = ApiMetrics::register(&registry)?;
         let pool_gauges = turnstile_telemetry::PoolGauges::register(&registry)?;
-
-        let timeouts = StatementTimeouts {
-            statement: settings.pg_statement_timeout,
-            lock: settings.pg_lock_timeout,
-        };
-        let write_pool = store::connect_with(
-            &settings.database_url,
-            settings.pg_write_pool,
-            settings.pg_acquire_timeout,
-            timeouts,
-        )
-        .await
-        .context("connecting to postgres")?;
-        store::migrate(&write_pool).await.context("applying migrations")?;
-        let read_pool = store::connect_with(
-            settings.database_read_url.as_deref().unwrap_or(&settings.database_url),
-            settings.pg_read_pool,
-            settings.pg_acquire_timeout,
-            timeouts,
-        )
-        .await
-        .context("connecting to the postgres read pool")?;
-        let reads = Reads::new(
-            read_pool,
-            settings.database_read_url.is_some().then(|| write_pool.clone()),
-            metrics.replica_fallbacks.clone(),
-        );
-
+        let (write_pool, reads) = connect_postgres(&settings, &metrics).await?;
         let redis = redis::Client::open(settings.redis_url.as_str())?
             .get_connection_manager()
             .await
             .context("connecting to redis")?;
-
-        let topics = settings.kafka.topics();
-        let kafka = settings.kafka.connection();
-        // Kafka is the fast path: the API starts, and accepts, without it.
-        topics
-            .ensure_or_defer(&kafka, &settings.kafka.layout(), STARTUP_TOPIC_CHECK)
-            .await;
-        let keeper = TopicKeeper::new(
-            &kafka,
-            &[&topics.requested, &topics.decided, &topics.dead_letter],
-            settings.kafka.layout(),
-            metrics.topics_recreated.clone(),
-        )?;
-        let kafka_health = KafkaHealth::new(metrics.kafka_up.clone());
-        let keeper = keeper.with_health(kafka_health.clone());
-        let publisher = Publisher::connect(
-            &kafka,
-            &ProducerTuning {
-                delivery_timeout: Duration::from_secs(5),
-                linger: settings.producer_linger,
-                idempotence: settings.kafka.idempotence,
-                ..ProducerTuning::default()
-            },
-        )?;
-
         let background = CancellationToken::new();
-        let keys = KeyRing::load(store::keys::StoredKeys(reads.primary().clone()))
-            .await
-            .context("loading the API keys")?;
-        keys.refresh_every(settings.callers.key_refresh, background.clone());
-        let limits = CallerLimits::new(
-            settings.callers.key_limit(),
-            settings.callers.user_limit(),
-            background.clone(),
-        );
-        let decisions = DecisionWaiters::default();
-        let door = Door::new(metrics.door_answers.clone(), metrics.door_known.clone());
-        tokio::spawn(decisions.clone().follow_topic(
-            kafka.clone(),
-            topics.decided.clone(),
-            door.clone(),
-            background.clone(),
-        ));
-        tokio::spawn(keeper.run(TOPIC_CHECK_INTERVAL, background.clone()));
-        tokio::spawn(feeds::watch_lag(
-            kafka.clone(),
-            settings.worker_group_id.clone(),
-            topics.requested.clone(),
-            metrics.consumer_lag.clone(),
-            background.clone(),
-        ));
-        // Unknown until the first count, a moment after start.
-        let pending = Arc::new(AtomicI64::new(-1));
-        tokio::spawn(feeds::watch_pending(
-            reads.primary().clone(),
-            settings.max_pending_claims,
-            Arc::clone(&pending),
-            metrics.pending_claims.clone(),
-            background.clone(),
-        ));
-
+        let kafka = KafkaParts::connect(&settings, &metrics, &background).await?;
+        let (keys, limits) = callers(&settings, &reads, &background).await?;
+        let feeds = Feeds::start(&settings, &kafka, &reads, &metrics, &background);
         let postgres = Breaker::new("postgres", metrics.circuit_open.with_label_values(&["postgres"]));
-        // Group commit: a few batches at a time, the rest of the write pool
-        // for everything else.
-        let accept = AcceptQueue::start(
-            AcceptDeps {
-                write_pool: write_pool.clone(),
-                reads: reads.clone(),
-                publisher: publisher.clone(),
-                kafka: kafka_health,
-                topics: topics.clone(),
-                postgres: postgres.clone(),
-                metrics: metrics.clone(),
-                outcome_deadline: settings.outcome_deadline,
-            },
-            usize::try_from(settings.accept_batches).unwrap_or(1),
-            background.clone(),
-        );
+        let accept = start_accept(&settings, &write_pool, &reads, &kafka, &postgres, &metrics, &background);
+        let publisher = kafka.publisher.clone();
         let state = AppState(Arc::new(Shared {
             cache: ResourceCache::new(redis.clone(), "turnstile"),
             redis,
             write_pool,
             reads,
-            publisher: publisher.clone(),
-            topics,
-            decisions,
-            door,
+            publisher: kafka.publisher,
+            topics: kafka.topics,
+            decisions: feeds.decisions,
+            door: feeds.door,
             postgres,
             metrics,
             registry,
@@ -288,25 +190,7 @@ impl Application {
             readiness: tokio::sync::Mutex::new(None),
             limits: limits.clone(),
         }));
-        let gate = AdmissionGate::new(
-            LimiterSettings {
-                kind: settings.admission_limiter,
-                max_inflight: settings.max_inflight,
-                slo: settings.admission_slo,
-            },
-            QueueSettings {
-                capacity: settings.admission_queue,
-                max_wait: settings.admission_queue_wait,
-                keys: settings.ticket_keys.clone().unwrap_or_else(TicketKeys::random),
-                ticket_ttl: settings.ticket_ttl,
-            },
-            LoadGate {
-                max_pending: settings.max_pending_claims,
-                pending,
-            },
-            state.door.clone(),
-            &state.metrics,
-        );
+        let gate = admission_gate(&settings, feeds.pending, &state);
         let gatekeeper = Gatekeeper {
             keys,
             limits,
@@ -314,16 +198,7 @@ impl Application {
         };
         let operator_router = operator_router(state.clone());
         let router = router(state, gate, gatekeeper, &settings);
-        let listener = turnstile_http::listener::bind(settings.http_addr)
-            .with_context(|| format!("binding {}", settings.http_addr))?;
-        let operator_listener = TcpListener::bind(settings.metrics_addr)
-            .await
-            .with_context(|| format!("binding the operator listener {}", settings.metrics_addr))?;
-        info!(
-            addr = %listener.local_addr()?,
-            operator = %operator_listener.local_addr()?,
-            "claim-api ready"
-        );
+        let (listener, operator_listener) = bind(&settings).await?;
         Ok(Self {
             listener,
             operator_listener,
@@ -375,6 +250,217 @@ impl Application {
         }
         Ok(result?)
     }
+}
+
+/// The write pool, migrated, and the reads (the replica's pool when one is
+/// set, falling back to the primary).
+async fn connect_postgres(settings: &Settings, metrics: &ApiMetrics) -> anyhow::Result<(PgPool, Reads)> {
+    let timeouts = StatementTimeouts {
+        statement: settings.pg_statement_timeout,
+        lock: settings.pg_lock_timeout,
+    };
+    let write_pool = store::connect_with(
+        &settings.database_url,
+        settings.pg_write_pool,
+        settings.pg_acquire_timeout,
+        timeouts,
+    )
+    .await
+    .context("connecting to postgres")?;
+    store::migrate(&write_pool).await.context("applying migrations")?;
+    let read_pool = store::connect_with(
+        settings.database_read_url.as_deref().unwrap_or(&settings.database_url),
+        settings.pg_read_pool,
+        settings.pg_acquire_timeout,
+        timeouts,
+    )
+    .await
+    .context("connecting to the postgres read pool")?;
+    let reads = Reads::new(
+        read_pool,
+        settings.database_read_url.is_some().then(|| write_pool.clone()),
+        metrics.replica_fallbacks.clone(),
+    );
+    Ok((write_pool, reads))
+}
+
+/// What the API needs of Kafka. Kafka is the fast path: the API starts,
+/// and accepts, without it.
+struct KafkaParts {
+    topics: Topics,
+    connection: turnstile_bus::KafkaConnection,
+    health: KafkaHealth,
+    publisher: Publisher,
+}
+
+impl KafkaParts {
+    /// Connects, and keeps the topics (recreating a lost one) until `stop`.
+    async fn connect(settings: &Settings, metrics: &ApiMetrics, stop: &CancellationToken) -> anyhow::Result<Self> {
+        let topics = settings.kafka.topics();
+        let connection = settings.kafka.connection();
+        topics
+            .ensure_or_defer(&connection, &settings.kafka.layout(), STARTUP_TOPIC_CHECK)
+            .await;
+        let health = KafkaHealth::new(metrics.kafka_up.clone());
+        let keeper = TopicKeeper::new(
+            &connection,
+            &[&topics.requested, &topics.decided, &topics.dead_letter],
+            settings.kafka.layout(),
+            metrics.topics_recreated.clone(),
+        )?
+        .with_health(health.clone());
+        let publisher = Publisher::connect(
+            &connection,
+            &ProducerTuning {
+                delivery_timeout: Duration::from_secs(5),
+                linger: settings.producer_linger,
+                idempotence: settings.kafka.idempotence,
+                ..ProducerTuning::default()
+            },
+        )?;
+        tokio::spawn(keeper.run(TOPIC_CHECK_INTERVAL, stop.clone()));
+        Ok(Self {
+            topics,
+            connection,
+            health,
+            publisher,
+        })
+    }
+}
+
+/// The API keys in force, refreshed until `stop`, and the callers' rate
+/// limits.
+async fn callers(
+    settings: &Settings,
+    reads: &Reads,
+    stop: &CancellationToken,
+) -> anyhow::Result<(KeyRing, CallerLimits)> {
+    let keys = KeyRing::load(store::keys::StoredKeys(reads.primary().clone()))
+        .await
+        .context("loading the API keys")?;
+    keys.refresh_every(settings.callers.key_refresh, stop.clone());
+    let limits = CallerLimits::new(
+        settings.callers.key_limit(),
+        settings.callers.user_limit(),
+        stop.clone(),
+    );
+    Ok((keys, limits))
+}
+
+/// What the background feeds keep up to date, until the API stops.
+struct Feeds {
+    /// Decisions from `claims.decided`, for `Prefer: wait`.
+    decisions: DecisionWaiters,
+    /// What the same decisions settled, for answers at the door.
+    door: Door,
+    /// Claims pending, -1 until the first count (a moment after start).
+    pending: Arc<AtomicI64>,
+}
+
+impl Feeds {
+    /// Starts the decision feed and the lag and pending-claims watchers.
+    fn start(
+        settings: &Settings,
+        kafka: &KafkaParts,
+        reads: &Reads,
+        metrics: &ApiMetrics,
+        stop: &CancellationToken,
+    ) -> Self {
+        let decisions = DecisionWaiters::default();
+        let door = Door::new(metrics.door_answers.clone(), metrics.door_known.clone());
+        tokio::spawn(decisions.clone().follow_topic(
+            kafka.connection.clone(),
+            kafka.topics.decided.clone(),
+            door.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(feeds::watch_lag(
+            kafka.connection.clone(),
+            settings.worker_group_id.clone(),
+            kafka.topics.requested.clone(),
+            metrics.consumer_lag.clone(),
+            stop.clone(),
+        ));
+        let pending = Arc::new(AtomicI64::new(-1));
+        tokio::spawn(feeds::watch_pending(
+            reads.primary().clone(),
+            settings.max_pending_claims,
+            Arc::clone(&pending),
+            metrics.pending_claims.clone(),
+            stop.clone(),
+        ));
+        Self {
+            decisions,
+            door,
+            pending,
+        }
+    }
+}
+
+/// Group commit: a few batches at a time, the rest of the write pool for
+/// everything else.
+fn start_accept(
+    settings: &Settings,
+    write_pool: &PgPool,
+    reads: &Reads,
+    kafka: &KafkaParts,
+    postgres: &Breaker,
+    metrics: &ApiMetrics,
+    stop: &CancellationToken,
+) -> AcceptQueue {
+    AcceptQueue::start(
+        AcceptDeps {
+            write_pool: write_pool.clone(),
+            reads: reads.clone(),
+            publisher: kafka.publisher.clone(),
+            kafka: kafka.health.clone(),
+            topics: kafka.topics.clone(),
+            postgres: postgres.clone(),
+            metrics: metrics.clone(),
+            outcome_deadline: settings.outcome_deadline,
+        },
+        usize::try_from(settings.accept_batches).unwrap_or(1),
+        stop.clone(),
+    )
+}
+
+/// The gate in front of `POST /v1/claims`: the adaptive limit, the queue
+/// and its tickets, and the backlog bound.
+fn admission_gate(settings: &Settings, pending: Arc<AtomicI64>, state: &AppState) -> AdmissionGate {
+    AdmissionGate::new(
+        LimiterSettings {
+            kind: settings.admission_limiter,
+            max_inflight: settings.max_inflight,
+            slo: settings.admission_slo,
+        },
+        QueueSettings {
+            capacity: settings.admission_queue,
+            max_wait: settings.admission_queue_wait,
+            keys: settings.ticket_keys.clone().unwrap_or_else(TicketKeys::random),
+            ticket_ttl: settings.ticket_ttl,
+        },
+        LoadGate {
+            max_pending: settings.max_pending_claims,
+            pending,
+        },
+        state.door.clone(),
+        &state.metrics,
+    )
+}
+
+/// The API's listener and the operator listener.
+async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let listener = turnstile_http::listener::bind(settings.http_addr)
+        .with_context(|| format!("binding {}", settings.http_addr))?;
+    let operator_listener = TcpListener::bind(settings.metrics_addr)
+        .await
+        .with_context(|| format!("binding the operator listener {}", settings.metrics_addr))?;
+    info!(
+        addr = %listener.local_addr()?,
+        operator = %operator_listener.local_addr()?,
+        "claim-api ready"
+    );
+    Ok((listener, operator_listener))
 }
 
 /// The API: `/v1` behind authentication, and the open routes.

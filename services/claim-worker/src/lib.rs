@@ -133,40 +133,7 @@ impl Worker {
             .ensure_or_defer(&kafka, &settings.kafka.layout(), STARTUP_TOPIC_CHECK)
             .await;
 
-        let backend: Arc<dyn LockBackend> = match settings.lock_backend {
-            LockBackendKind::Redis => Arc::new(
-                RedisLockBackend::connect(settings.lock_redis_url())
-                    .await
-                    .context("connecting to the lock redis")?,
-            ),
-            LockBackendKind::RedisCluster => Arc::new(
-                RedisClusterLockBackend::connect(&settings.redis_cluster_urls)
-                    .await
-                    .context("connecting to the lock's redis cluster")?,
-            ),
-            LockBackendKind::Redlock => {
-                Arc::new(RedlockBackend::new(&settings.redlock_urls, RedlockConfig::default())?)
-            }
-            LockBackendKind::Postgres => {
-                let backend = PostgresLockBackend::new(pool.clone());
-                backend.install().await.context("installing the postgres lock table")?;
-                Arc::new(backend)
-            }
-            LockBackendKind::ZooKeeper => {
-                let config = ZooKeeperConfig::default().with_session_timeout(settings.zookeeper_session_timeout);
-                let backend = ZooKeeperLockBackend::connect(&settings.zookeeper_url, config)
-                    .await
-                    .context("connecting to zookeeper")?;
-                // The server may negotiate a shorter session than asked for.
-                anyhow::ensure!(
-                    settings.lock_ttl <= backend.session_timeout(),
-                    "TURNSTILE_LOCK_TTL ({}) exceeds the session timeout ZooKeeper granted ({})",
-                    turnstile_runtime::settings::show_duration(settings.lock_ttl),
-                    turnstile_runtime::settings::show_duration(backend.session_timeout())
-                );
-                Arc::new(backend)
-            }
-        };
+        let backend = connect_lock_backend(&settings, &pool).await?;
         let locks = LockClient::with_metrics(
             Arc::clone(&backend),
             LockConfig::default(),
@@ -180,20 +147,7 @@ impl Worker {
         let cache = ResourceCache::new(cache_conn, "turnstile");
 
         let health = KafkaHealth::new(metrics.kafka_up.clone());
-        let context =
-            GroupContext::new(metrics.rebalances.clone(), metrics.partition_lag.clone()).with_health(health.clone());
-        let consumer = turnstile_bus::group_consumer(
-            &kafka,
-            &settings.group_id,
-            &ConsumerTuning {
-                session_timeout: settings.session_timeout,
-                heartbeat_interval: settings.session_timeout / 3,
-                fetch_wait: settings.fetch_wait,
-            },
-            context,
-        )?;
-        consumer.subscribe(&[&topics.requested])?;
-        let consumer = Arc::new(consumer);
+        let consumer = join_group(&settings, &kafka, &topics.requested, &metrics, &health)?;
         let publisher = Publisher::connect(
             &kafka,
             &ProducerTuning {
@@ -410,4 +364,66 @@ async fn audit_oversold(
             Err(e) => tracing::warn!(error = %e, "audit failed; will retry"),
         }
     }
+}
+
+/// The lock backend the settings name, connected (and for Postgres, its
+/// table installed).
+async fn connect_lock_backend(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<Arc<dyn LockBackend>> {
+    Ok(match settings.lock_backend {
+        LockBackendKind::Redis => Arc::new(
+            RedisLockBackend::connect(settings.lock_redis_url())
+                .await
+                .context("connecting to the lock redis")?,
+        ),
+        LockBackendKind::RedisCluster => Arc::new(
+            RedisClusterLockBackend::connect(&settings.redis_cluster_urls)
+                .await
+                .context("connecting to the lock's redis cluster")?,
+        ),
+        LockBackendKind::Redlock => Arc::new(RedlockBackend::new(&settings.redlock_urls, RedlockConfig::default())?),
+        LockBackendKind::Postgres => {
+            let backend = PostgresLockBackend::new(pool.clone());
+            backend.install().await.context("installing the postgres lock table")?;
+            Arc::new(backend)
+        }
+        LockBackendKind::ZooKeeper => {
+            let config = ZooKeeperConfig::default().with_session_timeout(settings.zookeeper_session_timeout);
+            let backend = ZooKeeperLockBackend::connect(&settings.zookeeper_url, config)
+                .await
+                .context("connecting to zookeeper")?;
+            // The server may negotiate a shorter session than asked for.
+            anyhow::ensure!(
+                settings.lock_ttl <= backend.session_timeout(),
+                "TURNSTILE_LOCK_TTL ({}) exceeds the session timeout ZooKeeper granted ({})",
+                turnstile_runtime::settings::show_duration(settings.lock_ttl),
+                turnstile_runtime::settings::show_duration(backend.session_timeout())
+            );
+            Arc::new(backend)
+        }
+    })
+}
+
+/// The group's consumer, subscribed to `topic`, reporting rebalances, lag
+/// and Kafka's health.
+fn join_group(
+    settings: &Settings,
+    kafka: &turnstile_bus::KafkaConnection,
+    topic: &str,
+    metrics: &WorkerMetrics,
+    health: &KafkaHealth,
+) -> anyhow::Result<Arc<rdkafka::consumer::StreamConsumer<GroupContext>>> {
+    let context =
+        GroupContext::new(metrics.rebalances.clone(), metrics.partition_lag.clone()).with_health(health.clone());
+    let consumer = turnstile_bus::group_consumer(
+        kafka,
+        &settings.group_id,
+        &ConsumerTuning {
+            session_timeout: settings.session_timeout,
+            heartbeat_interval: settings.session_timeout / 3,
+            fetch_wait: settings.fetch_wait,
+        },
+        context,
+    )?;
+    consumer.subscribe(&[topic])?;
+    Ok(Arc::new(consumer))
 }
