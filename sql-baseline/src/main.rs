@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use sql_baseline::{Application, Settings};
-use tokio_util::sync::CancellationToken;
 use turnstile_telemetry::LogSettings;
 
 /// The flash-sale baseline: each claim decided in its request under
@@ -27,7 +26,5 @@ async fn main() -> anyhow::Result<()> {
     turnstile_telemetry::disable_transparent_huge_pages();
     turnstile_telemetry::init_logs("sql-baseline", cli.logs.format());
     let app = Application::build(cli.settings).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(turnstile_runtime::stop_on_signal(shutdown.clone()));
-    app.run_until_stopped(shutdown).await
+    turnstile_runtime::run_until_signal(|stop| app.run_until_stopped(stop)).await
 }

@@ -10,9 +10,13 @@
 //!   `5s`), the error of a setting that breaks a rule, and parsing that
 //!   names the variable a bad value came from.
 //! - [`stop_on_signal`]: SIGTERM or Ctrl-C cancels the service's shutdown
-//!   token, so it finishes in-flight work and leaves cleanly.
+//!   token, so it finishes in-flight work and leaves cleanly;
+//!   [`run_until_signal`] is the last step of every `main`.
+//! - [`failpoints`]: fault injection in the builds that have it, refused
+//!   in the others.
 
+pub mod failpoints;
 pub mod settings;
 mod signal;
 
-pub use signal::stop_on_signal;
+pub use signal::{run_until_signal, stop_on_signal};

@@ -21,3 +21,15 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
     tracing::info!("shutdown requested");
     shutdown.cancel();
 }
+
+/// Runs the future `run` makes from a shutdown token until it ends,
+/// cancelling the token on SIGTERM or Ctrl-C: every service's last step.
+pub async fn run_until_signal<F, Fut>(run: F) -> Fut::Output
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future,
+{
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    run(shutdown).await
+}

@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use claim_api::{Application, Settings, keys::KeysCommand};
-use tokio_util::sync::CancellationToken;
 use turnstile_telemetry::LogSettings;
 
 /// The claim API. Without a command it serves, with the settings below:
@@ -42,18 +41,7 @@ async fn main() -> anyhow::Result<()> {
         .context("invalid configuration")?;
     turnstile_telemetry::disable_transparent_huge_pages();
     let _telemetry = turnstile_telemetry::init("claim-api", cli.logs.format());
-    // Fault injection exists only in builds with the `failpoints` feature
-    // (the tests and `loadtest chaos`); any other build refuses FAILPOINTS
-    // rather than ignore it.
-    #[cfg(feature = "failpoints")]
-    let _failpoints = fail::FailScenario::setup();
-    #[cfg(not(feature = "failpoints"))]
-    anyhow::ensure!(
-        std::env::var_os("FAILPOINTS").is_none(),
-        "FAILPOINTS is set, but this build has no failpoints (build with --features failpoints)"
-    );
+    let _failpoints = turnstile_runtime::failpoints::set_up(cfg!(feature = "failpoints"))?;
     let app = Application::build(cli.settings).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(turnstile_runtime::stop_on_signal(shutdown.clone()));
-    app.run_until_stopped(shutdown).await
+    turnstile_runtime::run_until_signal(|stop| app.run_until_stopped(stop)).await
 }

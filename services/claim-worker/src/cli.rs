@@ -4,7 +4,6 @@
 //! (`testing/e2e`), so both start the same way.
 
 use anyhow::Context;
-use tokio_util::sync::CancellationToken;
 use turnstile_telemetry::LogSettings;
 
 use crate::{Settings, Worker};
@@ -31,18 +30,7 @@ pub async fn run() -> anyhow::Result<()> {
         .context("invalid configuration")?;
     turnstile_telemetry::disable_transparent_huge_pages();
     let _telemetry = turnstile_telemetry::init("claim-worker", cli.logs.format());
-    // Fault injection exists only in builds with the `failpoints` feature
-    // (the tests and `loadtest chaos`); any other build refuses FAILPOINTS
-    // rather than ignore it.
-    #[cfg(feature = "failpoints")]
-    let _failpoints = fail::FailScenario::setup();
-    #[cfg(not(feature = "failpoints"))]
-    anyhow::ensure!(
-        std::env::var_os("FAILPOINTS").is_none(),
-        "FAILPOINTS is set, but this build has no failpoints (build with --features failpoints)"
-    );
+    let _failpoints = turnstile_runtime::failpoints::set_up(cfg!(feature = "failpoints"))?;
     let worker = Worker::build(cli.settings).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(turnstile_runtime::stop_on_signal(shutdown.clone()));
-    worker.run_until_stopped(shutdown).await
+    turnstile_runtime::run_until_signal(|stop| worker.run_until_stopped(stop)).await
 }
