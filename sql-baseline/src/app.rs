@@ -49,7 +49,7 @@ impl Application {
     /// Connects to Postgres, applies migrations and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = store::connect_with(
-            &settings.database_url,
+            settings.database.url.expose(),
             settings.pg_pool,
             settings.pg_acquire_timeout,
             store::StatementTimeouts {

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use turnstile_http::CallerSettings;
-use turnstile_runtime::settings::{InvalidSetting, duration};
+use turnstile_runtime::settings::{DatabaseSettings, InvalidSetting, duration};
 
 /// Everything the baseline needs to know. `main` parses it with
 /// `turnstile_runtime::settings::parse`; tests build it directly.
@@ -16,14 +16,9 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_HTTP_ADDR", default_value = "127.0.0.1:8090")]
     pub http_addr: SocketAddr,
 
-    /// The claims database; migrations run at start-up.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/turnstile",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    /// Where the claims database is.
+    #[command(flatten)]
+    pub database: DatabaseSettings,
 
     /// Connections, so at most this many claims are in a transaction at
     /// once. On a hot coupon all but one of them wait on the row lock, so
@@ -100,7 +95,7 @@ impl Settings {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use clap::CommandFactory as _;
+    use clap::{CommandFactory as _, Parser as _};
 
     use super::*;
 
@@ -113,5 +108,18 @@ mod tests {
     fn every_setting_has_a_variable_and_a_default() {
         let breaches = turnstile_runtime::settings::convention_breaches(&Settings::command(), &[]);
         assert!(breaches.is_empty(), "{breaches:?}");
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let settings = Settings::try_parse_from([
+            "sql-baseline",
+            "--database-url",
+            "postgres://turnstile:hunter2@db:5432/turnstile",
+        ])
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db:5432"), "where it connects still shows: {shown}");
     }
 }

@@ -23,7 +23,9 @@ use turnstile_testkit::{
 async fn a_lost_commit_answer_is_resolved_or_answered_outcome_unknown() {
     let settings = Settings {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: database_url(),
+        database: turnstile_runtime::settings::DatabaseSettings {
+            url: database_url().into(),
+        },
         pg_pool: 4,
         pg_acquire_timeout: Duration::from_secs(5),
         pg_statement_timeout: Duration::from_secs(5),

@@ -33,7 +33,9 @@ impl Baseline {
     async fn start_with(max_inflight: usize) -> Self {
         let settings = Settings {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: database_url(),
+            database: turnstile_runtime::settings::DatabaseSettings {
+                url: database_url().into(),
+            },
             pg_pool: 16,
             pg_acquire_timeout: Duration::from_secs(30),
             pg_statement_timeout: Duration::from_secs(30),

@@ -34,19 +34,32 @@ impl fmt::Debug for KafkaConnection {
     /// Values of secrets (`sasl.password`, `ssl.key.password`, ...) are not
     /// shown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let properties: Vec<(&str, &str)> = self
-            .properties
-            .iter()
-            .map(|(name, value)| {
-                let secret = ["password", "secret", "jaas"].iter().any(|s| name.contains(s));
-                (name.as_str(), if secret { "<redacted>" } else { value.as_str() })
-            })
-            .collect();
         f.debug_struct("KafkaConnection")
             .field("brokers", &self.brokers)
-            .field("properties", &properties)
+            .field("properties", &shown_properties(&self.properties))
             .finish()
     }
+}
+
+/// librdkafka properties as they may be shown: the values of secrets
+/// (passwords, SASL secrets and JAAS or OAUTHBEARER configs, and TLS keys,
+/// whether a key's contents or its path) replaced by `<redacted>`.
+pub(crate) fn shown_properties(properties: &[(String, String)]) -> Vec<(&str, &str)> {
+    const SECRET: [&str; 6] = [
+        "password",
+        "secret",
+        "jaas",
+        "oauthbearer.config",
+        "ssl.key",
+        "keystore",
+    ];
+    properties
+        .iter()
+        .map(|(name, value)| {
+            let secret = SECRET.iter().any(|s| name.contains(s));
+            (name.as_str(), if secret { "<redacted>" } else { value.as_str() })
+        })
+        .collect()
 }
 
 impl KafkaConnection {
@@ -171,10 +184,19 @@ mod tests {
 
     #[test]
     fn secrets_are_not_shown() {
-        let kafka = KafkaConnection::new("b:9092")
-            .with_properties(vars(&[("sasl.password", "hunter2"), ("sasl.username", "turnstile")]));
+        let kafka = KafkaConnection::new("b:9092").with_properties(vars(&[
+            ("sasl.password", "hunter2"),
+            ("sasl.oauthbearer.client.secret", "hunter2"),
+            ("sasl.oauthbearer.config", "principal=x secret=hunter2"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY----- hunter2"),
+            ("ssl.key.location", "/secrets/hunter2.key"),
+            ("ssl.keystore.password", "hunter2"),
+            ("sasl.username", "turnstile"),
+            ("ssl.ca.location", "/etc/ca.pem"),
+        ]));
         let shown = format!("{kafka:?}");
-        assert!(!shown.contains("hunter2") && shown.contains("turnstile"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("turnstile") && shown.contains("/etc/ca.pem"), "{shown}");
     }
 
     #[test]

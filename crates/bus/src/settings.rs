@@ -1,11 +1,14 @@
 //! The Kafka settings every service shares, as one clap group.
 
-use crate::{KafkaConnection, TopicLayout, Topics, properties_from_env};
+use std::fmt;
+
+use crate::{KafkaConnection, TopicLayout, Topics, connection::shown_properties, properties_from_env};
 
 /// Where the cluster is and how the services' topics are laid out on it.
 /// Any librdkafka property can be added as `TURNSTILE_KAFKA_<PROPERTY>`
-/// (`TURNSTILE_KAFKA_SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`).
-#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+/// (`TURNSTILE_KAFKA_SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`);
+/// `Debug` shows the values of secret ones as `<redacted>`.
+#[derive(Clone, PartialEq, Eq, clap::Args)]
 pub struct KafkaSettings {
     /// Kafka's bootstrap servers.
     #[arg(
@@ -49,6 +52,20 @@ pub struct KafkaSettings {
     /// [`KafkaSettings::read_properties`].
     #[arg(skip)]
     pub properties: Vec<(String, String)>,
+}
+
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("kafka_replication_factor", &self.kafka_replication_factor)
+            .field("kafka_min_insync_replicas", &self.kafka_min_insync_replicas)
+            .field("idempotence", &self.idempotence)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("properties", &shown_properties(&self.properties))
+            .finish()
+    }
 }
 
 impl KafkaSettings {

@@ -12,10 +12,13 @@
 //! - [`stop_on_signal`]: SIGTERM or Ctrl-C cancels the service's shutdown
 //!   token, so it finishes in-flight work and leaves cleanly;
 //!   [`run_until_signal`] is the last step of every `main`.
+//! - [`secret`]: a connection URL that shows where it points and never
+//!   its password, so settings derive `Debug` safely.
 //! - [`failpoints`]: fault injection in the builds that have it, refused
 //!   in the others.
 
 pub mod failpoints;
+pub mod secret;
 pub mod settings;
 mod signal;
 

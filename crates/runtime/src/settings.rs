@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use crate::secret::ConnectionUrl;
 use clap::{
     Command, Parser,
     error::{ContextKind, ContextValue, ErrorKind},
@@ -70,6 +71,38 @@ impl InvalidSetting {
     pub fn duration(name: &'static str, value: Duration, problem: impl Into<String>) -> Self {
         Self::new(name, show_duration(value), problem)
     }
+}
+
+/// Where the claims database is: one declaration for every service that
+/// reads or writes claims (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseSettings {
+    /// The claims database (PostgreSQL); the first service to start runs
+    /// the migrations.
+    #[arg(
+        id = "database_url",
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/turnstile",
+        hide_env_values = true
+    )]
+    pub url: ConnectionUrl,
+}
+
+/// Where the stock cache is: one declaration for the API, which reads it,
+/// and the worker, which writes it (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheSettings {
+    /// The stock cache (Redis); with the redis lock backend, the lock store
+    /// too unless TURNSTILE_LOCK_REDIS_URL names another.
+    #[arg(
+        id = "redis_url",
+        long = "redis-url",
+        env = "TURNSTILE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub url: ConnectionUrl,
 }
 
 /// Parses `P` from the process's arguments and environment, or prints the

@@ -161,7 +161,7 @@ impl Application {
         let metrics = ApiMetrics::register(&registry)?;
         let pool_gauges = turnstile_telemetry::PoolGauges::register(&registry)?;
         let (write_pool, reads) = connect_postgres(&settings, &metrics).await?;
-        let redis = redis::Client::open(settings.redis_url.as_str())?
+        let redis = redis::Client::open(settings.cache.url.expose())?
             .get_connection_manager()
             .await
             .context("connecting to redis")?;
@@ -260,7 +260,7 @@ async fn connect_postgres(settings: &Settings, metrics: &ApiMetrics) -> anyhow::
         lock: settings.pg_lock_timeout,
     };
     let write_pool = store::connect_with(
-        &settings.database_url,
+        settings.database.url.expose(),
         settings.pg_write_pool,
         settings.pg_acquire_timeout,
         timeouts,
@@ -269,7 +269,11 @@ async fn connect_postgres(settings: &Settings, metrics: &ApiMetrics) -> anyhow::
     .context("connecting to postgres")?;
     store::migrate(&write_pool).await.context("applying migrations")?;
     let read_pool = store::connect_with(
-        settings.database_read_url.as_deref().unwrap_or(&settings.database_url),
+        settings
+            .database_read_url
+            .as_ref()
+            .unwrap_or(&settings.database.url)
+            .expose(),
         settings.pg_read_pool,
         settings.pg_acquire_timeout,
         timeouts,

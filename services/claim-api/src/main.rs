@@ -32,7 +32,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let mut cli: Cli = turnstile_runtime::settings::parse();
     if let Some(Command::Keys(command)) = cli.command {
-        return claim_api::keys::run(command, &cli.settings.database_url).await;
+        return claim_api::keys::run(command, cli.settings.database.url.expose()).await;
     }
     cli.settings.validate().context("invalid configuration")?;
     cli.settings

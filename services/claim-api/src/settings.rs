@@ -6,7 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use turnstile_bus::KafkaSettings;
 use turnstile_http::CallerSettings;
-use turnstile_runtime::settings::{InvalidSetting, duration};
+use turnstile_runtime::{
+    secret::ConnectionUrl,
+    settings::{CacheSettings, DatabaseSettings, InvalidSetting, duration},
+};
 
 use crate::{admission::LimiterKind, ticket::TicketKeys};
 
@@ -29,20 +32,15 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_METRICS_ADDR", default_value = "127.0.0.1:9100")]
     pub metrics_addr: SocketAddr,
 
-    /// The claims database; migrations run at start-up.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/turnstile",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    /// Where the claims database is.
+    #[command(flatten)]
+    pub database: DatabaseSettings,
 
     /// A read replica of that database for the API's reads (claims,
     /// coupons, SKUs). A row the replica lacks, and any read it cannot
     /// answer, is read from the primary. Unset: reads go to the primary.
     #[arg(long, env = "TURNSTILE_DATABASE_READ_URL", hide_env_values = true)]
-    pub database_read_url: Option<String>,
+    pub database_read_url: Option<ConnectionUrl>,
 
     /// Connections for accepting claims and creating resources.
     #[arg(long, env = "TURNSTILE_PG_WRITE_POOL", default_value_t = 8)]
@@ -85,14 +83,9 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_OUTCOME_DEADLINE", default_value = "10s", value_parser = duration)]
     pub outcome_deadline: Duration,
 
-    /// The stock cache.
-    #[arg(
-        long,
-        env = "TURNSTILE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
+    /// Where the stock cache is.
+    #[command(flatten)]
+    pub cache: CacheSettings,
 
     /// The cluster, the producer, the topics' names and layout, and any
     /// librdkafka property.
@@ -278,6 +271,29 @@ mod tests {
             &["TURNSTILE_DATABASE_READ_URL", "TURNSTILE_TICKET_KEYS"],
         );
         assert!(breaches.is_empty(), "{breaches:?}");
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let mut settings = Settings::try_parse_from([
+            "claim-api",
+            "--database-url",
+            "postgres://turnstile:hunter2@db:5432/turnstile",
+            "--database-read-url",
+            "postgres://reader:hunter2@replica:5432/turnstile?sslpassword=hunter2",
+            "--redis-url",
+            "rediss://:hunter2@cache:6380",
+            "--ticket-keys",
+            "k1=hunter2-hunter2-hunter2",
+        ])
+        .unwrap();
+        settings
+            .kafka
+            .read_properties([("TURNSTILE_KAFKA_SASL_PASSWORD".to_owned(), "hunter2".to_owned())])
+            .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db:5432"), "where it connects still shows: {shown}");
     }
 
     #[test]

@@ -65,6 +65,7 @@ use turnstile_lock::{
         zookeeper::{ZooKeeperConfig, ZooKeeperLockBackend},
     },
 };
+use turnstile_runtime::secret::ConnectionUrl;
 use turnstile_store::{self as store, cache::ResourceCache};
 use turnstile_telemetry::PoolGauges;
 
@@ -119,7 +120,7 @@ impl Worker {
         let lock_families = LockMetricFamilies::register(&registry)?;
 
         let pool = store::connect(
-            &settings.database_url,
+            settings.database.url.expose(),
             settings.pg_pool,
             std::time::Duration::from_secs(5),
         )
@@ -140,7 +141,7 @@ impl Worker {
             lock_families.for_backend(backend.name()),
         );
 
-        let cache_conn = redis::Client::open(settings.redis_url.as_str())?
+        let cache_conn = redis::Client::open(settings.cache.url.expose())?
             .get_connection_manager()
             .await
             .context("connecting to the cache redis")?;
@@ -184,7 +185,7 @@ impl Worker {
         };
         let (settle, settled) = mpsc::channel(SETTLE_QUEUE);
         let sweeper = Sweeper {
-            database_url: settings.database_url.clone(),
+            database_url: settings.database.url.clone(),
             decider: decider.clone(),
             health,
             after: settings.sweep_after,
@@ -371,16 +372,19 @@ async fn audit_oversold(
 async fn connect_lock_backend(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<Arc<dyn LockBackend>> {
     Ok(match settings.lock_backend {
         LockBackendKind::Redis => Arc::new(
-            RedisLockBackend::connect(settings.lock_redis_url())
+            RedisLockBackend::connect(settings.lock_redis_url().expose())
                 .await
                 .context("connecting to the lock redis")?,
         ),
         LockBackendKind::RedisCluster => Arc::new(
-            RedisClusterLockBackend::connect(&settings.redis_cluster_urls)
+            RedisClusterLockBackend::connect(&exposed(&settings.redis_cluster_urls))
                 .await
                 .context("connecting to the lock's redis cluster")?,
         ),
-        LockBackendKind::Redlock => Arc::new(RedlockBackend::new(&settings.redlock_urls, RedlockConfig::default())?),
+        LockBackendKind::Redlock => Arc::new(RedlockBackend::new(
+            exposed(&settings.redlock_urls),
+            RedlockConfig::default(),
+        )?),
         LockBackendKind::Postgres => {
             let backend = PostgresLockBackend::new(pool.clone());
             backend.install().await.context("installing the postgres lock table")?;
@@ -401,6 +405,11 @@ async fn connect_lock_backend(settings: &Settings, pool: &sqlx::PgPool) -> anyho
             Arc::new(backend)
         }
     })
+}
+
+/// The URLs themselves, for a client that connects with them.
+fn exposed(urls: &[ConnectionUrl]) -> Vec<&str> {
+    urls.iter().map(ConnectionUrl::expose).collect()
 }
 
 /// The group's consumer, subscribed to `topic`, reporting rebalances, lag

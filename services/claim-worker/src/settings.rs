@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use turnstile_bus::KafkaSettings;
-use turnstile_runtime::settings::{InvalidSetting, duration, show_duration};
+use turnstile_runtime::{
+    secret::ConnectionUrl,
+    settings::{CacheSettings, DatabaseSettings, InvalidSetting, duration, show_duration},
+};
 
 /// Which lock store guards the resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -36,28 +39,17 @@ pub struct Settings {
     #[arg(long, env = "TURNSTILE_METRICS_ADDR", default_value = "127.0.0.1:9101")]
     pub metrics_addr: SocketAddr,
 
-    /// The claims database.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/turnstile",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    /// Where the claims database is.
+    #[command(flatten)]
+    pub database: DatabaseSettings,
 
     /// Database connections.
     #[arg(long, env = "TURNSTILE_PG_POOL", default_value_t = 8)]
     pub pg_pool: u32,
 
-    /// The stock cache, and the lock store with the redis backend unless
-    /// TURNSTILE_LOCK_REDIS_URL says otherwise.
-    #[arg(
-        long,
-        env = "TURNSTILE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
+    /// Where the stock cache is.
+    #[command(flatten)]
+    pub cache: CacheSettings,
 
     /// The cluster, the producer, the topics' names and layout, and any
     /// librdkafka property.
@@ -95,7 +87,7 @@ pub struct Settings {
 
     /// The lock's Redis, with the redis backend [default: TURNSTILE_REDIS_URL]
     #[arg(long, env = "TURNSTILE_LOCK_REDIS_URL", hide_env_values = true)]
-    pub lock_redis_url: Option<String>,
+    pub lock_redis_url: Option<ConnectionUrl>,
 
     /// Seed nodes of the Redis Cluster, comma-separated, with the
     /// redis-cluster backend: one that answers is enough to learn the rest.
@@ -106,7 +98,7 @@ pub struct Settings {
         default_value = "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003",
         hide_env_values = true
     )]
-    pub redis_cluster_urls: Vec<String>,
+    pub redis_cluster_urls: Vec<ConnectionUrl>,
 
     /// The independent Redis masters, comma-separated, with the redlock
     /// backend.
@@ -117,7 +109,7 @@ pub struct Settings {
         default_value = "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393",
         hide_env_values = true
     )]
-    pub redlock_urls: Vec<String>,
+    pub redlock_urls: Vec<ConnectionUrl>,
 
     /// The ZooKeeper ensemble, host:port[,host:port...], with the zookeeper
     /// backend.
@@ -161,8 +153,8 @@ pub struct Settings {
 impl Settings {
     /// The lock's Redis: [`Settings::lock_redis_url`] when set, otherwise
     /// the cache's.
-    pub fn lock_redis_url(&self) -> &str {
-        self.lock_redis_url.as_deref().unwrap_or(&self.redis_url)
+    pub fn lock_redis_url(&self) -> &ConnectionUrl {
+        self.lock_redis_url.as_ref().unwrap_or(&self.cache.url)
     }
 
     /// Checks the settings that depend on each other or have a floor;
@@ -199,14 +191,14 @@ impl Settings {
         if self.lock_backend == LockBackendKind::Redlock && !well_formed_list(&self.redlock_urls) {
             return Err(InvalidSetting::new(
                 "TURNSTILE_REDLOCK_URLS",
-                self.redlock_urls.join(","),
+                shown_list(&self.redlock_urls),
                 "must list the masters' URLs, comma-separated, none empty",
             ));
         }
         if self.lock_backend == LockBackendKind::RedisCluster && !well_formed_list(&self.redis_cluster_urls) {
             return Err(InvalidSetting::new(
                 "TURNSTILE_REDIS_CLUSTER_URLS",
-                self.redis_cluster_urls.join(","),
+                shown_list(&self.redis_cluster_urls),
                 "must list seed nodes' URLs, comma-separated, none empty",
             ));
         }
@@ -224,8 +216,13 @@ impl Settings {
 }
 
 /// A list of URLs with at least one entry and no empty one.
-fn well_formed_list(urls: &[String]) -> bool {
-    !urls.is_empty() && urls.iter().all(|url| !url.trim().is_empty())
+fn well_formed_list(urls: &[ConnectionUrl]) -> bool {
+    !urls.is_empty() && urls.iter().all(|url| !url.expose().trim().is_empty())
+}
+
+/// A list of URLs as a message may show it: without credentials.
+fn shown_list(urls: &[ConnectionUrl]) -> String {
+    urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -235,6 +232,10 @@ mod tests {
     use clap::{CommandFactory as _, Parser as _};
 
     use super::*;
+
+    fn exposed(urls: &[ConnectionUrl]) -> Vec<&str> {
+        urls.iter().map(ConnectionUrl::expose).collect()
+    }
 
     #[test]
     fn the_command_line_is_well_formed() {
@@ -247,6 +248,31 @@ mod tests {
         let breaches =
             turnstile_runtime::settings::convention_breaches(&Settings::command(), &["TURNSTILE_LOCK_REDIS_URL"]);
         assert!(breaches.is_empty(), "{breaches:?}");
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let mut settings = Settings::try_parse_from([
+            "claim-worker",
+            "--database-url",
+            "postgres://turnstile:hunter2@db:5432/turnstile",
+            "--redis-url",
+            "rediss://:hunter2@cache:6380",
+            "--lock-redis-url",
+            "rediss://locks:hunter2@locks:6380",
+            "--redlock-urls",
+            "redis://:hunter2@a:1,redis://:hunter2@b:2",
+            "--redis-cluster-urls",
+            "redis://:hunter2@c1:7001",
+        ])
+        .unwrap();
+        settings
+            .kafka
+            .read_properties([("TURNSTILE_KAFKA_SASL_PASSWORD".to_owned(), "hunter2".to_owned())])
+            .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("locks:6380"), "where it connects still shows: {shown}");
     }
 
     #[test]
@@ -275,8 +301,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(settings.lock_backend, LockBackendKind::ZooKeeper);
-        assert_eq!(settings.redlock_urls, ["redis://a:1", "redis://b:2"]);
-        assert_eq!(settings.lock_redis_url(), "redis://cache:6379");
+        assert_eq!(exposed(&settings.redlock_urls), ["redis://a:1", "redis://b:2"]);
+        assert_eq!(settings.lock_redis_url().expose(), "redis://cache:6379");
         let cluster = Settings::try_parse_from([
             "claim-worker",
             "--lock-backend",
@@ -286,17 +312,20 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cluster.lock_backend, LockBackendKind::RedisCluster);
-        assert_eq!(cluster.redis_cluster_urls, ["redis://c1:7001", "redis://c2:7002"]);
+        assert_eq!(
+            exposed(&cluster.redis_cluster_urls),
+            ["redis://c1:7001", "redis://c2:7002"]
+        );
         assert!(cluster.validate().is_ok());
     }
 
     #[test]
     fn a_cluster_needs_seed_nodes() {
         let mut settings = Settings::try_parse_from(["claim-worker", "--lock-backend", "redis-cluster"]).unwrap();
-        settings.redis_cluster_urls = vec!["redis://a:1".to_owned(), " ".to_owned()];
+        settings.redis_cluster_urls = vec!["redis://a:1".into(), " ".into()];
         assert_eq!(
             settings.validate().unwrap_err().to_string(),
-            "TURNSTILE_REDIS_CLUSTER_URLS=redis://a:1,  is invalid: must list seed nodes' URLs, comma-separated, none empty"
+            "TURNSTILE_REDIS_CLUSTER_URLS=redis://a:1,<not a url> is invalid: must list seed nodes' URLs, comma-separated, none empty"
         );
     }
 

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use turnstile_bus::KafkaHealth;
 use turnstile_claim::ClaimId;
+use turnstile_runtime::secret::ConnectionUrl;
 use turnstile_store::{self as store, StalePending, SweepTurn};
 
 use crate::{
@@ -37,7 +38,7 @@ const SWEEP_CONCURRENCY: usize = 8;
 
 /// What the sweeper needs.
 pub(crate) struct Sweeper {
-    pub(crate) database_url: String,
+    pub(crate) database_url: ConnectionUrl,
     pub(crate) decider: Decider,
     pub(crate) health: KafkaHealth,
     /// How long a claim may stay pending before it is swept.
@@ -65,7 +66,7 @@ impl Sweeper {
                 () = tokio::time::sleep(wait) => {}
             }
             if turn.is_none() {
-                match SweepTurn::connect(&self.database_url).await {
+                match SweepTurn::connect(self.database_url.expose()).await {
                     Ok(connected) => turn = Some(connected),
                     Err(e) => {
                         debug!(error = %e, "sweeper cannot connect to postgres; will retry");

@@ -647,12 +647,12 @@ fn locking_with(ns: &Namespace, backend: claim_worker::LockBackendKind) -> claim
     settings.redlock_urls = std::env::var("TURNSTILE_REDLOCK_URLS")
         .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
         .split(',')
-        .map(str::to_owned)
+        .map(Into::into)
         .collect();
     settings.redis_cluster_urls = std::env::var("TURNSTILE_REDIS_CLUSTER_URLS")
         .unwrap_or_else(|_| "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003".to_owned())
         .split(',')
-        .map(str::to_owned)
+        .map(Into::into)
         .collect();
     settings
 }

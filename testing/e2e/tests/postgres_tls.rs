@@ -21,6 +21,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Namespace, TestApi, TestWorker, api_settings, unique, worker_settings};
 use turnstile_private_stores::{PrivatePostgres, ServerTls};
+use turnstile_runtime::settings::DatabaseSettings;
 
 /// A certificate authority made for one test, and a server certificate it
 /// signed for `localhost` and 127.0.0.1.
@@ -136,13 +137,17 @@ async fn a_claim_is_accepted_and_decided_on_a_postgres_that_requires_verify_full
 
     let ns = Namespace::new("pg-tls-claims");
     let api = support::start_api(claim_api::Settings {
-        database_url: database_url.clone(),
+        database: DatabaseSettings {
+            url: database_url.clone().into(),
+        },
         ..api_settings(&ns)
     })
     .await
     .unwrap();
     let worker = TestWorker::start(claim_worker::Settings {
-        database_url: database_url.clone(),
+        database: DatabaseSettings {
+            url: database_url.clone().into(),
+        },
         ..worker_settings(&ns)
     })
     .await
@@ -188,8 +193,10 @@ async fn a_claim_the_replica_has_not_replayed_yet_is_read_from_the_primary() {
 
     let ns = Namespace::new("pg-replica");
     let api = support::start_api(claim_api::Settings {
-        database_url: primary.url(),
-        database_read_url: Some(replica.url()),
+        database: DatabaseSettings {
+            url: primary.url().into(),
+        },
+        database_read_url: Some(replica.url().into()),
         ..api_settings(&ns)
     })
     .await

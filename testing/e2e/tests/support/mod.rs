@@ -14,7 +14,7 @@ pub const WORKER_BIN: &str = env!("CARGO_BIN_EXE_e2e-claim-worker");
 
 /// Builds and serves an API with `settings` in this process.
 pub async fn start_api(settings: claim_api::Settings) -> Result<TestApi> {
-    let database_url = settings.database_url.clone();
+    let database_url = settings.database.url.expose().to_owned();
     let app = claim_api::Application::build(settings).await?;
     let (addr, operator) = (app.local_addr()?, app.metrics_addr()?);
     let stop = CancellationToken::new();
@@ -26,13 +26,17 @@ pub async fn start_api(settings: claim_api::Settings) -> Result<TestApi> {
 pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
     claim_api::Settings {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: database_url(),
+        database: turnstile_runtime::settings::DatabaseSettings {
+            url: database_url().into(),
+        },
         database_read_url: None,
         pg_write_pool: 8,
         accept_batches: 4,
         pg_read_pool: 8,
         pg_acquire_timeout: Duration::from_secs(2),
-        redis_url: redis_url(),
+        cache: turnstile_runtime::settings::CacheSettings {
+            url: redis_url().into(),
+        },
         kafka: ns.kafka(),
         worker_group_id: ns.group_id.clone(),
         max_inflight: 512,
@@ -64,9 +68,13 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
     claim_worker::Settings {
         kafka: ns.kafka(),
         group_id: ns.group_id.clone(),
-        database_url: database_url(),
+        database: turnstile_runtime::settings::DatabaseSettings {
+            url: database_url().into(),
+        },
         pg_pool: 8,
-        redis_url: redis_url(),
+        cache: turnstile_runtime::settings::CacheSettings {
+            url: redis_url().into(),
+        },
         lock_backend: claim_worker::LockBackendKind::Redis,
         lock_redis_url: None,
         redis_cluster_urls: Vec::new(),
