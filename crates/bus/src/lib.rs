@@ -1,12 +1,13 @@
 //! Kafka plumbing for Turnstile: how the claim services talk to the broker.
 //!
-//! claim-api produces [`ClaimRequested`](turnstile_claim::ClaimRequested)
-//! events keyed by resource, so one resource's claims share a partition and
+//! claim-api produces `ClaimRequested` events keyed by resource, so one resource's claims share a partition and
 //! arrive in order; claim-worker consumes them in the `claim-workers` group
-//! and produces [`ClaimDecided`](turnstile_claim::ClaimDecided) events, which
+//! and produces `ClaimDecided` events, which
 //! the API tails to answer `Prefer: wait`. Undecodable messages go to a
 //! dead-letter topic with the reason in a header. Everything here is
-//! configuration and encoding; the decisions live elsewhere.
+//! configuration and encoding of any serde event; the claim types and the
+//! decisions live elsewhere, so a library with other events (the
+//! coordinator) uses it without them.
 
 mod connection;
 mod health;

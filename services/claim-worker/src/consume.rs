@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use turnstile_bus::GroupContext;
 use turnstile_claim::{ClaimRequested, UnixMillis};
+use turnstile_coordinator::Waiting;
 
 use crate::WorkerMetrics;
 
@@ -41,47 +42,6 @@ pub(crate) struct DeadLetter {
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) payload: Option<Vec<u8>>,
     pub(crate) headers: OwnedHeaders,
-}
-
-/// Since when the pipeline has been waiting on the consumer with nothing
-/// in hand, or nothing while it holds messages or works on them. The
-/// subscription keeper reads it: a member that waited all along while a
-/// partition's log ran past its position is fetching nothing from that
-/// partition (see [`crate::subscription`]).
-#[derive(Debug, Clone)]
-pub(crate) struct Waiting {
-    origin: std::time::Instant,
-    /// Milliseconds since `origin` plus one at which the wait began; 0
-    /// while not waiting.
-    since: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Default for Waiting {
-    fn default() -> Self {
-        Self {
-            origin: std::time::Instant::now(),
-            since: std::sync::Arc::default(),
-        }
-    }
-}
-
-impl Waiting {
-    fn begin(&self) {
-        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.since.store(ms + 1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn end(&self) {
-        self.since.store(0, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// When the current wait began, if the pipeline is waiting.
-    pub(crate) fn since(&self) -> Option<std::time::Instant> {
-        match self.since.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => None,
-            ms => Some(self.origin + std::time::Duration::from_millis(ms - 1)),
-        }
-    }
 }
 
 /// Waits for the first message (or shutdown), then gathers more until the

@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use tokio::time::{Instant, sleep};
 use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
 use turnstile_claim::{ClaimDecided, ClaimId, ClaimRequested, Decision, RejectReason, ResourceKey, UnixMillis};
+use turnstile_coordinator::batch::group_by_resource;
 use turnstile_lock::{FencingToken, LockClient};
 use turnstile_store::{self as store, FencedOutcome, Orphan, StoreError, cache::ResourceCache};
 
@@ -35,21 +36,17 @@ pub(crate) struct ResourceGroup {
 impl ResourceGroup {
     /// Groups events by resource, keeping each resource's order.
     pub(crate) fn group(items: impl IntoIterator<Item = (ClaimRequested, Origin)>) -> Vec<Self> {
-        let mut groups: Vec<Self> = Vec::new();
-        for (event, origin) in items {
-            match groups.iter_mut().find(|g| g.resource == event.resource) {
-                Some(group) => {
-                    group.events.push(event);
-                    group.origins.push(origin);
+        group_by_resource(items, |(event, _)| &event.resource)
+            .into_iter()
+            .map(|(resource, items)| {
+                let (events, origins) = items.into_iter().unzip();
+                Self {
+                    resource,
+                    events,
+                    origins,
                 }
-                None => groups.push(Self {
-                    resource: event.resource.clone(),
-                    events: vec![event],
-                    origins: vec![origin],
-                }),
-            }
-        }
-        groups
+            })
+            .collect()
     }
 }
 

@@ -24,8 +24,9 @@
 //! (decisions, dead letters, offsets) and [`pipeline`], the loop that joins
 //! them; [`sweep`] decides what Kafka never delivered, [`relay`] sends the
 //! announcements owed in the database's outbox, [`readiness`] says
-//! whether they move, and [`subscription`] keeps the group subscribed
-//! across topics that vanish. None of them waits on Kafka to decide: with the
+//! whether they move. What is not about claims (grouping by resource, the
+//! poison count, the back-off, keeping the group subscribed across topics
+//! that vanish) is `turnstile-coordinator`'s. None of them waits on Kafka to decide: with the
 //! broker gone, the sweeper decides from the database and the outbox keeps
 //! what is owed.
 
@@ -38,7 +39,6 @@ mod pipeline;
 mod readiness;
 mod relay;
 pub mod settings;
-mod subscription;
 mod sweep;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -269,7 +269,7 @@ impl Worker {
         let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
         let broker_returns = self.relay.announcer.health.returns();
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
-        let resubscribe = tokio::spawn(subscription::keep_subscribed(
+        let resubscribe = tokio::spawn(turnstile_coordinator::subscription::keep_subscribed(
             self.keeper.recreations(),
             broker_returns,
             Arc::clone(&self.pipeline.consumer),
@@ -311,7 +311,7 @@ impl Worker {
                 let _ = settler.await;
             }
         }
-        pipeline::leave(&consumer);
+        turnstile_coordinator::consumption::leave(&consumer);
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(1))).await;
         if let Ok(Err(e)) = flushed {
             warn!(error = %e, "messages still queued at exit");

@@ -11,20 +11,21 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::Duration,
 };
 
 use futures::future::join_all;
 use rdkafka::{
     Offset,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{Consumer, StreamConsumer},
     producer::DeliveryFuture,
 };
-use tokio::{sync::mpsc, time::sleep};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 use turnstile_bus::GroupContext;
+use turnstile_coordinator::{POISON_ATTEMPTS, PoisonCounter, Waiting, consumption::pause_after_failures};
 
 use crate::{
     WorkerMetrics,
@@ -32,24 +33,6 @@ use crate::{
     consume::{self, Incoming},
     decide::{Announcing, DecideFailure, Decider, ResourceGroup},
 };
-
-/// Commits the offsets stored so far and leaves the group.
-pub(crate) fn leave(consumer: &StreamConsumer<GroupContext>) {
-    info!("shutting down: committing stored offsets and leaving the group");
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        // Nothing stored since the last commit is the usual reason.
-        debug!(error = %e, "final offset commit");
-    }
-    consumer.unsubscribe();
-}
-
-/// The longest pause after a dependency failure.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// How many times one resource's claims may fail the same non-transient way
-/// (a statement the database refuses) before they are dead-lettered. With
-/// the backoff between attempts this bounds the stall at about 3 s.
-pub(crate) const POISON_ATTEMPTS: u32 = 5;
 
 pub(crate) struct Pipeline {
     pub(crate) consumer: Arc<StreamConsumer<GroupContext>>,
@@ -62,10 +45,9 @@ pub(crate) struct Pipeline {
     pub(crate) metrics: WorkerMetrics,
     /// Whether the loop is waiting on the consumer, for the subscription
     /// keeper.
-    pub(crate) waiting: consume::Waiting,
-    /// Non-transient failures so far, by the partition and offset of the
-    /// failing resource's first message.
-    poison: Mutex<HashMap<(i32, i64), u32>>,
+    pub(crate) waiting: Waiting,
+    /// Non-transient failures so far.
+    poison: PoisonCounter,
 }
 
 impl Pipeline {
@@ -89,8 +71,8 @@ impl Pipeline {
             announcer,
             settle,
             metrics,
-            waiting: consume::Waiting::default(),
-            poison: Mutex::new(HashMap::new()),
+            waiting: Waiting::default(),
+            poison: PoisonCounter::default(),
         }
     }
 
@@ -118,7 +100,7 @@ impl Pipeline {
                 failures = 0;
             } else {
                 failures = failures.saturating_add(1);
-                self.back_off(failures, &shutdown).await;
+                pause_after_failures(&self.consumer, failures, &shutdown).await;
             }
         }
     }
@@ -219,7 +201,7 @@ impl Pipeline {
             let first_offset = offsets.get(&group.resource).copied().unwrap_or(0);
             match self.decider.decide(group, Announcing::Now).await {
                 Ok(decided) => {
-                    self.forget_poison(partition, first_offset);
+                    self.poison.handled(partition, first_offset);
                     decisions.extend(self.announcer.announce(&decided.announcements, &decided.span));
                     for orphan in &decided.orphans {
                         if let Some(event) = group.events.iter().find(|e| e.claim_id == orphan.claim_id) {
@@ -230,7 +212,7 @@ impl Pipeline {
                         }
                     }
                 }
-                Err(failure) if !failure.is_transient() && self.poisoned(partition, first_offset) => {
+                Err(failure) if !failure.is_transient() && self.poison.failed(partition, first_offset) => {
                     error!(
                         partition,
                         offset = first_offset,
@@ -264,43 +246,5 @@ impl Pipeline {
         self.announcer
             .dead_letter(cause, Some(key.as_bytes()), Some(&payload), headers)
             .await
-    }
-
-    /// Counts a non-transient failure of the claims starting at `offset`;
-    /// returns whether they have now failed [`POISON_ATTEMPTS`] times.
-    fn poisoned(&self, partition: i32, offset: i64) -> bool {
-        let mut poison = self.poison.lock().unwrap_or_else(PoisonError::into_inner);
-        let attempts = poison.entry((partition, offset)).or_default();
-        *attempts += 1;
-        if *attempts >= POISON_ATTEMPTS {
-            poison.remove(&(partition, offset));
-            true
-        } else {
-            false
-        }
-    }
-
-    fn forget_poison(&self, partition: i32, offset: i64) {
-        let mut poison = self.poison.lock().unwrap_or_else(PoisonError::into_inner);
-        if !poison.is_empty() {
-            poison.remove(&(partition, offset));
-        }
-    }
-
-    /// Pauses consumption while a dependency is failing, so a dead Postgres
-    /// or Redis costs idle waiting rather than a hot redelivery loop.
-    async fn back_off(&self, failures: u32, shutdown: &CancellationToken) {
-        let delay = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6))).min(MAX_BACKOFF);
-        let assignment = self.consumer.assignment().ok();
-        if let Some(assignment) = &assignment {
-            let _ = self.consumer.pause(assignment);
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = sleep(delay) => {}
-        }
-        if let Some(assignment) = &assignment {
-            let _ = self.consumer.resume(assignment);
-        }
     }
 }

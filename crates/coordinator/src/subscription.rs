@@ -50,15 +50,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use turnstile_bus::GroupContext;
 
-use crate::consume::Waiting;
+use crate::waiting::Waiting;
 
 /// Topic checks in a row with no partition, after holding some, before the
 /// worker subscribes again.
-pub(crate) const LOST_AFTER_CHECKS: u32 = 3;
+pub const LOST_AFTER_CHECKS: u32 = 3;
 
 /// Subscribes again as the module says, checking every `every`, until
 /// `stop` fires.
-pub(crate) async fn keep_subscribed(
+pub async fn keep_subscribed(
     mut recreations: watch::Receiver<u64>,
     mut returns: watch::Receiver<u64>,
     consumer: Arc<StreamConsumer<GroupContext>>,
