@@ -38,7 +38,7 @@ pub use audit::check_invariants;
 pub use decide::{
     BatchDecided, EarlierDecision, FencedOutcome, Orphan, OrphanReason, decide_fenced, decide_fenced_owing,
 };
-pub use sweep::{StalePending, SweepTurn, reject_invalid, stale_pending};
+pub use sweep::{StalePending, reject_invalid, stale_pending};
 
 use std::time::Duration;
 

@@ -7,49 +7,11 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::StoreError;
 use turnstile_claim::{ClaimId, ClaimRequested, Quantity, RejectReason, UnixMillis, UserId};
-
-/// The advisory lock that makes one worker the sweeper at a time (an
-/// arbitrary constant, "turnstil").
-const SWEEP_LOCK: i64 = 0x7475_726e_7374_696c;
-
-/// The sweeper's own connection, which holds the session-level advisory lock
-/// while a pass runs. It is no pooled connection: a pooled one could go
-/// back to the pool still holding the lock. If the process dies the
-/// connection closes and the lock goes with it.
-#[derive(Debug)]
-pub struct SweepTurn {
-    conn: PgConnection,
-}
-
-impl SweepTurn {
-    /// Opens the sweeper's connection.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Ok(Self {
-            conn: PgConnection::connect(url).await?,
-        })
-    }
-
-    /// Runs `pass` if no other worker is sweeping; returns whether it ran.
-    /// No transaction stays open meanwhile: the lock belongs to the session.
-    pub async fn run<F: Future<Output = ()>>(&mut self, pass: F) -> Result<bool, StoreError> {
-        let ours = sqlx::query_scalar!("SELECT pg_try_advisory_lock($1) AS \"ours!\"", SWEEP_LOCK)
-            .fetch_one(&mut self.conn)
-            .await?;
-        if !ours {
-            return Ok(false);
-        }
-        pass.await;
-        sqlx::query_scalar!("SELECT pg_advisory_unlock($1) AS \"released!\"", SWEEP_LOCK)
-            .fetch_one(&mut self.conn)
-            .await?;
-        Ok(true)
-    }
-}
 
 /// A claim left pending, as the sweeper found it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,221 +1,90 @@
-//! Deciding one resource's claims: lease, fenced write, cache.
+//! Deciding one resource's claims: the claim worker's handler.
 //!
-//! Under the resource's lease, the claims are decided in one Postgres
-//! transaction that first moves the resource's fence to the lease's token
-//! ([`store::decide_fenced`]). The database refuses a token that is not
-//! newer than the last it accepted. That refusal has two causes: a newer
-//! holder exists (this worker is a zombie), or the lock store's counter fell
-//! behind the database (restored from an older snapshot, a failover to a
-//! lagging replica, a switch of lock backend). Either way the worker raises
-//! the lock's counter above the database's fence and tries once more at
-//! once: for a zombie that changes nothing (the claims were decided by the
-//! newer holder and are reported as such), and a counter that fell behind
-//! is repaired by the first refused write.
+//! `turnstile-coordinator` hands the [`Decider`] one resource's claims at a
+//! time, in partition order, under the resource's lease. They are decided
+//! in one Postgres transaction that first moves the resource's fence to
+//! the lease's token ([`store::decide_fenced`]); the database refuses a
+//! token that is not newer than the last it accepted, and the coordinator
+//! then repairs the lock's counter and tries once more. The cache is
+//! updated after the commit, while the lease is released.
+//!
+//! A message becomes a claim event only if it decodes into valid domain
+//! values (the same rules the API applies) and its key is the resource it
+//! names, the key every claim of that resource is partitioned by.
 
 use std::{collections::HashMap, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
-use opentelemetry::trace::TraceContextExt;
 use sqlx::PgPool;
-use tokio::time::{Instant, sleep};
-use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
 use turnstile_claim::{ClaimDecided, ClaimId, ClaimRequested, Decision, RejectReason, ResourceKey, UnixMillis};
-use turnstile_coordinator::batch::group_by_resource;
-use turnstile_lock::{FencingToken, LockClient};
-use turnstile_store::{self as store, FencedOutcome, Orphan, StoreError, cache::ResourceCache};
+use turnstile_coordinator::{Fenced, Handled, Handler, HandlerError, Origin, Refusal, Source, Work};
+use turnstile_lock::FencingToken;
+use turnstile_store::{self as store, FencedOutcome, StoreError, cache::ResourceCache};
 
-use crate::{WorkerMetrics, consume::Origin};
+use crate::WorkerMetrics;
 
-/// The claims of one resource within a batch, in arrival order.
-pub(crate) struct ResourceGroup {
-    pub(crate) resource: ResourceKey,
-    pub(crate) events: Vec<ClaimRequested>,
-    pub(crate) origins: Vec<Origin>,
-}
+/// The dead-letter cause of a valid event naming no claim of its resource.
+pub(crate) const ORPHAN: &str = "orphan";
 
-impl ResourceGroup {
-    /// Groups events by resource, keeping each resource's order.
-    pub(crate) fn group(items: impl IntoIterator<Item = (ClaimRequested, Origin)>) -> Vec<Self> {
-        group_by_resource(items, |(event, _)| &event.resource)
-            .into_iter()
-            .map(|(resource, items)| {
-                let (events, origins) = items.into_iter().unzip();
-                Self {
-                    resource,
-                    events,
-                    origins,
-                }
-            })
-            .collect()
-    }
-}
-
-/// Who announces a group's decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Announcing {
-    /// The caller, at once: the consume path, whose offset waits for them.
-    Now,
-    /// The relay, from the outbox row written with each decision: the
-    /// sweeper, which has no offset to hold them back.
-    Owed,
-}
-
-/// Why a resource's claims were not decided this time.
+/// Why a resource's claims were not decided this time: Postgres failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DecideFailure {
-    #[error("lock unavailable")]
-    Lock(#[from] turnstile_lock::LockError),
-    #[error("postgres failed")]
-    Store(#[from] StoreError),
-    #[error("fencing token {fence} is stale: the database already accepted {last_accepted}")]
-    StaleFence { fence: u64, last_accepted: i64 },
-}
+#[error("postgres failed")]
+pub(crate) struct DecideFailure(#[from] StoreError);
 
-impl DecideFailure {
-    /// The dependency to blame, for metrics.
-    pub(crate) fn dependency(&self) -> &'static str {
-        match self {
-            Self::Lock(_) => "lock",
-            Self::Store(_) => "postgres",
-            Self::StaleFence { .. } => "fence",
-        }
+impl HandlerError for DecideFailure {
+    /// Anything but a transient failure is a property of the input, which
+    /// no retry fixes.
+    fn is_transient(&self) -> bool {
+        self.0.is_transient()
     }
 
-    /// Whether trying again later may succeed. Anything else is a property of
-    /// the input, which no retry fixes.
-    pub(crate) fn is_transient(&self) -> bool {
-        match self {
-            Self::Lock(e) => e.is_retryable(),
-            Self::Store(e) => e.is_transient(),
-            Self::StaleFence { .. } => true,
-        }
+    fn dependency(&self) -> &'static str {
+        "postgres"
     }
 }
 
-/// What deciding one resource's claims produced.
-pub(crate) struct GroupDecided {
-    /// One `ClaimDecided` per claim of the group, decided now or before.
-    pub(crate) announcements: Vec<ClaimDecided>,
-    /// Events that name no claim of the resource: to the dead-letter topic.
-    pub(crate) orphans: Vec<Orphan>,
-    /// The consumer span the group was decided in, which the announcement
-    /// continues.
-    pub(crate) span: tracing::Span,
-}
-
-/// Decides resource groups. Cheap to clone.
+/// Decides claims. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Decider {
     pub(crate) pool: PgPool,
-    pub(crate) locks: LockClient,
     pub(crate) cache: ResourceCache,
     pub(crate) metrics: WorkerMetrics,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) lock_wait: Duration,
-    /// The topic the claims came from, for the consumer span.
-    pub(crate) topic: String,
     /// The topic their decisions go to, for those owed in the outbox.
     pub(crate) decided_topic: String,
 }
 
-impl Decider {
-    /// One resource's claims under one lease and one fenced transaction, in
-    /// a consumer span continuing the first claim's trace (and linking the
-    /// others'), with child spans for the lock, the transaction and the
-    /// cache update.
-    pub(crate) async fn decide(
-        &self,
-        group: &ResourceGroup,
-        announcing: Announcing,
-    ) -> Result<GroupDecided, DecideFailure> {
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
+impl Handler for Decider {
+    type Event = ClaimRequested;
+    type Resource = ResourceKey;
+    type Announcement = ClaimDecided;
+    type Error = DecideFailure;
 
-        let topic = self.topic.as_str();
-        let correlation_id = group.origins.first().and_then(|o| o.correlation_id.as_deref());
-        let span = info_span!(
-            "process",
-            otel.name = %format_args!("process {topic}"),
-            otel.kind = "consumer",
-            messaging.system = "kafka",
-            messaging.operation.type = "process",
-            messaging.destination.name = topic,
-            messaging.batch.message_count = group.events.len(),
-            turnstile.resource = %group.resource,
-            correlation_id,
-            fence = Empty,
-            otel.status_code = Empty,
-        );
-        if let Some((first, rest)) = group.origins.split_first() {
-            let _ = span.set_parent(first.trace.clone());
-            for origin in rest {
-                span.add_link(origin.trace.span().span_context().clone());
-            }
-        }
-        let result = self
-            .decide_repairing(group, correlation_id, announcing)
-            .instrument(span.clone())
-            .await;
-        match result {
-            Ok((announcements, orphans)) => Ok(GroupDecided {
-                announcements,
-                orphans,
-                span,
-            }),
-            Err(e) => {
-                span.record("otel.status_code", "ERROR");
-                Err(e)
-            }
-        }
+    const REFUSAL_CAUSES: &'static [&'static str] = &[ORPHAN];
+    const DEPENDENCIES: &'static [&'static str] = &["postgres"];
+
+    fn decode(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<ClaimRequested, String> {
+        check(key, payload)
     }
 
-    /// Decides, and after a stale-token refusal raises the lock's counter
-    /// above the database's fence and decides again, once.
-    async fn decide_repairing(
-        &self,
-        group: &ResourceGroup,
-        correlation_id: Option<&str>,
-        announcing: Announcing,
-    ) -> Result<(Vec<ClaimDecided>, Vec<Orphan>), DecideFailure> {
-        match self.decide_once(group, correlation_id, announcing).await {
-            Err(DecideFailure::StaleFence { fence, last_accepted }) => {
-                let name = group.resource.to_string();
-                let floor = FencingToken::new(u64::try_from(last_accepted).unwrap_or(0));
-                self.locks.raise_floor(&name, floor).await?;
-                self.metrics.fence_repairs.inc();
-                info!(resource = %name, fence, last_accepted, "raised the lock's token counter above the database's fence");
-                self.decide_once(group, correlation_id, announcing).await
-            }
-            other => other,
-        }
+    fn resource<'e>(&self, event: &'e ClaimRequested) -> &'e ResourceKey {
+        &event.resource
     }
 
-    async fn decide_once(
-        &self,
-        group: &ResourceGroup,
-        correlation_id: Option<&str>,
-        announcing: Announcing,
-    ) -> Result<(Vec<ClaimDecided>, Vec<Orphan>), DecideFailure> {
+    fn encode(&self, event: &ClaimRequested) -> (String, Vec<u8>) {
+        (event.resource.to_string(), turnstile_bus::encode(event))
+    }
+
+    /// One resource's claims in one fenced transaction, in a child span of
+    /// the coordinator's; the cache update (its own span) runs after the
+    /// commit. A swept batch owes its announcements in the transaction.
+    async fn handle(&self, work: Work<'_, Self>, fence: FencingToken) -> Result<Fenced<Handled<Self>>, DecideFailure> {
         let started = Instant::now();
-        let (resource, events) = (&group.resource, group.events.as_slice());
-        let name = resource.to_string();
-        let lock_span = info_span!(
-            "lock",
-            otel.name = "lock acquire",
-            turnstile.lock.backend = self.locks.backend_name(),
-            turnstile.lock.resource = %name,
-            turnstile.lock.fence = Empty,
-        );
-        let lease = self
-            .locks
-            .acquire(&name, self.lock_ttl, self.lock_wait)
-            .instrument(lock_span.clone())
-            .await?;
-        let fence = lease.token();
-        lock_span.record("turnstile.lock.fence", fence.get());
-        tracing::Span::current().record("fence", fence.get());
-        hold_lease_before_write(&name, fence).await;
+        let correlation_id = work.origins.first().and_then(|o| o.correlation_id.as_deref());
+        let owe = work.source == Source::Swept;
         let outcome = self
-            .decide_with_retry(resource, fence, events, announcing)
+            .decide_with_retry(work.resource, fence, work.events, owe)
             .instrument(info_span!(
                 "db",
                 otel.name = "decide_fenced claims",
@@ -224,59 +93,32 @@ impl Decider {
                 db.operation.name = "decide_fenced",
                 db.collection.name = "claims",
             ))
-            .await;
-        // The write is fenced; the lease only needed to cover it. Releasing
-        // overlaps with the cache update below: both are one round trip.
-        let release = async {
-            if let Err(e) = lease.release().await {
-                debug!(resource = %name, error = %e, "lease release after batch");
-            }
-        };
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                release.await;
-                return Err(e.into());
-            }
-        };
+            .await?;
         let (decided, stock) = match outcome {
             FencedOutcome::Applied { decided, stock } => (decided, stock),
             FencedOutcome::StaleFence { last_accepted } => {
-                release.await;
-                self.metrics.fence_rejections.inc();
-                warn!(
-                    correlation_id,
-                    resource = %name,
-                    fence = fence.get(),
-                    last_accepted,
-                    "database refused a stale fencing token"
-                );
-                return Err(DecideFailure::StaleFence {
-                    fence: fence.get(),
-                    last_accepted,
+                return Ok(Fenced::Stale {
+                    last_accepted: u64::try_from(last_accepted).unwrap_or(0),
                 });
             }
         };
-        match stock {
-            Some((remaining, total)) => {
-                let cache_update = self
-                    .cache
-                    .update(resource, fence.as_i64(), remaining, total)
-                    .instrument(info_span!(
-                        "cache",
-                        otel.name = "cache update",
-                        otel.kind = "client",
-                        db.system.name = "redis",
-                        db.operation.name = "EVALSHA",
-                    ));
-                let ((), cached) = tokio::join!(release, cache_update);
-                if let Err(e) = cached {
+        let name = work.resource.to_string();
+        let after = stock.map(|(remaining, total)| {
+            let (cache, resource, name) = (self.cache.clone(), work.resource.clone(), name.clone());
+            let update = async move {
+                if let Err(e) = cache.update(&resource, fence.as_i64(), remaining, total).await {
                     // The cache is a view; Postgres already holds the truth.
                     warn!(resource = %name, error = %e, "cache update failed");
                 }
-            }
-            None => release.await,
-        }
+            };
+            Box::pin(update.instrument(info_span!(
+                "cache",
+                otel.name = "cache update",
+                otel.kind = "client",
+                db.system.name = "redis",
+                db.operation.name = "EVALSHA",
+            ))) as turnstile_coordinator::AfterEffects
+        });
         for orphan in &decided.orphans {
             warn!(
                 resource = %name,
@@ -302,23 +144,43 @@ impl Decider {
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             "batch decided"
         );
-        let announcements = self.announcements(group, fence, &decided);
-        Ok((announcements, decided.orphans))
+        let announcements = self.announcements(&work, fence, &decided);
+        // Orphans go to the dead-letter topic from the consume path only:
+        // a swept claim has a row, so it is never one.
+        let refused = decided
+            .orphans
+            .iter()
+            .filter_map(|orphan| {
+                let index = work.events.iter().position(|e| e.claim_id == orphan.claim_id)?;
+                Some(Refusal {
+                    index,
+                    cause: ORPHAN,
+                    reason: orphan.reason.as_str().to_owned(),
+                })
+            })
+            .collect();
+        Ok(Fenced::Applied(Handled {
+            announcements,
+            refused,
+            after,
+        }))
     }
+}
 
+impl Decider {
     /// The `ClaimDecided` events of a decided group, and the decision
     /// metrics of the claims decided now.
     fn announcements(
         &self,
-        group: &ResourceGroup,
+        work: &Work<'_, Self>,
         fence: FencingToken,
         decided: &store::BatchDecided,
     ) -> Vec<ClaimDecided> {
         let decided_at_ms = UnixMillis::now().get();
-        let by_id: HashMap<ClaimId, (&ClaimRequested, &Origin)> = group
+        let by_id: HashMap<ClaimId, (&ClaimRequested, &Origin)> = work
             .events
             .iter()
-            .zip(&group.origins)
+            .zip(work.origins)
             .map(|(e, o)| (e.claim_id, (e, o)))
             .collect();
         let mut out = Vec::with_capacity(decided.decisions.len() + decided.earlier.len());
@@ -345,7 +207,7 @@ impl Decider {
             );
             out.push(ClaimDecided {
                 claim_id: event.claim_id,
-                resource: group.resource.clone(),
+                resource: work.resource.clone(),
                 status,
                 reason,
                 fence: fence.get(),
@@ -359,7 +221,7 @@ impl Decider {
             }
             out.push(ClaimDecided {
                 claim_id: earlier.claim_id,
-                resource: group.resource.clone(),
+                resource: work.resource.clone(),
                 status: earlier.status,
                 reason: earlier.reason,
                 fence: earlier.fence,
@@ -377,17 +239,16 @@ impl Decider {
         resource: &ResourceKey,
         fence: FencingToken,
         events: &[ClaimRequested],
-        announcing: Announcing,
+        owe: bool,
     ) -> Result<FencedOutcome, StoreError> {
         // Fault injection for the tests: a statement the database refuses
         // whatever is retried, the way a poison batch fails.
         fail::fail_point!("decide-refused", |_| Err(StoreError::Query(sqlx::Error::RowNotFound)));
         (|| async {
-            match announcing {
-                Announcing::Now => store::decide_fenced(&self.pool, resource, fence, events).await,
-                Announcing::Owed => {
-                    store::decide_fenced_owing(&self.pool, resource, fence, events, &self.decided_topic).await
-                }
+            if owe {
+                store::decide_fenced_owing(&self.pool, resource, fence, events, &self.decided_topic).await
+            } else {
+                store::decide_fenced(&self.pool, resource, fence, events).await
             }
         })
         .retry(
@@ -403,22 +264,59 @@ impl Decider {
     }
 }
 
-/// Fault injection for the chaos tests: with `FAILPOINTS` set to
-/// `hold-lease-before-write=1*return(MS)`,
-/// the worker holds its lease MS milliseconds between taking the token and
-/// writing, the window in which a stalled worker becomes a zombie.
-async fn hold_lease_before_write(resource: &str, fence: FencingToken) {
-    let hold_ms: Option<u64> = (|| {
-        fail::fail_point!("hold-lease-before-write", |ms| ms.and_then(|v| v.parse().ok()));
-        None
-    })();
-    if let Some(ms) = hold_ms {
-        info!(
-            resource,
-            fence = fence.get(),
-            hold_ms = ms,
-            "failpoint: holding lease before write"
+/// A message's event, or why it is none: its payload must decode into a
+/// valid event, and its key must name the event's resource: `tenant/kind:id`,
+/// or `kind:id` as an API from before resources had tenants keyed it (such
+/// a message may sit in the topic across an upgrade; the fence, not the
+/// partition, is what keeps its decision safe).
+fn check(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<ClaimRequested, String> {
+    let event: ClaimRequested = turnstile_bus::decode(payload)?;
+    let expected = event.resource.to_string();
+    let legacy = event.resource.local_name();
+    if key != Some(expected.as_bytes()) && key != Some(legacy.as_bytes()) {
+        return Err(format!("message key is not the event's resource {expected}"));
+    }
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(quantity: i64) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "claim_id": "5f0c6f5e-8d7a-5b8e-9c1d-2e3f4a5b6c7d",
+            "tenant_id": "default",
+            "resource": {"kind": "coupon", "id": "SPRING"},
+            "user_id": "u1",
+            "quantity": quantity,
+            "accepted_at_ms": 1_795_000_000_000_i64,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_event_under_its_resource_key_is_taken() {
+        assert!(check(Some(b"default/coupon:SPRING"), Some(&payload(1))).is_ok());
+        assert!(
+            check(Some(b"coupon:SPRING"), Some(&payload(1))).is_ok(),
+            "the key before tenants"
         );
-        sleep(Duration::from_millis(ms)).await;
+    }
+
+    #[test]
+    fn invalid_events_and_wrong_keys_are_dead_letters() {
+        let refused = [
+            (Some(&b"coupon:SPRING"[..]), Some(payload(0))),
+            (Some(&b"coupon:SPRING"[..]), Some(b"not json".to_vec())),
+            (Some(&b"coupon:SPRING"[..]), None),
+            (Some(&b"coupon:OTHER"[..]), Some(payload(1))),
+            (Some(&b"other/coupon:SPRING"[..]), Some(payload(1))),
+            (None, Some(payload(1))),
+        ];
+        for (key, body) in refused {
+            let reason = check(key, body.as_deref()).unwrap_err();
+            assert!(!reason.is_empty());
+        }
     }
 }

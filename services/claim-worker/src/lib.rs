@@ -1,41 +1,40 @@
 //! `claim-worker`: the consuming side of the claim pipeline.
 //!
-//! A member of the `claim-workers` consumer group. Each partition is one
-//! ordered stream of claims; the worker takes them in micro-batches (size and
-//! linger are configurable), and for every resource in a batch:
+//! A member of the `claim-workers` consumer group, built on
+//! `turnstile-coordinator`: the coordinator takes each partition's claims
+//! in micro-batches (size and linger are configurable), in order, and for
+//! every resource in a batch takes the resource's lease from
+//! `turnstile-lock` and hands its claims and the fencing token to this
+//! crate's [`decide`] step, which:
 //!
-//! 1. takes the resource's lease from `turnstile-lock` and its fencing token;
-//! 2. decides the claims whose rows exist and belong to the resource, in one
+//! 1. decides the claims whose rows exist and belong to the resource, in one
 //!    Postgres transaction that first moves the resource's fence to the
 //!    token, which the database refuses if a newer token was already
 //!    accepted ([`turnstile_store::decide_fenced`]);
-//! 3. updates the Redis cache (only if its fence is older) and publishes a
-//!    `ClaimDecided` event per claim;
-//! 4. stores the partition's offset once Kafka acknowledged those events.
+//! 2. updates the Redis cache (only if its fence is older) after the commit.
+//!
+//! The coordinator then publishes a `ClaimDecided` event per claim through
+//! [`announce`], and stores the partition's offset once Kafka acknowledged
+//! them or the outbox owes them.
 //!
 //! A worker that stalled past its lease and its group session (a zombie) has
-//! its writes refused by step 2; it counts the rejection, and the claims are
+//! its writes refused by step 1; it counts the rejection, and the claims are
 //! decided once, by the partition's rightful owner. Redelivered claims that
 //! were already decided are announced again as they stand, never decided
 //! twice.
 //!
-//! Modules, in the order a message meets them: [`consume`] (batches,
-//! validation), [`decide`] (lease, fenced write, cache), [`announce`]
-//! (decisions, dead letters, offsets) and [`pipeline`], the loop that joins
-//! them; [`sweep`] decides what Kafka never delivered, [`relay`] sends the
-//! announcements owed in the database's outbox, [`readiness`] says
-//! whether they move. What is not about claims (grouping by resource, the
-//! poison count, the back-off, keeping the group subscribed across topics
-//! that vanish) is `turnstile-coordinator`'s. None of them waits on Kafka to decide: with the
-//! broker gone, the sweeper decides from the database and the outbox keeps
-//! what is owed.
+//! This crate is the claim handler and its wiring: [`decide`] (the
+//! handler), [`announce`] (`ClaimDecided`, owed in the outbox when Kafka
+//! does not take it), [`sweep`] (where the coordinator's sweeper finds the
+//! claims Kafka never delivered), [`relay`] (sends what the outbox owes),
+//! [`readiness`] (whether announcements move). None of them waits on Kafka
+//! to decide: with the broker gone, the sweeper decides from the database
+//! and the outbox keeps what is owed.
 
 mod announce;
 pub mod cli;
-mod consume;
 mod decide;
 mod metrics;
-mod pipeline;
 mod readiness;
 mod relay;
 pub mod settings;
@@ -47,14 +46,17 @@ use anyhow::Context;
 use axum::{Router, routing::get};
 use prometheus::Registry;
 use rdkafka::consumer::Consumer;
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 use turnstile_bus::{
-    ConsumerTuning, GroupContext, KafkaHealth, ProducerTuning, Publisher, STARTUP_TOPIC_CHECK, TOPIC_CHECK_INTERVAL,
-    TopicKeeper,
+    ConsumerTuning, GroupContext, KafkaHealth, ProducerTuning, Publisher, STARTUP_TOPIC_CHECK, TopicKeeper,
 };
 use turnstile_claim::audit::OversoldLedger;
+use turnstile_coordinator::{
+    Coordinator, CoordinatorMetrics, CoordinatorParts, DeadLetters, Handler as _, LeaseTerms, Leaseholder,
+    SweepMetrics, SweepTerms,
+};
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
     backend::{
@@ -69,36 +71,29 @@ use turnstile_runtime::secret::ConnectionUrl;
 use turnstile_store::{self as store, cache::ResourceCache};
 use turnstile_telemetry::PoolGauges;
 
-use announce::{Announcer, Settle};
+use announce::ClaimAnnouncer;
 use decide::Decider;
 pub use metrics::WorkerMetrics;
-use pipeline::Pipeline;
-use readiness::SettleClock;
 use relay::Relay;
 pub use settings::{LockBackendKind, Settings};
-use sweep::Sweeper;
+use sweep::StaleClaims;
+
+/// The coordinator as the worker runs it: claims decided by the
+/// [`Decider`], announced by the [`ClaimAnnouncer`], swept from the claims
+/// table.
+type ClaimCoordinator = Coordinator<Decider, ClaimAnnouncer, StaleClaims>;
 
 /// A worker, connected and ready to run.
 pub struct Worker {
     settings: Settings,
-    pipeline: Pipeline,
-    sweeper: Sweeper,
+    coordinator: ClaimCoordinator,
     relay: Relay,
-    keeper: TopicKeeper,
-    settler: (mpsc::Receiver<Settle>, Announcer),
     pool: sqlx::PgPool,
     metrics: WorkerMetrics,
     registry: Registry,
     pool_gauges: PoolGauges,
     metrics_listener: TcpListener,
 }
-
-/// How many decided batches may wait for Kafka's acknowledgements before
-/// consuming pauses. A batch whose messages Kafka does not take waits out
-/// the producer's delivery timeout before they are owed, so the queue holds
-/// well over that timeout's worth of batches: announcing does not hold up
-/// consumption.
-const SETTLE_QUEUE: usize = 4096;
 
 /// How often the relay looks for owed announcements when it found few.
 const RELAY_INTERVAL: Duration = Duration::from_millis(500);
@@ -116,6 +111,7 @@ impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let metrics = WorkerMetrics::register(&registry)?;
+        let loop_metrics = CoordinatorMetrics::register(&registry, Decider::REFUSAL_CAUSES, Decider::DEPENDENCIES)?;
         let pool_gauges = PoolGauges::register(&registry)?;
         let lock_families = LockMetricFamilies::register(&registry)?;
 
@@ -169,32 +165,21 @@ impl Worker {
         );
         let decider = Decider {
             pool: pool.clone(),
-            locks,
             cache,
             metrics: metrics.clone(),
-            lock_ttl: settings.lock_ttl,
-            lock_wait: settings.lock_wait,
-            topic: topics.requested.clone(),
             decided_topic: topics.decided.clone(),
         };
-        let announcer = Announcer {
-            publisher,
+        let announcer = ClaimAnnouncer {
+            publisher: publisher.clone(),
             topics: topics.clone(),
-            metrics: metrics.clone(),
             health: health.clone(),
-        };
-        let (settle, settled) = mpsc::channel(SETTLE_QUEUE);
-        let sweeper = Sweeper {
-            database_url: settings.database.url.clone(),
-            decider: decider.clone(),
-            health,
-            after: settings.sweep_after,
-            after_without_kafka: settings.sweep_after_without_kafka,
-            every: settings.sweep_interval,
+            pool: pool.clone(),
         };
         let relay = Relay {
             pool: pool.clone(),
             announcer: announcer.clone(),
+            retries: loop_metrics.announce_retries().clone(),
+            metrics: metrics.clone(),
             every: RELAY_INTERVAL,
         };
         let keeper = TopicKeeper::new(
@@ -203,24 +188,51 @@ impl Worker {
             settings.kafka.layout(),
             metrics.topics_recreated.clone(),
         )?
-        .with_health(announcer.health.clone());
-        let pipeline = Pipeline::new(
-            consumer,
+        .with_health(health.clone());
+        let leaseholder = Leaseholder::new(
+            locks,
+            LeaseTerms {
+                ttl: settings.lock_ttl,
+                wait: settings.lock_wait,
+            },
+            loop_metrics.clone(),
             topics.requested.clone(),
-            settings.batch_size,
-            settings.batch_linger,
-            decider,
-            announcer.clone(),
-            settle,
-            metrics.clone(),
         );
+        let stale_claims = StaleClaims {
+            database_url: settings.database.url.clone(),
+            pool: pool.clone(),
+            decided_topic: topics.decided.clone(),
+            metrics: metrics.clone(),
+        };
+        let coordinator = Coordinator::new(CoordinatorParts {
+            handler: decider,
+            consumer,
+            topic: topics.requested.clone(),
+            leaseholder,
+            dead_letters: DeadLetters::new(publisher, topics.dead_letter.clone(), loop_metrics.clone()),
+            health,
+            metrics: loop_metrics,
+            batch_size: settings.batch_size,
+            batch_linger: settings.batch_linger,
+        })
+        .with_announcer(announcer)
+        .with_sweeper(
+            stale_claims,
+            SweepTerms {
+                after: settings.sweep_after,
+                after_without_kafka: settings.sweep_after_without_kafka,
+                every: settings.sweep_interval,
+            },
+            SweepMetrics {
+                swept: metrics.swept.clone(),
+                handled_without_kafka: metrics.decided_without_kafka.clone(),
+            },
+        )
+        .with_topic_keeper(keeper);
         Ok(Self {
             settings,
-            pipeline,
-            sweeper,
+            coordinator,
             relay,
-            keeper,
-            settler: (settled, announcer),
             pool,
             metrics,
             registry,
@@ -239,8 +251,7 @@ impl Worker {
     /// commits the offsets so settled and leaves the group.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (registry, pool, pool_gauges) = (self.registry.clone(), self.pool.clone(), self.pool_gauges);
-        let settle_clock = SettleClock::default();
-        let readiness = (settle_clock.clone(), self.metrics.clone());
+        let readiness = (self.coordinator.settle_clock(), self.metrics.clone());
         let app = Router::new()
             .route(
                 "/metrics",
@@ -266,63 +277,14 @@ impl Worker {
             self.settings.audit_interval,
             shutdown.clone(),
         ));
-        let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
-        let broker_returns = self.relay.announcer.health.returns();
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
-        let resubscribe = tokio::spawn(turnstile_coordinator::subscription::keep_subscribed(
-            self.keeper.recreations(),
-            broker_returns,
-            Arc::clone(&self.pipeline.consumer),
-            self.pipeline.waiting.clone(),
-            self.pipeline.topic.clone(),
-            TOPIC_CHECK_INTERVAL,
-            shutdown.clone(),
-        ));
-        let keeper = tokio::spawn(self.keeper.run(TOPIC_CHECK_INTERVAL, shutdown.clone()));
-        // The settler outlives the loop: it finishes the batches handed to
-        // it, unless Kafka keeps refusing past the grace period.
-        let settler_stop = CancellationToken::new();
-        let (settled, announcer) = self.settler;
-        let publisher = announcer.publisher.clone();
-        let settler = tokio::spawn(announce::settle_in_order(
-            settled,
-            Arc::clone(&self.pipeline.consumer),
-            announcer,
-            self.pool.clone(),
-            settle_clock,
-            settler_stop.clone(),
-        ));
-
-        let consumer = Arc::clone(&self.pipeline.consumer);
-        // Both senders of settled batches go with the loop and the sweeper:
-        // the settler then ends once it has settled what they handed over.
-        self.pipeline.run(shutdown).await;
+        self.coordinator.run_until_stopped(shutdown).await;
         audit.abort();
-        let _ = sweeper.await;
         let _ = relay.await;
-        let _ = keeper.await;
-        let _ = resubscribe.await;
-        let mut settler = settler;
-        tokio::select! {
-            _ = &mut settler => {}
-            () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-                warn!("kafka did not acknowledge everything within the grace period; those batches come again");
-                settler_stop.cancel();
-                let _ = settler.await;
-            }
-        }
-        turnstile_coordinator::consumption::leave(&consumer);
-        let flushed = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(1))).await;
-        if let Ok(Err(e)) = flushed {
-            warn!(error = %e, "messages still queued at exit");
-        }
         server.await??;
         Ok(())
     }
 }
-
-/// How long a stopping worker waits for Kafka to take what it produced.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Recounts the invariants from the claims table every `interval`: units
 /// granted beyond stock go to `turnstile_oversold_units`, and any violated

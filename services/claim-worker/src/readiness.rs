@@ -6,17 +6,11 @@
 //! stays the liveness probe; `/readyz` answers 503 with the stalled checks
 //! named, so an operator or an orchestrator can tell the two apart.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicI64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use axum::{Json, http::StatusCode, response::IntoResponse};
 use serde::Serialize;
-use turnstile_claim::UnixMillis;
+use turnstile_coordinator::SettleClock;
 
 use crate::WorkerMetrics;
 
@@ -25,29 +19,6 @@ use crate::WorkerMetrics;
 pub(crate) const SETTLE_STALL: Duration = Duration::from_secs(30);
 /// An announcement owed longer than this makes the worker not ready.
 pub(crate) const ANNOUNCE_STALL: Duration = Duration::from_secs(60);
-
-/// When the settler started on the batch in hand (0 when idle). Cheap to
-/// clone.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SettleClock(Arc<AtomicI64>);
-
-impl SettleClock {
-    pub(crate) fn started(&self) {
-        self.0.store(UnixMillis::now().get(), Ordering::Relaxed);
-    }
-
-    pub(crate) fn idle(&self) {
-        self.0.store(0, Ordering::Relaxed);
-    }
-
-    /// How long the batch in hand has been settling.
-    fn busy_for(&self) -> Duration {
-        match self.0.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            since => Duration::from_millis(u64::try_from(UnixMillis::now().get() - since).unwrap_or(0)),
-        }
-    }
-}
 
 #[derive(Debug, Serialize)]
 struct Report {

@@ -18,7 +18,9 @@ use tracing::{debug, info, warn};
 use turnstile_claim::ClaimId;
 use turnstile_store::outbox::{self, OwedAnnouncement};
 
-use crate::announce::Announcer;
+use turnstile_coordinator::Announcer as _;
+
+use crate::{WorkerMetrics, announce::ClaimAnnouncer};
 
 /// Most announcements one pass takes.
 pub(crate) const RELAY_LIMIT: i64 = 1000;
@@ -32,7 +34,11 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// What the relay needs.
 pub(crate) struct Relay {
     pub(crate) pool: PgPool,
-    pub(crate) announcer: Announcer,
+    pub(crate) announcer: ClaimAnnouncer,
+    /// `turnstile_announce_retries_total`.
+    pub(crate) retries: prometheus::IntCounter,
+    /// The outbox's gauges.
+    pub(crate) metrics: WorkerMetrics,
     /// How often to look when the last pass was not full.
     pub(crate) every: Duration,
 }
@@ -105,7 +111,7 @@ impl Relay {
                 info!(announced = done.len(), "owed announcements sent");
             }
         } else {
-            self.announcer.metrics.announce_retries.inc_by(failed.len() as u64);
+            self.retries.inc_by(failed.len() as u64);
             debug!(
                 failed = failed.len(),
                 sent = done.len(),
@@ -119,11 +125,8 @@ impl Relay {
     async fn observe_backlog(&self) {
         match outbox::backlog(&self.pool, &self.announcer.topics.decided).await {
             Ok(backlog) => {
-                self.announcer.metrics.announce_backlog.set(backlog.owed);
-                self.announcer
-                    .metrics
-                    .announce_oldest_seconds
-                    .set(backlog.oldest_seconds);
+                self.metrics.announce_backlog.set(backlog.owed);
+                self.metrics.announce_oldest_seconds.set(backlog.oldest_seconds);
             }
             Err(e) => debug!(error = %e, "reading the outbox backlog failed"),
         }
