@@ -82,7 +82,10 @@ Exit status:
   1  the run finished and an invariant broke (units oversold, a user granted
      twice, a lock held twice, a chaos check failed): its numbers are no result
   2  the run could not be carried out (bad arguments, a service unreachable,
-     an API key refused)";
+     an API key refused)
+
+Also read from the environment:
+  RUST_LOG  log filter [default: warn]";
 
 fn exit_code(invariants_hold: bool) -> ExitCode {
     // A sale that broke an invariant must not pass for a result.
