@@ -446,7 +446,9 @@ async fn recorded_runs_render_every_chart() {
 async fn a_real_sql_for_update_sale_reports_and_renders() {
     let settings = sql_baseline::Settings {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: database_url(),
+        database: turnstile_runtime::settings::DatabaseSettings {
+            url: database_url().into(),
+        },
         pg_pool: 8,
         pg_acquire_timeout: Duration::from_secs(30),
         pg_statement_timeout: Duration::from_secs(30),
