@@ -4,18 +4,24 @@
 
 use std::{sync::Arc, time::Duration};
 
+use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::consumer::StreamConsumer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-use turnstile_bus::{GroupContext, KafkaHealth, TOPIC_CHECK_INTERVAL, TopicKeeper};
+use turnstile_bus::{
+    BusError, ConsumerTuning, GroupContext, KafkaConnection, KafkaHealth, ProducerTuning, Publisher,
+    TOPIC_CHECK_INTERVAL, TopicKeeper,
+};
+use turnstile_lock::LockClient;
 
 use crate::{
     PoisonCounter, Waiting,
     consumption::leave,
     dead_letter::DeadLetters,
     handler::Handler,
-    lease::Leaseholder,
+    lease::{LeaseTerms, Leaseholder},
     metrics::CoordinatorMetrics,
     pipeline::Pipeline,
     settle::{Announcer, SettleClock, Settler, Silent},
@@ -56,6 +62,110 @@ pub struct CoordinatorParts<H> {
     /// How long a batch waits to fill after its first event (0: take what
     /// is already buffered).
     pub batch_linger: Duration,
+}
+
+/// Where a member joins and on what terms, for [`CoordinatorParts::join`].
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// The consumer group: its members share the partitions.
+    pub group_id: String,
+    /// The topic of the events, keyed by resource.
+    pub topic: String,
+    /// Where events that cannot be handled go.
+    pub dead_letter_topic: String,
+    /// The lease per resource.
+    pub lease: LeaseTerms,
+    /// The consumer's tuning.
+    pub consumer: ConsumerTuning,
+    /// The producer's tuning (announcements and dead letters).
+    pub producer: ProducerTuning,
+    /// The most events in one batch.
+    pub batch_size: usize,
+    /// How long a batch waits to fill after its first event.
+    pub batch_linger: Duration,
+}
+
+impl Membership {
+    /// `group_id` on `topic`, dead letters to `dead_letter_topic`; leases
+    /// of 5 s waited for up to 5 s, batches of up to 500 events taken as
+    /// they are buffered.
+    pub fn new(group_id: impl Into<String>, topic: impl Into<String>, dead_letter_topic: impl Into<String>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            topic: topic.into(),
+            dead_letter_topic: dead_letter_topic.into(),
+            lease: LeaseTerms {
+                ttl: Duration::from_secs(5),
+                wait: Duration::from_secs(5),
+            },
+            consumer: ConsumerTuning::default(),
+            producer: ProducerTuning::default(),
+            batch_size: 500,
+            batch_linger: Duration::ZERO,
+        }
+    }
+}
+
+/// Why a member could not join.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// An instrument could not be registered (registered twice, say).
+    #[error("registering the coordinator's metrics")]
+    Metrics(#[from] prometheus::Error),
+    /// The consumer or the producer could not be made.
+    #[error("connecting to kafka")]
+    Kafka(#[from] BusError),
+    /// Subscribing to the topic failed.
+    #[error("subscribing to the topic")]
+    Subscribe(#[from] rdkafka::error::KafkaError),
+}
+
+impl<H: Handler> CoordinatorParts<H> {
+    /// Joins the group `membership` names on the cluster `kafka`, with
+    /// leases from `locks`, and registers the instruments in `registry`:
+    /// the coordinator's, `turnstile_kafka_up`,
+    /// `turnstile_kafka_rebalances_total` and
+    /// `turnstile_kafka_partition_lag`.
+    pub fn join(
+        handler: H,
+        kafka: &KafkaConnection,
+        membership: &Membership,
+        locks: LockClient,
+        registry: &Registry,
+    ) -> Result<Self, JoinError> {
+        let metrics = CoordinatorMetrics::register(registry, H::REFUSAL_CAUSES, H::DEPENDENCIES)?;
+        let up = KafkaHealth::gauge()?;
+        let rebalances = IntCounter::new(
+            "turnstile_kafka_rebalances_total",
+            "Consumer group rebalances (assignments and revocations) seen by this member.",
+        )?;
+        let partition_lag = IntGaugeVec::new(
+            Opts::new(
+                "turnstile_kafka_partition_lag",
+                "Messages behind the end of each partition this member is assigned, from librdkafka statistics.",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(up.clone()))?;
+        registry.register(Box::new(rebalances.clone()))?;
+        registry.register(Box::new(partition_lag.clone()))?;
+        let health = KafkaHealth::new(up);
+        let context = GroupContext::new(rebalances, partition_lag).with_health(health.clone());
+        let consumer = turnstile_bus::group_consumer(kafka, &membership.group_id, &membership.consumer, context)?;
+        consumer.subscribe(&[&membership.topic])?;
+        let publisher = Publisher::connect(kafka, &membership.producer)?;
+        Ok(Self {
+            handler,
+            consumer: Arc::new(consumer),
+            topic: membership.topic.clone(),
+            leaseholder: Leaseholder::new(locks, membership.lease, metrics.clone(), membership.topic.clone()),
+            dead_letters: DeadLetters::new(publisher, membership.dead_letter_topic.clone(), metrics.clone()),
+            health,
+            metrics,
+            batch_size: membership.batch_size,
+            batch_linger: membership.batch_linger,
+        })
+    }
 }
 
 impl<H> std::fmt::Debug for CoordinatorParts<H> {

@@ -75,8 +75,8 @@ impl DeadLetters {
         None
     }
 
-    /// The publisher, to send a refused dead letter again.
-    pub(crate) fn publisher(&self) -> &Publisher {
+    /// The producer it sends through, which an announcer may share.
+    pub fn publisher(&self) -> &Publisher {
         &self.publisher
     }
 }

@@ -53,7 +53,7 @@ pub mod subscription;
 pub mod sweep;
 pub mod waiting;
 
-pub use coordinator::{Coordinator, CoordinatorParts, NoSweep};
+pub use coordinator::{Coordinator, CoordinatorParts, JoinError, Membership, NoSweep};
 pub use dead_letter::DeadLetters;
 pub use handler::{AfterEffects, Fenced, FencingToken, Handled, Handler, HandlerError, Origin, Refusal, Source, Work};
 pub use lease::{HandleFailure, LeaseTerms, Leaseholder};

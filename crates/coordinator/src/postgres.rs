@@ -30,12 +30,18 @@ pub enum FenceCheck {
 /// (`accounts/42`, say).
 pub const FENCE_TABLE: &str = "turnstile_fences";
 
-/// Creates [`FENCE_TABLE`] if it does not exist.
+/// Creates [`FENCE_TABLE`] if it does not exist. Members starting at once
+/// take turns: two concurrent `CREATE TABLE IF NOT EXISTS` of one table
+/// can fail on the catalog's unique index.
 pub async fn install_fence_table(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS turnstile_fences (resource text PRIMARY KEY, fence bigint NOT NULL)")
-        .execute(pool)
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('turnstile_fences'))")
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    sqlx::query("CREATE TABLE IF NOT EXISTS turnstile_fences (resource text PRIMARY KEY, fence bigint NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 /// Moves `resource`'s fence to `token` inside `tx`, if `token` is newer

@@ -45,18 +45,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{Router, routing::get};
 use prometheus::Registry;
-use rdkafka::consumer::Consumer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use turnstile_bus::{
-    ConsumerTuning, GroupContext, KafkaHealth, ProducerTuning, Publisher, STARTUP_TOPIC_CHECK, TopicKeeper,
-};
+use turnstile_bus::{ConsumerTuning, KafkaHealth, ProducerTuning, STARTUP_TOPIC_CHECK, TopicKeeper};
 use turnstile_claim::audit::OversoldLedger;
-use turnstile_coordinator::{
-    Coordinator, CoordinatorMetrics, CoordinatorParts, DeadLetters, Handler as _, LeaseTerms, Leaseholder,
-    SweepMetrics, SweepTerms,
-};
+use turnstile_coordinator::{Coordinator, CoordinatorParts, LeaseTerms, Membership, SweepMetrics, SweepTerms};
 use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
     backend::{
@@ -90,6 +84,8 @@ pub struct Worker {
     relay: Relay,
     pool: sqlx::PgPool,
     metrics: WorkerMetrics,
+    /// Whether the worker's Kafka clients reach a broker, for `/readyz`.
+    health: KafkaHealth,
     registry: Registry,
     pool_gauges: PoolGauges,
     metrics_listener: TcpListener,
@@ -111,7 +107,6 @@ impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let metrics = WorkerMetrics::register(&registry)?;
-        let loop_metrics = CoordinatorMetrics::register(&registry, Decider::REFUSAL_CAUSES, Decider::DEPENDENCIES)?;
         let pool_gauges = PoolGauges::register(&registry)?;
         let lock_families = LockMetricFamilies::register(&registry)?;
 
@@ -142,16 +137,13 @@ impl Worker {
             .await
             .context("connecting to the cache redis")?;
         let cache = ResourceCache::new(cache_conn, "turnstile");
-
-        let health = KafkaHealth::new(metrics.kafka_up.clone());
-        let consumer = join_group(&settings, &kafka, &topics.requested, &metrics, &health)?;
-        let publisher = Publisher::connect(
-            &kafka,
-            &ProducerTuning {
-                idempotence: settings.kafka.idempotence,
-                ..ProducerTuning::default()
-            },
-        )?;
+        let decider = Decider {
+            pool: pool.clone(),
+            cache,
+            metrics: metrics.clone(),
+            decided_topic: topics.decided.clone(),
+        };
+        let parts = CoordinatorParts::join(decider, &kafka, &membership(&settings, &topics), locks, &registry)?;
 
         let metrics_listener = TcpListener::bind(settings.metrics_addr)
             .await
@@ -163,22 +155,16 @@ impl Worker {
             metrics = %settings.metrics_addr,
             "claim-worker ready"
         );
-        let decider = Decider {
-            pool: pool.clone(),
-            cache,
-            metrics: metrics.clone(),
-            decided_topic: topics.decided.clone(),
-        };
         let announcer = ClaimAnnouncer {
-            publisher: publisher.clone(),
+            publisher: parts.dead_letters.publisher().clone(),
             topics: topics.clone(),
-            health: health.clone(),
+            health: parts.health.clone(),
             pool: pool.clone(),
         };
         let relay = Relay {
             pool: pool.clone(),
             announcer: announcer.clone(),
-            retries: loop_metrics.announce_retries().clone(),
+            retries: parts.metrics.announce_retries().clone(),
             metrics: metrics.clone(),
             every: RELAY_INTERVAL,
         };
@@ -188,53 +174,36 @@ impl Worker {
             settings.kafka.layout(),
             metrics.topics_recreated.clone(),
         )?
-        .with_health(health.clone());
-        let leaseholder = Leaseholder::new(
-            locks,
-            LeaseTerms {
-                ttl: settings.lock_ttl,
-                wait: settings.lock_wait,
-            },
-            loop_metrics.clone(),
-            topics.requested.clone(),
-        );
+        .with_health(parts.health.clone());
         let stale_claims = StaleClaims {
             database_url: settings.database.url.clone(),
             pool: pool.clone(),
             decided_topic: topics.decided.clone(),
             metrics: metrics.clone(),
         };
-        let coordinator = Coordinator::new(CoordinatorParts {
-            handler: decider,
-            consumer,
-            topic: topics.requested.clone(),
-            leaseholder,
-            dead_letters: DeadLetters::new(publisher, topics.dead_letter.clone(), loop_metrics.clone()),
-            health,
-            metrics: loop_metrics,
-            batch_size: settings.batch_size,
-            batch_linger: settings.batch_linger,
-        })
-        .with_announcer(announcer)
-        .with_sweeper(
-            stale_claims,
-            SweepTerms {
-                after: settings.sweep_after,
-                after_without_kafka: settings.sweep_after_without_kafka,
-                every: settings.sweep_interval,
-            },
-            SweepMetrics {
-                swept: metrics.swept.clone(),
-                handled_without_kafka: metrics.decided_without_kafka.clone(),
-            },
-        )
-        .with_topic_keeper(keeper);
+        let health = parts.health.clone();
+        let coordinator = Coordinator::new(parts)
+            .with_announcer(announcer)
+            .with_sweeper(
+                stale_claims,
+                SweepTerms {
+                    after: settings.sweep_after,
+                    after_without_kafka: settings.sweep_after_without_kafka,
+                    every: settings.sweep_interval,
+                },
+                SweepMetrics {
+                    swept: metrics.swept.clone(),
+                    handled_without_kafka: metrics.decided_without_kafka.clone(),
+                },
+            )
+            .with_topic_keeper(keeper);
         Ok(Self {
             settings,
             coordinator,
             relay,
             pool,
             metrics,
+            health,
             registry,
             pool_gauges,
             metrics_listener,
@@ -251,7 +220,7 @@ impl Worker {
     /// commits the offsets so settled and leaves the group.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (registry, pool, pool_gauges) = (self.registry.clone(), self.pool.clone(), self.pool_gauges);
-        let readiness = (self.coordinator.settle_clock(), self.metrics.clone());
+        let readiness = (self.coordinator.settle_clock(), self.metrics.clone(), self.health);
         let app = Router::new()
             .route(
                 "/metrics",
@@ -263,7 +232,7 @@ impl Worker {
             .route("/healthz", get(|| std::future::ready("ok")))
             .route(
                 "/readyz",
-                get(move || std::future::ready(readiness::report(&readiness.0, &readiness.1))),
+                get(move || std::future::ready(readiness::report(&readiness.0, &readiness.1, &readiness.2))),
             );
         let server_stop = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -374,27 +343,25 @@ fn exposed(urls: &[ConnectionUrl]) -> Vec<&str> {
     urls.iter().map(ConnectionUrl::expose).collect()
 }
 
-/// The group's consumer, subscribed to `topic`, reporting rebalances, lag
-/// and Kafka's health.
-fn join_group(
-    settings: &Settings,
-    kafka: &turnstile_bus::KafkaConnection,
-    topic: &str,
-    metrics: &WorkerMetrics,
-    health: &KafkaHealth,
-) -> anyhow::Result<Arc<rdkafka::consumer::StreamConsumer<GroupContext>>> {
-    let context =
-        GroupContext::new(metrics.rebalances.clone(), metrics.partition_lag.clone()).with_health(health.clone());
-    let consumer = turnstile_bus::group_consumer(
-        kafka,
-        &settings.group_id,
-        &ConsumerTuning {
+/// Where the worker joins: the claim topics, the lease and the batches
+/// its settings name.
+fn membership(settings: &Settings, topics: &turnstile_bus::Topics) -> Membership {
+    Membership {
+        lease: LeaseTerms {
+            ttl: settings.lock_ttl,
+            wait: settings.lock_wait,
+        },
+        consumer: ConsumerTuning {
             session_timeout: settings.session_timeout,
             heartbeat_interval: settings.session_timeout / 3,
             fetch_wait: settings.fetch_wait,
         },
-        context,
-    )?;
-    consumer.subscribe(&[topic])?;
-    Ok(Arc::new(consumer))
+        producer: ProducerTuning {
+            idempotence: settings.kafka.idempotence,
+            ..ProducerTuning::default()
+        },
+        batch_size: settings.batch_size,
+        batch_linger: settings.batch_linger,
+        ..Membership::new(&settings.group_id, &topics.requested, &topics.dead_letter)
+    }
 }

@@ -1,9 +1,10 @@
 //! The worker's Prometheus instruments of its own: decisions, the sweep,
-//! the outbox, Kafka's health and the group's; the consume loop's are
-//! `turnstile-coordinator`'s (`CoordinatorMetrics`), in the same registry.
+//! the outbox, the topics; the consume loop's, the group's and Kafka's
+//! health are `turnstile-coordinator`'s (`CoordinatorParts::join`), in the
+//! same registry.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use turnstile_bus::{KafkaHealth, TopicKeeper};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use turnstile_bus::TopicKeeper;
 use turnstile_claim::RejectReason;
 
 /// Instruments for the claim pipeline's consuming side.
@@ -11,14 +12,11 @@ use turnstile_claim::RejectReason;
 pub struct WorkerMetrics {
     pub(crate) decided: IntCounterVec,
     pub(crate) decide_latency: Histogram,
-    pub(crate) rebalances: IntCounter,
-    pub(crate) partition_lag: IntGaugeVec,
     pub(crate) oversold: IntGauge,
     pub(crate) swept: IntCounter,
     pub(crate) decided_without_kafka: IntCounter,
     pub(crate) announce_backlog: IntGauge,
     pub(crate) announce_oldest_seconds: Gauge,
-    pub(crate) kafka_up: IntGauge,
     pub(crate) topics_recreated: IntCounterVec,
 }
 
@@ -54,19 +52,7 @@ impl WorkerMetrics {
                 "turnstile_announce_oldest_seconds",
                 "Age of the oldest announcement owed in the outbox (0 when none is owed).",
             )?,
-            kafka_up: KafkaHealth::gauge()?,
             topics_recreated: TopicKeeper::counter()?,
-            rebalances: IntCounter::new(
-                "turnstile_kafka_rebalances_total",
-                "Consumer group rebalances (assignments and revocations) seen by this worker.",
-            )?,
-            partition_lag: IntGaugeVec::new(
-                Opts::new(
-                    "turnstile_kafka_partition_lag",
-                    "Messages behind the end of each partition this worker is assigned, from librdkafka statistics.",
-                ),
-                &["topic", "partition"],
-            )?,
             oversold: IntGauge::new(
                 "turnstile_oversold_units",
                 "Units granted beyond their resource's total, recounted from the claims table. Must stay 0.",
@@ -80,14 +66,11 @@ impl WorkerMetrics {
         }
         registry.register(Box::new(m.decided.clone()))?;
         registry.register(Box::new(m.decide_latency.clone()))?;
-        registry.register(Box::new(m.rebalances.clone()))?;
-        registry.register(Box::new(m.partition_lag.clone()))?;
         registry.register(Box::new(m.oversold.clone()))?;
         registry.register(Box::new(m.swept.clone()))?;
         registry.register(Box::new(m.decided_without_kafka.clone()))?;
         registry.register(Box::new(m.announce_backlog.clone()))?;
         registry.register(Box::new(m.announce_oldest_seconds.clone()))?;
-        registry.register(Box::new(m.kafka_up.clone()))?;
         registry.register(Box::new(m.topics_recreated.clone()))?;
         turnstile_telemetry::register_process_start_time(registry)?;
         Ok(m)

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::{Json, http::StatusCode, response::IntoResponse};
 use serde::Serialize;
+use turnstile_bus::KafkaHealth;
 use turnstile_coordinator::SettleClock;
 
 use crate::WorkerMetrics;
@@ -31,7 +32,7 @@ struct Report {
 }
 
 /// The `/readyz` answer.
-pub(crate) fn report(settle: &SettleClock, metrics: &WorkerMetrics) -> impl IntoResponse + use<> {
+pub(crate) fn report(settle: &SettleClock, metrics: &WorkerMetrics, kafka: &KafkaHealth) -> impl IntoResponse + use<> {
     let settle_busy = settle.busy_for();
     let oldest = metrics.announce_oldest_seconds.get();
     let mut stalled = Vec::new();
@@ -46,7 +47,7 @@ pub(crate) fn report(settle: &SettleClock, metrics: &WorkerMetrics) -> impl Into
         settle_busy_seconds: settle_busy.as_secs_f64(),
         announce_backlog: metrics.announce_backlog.get(),
         announce_oldest_seconds: oldest,
-        kafka_up: metrics.kafka_up.get() == 1,
+        kafka_up: kafka.is_up(),
         stalled,
     };
     let status = if report.stalled.is_empty() {
