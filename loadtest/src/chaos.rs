@@ -357,7 +357,7 @@ async fn run_one(args: &ChaosArgs, bin_dir: &Path, scenario: Scenario, phase: &P
         ("TURNSTILE_SWEEP_INTERVAL", "1s".to_owned()),
         ("TURNSTILE_AUDIT_INTERVAL", "2s".to_owned()),
         ("TURNSTILE_LOG_FORMAT", "json".to_owned()),
-        ("RUST_LOG", "info,claim_worker::subscription=debug".to_owned()),
+        ("RUST_LOG", "info,turnstile_coordinator::subscription=debug".to_owned()),
     ];
     env.extend(fault.env());
     phase.set_message("starting claim-api and two workers");
