@@ -12,6 +12,8 @@ pub mod redis;
 pub mod redis_cluster;
 #[cfg(feature = "redlock")]
 pub mod redlock;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "redis")]
 mod wakeups;
 #[cfg(feature = "zookeeper")]

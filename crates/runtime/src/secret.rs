@@ -73,6 +73,38 @@ impl fmt::Display for ConnectionUrl {
     }
 }
 
+/// The path of a file that holds a secret (a TLS private key): `Debug`
+/// shows that one is set, never where it is.
+#[derive(Clone)]
+pub struct SecretPath(std::path::PathBuf);
+
+impl SecretPath {
+    /// The path itself, for the code that reads the file.
+    pub fn expose(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl FromStr for SecretPath {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.into()))
+    }
+}
+
+impl From<std::path::PathBuf> for SecretPath {
+    fn from(path: std::path::PathBuf) -> Self {
+        Self(path)
+    }
+}
+
+impl fmt::Debug for SecretPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretPath([redacted])")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +125,13 @@ mod tests {
             url.expose(),
             "postgres://turnstile:hunter2@db.internal:5432/claims?sslpassword=k3y&sslmode=verify-full"
         );
+    }
+
+    #[test]
+    fn a_key_path_never_shows() {
+        let path: SecretPath = "/run/secrets/redis-client.key".parse().unwrap();
+        assert_eq!(format!("{path:?}"), "SecretPath([redacted])");
+        assert_eq!(path.expose(), std::path::Path::new("/run/secrets/redis-client.key"));
     }
 
     #[test]

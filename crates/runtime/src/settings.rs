@@ -17,14 +17,16 @@
 use std::{
     ffi::{OsStr, OsString},
     fmt::Display,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
-use crate::secret::ConnectionUrl;
 use clap::{
     Command, Parser,
     error::{ContextKind, ContextValue, ErrorKind},
 };
+
+use crate::secret::{ConnectionUrl, SecretPath};
 
 /// Parses a duration written with its unit, in humantime's syntax: `250ms`,
 /// `5s`, `1m 30s`, or a bare `0`. For `#[arg(value_parser =
@@ -103,6 +105,58 @@ pub struct CacheSettings {
         hide_env_values = true
     )]
     pub url: ConnectionUrl,
+}
+
+/// TLS for every Redis connection of a service with `rediss://` URLs (the
+/// cache's and the lock's): the CA the servers' certificates chain to, and
+/// a client certificate for servers that ask for one.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedisTlsSettings {
+    /// The certificate authority (a PEM file) that Redis servers'
+    /// certificates must chain to, for rediss:// URLs [default: the
+    /// system's roots]
+    #[arg(id = "redis_tls_ca", long = "redis-tls-ca", env = "TURNSTILE_REDIS_TLS_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// A client certificate (a PEM file) for Redis servers that ask for
+    /// one, with TURNSTILE_REDIS_TLS_KEY
+    #[arg(
+        id = "redis_tls_cert",
+        long = "redis-tls-cert",
+        env = "TURNSTILE_REDIS_TLS_CERT",
+        requires = "redis_tls_key"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// The client certificate's private key (a PEM file)
+    #[arg(
+        id = "redis_tls_key",
+        long = "redis-tls-key",
+        env = "TURNSTILE_REDIS_TLS_KEY",
+        requires = "redis_tls_cert",
+        hide_env_values = true
+    )]
+    pub key: Option<SecretPath>,
+}
+
+impl RedisTlsSettings {
+    /// The variables with no default: unset, the system's roots and no
+    /// client certificate.
+    pub const WITHOUT_DEFAULT: [&'static str; 3] = [
+        "TURNSTILE_REDIS_TLS_CA",
+        "TURNSTILE_REDIS_TLS_CERT",
+        "TURNSTILE_REDIS_TLS_KEY",
+    ];
+
+    /// Whether any is set.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some()
+    }
+
+    /// The client certificate and its key, when set.
+    pub fn client(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_ref()?.expose()))
+    }
 }
 
 /// Parses `P` from the process's arguments and environment, or prints the

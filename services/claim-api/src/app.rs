@@ -11,6 +11,7 @@ use std::{
     sync::{Arc, atomic::AtomicI64},
     time::{Duration, Instant},
 };
+use turnstile_lock::backend::tls::{self, RedisTls};
 
 use anyhow::Context;
 use axum::{
@@ -161,7 +162,13 @@ impl Application {
         let metrics = ApiMetrics::register(&registry)?;
         let pool_gauges = turnstile_telemetry::PoolGauges::register(&registry)?;
         let (write_pool, reads) = connect_postgres(&settings, &metrics).await?;
-        let redis = redis::Client::open(settings.cache.url.expose())?
+        let redis_tls = settings
+            .redis_tls
+            .is_set()
+            .then(|| RedisTls::from_files(settings.redis_tls.ca.as_deref(), settings.redis_tls.client()))
+            .transpose()
+            .context("reading the redis tls files")?;
+        let redis = tls::client(settings.cache.url.expose(), redis_tls.as_ref())?
             .get_connection_manager()
             .await
             .context("connecting to redis")?;

@@ -8,7 +8,7 @@ use turnstile_bus::KafkaSettings;
 use turnstile_http::CallerSettings;
 use turnstile_runtime::{
     secret::ConnectionUrl,
-    settings::{CacheSettings, DatabaseSettings, InvalidSetting, duration},
+    settings::{CacheSettings, DatabaseSettings, InvalidSetting, RedisTlsSettings, duration},
 };
 
 use crate::{admission::LimiterKind, ticket::TicketKeys};
@@ -86,6 +86,10 @@ pub struct Settings {
     /// Where the stock cache is.
     #[command(flatten)]
     pub cache: CacheSettings,
+
+    /// TLS for the cache's rediss:// URL.
+    #[command(flatten)]
+    pub redis_tls: RedisTlsSettings,
 
     /// The cluster, the producer, the topics' names and layout, and any
     /// librdkafka property.
@@ -268,7 +272,11 @@ mod tests {
         // unset, tickets are signed with a key drawn at start-up.
         let breaches = turnstile_runtime::settings::convention_breaches(
             &Settings::command(),
-            &["TURNSTILE_DATABASE_READ_URL", "TURNSTILE_TICKET_KEYS"],
+            &[
+                &["TURNSTILE_DATABASE_READ_URL", "TURNSTILE_TICKET_KEYS"][..],
+                &RedisTlsSettings::WITHOUT_DEFAULT,
+            ]
+            .concat(),
         );
         assert!(breaches.is_empty(), "{breaches:?}");
     }
@@ -285,6 +293,10 @@ mod tests {
             "rediss://:hunter2@cache:6380",
             "--ticket-keys",
             "k1=hunter2-hunter2-hunter2",
+            "--redis-tls-cert",
+            "/etc/turnstile/redis.pem",
+            "--redis-tls-key",
+            "/secrets/hunter2.key",
         ])
         .unwrap();
         settings

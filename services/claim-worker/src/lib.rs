@@ -55,9 +55,10 @@ use turnstile_lock::{
     LockBackend, LockClient, LockConfig, LockMetricFamilies,
     backend::{
         postgres::PostgresLockBackend,
-        redis::RedisLockBackend,
+        redis::{RedisLockBackend, RedisLockConfig},
         redis_cluster::RedisClusterLockBackend,
         redlock::{RedlockBackend, RedlockConfig},
+        tls::{self, RedisTls},
         zookeeper::{ZooKeeperConfig, ZooKeeperLockBackend},
     },
 };
@@ -125,14 +126,20 @@ impl Worker {
             .ensure_or_defer(&kafka, &settings.kafka.layout(), STARTUP_TOPIC_CHECK)
             .await;
 
-        let backend = connect_lock_backend(&settings, &pool).await?;
+        let redis_tls = settings
+            .redis_tls
+            .is_set()
+            .then(|| RedisTls::from_files(settings.redis_tls.ca.as_deref(), settings.redis_tls.client()))
+            .transpose()
+            .context("reading the redis tls files")?;
+        let backend = connect_lock_backend(&settings, redis_tls.as_ref(), &pool).await?;
         let locks = LockClient::with_metrics(
             Arc::clone(&backend),
             LockConfig::default(),
             lock_families.for_backend(backend.name()),
         );
 
-        let cache_conn = redis::Client::open(settings.cache.url.expose())?
+        let cache_conn = tls::client(settings.cache.url.expose(), redis_tls.as_ref())?
             .get_connection_manager()
             .await
             .context("connecting to the cache redis")?;
@@ -300,22 +307,36 @@ async fn audit_oversold(
 
 /// The lock backend the settings name, connected (and for Postgres, its
 /// table installed).
-async fn connect_lock_backend(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<Arc<dyn LockBackend>> {
+async fn connect_lock_backend(
+    settings: &Settings,
+    tls: Option<&RedisTls>,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<Arc<dyn LockBackend>> {
+    let with_tls = |config: RedisLockConfig| match tls {
+        Some(tls) => config.with_tls(tls.clone()),
+        None => config,
+    };
     Ok(match settings.lock_backend {
         LockBackendKind::Redis => Arc::new(
-            RedisLockBackend::connect(settings.lock_redis_url().expose())
+            RedisLockBackend::connect_with(settings.lock_redis_url().expose(), with_tls(RedisLockConfig::default()))
                 .await
                 .context("connecting to the lock redis")?,
         ),
         LockBackendKind::RedisCluster => Arc::new(
-            RedisClusterLockBackend::connect(&exposed(&settings.redis_cluster_urls))
-                .await
-                .context("connecting to the lock's redis cluster")?,
+            RedisClusterLockBackend::connect_with(
+                exposed(&settings.redis_cluster_urls),
+                with_tls(RedisLockConfig::default()),
+            )
+            .await
+            .context("connecting to the lock's redis cluster")?,
         ),
-        LockBackendKind::Redlock => Arc::new(RedlockBackend::new(
-            exposed(&settings.redlock_urls),
-            RedlockConfig::default(),
-        )?),
+        LockBackendKind::Redlock => {
+            let config = match tls {
+                Some(tls) => RedlockConfig::default().with_tls(tls.clone()),
+                None => RedlockConfig::default(),
+            };
+            Arc::new(RedlockBackend::new(exposed(&settings.redlock_urls), config)?)
+        }
         LockBackendKind::Postgres => {
             let backend = PostgresLockBackend::new(pool.clone());
             backend.install().await.context("installing the postgres lock table")?;

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use turnstile_bus::KafkaSettings;
 use turnstile_runtime::{
     secret::ConnectionUrl,
-    settings::{CacheSettings, DatabaseSettings, InvalidSetting, duration, show_duration},
+    settings::{CacheSettings, DatabaseSettings, InvalidSetting, RedisTlsSettings, duration, show_duration},
 };
 
 /// Which lock store guards the resources.
@@ -50,6 +50,10 @@ pub struct Settings {
     /// Where the stock cache is.
     #[command(flatten)]
     pub cache: CacheSettings,
+
+    /// TLS for every rediss:// URL: the cache's and the lock's.
+    #[command(flatten)]
+    pub redis_tls: RedisTlsSettings,
 
     /// The cluster, the producer, the topics' names and layout, and any
     /// librdkafka property.
@@ -245,8 +249,10 @@ mod tests {
     #[test]
     fn every_setting_has_a_variable_and_a_default() {
         // The lock's Redis defaults to the cache's, which clap cannot say.
-        let breaches =
-            turnstile_runtime::settings::convention_breaches(&Settings::command(), &["TURNSTILE_LOCK_REDIS_URL"]);
+        let breaches = turnstile_runtime::settings::convention_breaches(
+            &Settings::command(),
+            &[&["TURNSTILE_LOCK_REDIS_URL"][..], &RedisTlsSettings::WITHOUT_DEFAULT].concat(),
+        );
         assert!(breaches.is_empty(), "{breaches:?}");
     }
 
@@ -264,6 +270,10 @@ mod tests {
             "redis://:hunter2@a:1,redis://:hunter2@b:2",
             "--redis-cluster-urls",
             "redis://:hunter2@c1:7001",
+            "--redis-tls-cert",
+            "/etc/turnstile/redis.pem",
+            "--redis-tls-key",
+            "/secrets/hunter2.key",
         ])
         .unwrap();
         settings

@@ -340,6 +340,18 @@ pub struct PrivateRedis {
     port: u16,
     log_dir: PathBuf,
     server: Option<Child>,
+    /// TLS only, with these files (in the log directory), when set.
+    tls: Option<RedisTlsFiles>,
+}
+
+/// A TLS-only Redis's certificate files, and whether it asks clients for
+/// a certificate.
+#[derive(Debug, Clone)]
+struct RedisTlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    ask_clients: bool,
 }
 
 impl PrivateRedis {
@@ -348,14 +360,39 @@ impl PrivateRedis {
             port: free_port()?,
             log_dir: log_dir.to_path_buf(),
             server: None,
+            tls: None,
         };
         redis.launch().await?;
         Ok(redis)
     }
 
-    /// `redis://` URL.
+    /// A server that speaks TLS only (no plain port at all), with `tls`'s
+    /// certificate and the CA `ca_pem`; with `ask_clients`, it refuses a
+    /// client without a certificate that CA signed.
+    pub async fn start_with_tls(log_dir: &Path, tls: &ServerTls, ca_pem: &str, ask_clients: bool) -> Result<Self> {
+        let files = RedisTlsFiles {
+            cert: log_dir.join("redis-server.pem"),
+            key: log_dir.join("redis-server.key"),
+            ca: log_dir.join("redis-ca.pem"),
+            ask_clients,
+        };
+        std::fs::write(&files.cert, &tls.cert_pem)?;
+        std::fs::write(&files.key, &tls.key_pem)?;
+        std::fs::write(&files.ca, ca_pem)?;
+        let mut redis = Self {
+            port: free_port()?,
+            log_dir: log_dir.to_path_buf(),
+            server: None,
+            tls: Some(files),
+        };
+        redis.launch().await?;
+        Ok(redis)
+    }
+
+    /// `redis://` URL, or `rediss://` for a TLS-only server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     async fn launch(&mut self) -> Result<()> {
@@ -365,9 +402,21 @@ impl PrivateRedis {
             .open(self.log_dir.join("redis.log"))?;
         // No automatic snapshots; `snapshot` writes one into the log
         // directory, and a restart loads it if there is one.
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"])
-            .arg(self.port.to_string())
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match &self.tls {
+            None => command.arg("--port").arg(self.port.to_string()),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", if tls.ask_clients { "yes" } else { "no" }]),
+        };
+        let child = command
             .arg("--dir")
             .arg(&self.log_dir)
             .stdin(Stdio::null())
@@ -379,7 +428,13 @@ impl PrivateRedis {
         self.server = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(client) = redis::Client::open(self.url())
+            // A TLS port that accepts connections is serving: this crate's
+            // client has no TLS to say more.
+            if self.tls.is_some() {
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                    return Ok(());
+                }
+            } else if let Ok(client) = redis::Client::open(self.url())
                 && let Ok(mut conn) = client.get_multiplexed_async_connection().await
                 && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
             {

@@ -180,6 +180,9 @@ pub struct RedisLockConfig {
     pub response_timeout: Duration,
     /// How long connecting may take.
     pub connection_timeout: Duration,
+    /// TLS for `rediss://` URLs: a CA of your own, a client certificate.
+    #[cfg(feature = "tls")]
+    pub tls: Option<super::tls::RedisTls>,
 }
 
 impl RedisLockConfig {
@@ -197,6 +200,22 @@ impl RedisLockConfig {
         self.connection_timeout = connection;
         self
     }
+
+    /// The same settings, with `tls` for `rediss://` URLs.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn with_tls(mut self, tls: super::tls::RedisTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// A client for `info` with these settings' TLS.
+    pub(crate) fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<Client> {
+        #[cfg(feature = "tls")]
+        return super::tls::client(info, self.tls.as_ref());
+        #[cfg(not(feature = "tls"))]
+        Client::open(info)
+    }
 }
 
 impl Default for RedisLockConfig {
@@ -205,6 +224,8 @@ impl Default for RedisLockConfig {
             key_prefix: "turnstile".to_owned(),
             response_timeout: Duration::from_secs(1),
             connection_timeout: Duration::from_secs(1),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -484,14 +505,15 @@ impl RedisLockBackend {
     pub async fn connect_with(url: &str, config: RedisLockConfig) -> Result<Self, LockError> {
         let unavailable = |e| LockError::unavailable("redis", e);
         let info = url.into_connection_info().map_err(unavailable)?;
-        Self::from_client(Client::open(info).map_err(unavailable)?, config).await
+        Self::from_client(config.client(info).map_err(unavailable)?, config).await
     }
 
     /// Uses an existing `client` (its address, database, credentials and
     /// TLS), with `config`, checking that the server answers. The lock opens
     /// its own multiplexed connection and, for release wake-ups, one RESP3
-    /// connection; commands of the application never queue behind the
-    /// lock's.
+    /// connection to the same address with `config`'s TLS (so a client
+    /// built with a CA of its own needs the same in `config`); commands of
+    /// the application never queue behind the lock's.
     pub async fn from_client(client: Client, config: RedisLockConfig) -> Result<Self, LockError> {
         let unavailable = |e| LockError::unavailable("redis", e);
         let info = client.get_connection_info().clone();
@@ -504,7 +526,7 @@ impl RedisLockBackend {
             .set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3));
         let releases = ReleaseHub::on_server(
             Channels::default(),
-            Client::open(resp3).map_err(unavailable)?,
+            config.client(resp3).map_err(unavailable)?,
             manager_config(&config),
         );
         Ok(Self {

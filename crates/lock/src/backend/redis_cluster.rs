@@ -84,13 +84,17 @@ impl RedisClusterLockBackend {
         let channels = Channels::default();
         // RESP3 carries the sharded pub/sub pushes on the same connections
         // as the commands.
-        let client = ClusterClientBuilder::new(seeds)
+        let builder = ClusterClientBuilder::new(seeds)
             .use_protocol(ProtocolVersion::RESP3)
             .push_sender(channels.push_sender())
             .connection_timeout(config.connection_timeout)
-            .response_timeout(config.response_timeout)
-            .build()
-            .map_err(unavailable)?;
+            .response_timeout(config.response_timeout);
+        #[cfg(feature = "tls")]
+        let builder = match &config.tls {
+            Some(tls) => builder.certs(tls.certificates()),
+            None => builder,
+        };
+        let client = builder.build().map_err(unavailable)?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
         Ok(Self {
             releases: ReleaseHub::on_cluster(channels, conn.clone()),

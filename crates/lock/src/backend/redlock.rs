@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
-use redis::Client;
+use redis::IntoConnectionInfo as _;
 use tokio::time::timeout;
 
 use crate::{
@@ -46,6 +46,14 @@ impl RedlockConfig {
     #[must_use]
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.node.key_prefix = prefix.into();
+        self
+    }
+
+    /// The same settings, with `tls` for every node's `rediss://` URL.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn with_tls(mut self, tls: crate::backend::tls::RedisTls) -> Self {
+        self.node.tls = Some(tls);
         self
     }
 
@@ -99,7 +107,9 @@ impl RedlockBackend {
         let nodes = urls
             .into_iter()
             .map(|url| {
-                let client = Client::open(url.as_ref()).map_err(|e| LockError::unavailable("redlock", e))?;
+                let unavailable = |e| LockError::unavailable("redlock", e);
+                let info = url.as_ref().into_connection_info().map_err(unavailable)?;
+                let client = config.node.client(info).map_err(unavailable)?;
                 RedisNode::lazy(client, &config.node).map_err(|e| LockError::unavailable("redlock", e))
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -467,3 +467,188 @@ impl Drop for Partition {
         self._accept.abort();
     }
 }
+
+/// A certificate authority made for one test, the server certificate it
+/// signed for 127.0.0.1, and a client certificate it signed.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "turnstile-lock test CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let server_key = KeyPair::generate()?;
+        let mut server = CertificateParams::new(vec!["localhost".to_owned()])?;
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        let server = server.signed_by(&server_key, &ca)?;
+        let client_key = KeyPair::generate()?;
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "turnstile-lock test client");
+        let client = client.signed_by(&client_key, &ca)?;
+        Ok(Self {
+            ca_pem: ca.pem(),
+            server_cert_pem: server.pem(),
+            server_key_pem: server_key.serialize_pem(),
+            client_cert_pem: client.pem(),
+            client_key_pem: client_key.serialize_pem(),
+        })
+    }
+
+    /// What a client that trusts this CA and shows its certificate uses.
+    pub fn client_tls(&self) -> turnstile_lock::backend::tls::RedisTls {
+        turnstile_lock::backend::tls::RedisTls::default()
+            .with_ca(self.ca_pem.as_bytes())
+            .with_client_certificate(self.client_cert_pem.as_bytes(), self.client_key_pem.as_bytes())
+    }
+}
+
+/// TLS-only redis-servers owned by one test: no plain TCP port at all, so
+/// a client that talks to one has spoken TLS. With `ask_clients`, each
+/// refuses a client without a certificate its CA signed.
+pub struct TlsRedis {
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl TlsRedis {
+    /// `count` standalone servers.
+    pub async fn start(pki: &TestPki, count: usize, ask_clients: bool) -> Result<Self> {
+        Self::launch(pki, count, ask_clients, false).await
+    }
+
+    /// Three masters joined into a cluster over TLS (the cluster bus too),
+    /// every slot served.
+    pub async fn cluster(pki: &TestPki) -> Result<Self> {
+        let servers = Self::launch(pki, 3, true, true).await?;
+        let output = Command::new("redis-cli")
+            .args(servers.cli_tls())
+            .arg("--cluster")
+            .arg("create")
+            .args(servers.ports.iter().map(|port| format!("127.0.0.1:{port}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .context("redis-cli must be installed: run scripts/stack up")?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create over tls failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        // Every node agrees the cluster serves every slot.
+        for port in &servers.ports {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(servers.cli_tls())
+                    .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .await?;
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("the tls cluster never reached cluster_state:ok");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(servers)
+    }
+
+    async fn launch(pki: &TestPki, count: usize, ask_clients: bool, cluster: bool) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("turnstile-tls-redis-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir)?;
+        let files = [
+            ("ca.pem", &pki.ca_pem),
+            ("server.pem", &pki.server_cert_pem),
+            ("server.key", &pki.server_key_pem),
+            ("client.pem", &pki.client_cert_pem),
+            ("client.key", &pki.client_key_pem),
+        ];
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content)?;
+        }
+        let mut servers = Self {
+            ports: Vec::new(),
+            dir,
+            children: Vec::new(),
+        };
+        for _ in 0..count {
+            let port = free_port()?;
+            let node_dir = servers.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir)?;
+            let mut command = Command::new("redis-server");
+            command
+                .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(servers.dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(servers.dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(servers.dir.join("ca.pem"))
+                .args(["--tls-auth-clients", if ask_clients { "yes" } else { "no" }])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir);
+            if cluster {
+                command.args(["--cluster-enabled", "yes", "--tls-cluster", "yes"]);
+            }
+            let mut child = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("redis-server must be installed: run scripts/stack up")?;
+            ready(&mut child, port).await?;
+            servers.ports.push(port);
+            servers.children.push(child);
+        }
+        Ok(servers)
+    }
+
+    /// `rediss://` URLs, one per server.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|port| format!("rediss://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// redis-cli's arguments to speak TLS with these servers.
+    fn cli_tls(&self) -> Vec<String> {
+        let path = |name: &str| self.dir.join(name).display().to_string();
+        vec![
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            path("ca.pem"),
+            "--cert".to_owned(),
+            path("client.pem"),
+            "--key".to_owned(),
+            path("client.key"),
+        ]
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -37,6 +37,7 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
         cache: turnstile_runtime::settings::CacheSettings {
             url: redis_url().into(),
         },
+        redis_tls: turnstile_runtime::settings::RedisTlsSettings::default(),
         kafka: ns.kafka(),
         worker_group_id: ns.group_id.clone(),
         max_inflight: 512,
@@ -75,6 +76,7 @@ pub fn worker_settings(ns: &Namespace) -> claim_worker::Settings {
         cache: turnstile_runtime::settings::CacheSettings {
             url: redis_url().into(),
         },
+        redis_tls: turnstile_runtime::settings::RedisTlsSettings::default(),
         lock_backend: claim_worker::LockBackendKind::Redis,
         lock_redis_url: None,
         redis_cluster_urls: Vec::new(),
