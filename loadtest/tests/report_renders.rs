@@ -458,6 +458,7 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
         max_body_bytes: 16 * 1024,
         // This test measures the report, not the buckets.
         callers: turnstile_http::CallerSettings::unlimited(Duration::from_secs(2)),
+        tls: turnstile_http::tls::TlsSettings::default(),
     };
     let app = sql_baseline::Application::build(settings)
         .await

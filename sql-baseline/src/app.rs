@@ -42,6 +42,8 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    /// TLS on the listener, when configured.
+    tls: Option<turnstile_http::tls::ServerTls>,
     background: CancellationToken,
 }
 
@@ -90,9 +92,11 @@ impl Application {
             max_inflight = settings.max_inflight,
             "sql-baseline ready"
         );
+        let tls = turnstile_http::tls::ServerTls::from_settings(&settings.tls).context("setting up tls")?;
         Ok(Self {
             listener,
             router,
+            tls,
             background,
         })
     }
@@ -104,11 +108,15 @@ impl Application {
 
     /// Serves until `shutdown` fires, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls.clone().watch(self.background.clone()));
+        }
         let _stop_background = self.background.drop_guard();
         turnstile_http::serve::serve(
             self.listener,
             self.router,
             turnstile_http::serve::ServeLimits::default(),
+            self.tls.map(|tls| tls.public),
             async move { shutdown.cancelled().await },
         )
         .await?;

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use turnstile_http::CallerSettings;
+use turnstile_http::{CallerSettings, tls::TlsSettings};
 use turnstile_runtime::settings::{DatabaseSettings, InvalidSetting, duration};
 
 /// Everything the baseline needs to know. `main` parses it with
@@ -64,6 +64,10 @@ pub struct Settings {
     /// API keys' reload, and each key's and each user's bucket.
     #[command(flatten)]
     pub callers: CallerSettings,
+
+    /// TLS on the listener, and optionally mutual TLS.
+    #[command(flatten)]
+    pub tls: TlsSettings,
 }
 
 impl Settings {
@@ -106,7 +110,8 @@ mod tests {
 
     #[test]
     fn every_setting_has_a_variable_and_a_default() {
-        let breaches = turnstile_runtime::settings::convention_breaches(&Settings::command(), &[]);
+        let breaches =
+            turnstile_runtime::settings::convention_breaches(&Settings::command(), &TlsSettings::WITHOUT_DEFAULT);
         assert!(breaches.is_empty(), "{breaches:?}");
     }
 

@@ -34,6 +34,7 @@ async fn a_lost_commit_answer_is_resolved_or_answered_outcome_unknown() {
         max_inflight: 32,
         max_body_bytes: 16 * 1024,
         callers: turnstile_http::CallerSettings::unlimited(Duration::from_secs(2)),
+        tls: turnstile_http::tls::TlsSettings::default(),
     };
     let app = Application::build(settings).await.unwrap();
     let base = format!("http://{}", app.local_addr().unwrap());

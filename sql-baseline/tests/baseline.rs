@@ -45,6 +45,7 @@ impl Baseline {
             max_body_bytes: 16 * 1024,
             // No buckets: one test client stands for many callers.
             callers: turnstile_http::CallerSettings::unlimited(Duration::from_secs(2)),
+            tls: turnstile_http::tls::TlsSettings::default(),
         };
         let app = Application::build(settings)
             .await

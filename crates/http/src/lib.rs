@@ -29,5 +29,6 @@ pub mod problem;
 pub mod resources;
 pub mod routes;
 pub mod serve;
+pub mod tls;
 
 pub use caller_settings::CallerSettings;

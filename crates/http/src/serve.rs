@@ -1,14 +1,15 @@
 //! Serving a router on a public listener, with the bounds a hostile client
 //! meets before any handler runs.
 //!
-//! `axum::serve` has no header-read timeout and no connection cap, so this
-//! is hyper-util's server driven by hand, as axum's own `serve-with-hyper`
-//! example does:
-//! - **HTTP/1.1 only.** The listener is plain TCP, so HTTP/2 could only be
-//!   prior knowledge (`h2c`), which no browser speaks and whose bounds
-//!   differ: no header-read timeout, and many streams per connection, each
-//!   a request the connection cap does not count. A connection that opens
-//!   with the HTTP/2 preface is closed without an answer.
+//! `axum::serve` has no header-read timeout, no connection cap and no TLS,
+//! so this is hyper-util's server driven by hand, as axum's own
+//! `serve-with-hyper` example does:
+//! - **HTTP/1.1 over plain TCP.** HTTP/2 could only be prior knowledge
+//!   (`h2c`), which no browser speaks. A connection that opens with the
+//!   HTTP/2 preface is closed without an answer.
+//! - **Over TLS ([`crate::tls`]), HTTP/2 where ALPN chose it**, with at most
+//!   [`MAX_STREAMS`] streams at once per connection; the handshake must end
+//!   within the header-read timeout.
 //! - **Headers within [`ServeLimits::header_read_timeout`]**: a connection
 //!   that dribbles its request head (a byte a second, slowloris) is closed
 //!   when the timeout passes.
@@ -27,7 +28,13 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
+use rustls::ServerConfig;
 use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// Streams one HTTP/2 connection may have open at once: each is a request
+/// the connection cap does not count.
+pub const MAX_STREAMS: u32 = 100;
 
 /// The connection-level bounds.
 #[derive(Debug, Clone, Copy)]
@@ -51,20 +58,32 @@ impl Default for ServeLimits {
     }
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` resolves.
+/// Serves `router` on `listener` within `limits`, over TLS with `tls`,
+/// until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
+    tls: Option<Arc<ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
+    let mut plain = auto::Builder::new(TokioExecutor::new()).http1_only();
+    plain
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    let mut secure = auto::Builder::new(TokioExecutor::new());
+    secure
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    secure
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
+    let acceptor = tls.map(TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         // A slot first: over the cap, connections wait in the accept queue.
@@ -90,17 +109,39 @@ pub async fn serve(
         };
         // Answers are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        // Not `serve_connection_with_upgrades`, which ignores `http1_only`.
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()))
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            // A client's I/O error or a timed-out head ends its connection;
-            // there is nobody to tell.
-            let _ = connection.await;
-            drop(permit);
-        });
+        let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        match &acceptor {
+            None => {
+                // Not `serve_connection_with_upgrades`, which ignores `http1_only`.
+                let connection = plain.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = watcher.watch(connection);
+                tokio::spawn(async move {
+                    // A client's I/O error or a timed-out head ends its
+                    // connection; there is nobody to tell.
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let (acceptor, builder) = (acceptor.clone(), secure.clone());
+                let handshake_timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    // A handshake that fails (a client without a
+                    // certificate under mutual TLS, a wrong protocol) or
+                    // stalls ends the connection.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                            let _ = watcher.watch(connection).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
+                        Err(_) => tracing::debug!("tls handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(limits.drain, graceful.shutdown()).await.is_err() {
@@ -121,7 +162,7 @@ mod tests {
         let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let stop = tokio_util::sync::CancellationToken::new();
         let stopped = stop.clone();
-        tokio::spawn(serve(listener, router, ServeLimits::default(), async move {
+        tokio::spawn(serve(listener, router, ServeLimits::default(), None, async move {
             stopped.cancelled().await;
         }));
         (addr, stop)

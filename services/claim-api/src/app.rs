@@ -11,7 +11,8 @@ use std::{
     sync::{Arc, atomic::AtomicI64},
     time::{Duration, Instant},
 };
-use turnstile_lock::backend::tls::{self, RedisTls};
+use turnstile_http::tls::ServerTls;
+use turnstile_lock::backend::tls::{self as redis_tls, RedisTls};
 
 use anyhow::Context;
 use axum::{
@@ -140,6 +141,8 @@ pub struct Application {
     listener: TcpListener,
     operator_listener: TcpListener,
     operator_router: Router,
+    /// TLS on both listeners, when configured.
+    tls: Option<ServerTls>,
     limits: ServeLimits,
     router: Router,
     background: CancellationToken,
@@ -162,16 +165,7 @@ impl Application {
         let metrics = ApiMetrics::register(&registry)?;
         let pool_gauges = turnstile_telemetry::PoolGauges::register(&registry)?;
         let (write_pool, reads) = connect_postgres(&settings, &metrics).await?;
-        let redis_tls = settings
-            .redis_tls
-            .is_set()
-            .then(|| RedisTls::from_files(settings.redis_tls.ca.as_deref(), settings.redis_tls.client()))
-            .transpose()
-            .context("reading the redis tls files")?;
-        let redis = tls::client(settings.cache.url.expose(), redis_tls.as_ref())?
-            .get_connection_manager()
-            .await
-            .context("connecting to redis")?;
+        let redis = connect_cache(&settings).await?;
         let background = CancellationToken::new();
         let kafka = KafkaParts::connect(&settings, &metrics, &background).await?;
         let (keys, limits) = callers(&settings, &reads, &background).await?;
@@ -205,11 +199,13 @@ impl Application {
         };
         let operator_router = operator_router(state.clone());
         let router = router(state, gate, gatekeeper, &settings);
+        let tls = ServerTls::from_settings(&settings.tls).context("setting up tls")?;
         let (listener, operator_listener) = bind(&settings).await?;
         Ok(Self {
             listener,
             operator_listener,
             operator_router,
+            tls,
             limits: ServeLimits {
                 header_read_timeout: settings.header_read_timeout,
                 max_connections: settings.max_connections,
@@ -236,13 +232,20 @@ impl Application {
     /// Kafka (what does not is decided by the sweeper).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let background = self.background;
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls.clone().watch(background.clone()));
+        }
         let operator_stop = shutdown.clone();
-        let operator = tokio::spawn(async move {
-            axum::serve(self.operator_listener, self.operator_router)
-                .with_graceful_shutdown(async move { operator_stop.cancelled().await })
-                .await
-        });
-        let result = serve(self.listener, self.router, self.limits, async move {
+        let operator_tls = self.tls.as_ref().map(|tls| Arc::clone(&tls.operator));
+        let operator = tokio::spawn(serve(
+            self.operator_listener,
+            self.operator_router,
+            ServeLimits::default(),
+            operator_tls,
+            async move { operator_stop.cancelled().await },
+        ));
+        let public_tls = self.tls.as_ref().map(|tls| Arc::clone(&tls.public));
+        let result = serve(self.listener, self.router, self.limits, public_tls, async move {
             shutdown.cancelled().await;
         })
         .await;
@@ -457,6 +460,21 @@ fn admission_gate(settings: &Settings, pending: Arc<AtomicI64>, state: &AppState
         state.door.clone(),
         &state.metrics,
     )
+}
+
+/// The stock cache, over TLS with the settings' CA and client certificate
+/// when they are set.
+async fn connect_cache(settings: &Settings) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let tls = &settings.redis_tls;
+    let redis_tls = tls
+        .is_set()
+        .then(|| RedisTls::from_files(tls.ca.as_deref(), tls.client()))
+        .transpose()
+        .context("reading the redis tls files")?;
+    redis_tls::client(settings.cache.url.expose(), redis_tls.as_ref())?
+        .get_connection_manager()
+        .await
+        .context("connecting to redis")
 }
 
 /// The API's listener and the operator listener.

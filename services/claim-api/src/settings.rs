@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use turnstile_bus::KafkaSettings;
-use turnstile_http::CallerSettings;
+use turnstile_http::{CallerSettings, tls::TlsSettings};
 use turnstile_runtime::{
     secret::ConnectionUrl,
     settings::{CacheSettings, DatabaseSettings, InvalidSetting, RedisTlsSettings, duration},
@@ -90,6 +90,10 @@ pub struct Settings {
     /// TLS for the cache's rediss:// URL.
     #[command(flatten)]
     pub redis_tls: RedisTlsSettings,
+
+    /// TLS on the listeners, and optionally mutual TLS on the public one.
+    #[command(flatten)]
+    pub tls: TlsSettings,
 
     /// The cluster, the producer, the topics' names and layout, and any
     /// librdkafka property.
@@ -275,6 +279,7 @@ mod tests {
             &[
                 &["TURNSTILE_DATABASE_READ_URL", "TURNSTILE_TICKET_KEYS"][..],
                 &RedisTlsSettings::WITHOUT_DEFAULT,
+                &TlsSettings::WITHOUT_DEFAULT,
             ]
             .concat(),
         );
@@ -297,6 +302,10 @@ mod tests {
             "/etc/turnstile/redis.pem",
             "--redis-tls-key",
             "/secrets/hunter2.key",
+            "--tls-cert",
+            "/etc/turnstile/api.pem",
+            "--tls-key",
+            "/secrets/hunter2-api.key",
         ])
         .unwrap();
         settings

@@ -38,6 +38,7 @@ pub fn api_settings(ns: &Namespace) -> claim_api::Settings {
             url: redis_url().into(),
         },
         redis_tls: turnstile_runtime::settings::RedisTlsSettings::default(),
+        tls: turnstile_http::tls::TlsSettings::default(),
         kafka: ns.kafka(),
         worker_group_id: ns.group_id.clone(),
         max_inflight: 512,
