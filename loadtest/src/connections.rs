@@ -11,6 +11,10 @@
 //!   a connect and an accept, while at most 256 claims are admitted at once;
 //! - per request it costs about as much CPU as claim-api spends answering.
 //!
+//! An `https://` API is reached over TLS (rustls, ALPN `http/1.1`, the CA
+//! given with `--cacert`): the handshakes happen while the connections are
+//! opened, before the clock starts, as a balancer's pool would have them.
+//!
 //! Requests go straight to `hyper`'s connection API: one `SendRequest` per
 //! connection, checked out for one request and its body, then returned.
 //! They implement `turnstile-client`'s `Transport`, so a sale's claims go
@@ -19,12 +23,14 @@
 use std::{
     net::SocketAddr,
     num::NonZeroUsize,
+    path::Path,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http_body_util::{BodyExt, Full};
 use hyper::{
     Method, Request, StatusCode, Uri,
@@ -36,7 +42,9 @@ use hyper::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tokio::{net::TcpStream, sync::Semaphore};
+use tokio_rustls::TlsConnector;
 use turnstile_client::{Request as ClientRequest, Response, Transport, TransportError};
 
 /// A request not answered in this long counts as a transport error.
@@ -54,6 +62,8 @@ pub struct Answer {
 #[derive(Debug)]
 pub struct Connections {
     addr: SocketAddr,
+    /// How to speak TLS to an `https://` API.
+    tls: Option<Tls>,
     host: HeaderValue,
     /// One permit per connection: holding one entitles to one sender.
     free: Semaphore,
@@ -63,26 +73,33 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Opens `count` connections to `api` (`http://host:port`), all at once.
-    pub async fn open(api: &str, count: NonZeroUsize) -> Result<Arc<Self>> {
+    /// Opens `count` connections to `api` (`http://host:port`, or
+    /// `https://` with the CA `ca` in PEM), all at once.
+    pub async fn open(api: &str, count: NonZeroUsize, ca: Option<&Path>) -> Result<Arc<Self>> {
         let url: Uri = api.parse().with_context(|| format!("--api {api} is not a URL"))?;
-        if url.scheme_str() != Some("http") {
-            bail!("--api {api}: only http:// is supported");
-        }
         let authority = url.authority().with_context(|| format!("--api {api} has no host"))?;
-        let port = authority.port_u16().unwrap_or(80);
+        let (tls, default_port) = match url.scheme_str() {
+            Some("http") => (None, 80),
+            Some("https") => {
+                let ca = ca.with_context(|| format!("--api {api}: https needs --cacert"))?;
+                (Some(Tls::new(ca, authority.host())?), 443)
+            }
+            _ => bail!("--api {api}: only http:// and https:// are supported"),
+        };
+        let port = authority.port_u16().unwrap_or(default_port);
         let addr = tokio::net::lookup_host((authority.host(), port))
             .await
             .with_context(|| format!("resolving {api}"))?
             .next()
             .with_context(|| format!("{api} resolves to no address"))?;
         let host = HeaderValue::from_str(authority.as_str()).context("--api's host is not a header value")?;
-        let opening = (0..count.get()).map(|_| connect(addr));
+        let opening = (0..count.get()).map(|_| connect(addr, tls.as_ref()));
         let idle = futures::future::try_join_all(opening)
             .await
             .with_context(|| format!("opening {count} connections to {api}"))?;
         Ok(Arc::new(Self {
             addr,
+            tls,
             host,
             free: Semaphore::new(count.get()),
             idle: Mutex::new(idle),
@@ -126,7 +143,7 @@ impl Connections {
         let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut sender = match pooled {
             Some(sender) if !sender.is_closed() => sender,
-            _ => connect(self.addr).await?,
+            _ => connect(self.addr, self.tls.as_ref()).await?,
         };
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
             // A connection the server closed while it sat idle gives the
@@ -135,7 +152,7 @@ impl Connections {
                 Ok(response) => response,
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) => {
-                        sender = connect(self.addr).await?;
+                        sender = connect(self.addr, self.tls.as_ref()).await?;
                         send(&mut sender, unsent).await.map_err(TrySendError::into_error)?
                     }
                     None => return Err(failed.into_error().into()),
@@ -192,12 +209,59 @@ async fn send(
     sender.try_send_request(request).await
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
+/// A TLS client for one API: its CA, and the name its certificate bears.
+#[derive(Clone)]
+struct Tls {
+    connector: TlsConnector,
+    server: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("server", &self.server).finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    fn new(ca: &Path, host: &str) -> Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading --cacert {}", ca.display()))? {
+            roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // The generator's model is a pool of HTTP/1.1 connections.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            server: ServerName::try_from(host.to_owned()).with_context(|| format!("{host} is no server name"))?,
+        })
+    }
+}
+
+async fn connect(addr: SocketAddr, tls: Option<&Tls>) -> Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    let (sender, connection) = match tls {
+        None => {
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            (sender, connection.boxed())
+        }
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.server.clone(), stream)
+                .await
+                .with_context(|| format!("tls handshake with {addr}"))?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            (sender, connection.boxed())
+        }
+    };
     tokio::spawn(async move {
         // Ends when the server closes the connection or the sender is
         // dropped; either way the pool notices through `is_closed`.

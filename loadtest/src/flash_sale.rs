@@ -93,7 +93,7 @@ pub async fn run(args: &FlashSaleArgs) -> Result<FlashSaleReport> {
 async fn run_as(args: &FlashSaleArgs, credentials: &Credentials, pool: &PgPool) -> Result<FlashSaleReport> {
     let sale = &args.sale;
     // Opened before the coupons: a wrong --api fails before anything is created.
-    let connections = Connections::open(&args.api, sale.connections)
+    let connections = Connections::open(&args.api, sale.connections, args.cacert.as_deref())
         .await
         .with_context(|| format!("is the {} service running at {}?", args.mode.as_str(), args.api))?;
     let run_id = sale

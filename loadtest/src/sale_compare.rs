@@ -178,6 +178,7 @@ pub async fn run(args: &CompareArgs) -> Result<CompareReport> {
 async fn run_as(args: &CompareArgs, http: &reqwest::Client, credentials: &Credentials) -> Result<CompareReport> {
     let sale = |mode: Mode, api: &str| FlashSaleArgs {
         api: api.to_owned(),
+        cacert: None,
         mode,
         sale: SaleParams {
             keys: credentials.as_args(),

@@ -42,7 +42,9 @@ async fn server(close: bool) -> (String, Peers) {
 #[tokio::test]
 async fn many_concurrent_requests_share_the_connections_opened_up_front() {
     let (api, peers) = server(false).await;
-    let connections = Connections::open(&api, NonZeroUsize::new(4).unwrap()).await.unwrap();
+    let connections = Connections::open(&api, NonZeroUsize::new(4).unwrap(), None)
+        .await
+        .unwrap();
     let key = HeaderName::from_static("idempotency-key");
     let requests = (0..200).map(|i| {
         let (connections, key) = (Arc::clone(&connections), key.clone());
@@ -69,7 +71,7 @@ async fn many_concurrent_requests_share_the_connections_opened_up_front() {
 #[tokio::test]
 async fn a_connection_the_server_closed_is_replaced() {
     let (api, peers) = server(true).await;
-    let connections = Connections::open(&api, NonZeroUsize::MIN).await.unwrap();
+    let connections = Connections::open(&api, NonZeroUsize::MIN, None).await.unwrap();
     for i in 0..5 {
         let answer = connections.post_json("/echo", &[], vec![b'0' + i]).await.unwrap();
         assert_eq!(answer.status, StatusCode::ACCEPTED);
@@ -79,10 +81,10 @@ async fn a_connection_the_server_closed_is_replaced() {
 }
 
 #[tokio::test]
-async fn an_api_that_is_not_a_plain_http_url_is_refused() {
+async fn an_api_that_is_no_http_url_or_https_without_a_ca_is_refused() {
     for api in ["https://127.0.0.1:1", "127.0.0.1:8080", "http://"] {
         assert!(
-            Connections::open(api, NonZeroUsize::MIN).await.is_err(),
+            Connections::open(api, NonZeroUsize::MIN, None).await.is_err(),
             "{api} was accepted"
         );
     }

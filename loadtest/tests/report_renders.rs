@@ -469,6 +469,7 @@ async fn a_real_sql_for_update_sale_reports_and_renders() {
 
     let args = FlashSaleArgs {
         api,
+        cacert: None,
         mode: Mode::SqlForUpdate,
         sale: SaleParams {
             database_url: database_url(),

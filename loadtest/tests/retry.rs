@@ -147,6 +147,7 @@ async fn sale(
     .await;
     let args = FlashSaleArgs {
         api,
+        cacert: None,
         mode: Mode::Pipeline,
         sale: SaleParams {
             database_url: database_url(),

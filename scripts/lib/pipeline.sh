@@ -31,9 +31,31 @@ stop_services() {
   pids=()
 }
 
+# API_TLS=DIR (holding api.pem, api.key and the ca.pem that signed them):
+# claim-api serves both its listeners over TLS with that certificate.
+# `api_url` is where the generator sends (add `--cacert "$API_TLS/ca.pem"`).
+api_url() {
+  if [ -n "${API_TLS:-}" ]; then echo https://127.0.0.1:8080; else echo http://127.0.0.1:8080; fi
+}
+
+# make_tls DIR: a CA and a certificate it signed for 127.0.0.1, for API_TLS.
+make_tls() {
+  mkdir -p "$1"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$1/ca.key" -out "$1/ca.pem" -subj "/CN=turnstile measurement CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$1/api.key" -out "$1/api.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+  openssl x509 -req -in "$1/api.csr" -CA "$1/ca.pem" -CAkey "$1/ca.key" -CAcreateserial -days 2 \
+    -out "$1/api.pem" -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost') 2>/dev/null
+}
+
 wait_http() {
   for _ in $(seq 300); do
-    python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null && return 0
+    python3 -c "
+import os, ssl, sys, urllib.request
+tls = os.environ.get('API_TLS')
+context = ssl.create_default_context(cafile=os.path.join(tls, 'ca.pem')) if tls and sys.argv[1].startswith('https') else None
+urllib.request.urlopen(sys.argv[1], timeout=1, context=context)" "$1" 2>/dev/null && return 0
     sleep 0.2
   done
   echo "$(basename "$0"): $1 did not become ready; see $LOG" >&2
@@ -71,9 +93,14 @@ start_pipeline() {
       RUST_LOG=warn,turnstile_bus=info "${SUT[@]}" "$SVC/claim-worker"
   done
   # One generator stands for every client with one key: no per-key limit.
-  supervised pipeline-claim-api env "${common[@]}" TURNSTILE_HTTP_ADDR=127.0.0.1:8080 \
+  local tls=() operator=http://127.0.0.1:9100
+  if [ -n "${API_TLS:-}" ]; then
+    tls=(TURNSTILE_TLS_CERT="$API_TLS/api.pem" TURNSTILE_TLS_KEY="$API_TLS/api.key")
+    operator=https://127.0.0.1:9100
+  fi
+  supervised pipeline-claim-api env "${common[@]}" "${tls[@]}" TURNSTILE_HTTP_ADDR=127.0.0.1:8080 \
     TURNSTILE_METRICS_ADDR=127.0.0.1:9100 TURNSTILE_KEY_RATE=0 "${SUT[@]}" "$SVC/claim-api"
-  wait_http http://127.0.0.1:9100/readyz
+  wait_http "$operator/readyz"
   local held=()
   for i in $(seq "$workers"); do
     wait_http "http://127.0.0.1:$((9100 + i))/healthz"

@@ -144,6 +144,10 @@ pub struct FlashSaleArgs {
     /// The claim API (claim-api, or sql-baseline with `--mode sql-for-update`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub api: String,
+
+    /// The CA (a PEM file) that signed an https:// --api's certificate.
+    #[arg(long)]
+    pub cacert: Option<std::path::PathBuf>,
     /// How the service at `--api` processes claims.
     #[arg(long, value_enum, default_value_t = Mode::Pipeline)]
     pub mode: Mode,
