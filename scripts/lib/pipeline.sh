@@ -10,6 +10,7 @@
 # stops its service.
 
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/partitions.sh"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/tls.sh"
 
 pids=()
 SUPERVISE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/supervise.sh"
@@ -38,26 +39,10 @@ api_url() {
   if [ -n "${API_TLS:-}" ]; then echo https://127.0.0.1:8080; else echo http://127.0.0.1:8080; fi
 }
 
-# make_tls DIR: a CA and a certificate it signed for 127.0.0.1, for API_TLS.
-make_tls() {
-  mkdir -p "$1"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -keyout "$1/ca.key" -out "$1/ca.pem" -subj "/CN=turnstile measurement CA" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$1/api.key" -out "$1/api.csr" -subj "/CN=127.0.0.1" 2>/dev/null
-  openssl x509 -req -in "$1/api.csr" -CA "$1/ca.pem" -CAkey "$1/ca.key" -CAcreateserial -days 2 \
-    -out "$1/api.pem" -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost') 2>/dev/null
-}
-
 wait_http() {
-  for _ in $(seq 300); do
-    python3 -c "
-import os, ssl, sys, urllib.request
-tls = os.environ.get('API_TLS')
-context = ssl.create_default_context(cafile=os.path.join(tls, 'ca.pem')) if tls and sys.argv[1].startswith('https') else None
-urllib.request.urlopen(sys.argv[1], timeout=1, context=context)" "$1" 2>/dev/null && return 0
-    sleep 0.2
-  done
+  local ca=()
+  [[ $1 == https://* ]] && ca=("$API_TLS/ca.pem")
+  wait_url "$1" "${ca[@]}" && return 0
   echo "$(basename "$0"): $1 did not become ready; see $LOG" >&2
   exit 1
 }

@@ -75,15 +75,7 @@ pub struct Restart {
 
 impl Service {
     pub(super) fn signal(&self, signal: &str) -> Result<()> {
-        let pid = self.child.id().context("process already gone")?;
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} failed");
-        }
-        Ok(())
+        turnstile_private_stores::signal(self.child.id().context("process already gone")?, signal)
     }
 
     /// SIGTERM and wait (the services drain and leave their group).

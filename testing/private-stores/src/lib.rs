@@ -23,6 +23,19 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Sends `signal` (`KILL`, `STOP`, `CONT`, `TERM`) to process `pid`, as
+/// the tests and chaos scenarios that stop, freeze or kill a service do.
+pub fn signal(pid: u32, signal: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed");
+    }
+    Ok(())
+}
+
 fn running_as_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")

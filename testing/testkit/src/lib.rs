@@ -401,15 +401,7 @@ impl WorkerProcess {
 
     /// Sends `signal` (`KILL`, `STOP`, `CONT`, `TERM`).
     pub fn signal(&self, signal: &str) -> Result<()> {
-        let pid = self.child.id().context("worker already exited")?;
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} failed");
-        }
-        Ok(())
+        turnstile_private_stores::signal(self.child.id().context("worker already exited")?, signal)
     }
 
     /// Waits for the process to exit.
