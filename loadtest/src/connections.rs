@@ -218,7 +218,9 @@ struct Tls {
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls").field("server", &self.server).finish_non_exhaustive()
+        f.debug_struct("Tls")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
     }
 }
 
