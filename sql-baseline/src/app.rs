@@ -79,6 +79,7 @@ impl Application {
             outcome_deadline: settings.outcome_deadline,
         };
         let gatekeeper = Gatekeeper {
+            certificate_names_tenant: settings.tls.client_tenant,
             keys,
             limits,
             refusals: None,

@@ -21,6 +21,7 @@
 //! key's tenant (403 otherwise), so a client that still sends it keeps
 //! working and none can use it to reach another tenant.
 
+use crate::tls::ClientCertificate;
 use std::{
     collections::HashMap,
     num::NonZeroU32,
@@ -343,8 +344,11 @@ pub struct Gatekeeper {
     /// The per-caller buckets.
     pub limits: CallerLimits,
     /// Counts refusals by reason (`missing`, `malformed`, `unknown`,
-    /// `tenant_mismatch`, `rate_key`), when set.
+    /// `tenant_mismatch`, `certificate_tenant`, `rate_key`), when set.
     pub refusals: Option<prometheus::IntCounterVec>,
+    /// Whether a client certificate's common name is its holder's tenant
+    /// (`TURNSTILE_TLS_CLIENT_TENANT`): the API key must then belong to it.
+    pub certificate_names_tenant: bool,
 }
 
 impl Gatekeeper {
@@ -385,6 +389,18 @@ pub async fn authenticate(State(gate): State<Gatekeeper>, mut request: Request, 
             "tenant_mismatch",
             ApiError::Forbidden("X-Tenant-Id names a tenant this API key does not belong to".to_owned()),
         );
+    }
+    if gate.certificate_names_tenant {
+        let named = request
+            .extensions()
+            .get::<ClientCertificate>()
+            .and_then(|certificate| certificate.common_name.as_deref());
+        if named != Some(principal.tenant.as_str()) {
+            return gate.refuse(
+                "certificate_tenant",
+                ApiError::Forbidden("the client certificate names another tenant than this API key's".to_owned()),
+            );
+        }
     }
     if let Err(limited) = gate.limits.check_key(&principal) {
         return gate.refuse("rate_key", limited);

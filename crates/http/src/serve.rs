@@ -32,6 +32,8 @@ use rustls::ServerConfig;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::tls::ClientCertificate;
+
 /// Streams one HTTP/2 connection may have open at once: each is a request
 /// the connection cap does not count.
 pub const MAX_STREAMS: u32 = 100;
@@ -109,10 +111,10 @@ pub async fn serve(
         };
         // Answers are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
         match &acceptor {
             None => {
+                let service = TowerToHyperService::new(router.clone());
                 // Not `serve_connection_with_upgrades`, which ignores `http1_only`.
                 let connection = plain.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = watcher.watch(connection);
@@ -124,7 +126,7 @@ pub async fn serve(
                 });
             }
             Some(acceptor) => {
-                let (acceptor, builder) = (acceptor.clone(), secure.clone());
+                let (acceptor, builder, router) = (acceptor.clone(), secure.clone(), router.clone());
                 let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
                     // A handshake that fails (a client without a
@@ -132,6 +134,24 @@ pub async fn serve(
                     // stalls ends the connection.
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            let certificate = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|leaf| ClientCertificate::from_der(leaf));
+                            // Every request of the connection carries the
+                            // certificate it was opened with.
+                            let service = TowerToHyperService::new(
+                                tower::ServiceBuilder::new()
+                                    .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                                        if let Some(certificate) = &certificate {
+                                            request.extensions_mut().insert(certificate.clone());
+                                        }
+                                        request
+                                    })
+                                    .service(router),
+                            );
                             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                             let _ = watcher.watch(connection).await;
                         }

@@ -49,6 +49,41 @@ pub struct TlsSettings {
     /// refused in the handshake
     #[arg(long = "tls-client-ca", env = "TURNSTILE_TLS_CLIENT_CA", requires = "cert")]
     pub client_ca: Option<PathBuf>,
+
+    /// With mutual TLS, a client certificate's common name is its holder's
+    /// tenant: a request whose API key belongs to another tenant is
+    /// refused 403
+    #[arg(
+        long = "tls-client-tenant",
+        env = "TURNSTILE_TLS_CLIENT_TENANT",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        requires = "client_ca"
+    )]
+    pub client_tenant: bool,
+}
+
+/// The client certificate a caller showed in the TLS handshake, as a
+/// request extension: what the authentication compares with the API key
+/// when certificates name tenants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The subject's common name, if it has one.
+    pub common_name: Option<Arc<str>>,
+}
+
+impl ClientCertificate {
+    /// The certificate of the end entity (the first of the chain), read.
+    pub fn from_der(der: &[u8]) -> Self {
+        let common_name = x509_parser::parse_x509_certificate(der).ok().and_then(|(_, cert)| {
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|name| name.as_str().ok())
+                .map(Arc::from)
+        });
+        Self { common_name }
+    }
 }
 
 impl TlsSettings {

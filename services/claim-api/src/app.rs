@@ -193,6 +193,7 @@ impl Application {
         }));
         let gate = admission_gate(&settings, feeds.pending, &state);
         let gatekeeper = Gatekeeper {
+            certificate_names_tenant: settings.tls.client_tenant,
             keys,
             limits,
             refusals: Some(state.metrics.auth_refusals.clone()),

@@ -2,7 +2,8 @@
 //! over HTTPS with HTTP/2 chosen through ALPN and the operator listener on
 //! TLS too; mutual TLS refusing a caller without a client certificate in
 //! the handshake; a certificate rotated on disk served to new connections
-//! while a connection opened before keeps working.
+//! while a connection opened before keeps working; a certificate that
+//! names a tenant admitting only that tenant's API keys.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -43,11 +44,12 @@ impl Ca {
         (params.signed_by(&key, &self.0).unwrap().pem(), key.serialize_pem())
     }
 
-    /// A client certificate and its key, as one PEM for reqwest.
-    fn client_identity(&self) -> Identity {
+    /// A client certificate for `name` (its common name) and its key, as
+    /// one PEM for reqwest.
+    fn client_identity(&self, name: &str) -> Identity {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "a caller");
+        params.distinguished_name.push(DnType::CommonName, name);
         let cert = params.signed_by(&key, &self.0).unwrap();
         Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes()).unwrap()
     }
@@ -64,6 +66,11 @@ struct TlsApi {
 
 impl TlsApi {
     async fn start(test: &str, ca: &Ca, client_ca: Option<&Ca>) -> Self {
+        Self::start_with(test, ca, client_ca, false).await
+    }
+
+    /// With `client_tenant`, client certificates name their tenants.
+    async fn start_with(test: &str, ca: &Ca, client_ca: Option<&Ca>, client_tenant: bool) -> Self {
         let dir = std::env::temp_dir().join(unique(test));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = ca.server();
@@ -78,6 +85,7 @@ impl TlsApi {
                 cert: Some(dir.join("api.pem")),
                 key: Some(dir.join("api.key").into()),
                 client_ca: client_ca.map(|_| dir.join("clients.pem")),
+                client_tenant,
             },
             ..api_settings(&ns)
         })
@@ -188,13 +196,13 @@ async fn mutual_tls_refuses_a_caller_without_a_client_certificate_in_the_handsha
         anonymous.is_err(),
         "a caller without a certificate got in: {anonymous:?}"
     );
-    let stranger = client(&server_ca, Some(stranger_ca.client_identity()))
+    let stranger = client(&server_ca, Some(stranger_ca.client_identity("a stranger")))
         .get(api.url("/healthz"))
         .send()
         .await;
     assert!(stranger.is_err(), "a certificate of another CA got in: {stranger:?}");
 
-    let known = client(&server_ca, Some(client_ca.client_identity()));
+    let known = client(&server_ca, Some(client_ca.client_identity("a caller")));
     let answer = claim_over(&api, &known).await;
     assert_eq!(answer.status(), StatusCode::ACCEPTED);
 }
@@ -222,4 +230,25 @@ async fn a_certificate_rotated_on_disk_reaches_new_connections_and_spares_open_o
     // new handshake could have, so it is the same connection.
     let kept = before.get(api.url("/healthz")).send().await.unwrap();
     assert_eq!(kept.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_that_names_another_tenant_than_the_api_key_is_refused() {
+    let (server_ca, client_ca) = (Ca::new("api CA"), Ca::new("callers CA"));
+    let api = TlsApi::start_with("api-mtls-tenant", &server_ca, Some(&client_ca), true).await;
+    let tenant = unique("acme");
+    let key = mint_key(&tenant, Role::Claim).await;
+    // A claim of the tenant's that does not exist: 404 when the key is
+    // admitted, 403 when it is not.
+    let path = format!("/v1/claims/{}", uuid::Uuid::new_v4());
+
+    let its_own = client(&server_ca, Some(client_ca.client_identity(&tenant)));
+    let answer = its_own.get(api.url(&path)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+
+    let another = client(&server_ca, Some(client_ca.client_identity("globex")));
+    let answer = another.get(api.url(&path)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    let problem: serde_json::Value = answer.json().await.unwrap();
+    assert!(problem["type"].as_str().unwrap().ends_with("/forbidden"), "{problem}");
 }
