@@ -164,7 +164,14 @@ impl ApiMetrics {
         for outcome in crate::admission::TicketOutcome::ALL {
             m.tickets.with_label_values(&[outcome.as_str()]);
         }
-        for reason in ["missing", "malformed", "unknown", "tenant_mismatch", "certificate_tenant", "rate_key"] {
+        for reason in [
+            "missing",
+            "malformed",
+            "unknown",
+            "tenant_mismatch",
+            "certificate_tenant",
+            "rate_key",
+        ] {
             m.auth_refusals.with_label_values(&[reason]);
         }
         m.circuit_open.with_label_values(&["postgres"]);
