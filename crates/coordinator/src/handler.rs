@@ -38,6 +38,13 @@ pub trait Handler: Send + Sync + 'static {
     /// failure counts exist (at 0) from the start.
     const DEPENDENCIES: &'static [&'static str] = &[];
 
+    /// Whether the lease is renewed while [`Handler::handle`] runs (every
+    /// third of its ttl), with [`Work::lease_lost`] firing if a renewal
+    /// fails. A handler whose work always ends well within the ttl (one
+    /// transaction of milliseconds) can save the renewal task: the fence,
+    /// not the lease, is what refuses a late write.
+    const KEEP_LEASE_ALIVE: bool = true;
+
     /// A message's event, or why it is none: the message then goes to the
     /// dead-letter topic (cause `invalid`) and the partition moves on.
     fn decode(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Self::Event, String>;
@@ -71,8 +78,10 @@ pub struct Work<'a, H: Handler + ?Sized> {
     pub origins: &'a [Origin],
     /// Whether they came from the topic or the sweeper.
     pub source: Source,
-    /// Fires if the lease is lost meanwhile: a handler with several steps
-    /// should stop between them (its writes would be refused anyway).
+    /// Fires if the lease is lost meanwhile, for a handler that keeps it
+    /// alive ([`Handler::KEEP_LEASE_ALIVE`]; otherwise nothing watches it
+    /// and it never fires): a handler with several steps should stop
+    /// between them (its writes would be refused anyway).
     pub lease_lost: CancellationToken,
 }
 

@@ -11,15 +11,17 @@
 //! handler reports them as they stand), and a counter that fell behind is
 //! repaired by the first refused write.
 //!
-//! The lease is kept alive while the handler runs, and the handler is told
-//! when it is lost ([`crate::Work::lease_lost`]); correctness never rests
-//! on that signal, which a pause between the last check and a write
-//! defeats, but on the fence.
+//! The lease is kept alive while the handler runs (unless the handler says
+//! its work is short: [`crate::Handler::KEEP_LEASE_ALIVE`]), and the
+//! handler is told when it is lost ([`crate::Work::lease_lost`]);
+//! correctness never rests on that signal, which a pause between the last
+//! check and a write defeats, but on the fence.
 
 use std::time::Duration;
 
 use opentelemetry::trace::TraceContextExt as _;
 use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use turnstile_lock::{FencingToken, LockClient, LockError};
@@ -46,7 +48,7 @@ pub enum HandleFailure<E> {
     #[error("lock unavailable")]
     Lock(#[from] LockError),
     /// The handler failed.
-    #[error("handler failed: {0}")]
+    #[error("handler failed")]
     Handler(#[source] E),
     /// The store refused the token again after the lock's counter was
     /// raised above its fence.
@@ -207,7 +209,13 @@ impl Leaseholder {
         let fence = lease.token();
         lock_span.record("turnstile.lock.fence", fence.get());
         tracing::Span::current().record("fence", fence.get());
-        let lease_lost = lease.keep_alive();
+        // Watching the lease is a task per lease: only for handlers that
+        // want it.
+        let lease_lost = if H::KEEP_LEASE_ALIVE {
+            lease.keep_alive()
+        } else {
+            CancellationToken::new()
+        };
         hold_lease_before_write(name, fence).await;
         let work = Work {
             resource,
@@ -260,7 +268,8 @@ impl Leaseholder {
 /// Fault injection for the chaos tests: with `FAILPOINTS` set to
 /// `hold-lease-before-write=1*return(MS)`, the member holds its lease MS
 /// milliseconds between taking the token and handing the events over: the
-/// window in which a stalled member becomes a zombie.
+/// window in which a member stopped (SIGSTOP) becomes a zombie. A lease
+/// kept alive stays its own through a hold of a running member.
 async fn hold_lease_before_write(resource: &str, fence: FencingToken) {
     let hold_ms: Option<u64> = (|| {
         fail::fail_point!("hold-lease-before-write", |ms| ms.and_then(|v| v.parse().ok()));

@@ -63,6 +63,10 @@ impl Handler for Decider {
 
     const REFUSAL_CAUSES: &'static [&'static str] = &[ORPHAN];
     const DEPENDENCIES: &'static [&'static str] = &["postgres"];
+    /// One transaction of milliseconds under a lease of seconds: a renewal
+    /// task per batch would cost more than it could save, and the fence
+    /// refuses a write that outlived its lease.
+    const KEEP_LEASE_ALIVE: bool = false;
 
     fn decode(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<ClaimRequested, String> {
         check(key, payload)
