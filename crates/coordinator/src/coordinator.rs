@@ -368,8 +368,11 @@ impl<H: Handler> SweepSource<H> for NoSweep {
         Err("no sweeper".into())
     }
 
-    async fn stale(&self, _: Duration, _: usize) -> Result<Vec<H::Event>, crate::sweep::SweepError> {
-        Ok(Vec::new())
+    async fn stale(&self, _: Duration, _: usize) -> Result<crate::sweep::Stale<H::Event>, crate::sweep::SweepError> {
+        Ok(crate::sweep::Stale {
+            events: Vec::new(),
+            read: 0,
+        })
     }
 }
 

@@ -60,5 +60,5 @@ pub use lease::{HandleFailure, LeaseTerms, Leaseholder};
 pub use metrics::CoordinatorMetrics;
 pub use poison::{POISON_ATTEMPTS, PoisonCounter};
 pub use settle::{Announcer, SettleClock, Silent};
-pub use sweep::{SweepMetrics, SweepSource, SweepTerms, SweepTurn};
+pub use sweep::{Stale, SweepMetrics, SweepSource, SweepTerms, SweepTurn};
 pub use waiting::Waiting;

@@ -13,10 +13,7 @@
 use std::{
     fmt,
     future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -32,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use turnstile_bus::{GroupContext, KafkaHealth};
 
-use crate::{dead_letter::DeadLetters, metrics::CoordinatorMetrics};
+use crate::{dead_letter::DeadLetters, metrics::CoordinatorMetrics, waiting::Since};
 
 /// Publishes what handling produced, after the effects, at least once.
 pub trait Announcer<A>: Send + Sync + 'static {
@@ -79,41 +76,24 @@ pub(crate) struct Settle<Id> {
     pub(crate) since: Instant,
 }
 
-/// Since when the settler has been working on a batch (0: idle), for a
-/// readiness report: a settler busy for long is stuck on Kafka or on the
-/// outbox. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct SettleClock {
-    origin: Instant,
-    /// Milliseconds since `origin` plus one; 0 while idle.
-    since: Arc<AtomicU64>,
-}
-
-impl Default for SettleClock {
-    fn default() -> Self {
-        Self {
-            origin: Instant::now(),
-            since: Arc::default(),
-        }
-    }
-}
+/// Since when the settler has been working on a batch, for a readiness
+/// report: a settler busy for long is stuck on Kafka or on the outbox.
+/// Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct SettleClock(Since);
 
 impl SettleClock {
     fn started(&self) {
-        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.since.store(ms + 1, Ordering::Relaxed);
+        self.0.begin();
     }
 
     fn idle(&self) {
-        self.since.store(0, Ordering::Relaxed);
+        self.0.end();
     }
 
     /// How long the batch in hand has been settling (zero when idle).
     pub fn busy_for(&self) -> Duration {
-        match self.since.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            ms => (self.origin + Duration::from_millis(ms - 1)).elapsed(),
-        }
+        self.0.get().map_or(Duration::ZERO, |since| since.elapsed())
     }
 }
 

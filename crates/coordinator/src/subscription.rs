@@ -4,7 +4,7 @@
 //! without its data, is revoked from every member; librdkafka does not
 //! always assign the topic again once it is back (a topic recreated under
 //! the same name and partition count was still unassigned 90 s later), so
-//! the worker subscribes again:
+//! the member subscribes again:
 //! - at once when its own topic keeper had to recreate a topic, or a
 //!   broker answers again after all were lost (one that restarted without
 //!   its data has lost the group, and a member that rejoined before the
@@ -33,7 +33,7 @@
 //!   position a batch past that end is what every caught-up member of a
 //!   partition written in batches has. A recreated log that outgrew the
 //!   old one before a check goes unnoticed; its first messages are then
-//!   decided by the sweeper.
+//!   handled by the sweeper.
 //!
 //! A member that is idle by design (more workers than partitions)
 //! subscribes again at most once per loss, since it must hold partitions

@@ -45,10 +45,21 @@ pub trait SweepSource<H: Handler>: Send + Sync + 'static {
     /// Opens what the turn is taken through (a connection of its own).
     fn open_turn(&self) -> impl Future<Output = Result<Self::Turn, SweepError>> + Send;
 
-    /// The events of records still waiting `after` past their acceptance,
-    /// oldest first, at most `limit`. A record that makes no valid event
-    /// is the source's to settle (reject it), never to skip silently.
-    fn stale(&self, after: Duration, limit: usize) -> impl Future<Output = Result<Vec<H::Event>, SweepError>> + Send;
+    /// The records still waiting `after` past their acceptance, oldest
+    /// first, at most `limit`, as events. A record that makes no valid
+    /// event is the source's to settle (reject it), never to skip
+    /// silently.
+    fn stale(&self, after: Duration, limit: usize) -> impl Future<Output = Result<Stale<H::Event>, SweepError>> + Send;
+}
+
+/// What a sweep source found.
+#[derive(Debug)]
+pub struct Stale<E> {
+    /// The events of the valid records.
+    pub events: Vec<E>,
+    /// The records read, valid or not: a full page (`limit`) means more
+    /// may be waiting, and the next pass follows at once.
+    pub read: usize,
 }
 
 /// Makes one member of the group the sweeper at a time.
@@ -132,7 +143,7 @@ impl<H: Handler, S: SweepSource<H>> Sweeper<H, S> {
     }
 
     /// One pass: the oldest stale records, handled resource by resource.
-    /// Returns how many it found.
+    /// Returns how many records it read.
     async fn pass(&self) -> usize {
         let kafka_up = self.health.is_up();
         let after = if kafka_up {
@@ -140,7 +151,7 @@ impl<H: Handler, S: SweepSource<H>> Sweeper<H, S> {
         } else {
             self.terms.after_without_kafka
         };
-        let stale = match self.source.stale(after, SWEEP_LIMIT).await {
+        let Stale { events: stale, read } = match self.source.stale(after, SWEEP_LIMIT).await {
             Ok(stale) => stale,
             Err(e) => {
                 debug!(error = %e, "sweep query failed");
@@ -149,7 +160,7 @@ impl<H: Handler, S: SweepSource<H>> Sweeper<H, S> {
         };
         let found = stale.len();
         if stale.is_empty() {
-            return 0;
+            return read;
         }
         if kafka_up {
             warn!(
@@ -186,6 +197,6 @@ impl<H: Handler, S: SweepSource<H>> Sweeper<H, S> {
                 }
             }
         }
-        found
+        read
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tracing::{debug, warn};
 use turnstile_claim::{ClaimId, ClaimRequested};
-use turnstile_coordinator::{SweepSource, postgres::AdvisoryTurn, sweep::SweepError};
+use turnstile_coordinator::{Stale, SweepSource, postgres::AdvisoryTurn, sweep::SweepError};
 use turnstile_runtime::secret::ConnectionUrl;
 use turnstile_store::{self as store, StalePending};
 
@@ -42,8 +42,9 @@ impl SweepSource<Decider> for StaleClaims {
 
     /// The oldest claims still pending `after` past acceptance; rows that
     /// are no valid claim are rejected on the way.
-    async fn stale(&self, after: Duration, limit: usize) -> Result<Vec<ClaimRequested>, SweepError> {
+    async fn stale(&self, after: Duration, limit: usize) -> Result<Stale<ClaimRequested>, SweepError> {
         let stale = store::stale_pending(&self.pool, after, i64::try_from(limit).unwrap_or(i64::MAX)).await?;
+        let read = stale.len();
         let mut claims = Vec::with_capacity(stale.len());
         let mut invalid: Vec<ClaimId> = Vec::new();
         for found in stale {
@@ -63,6 +64,6 @@ impl SweepSource<Decider> for StaleClaims {
                 Err(e) => debug!(error = %e, "rejecting invalid claims failed"),
             }
         }
-        Ok(claims)
+        Ok(Stale { events: claims, read })
     }
 }
