@@ -10,9 +10,11 @@
 //! - **Over TLS ([`crate::tls`]), HTTP/2 where ALPN chose it**, with at most
 //!   [`MAX_STREAMS`] streams at once per connection; the handshake must end
 //!   within the header-read timeout.
-//! - **Headers within [`ServeLimits::header_read_timeout`]**: a connection
-//!   that dribbles its request head (a byte a second, slowloris) is closed
-//!   when the timeout passes.
+//! - **HTTP/1.1 headers within [`ServeLimits::header_read_timeout`]**: a
+//!   connection that dribbles its request head (a byte a second, slowloris)
+//!   is closed when the timeout passes. HTTP/2 has no such timeout in
+//!   hyper; its bounds are the streams per connection and a keep-alive
+//!   ping that closes a connection whose peer stopped answering.
 //! - **At most [`ServeLimits::max_connections`] open connections**: past
 //!   the cap the next connection waits in the kernel's accept queue
 //!   instead of costing a task, buffers and a file descriptor here.
@@ -37,6 +39,10 @@ use crate::tls::ClientCertificate;
 /// Streams one HTTP/2 connection may have open at once: each is a request
 /// the connection cap does not count.
 pub const MAX_STREAMS: u32 = 100;
+
+/// How often an idle HTTP/2 connection is pinged, and how long the answer
+/// may take before the connection is closed.
+const H2_PING: Duration = Duration::from_secs(20);
 
 /// The connection-level bounds.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +90,9 @@ pub async fn serve(
     secure
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS);
+        .max_concurrent_streams(MAX_STREAMS)
+        .keep_alive_interval(Some(H2_PING))
+        .keep_alive_timeout(H2_PING);
     let acceptor = tls.map(TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {

@@ -128,7 +128,6 @@ impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
             .field("cert", &self.certificate.cert)
-            .field("mutual", &self.public.alpn_protocols.len())
             .finish_non_exhaustive()
     }
 }
