@@ -124,6 +124,7 @@ pub struct Stores {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/turnstile"
     )]
     pub database_url: String,

@@ -1,7 +1,8 @@
 //! Kafka plumbing for Turnstile: how the claim services talk to the broker.
 //!
-//! claim-api produces `ClaimRequested` events keyed by resource, so one resource's claims share a partition and
-//! arrive in order; claim-worker consumes them in the `claim-workers` group
+//! claim-api produces `ClaimRequested` events keyed by resource, so one
+//! resource's claims share a partition and arrive in order; claim-worker
+//! consumes them in the `claim-workers` group
 //! and produces `ClaimDecided` events, which
 //! the API tails to answer `Prefer: wait`. Undecodable messages go to a
 //! dead-letter topic with the reason in a header. Everything here is

@@ -38,6 +38,7 @@ pub struct SaleParams {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/turnstile"
     )]
     pub database_url: String,
