@@ -18,6 +18,9 @@ use tokio::{
     time::sleep,
 };
 
+mod tls_front;
+pub use tls_front::TlsFront;
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -510,12 +513,16 @@ pub fn tansu_bin() -> PathBuf {
 /// [`kill`](Self::kill) then [`restart`](Self::restart) is a broker that
 /// comes back on the same address without its topics, as after a crash of
 /// a broker without persistent storage.
+///
+/// Started [with TLS](Self::start_with_tls), it sits behind a [`TlsFront`]
+/// and advertises the front's address, so clients reach it over TLS alone.
 #[derive(Debug)]
 pub struct PrivateBroker {
     bin: PathBuf,
     port: u16,
     log_dir: PathBuf,
     server: Option<Child>,
+    front: Option<TlsFront>,
 }
 
 impl PrivateBroker {
@@ -531,14 +538,45 @@ impl PrivateBroker {
             port: free_port()?,
             log_dir: log_dir.to_path_buf(),
             server: None,
+            front: None,
         };
         broker.launch().await?;
         Ok(broker)
     }
 
-    /// `127.0.0.1:PORT`, as `TURNSTILE_KAFKA_BROKERS` names it.
+    /// Starts the broker behind a [`TlsFront`] serving `tls`: it advertises
+    /// the front, so [`addr`](Self::addr) and every address a client learns
+    /// from it are the front's.
+    pub async fn start_with_tls(log_dir: &Path, tls: &ServerTls) -> Result<Self> {
+        let bin = tansu_bin();
+        if !bin.is_file() {
+            bail!("{} not found: scripts/stack up builds it", bin.display());
+        }
+        let port = free_port()?;
+        let mut broker = Self {
+            bin,
+            port,
+            log_dir: log_dir.to_path_buf(),
+            server: None,
+            front: Some(TlsFront::start(tls, port).await?),
+        };
+        broker.launch().await?;
+        Ok(broker)
+    }
+
+    /// `127.0.0.1:PORT`, as `TURNSTILE_KAFKA_BROKERS` names it: the TLS
+    /// front's port if it has one.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised_port())
+    }
+
+    /// The TLS front, if it was started with one.
+    pub fn front(&self) -> Option<&TlsFront> {
+        self.front.as_ref()
+    }
+
+    fn advertised_port(&self) -> u16 {
+        self.front.as_ref().map_or(self.port, TlsFront::port)
     }
 
     /// Whether the broker process is running.
@@ -551,10 +589,17 @@ impl PrivateBroker {
             .create(true)
             .append(true)
             .open(self.log_dir.join("broker.log"))?;
-        let url = format!("tcp://{}", self.addr());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://{}", self.addr());
         // As scripts/stack starts the shared one; no traces exported.
         let child = Command::new(&self.bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
@@ -572,8 +617,8 @@ impl PrivateBroker {
             sleep(Duration::from_millis(50)).await;
         }
         bail!(
-            "private broker did not listen on {} within 30 s; see {}/broker.log",
-            self.addr(),
+            "private broker did not listen on 127.0.0.1:{} within 30 s; see {}/broker.log",
+            self.port,
             self.log_dir.display()
         )
     }
