@@ -11,48 +11,18 @@ mod support;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use reqwest::{Certificate, Client, Identity, StatusCode, Version};
 use serde_json::json;
-use support::{Namespace, api_settings, mint_key, unique, until};
+use support::{Namespace, TestCa, api_settings, mint_key, unique, until};
 use tokio_util::sync::CancellationToken;
 use turnstile_claim::access::Role;
 use turnstile_http::tls::TlsSettings;
 
-/// A CA of a test's own.
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    fn pem(&self) -> String {
-        self.0.pem()
-    }
-
-    /// A server certificate for 127.0.0.1 and localhost, and its key.
-    fn server(&self) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-        (params.signed_by(&key, &self.0).unwrap().pem(), key.serialize_pem())
-    }
-
-    /// A client certificate for `name` (its common name) and its key, as
-    /// one PEM for reqwest.
-    fn client_identity(&self, name: &str) -> Identity {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.signed_by(&key, &self.0).unwrap();
-        Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes()).unwrap()
-    }
+/// A client certificate `ca` signed for `name` (its common name) and its
+/// key, as one PEM for reqwest.
+fn client_identity(ca: &TestCa, name: &str) -> Identity {
+    let (cert, key) = ca.client(name);
+    Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap()
 }
 
 /// An API serving TLS with a certificate `ca` signed, from files in a
@@ -65,17 +35,17 @@ struct TlsApi {
 }
 
 impl TlsApi {
-    async fn start(test: &str, ca: &Ca, client_ca: Option<&Ca>) -> Self {
+    async fn start(test: &str, ca: &TestCa, client_ca: Option<&TestCa>) -> Self {
         Self::start_with(test, ca, client_ca, false).await
     }
 
     /// With `client_tenant`, client certificates name their tenants.
-    async fn start_with(test: &str, ca: &Ca, client_ca: Option<&Ca>, client_tenant: bool) -> Self {
+    async fn start_with(test: &str, ca: &TestCa, client_ca: Option<&TestCa>, client_tenant: bool) -> Self {
         let dir = std::env::temp_dir().join(unique(test));
         std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) = ca.server();
-        std::fs::write(dir.join("api.pem"), cert).unwrap();
-        std::fs::write(dir.join("api.key"), key).unwrap();
+        let server = ca.server();
+        std::fs::write(dir.join("api.pem"), server.cert_pem).unwrap();
+        std::fs::write(dir.join("api.key"), server.key_pem).unwrap();
         if let Some(client_ca) = client_ca {
             std::fs::write(dir.join("clients.pem"), client_ca.pem()).unwrap();
         }
@@ -107,12 +77,12 @@ impl TlsApi {
     }
 
     /// Replaces the certificate files with a pair `ca` signed.
-    fn rotate(&self, ca: &Ca) {
-        let (cert, key) = ca.server();
+    fn rotate(&self, ca: &TestCa) {
+        let server = ca.server();
         // The key first: a check between the two writes finds a pair that
         // does not match and keeps the old one.
-        std::fs::write(self.dir.join("api.key"), key).unwrap();
-        std::fs::write(self.dir.join("api.pem"), cert).unwrap();
+        std::fs::write(self.dir.join("api.key"), server.key_pem).unwrap();
+        std::fs::write(self.dir.join("api.pem"), server.cert_pem).unwrap();
     }
 }
 
@@ -123,7 +93,7 @@ impl Drop for TlsApi {
 }
 
 /// A client that trusts `ca` only, with a client certificate if given.
-fn client(ca: &Ca, identity: Option<Identity>) -> Client {
+fn client(ca: &TestCa, identity: Option<Identity>) -> Client {
     let mut builder = Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -160,7 +130,7 @@ async fn claim_over(api: &TlsApi, client: &Client) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_are_accepted_over_tls_with_http2_chosen_through_alpn() {
-    let ca = Ca::new("api test CA");
+    let ca = TestCa::new("api test CA");
     let api = TlsApi::start("api-tls", &ca, None).await;
     let https = client(&ca, None);
 
@@ -188,7 +158,11 @@ async fn claims_are_accepted_over_tls_with_http2_chosen_through_alpn() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_refuses_a_caller_without_a_client_certificate_in_the_handshake() {
-    let (server_ca, client_ca, stranger_ca) = (Ca::new("api CA"), Ca::new("callers CA"), Ca::new("stranger CA"));
+    let (server_ca, client_ca, stranger_ca) = (
+        TestCa::new("api CA"),
+        TestCa::new("callers CA"),
+        TestCa::new("stranger CA"),
+    );
     let api = TlsApi::start("api-mtls", &server_ca, Some(&client_ca)).await;
 
     let anonymous = client(&server_ca, None).get(api.url("/healthz")).send().await;
@@ -196,20 +170,20 @@ async fn mutual_tls_refuses_a_caller_without_a_client_certificate_in_the_handsha
         anonymous.is_err(),
         "a caller without a certificate got in: {anonymous:?}"
     );
-    let stranger = client(&server_ca, Some(stranger_ca.client_identity("a stranger")))
+    let stranger = client(&server_ca, Some(client_identity(&stranger_ca, "a stranger")))
         .get(api.url("/healthz"))
         .send()
         .await;
     assert!(stranger.is_err(), "a certificate of another CA got in: {stranger:?}");
 
-    let known = client(&server_ca, Some(client_ca.client_identity("a caller")));
+    let known = client(&server_ca, Some(client_identity(&client_ca, "a caller")));
     let answer = claim_over(&api, &known).await;
     assert_eq!(answer.status(), StatusCode::ACCEPTED);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_rotated_on_disk_reaches_new_connections_and_spares_open_ones() {
-    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let (old_ca, new_ca) = (TestCa::new("old CA"), TestCa::new("new CA"));
     let api = TlsApi::start("api-tls-rotate", &old_ca, None).await;
     // An HTTP/2 connection opened before the rotation, kept by the client.
     let before = client(&old_ca, None);
@@ -234,7 +208,7 @@ async fn a_certificate_rotated_on_disk_reaches_new_connections_and_spares_open_o
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_certificate_that_names_another_tenant_than_the_api_key_is_refused() {
-    let (server_ca, client_ca) = (Ca::new("api CA"), Ca::new("callers CA"));
+    let (server_ca, client_ca) = (TestCa::new("api CA"), TestCa::new("callers CA"));
     let api = TlsApi::start_with("api-mtls-tenant", &server_ca, Some(&client_ca), true).await;
     let tenant = unique("acme");
     let key = mint_key(&tenant, Role::Claim).await;
@@ -242,11 +216,11 @@ async fn a_client_certificate_that_names_another_tenant_than_the_api_key_is_refu
     // admitted, 403 when it is not.
     let path = format!("/v1/claims/{}", uuid::Uuid::new_v4());
 
-    let its_own = client(&server_ca, Some(client_ca.client_identity(&tenant)));
+    let its_own = client(&server_ca, Some(client_identity(&client_ca, &tenant)));
     let answer = its_own.get(api.url(&path)).bearer_auth(&key).send().await.unwrap();
     assert_eq!(answer.status(), StatusCode::NOT_FOUND);
 
-    let another = client(&server_ca, Some(client_ca.client_identity("globex")));
+    let another = client(&server_ca, Some(client_identity(&client_ca, "globex")));
     let answer = another.get(api.url(&path)).bearer_auth(&key).send().await.unwrap();
     assert_eq!(answer.status(), StatusCode::FORBIDDEN);
     let problem: serde_json::Value = answer.json().await.unwrap();

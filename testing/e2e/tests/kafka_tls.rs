@@ -13,11 +13,10 @@ mod support;
 
 use std::{path::PathBuf, time::Duration};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{Namespace, TestWorker, api_settings, unique, until, worker_settings};
-use turnstile_private_stores::{PrivateBroker, ServerTls};
+use support::{Namespace, TestCa, TestWorker, api_settings, unique, until, worker_settings};
+use turnstile_private_stores::PrivateBroker;
 
 /// A CA of the test's own and a broker behind a TLS front it signed.
 struct TlsBroker {
@@ -29,28 +28,12 @@ impl TlsBroker {
     async fn start(test: &str) -> Self {
         let dir = std::env::temp_dir().join(unique(test));
         std::fs::create_dir_all(&dir).unwrap();
-        let ca = Self::new_ca("turnstile kafka test CA");
-        let server_key = KeyPair::generate().unwrap();
-        let mut server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-        let server = server.signed_by(&server_key, &ca).unwrap();
-        let tls = ServerTls {
-            cert_pem: server.pem(),
-            key_pem: server_key.serialize_pem(),
-        };
+        let ca = TestCa::new("turnstile kafka test CA");
+        let tls = ca.server();
         let broker = PrivateBroker::start_with_tls(&dir, &tls).await.unwrap();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.join("other-ca.pem"), Self::new_ca("another CA").pem()).unwrap();
+        std::fs::write(dir.join("other-ca.pem"), TestCa::new("another CA").pem()).unwrap();
         Self { dir, broker }
-    }
-
-    fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, name);
-        CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap()
     }
 
     /// The namespace's Kafka settings, on this broker over TLS, trusting

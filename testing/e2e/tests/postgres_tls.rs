@@ -16,40 +16,11 @@ use std::{
     time::Duration,
 };
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Namespace, TestApi, TestWorker, api_settings, unique, worker_settings};
-use turnstile_private_stores::{PrivatePostgres, ServerTls};
+use support::{Namespace, TestApi, TestCa, TestWorker, api_settings, unique, worker_settings};
+use turnstile_private_stores::PrivatePostgres;
 use turnstile_runtime::settings::DatabaseSettings;
-
-/// A certificate authority made for one test, and a server certificate it
-/// signed for `localhost` and 127.0.0.1.
-struct TestPki {
-    ca_pem: String,
-    server: ServerTls,
-}
-
-impl TestPki {
-    fn new() -> Self {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "turnstile test CA");
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-        let server_key = KeyPair::generate().unwrap();
-        let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&server_key, &ca)
-            .unwrap();
-        Self {
-            ca_pem: ca.pem(),
-            server: ServerTls {
-                cert_pem: server.pem(),
-                key_pem: server_key.serialize_pem(),
-            },
-        }
-    }
-}
 
 /// A directory of the test's own under the system's temporary directory.
 fn scratch(test: &str) -> PathBuf {
@@ -70,10 +41,10 @@ struct TlsPostgres {
 impl TlsPostgres {
     async fn start(test: &str) -> Self {
         let dir = scratch(test);
-        let pki = TestPki::new();
-        let server = PrivatePostgres::start_with_tls(&dir, &pki.server).await.unwrap();
+        let ca = TestCa::new("turnstile postgres test CA");
+        let server = PrivatePostgres::start_with_tls(&dir, &ca.server()).await.unwrap();
         let ca_file = dir.join("ca.pem");
-        std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+        std::fs::write(&ca_file, ca.pem()).unwrap();
         Self { dir, server, ca_file }
     }
 
@@ -109,7 +80,7 @@ async fn connection_is_encrypted(url: &str) -> bool {
 async fn sslmode_require_and_verify_full_connect_and_a_wrong_ca_or_plain_tcp_is_refused() {
     let postgres = TlsPostgres::start("pg-tls-modes").await;
     let other_ca_file = postgres.dir.join("other-ca.pem");
-    std::fs::write(&other_ca_file, TestPki::new().ca_pem).unwrap();
+    std::fs::write(&other_ca_file, TestCa::new("another CA").pem()).unwrap();
 
     // Encrypted, certificate not checked.
     assert!(connection_is_encrypted(&postgres.url("sslmode=require")).await);

@@ -9,12 +9,11 @@ mod support;
 
 use std::{path::PathBuf, time::Duration};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use serde_json::json;
-use support::{Namespace, TestWorker, api_settings, unique, until, worker_settings};
+use support::{Namespace, TestCa, TestWorker, api_settings, unique, until, worker_settings};
 use turnstile_claim::{ResourceId, ResourceKey, TenantId};
 use turnstile_lock::backend::tls::{self, RedisTls};
-use turnstile_private_stores::{PrivateRedis, ServerTls};
+use turnstile_private_stores::PrivateRedis;
 use turnstile_runtime::settings::{CacheSettings, RedisTlsSettings};
 use turnstile_store::cache::ResourceCache;
 
@@ -30,31 +29,14 @@ impl TlsStack {
     async fn start(test: &str) -> Self {
         let dir = std::env::temp_dir().join(unique(test));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "turnstile redis test CA");
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-        let server_key = KeyPair::generate().unwrap();
-        let mut server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-        let server = server.signed_by(&server_key, &ca).unwrap();
-        let client_key = KeyPair::generate().unwrap();
-        let client = CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .signed_by(&client_key, &ca)
-            .unwrap();
-        let tls = ServerTls {
-            cert_pem: server.pem(),
-            key_pem: server_key.serialize_pem(),
-        };
+        let ca = TestCa::new("turnstile redis test CA");
+        let tls = ca.server();
+        let (client_pem, client_key) = ca.client("a claim service");
         let redis = PrivateRedis::start_with_tls(&dir, &tls, &ca.pem(), true).await.unwrap();
         for (name, content) in [
             ("ca.pem", ca.pem()),
-            ("client.pem", client.pem()),
-            ("client.key", client_key.serialize_pem()),
+            ("client.pem", client_pem),
+            ("client.key", client_key),
         ] {
             std::fs::write(dir.join(name), content).unwrap();
         }
@@ -74,9 +56,7 @@ impl TlsStack {
 
     /// What a service gets from settings that trust another CA.
     fn trusting_another_ca(&self) -> RedisTlsSettings {
-        let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
-        other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let other = CertifiedIssuer::self_signed(other, KeyPair::generate().unwrap()).unwrap();
+        let other = TestCa::new("another CA");
         std::fs::write(self.dir.join("other-ca.pem"), other.pem()).unwrap();
         RedisTlsSettings {
             ca: Some(self.dir.join("other-ca.pem")),
