@@ -13,7 +13,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use reqwest::{Certificate, Client, Identity, StatusCode, Version};
 use serde_json::json;
-use support::{Namespace, TestCa, api_settings, mint_key, unique, until};
+use support::pki::TestCa;
+use support::{Namespace, api_settings, mint_key, unique, until};
 use tokio_util::sync::CancellationToken;
 use turnstile_claim::access::Role;
 use turnstile_http::tls::TlsSettings;

@@ -15,7 +15,8 @@ use std::{path::PathBuf, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{Namespace, TestCa, TestWorker, api_settings, unique, until, worker_settings};
+use support::pki::TestCa;
+use support::{Namespace, TestWorker, api_settings, unique, until, worker_settings};
 use turnstile_private_stores::PrivateBroker;
 
 /// A CA of the test's own and a broker behind a TLS front it signed.

@@ -18,7 +18,8 @@ use std::{
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Namespace, TestApi, TestCa, TestWorker, api_settings, unique, worker_settings};
+use support::pki::TestCa;
+use support::{Namespace, TestApi, TestWorker, api_settings, unique, worker_settings};
 use turnstile_private_stores::PrivatePostgres;
 use turnstile_runtime::settings::DatabaseSettings;
 

@@ -10,7 +10,8 @@ mod support;
 use std::{path::PathBuf, time::Duration};
 
 use serde_json::json;
-use support::{Namespace, TestCa, TestWorker, api_settings, unique, until, worker_settings};
+use support::pki::TestCa;
+use support::{Namespace, TestWorker, api_settings, unique, until, worker_settings};
 use turnstile_claim::{ResourceId, ResourceKey, TenantId};
 use turnstile_lock::backend::tls::{self, RedisTls};
 use turnstile_private_stores::PrivateRedis;

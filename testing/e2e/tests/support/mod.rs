@@ -9,8 +9,7 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 pub use turnstile_testkit::*;
 
-mod pki;
-pub use pki::TestCa;
+pub mod pki;
 
 /// The worker binary these tests stop, kill and restart.
 pub const WORKER_BIN: &str = env!("CARGO_BIN_EXE_e2e-claim-worker");
