@@ -529,36 +529,32 @@ impl PrivateBroker {
     /// Starts the broker and waits until it takes connections. Its output
     /// goes to `broker.log` in `log_dir`.
     pub async fn start(log_dir: &Path) -> Result<Self> {
-        let bin = tansu_bin();
-        if !bin.is_file() {
-            bail!("{} not found: scripts/stack up builds it", bin.display());
-        }
-        let mut broker = Self {
-            bin,
-            port: free_port()?,
-            log_dir: log_dir.to_path_buf(),
-            server: None,
-            front: None,
-        };
-        broker.launch().await?;
-        Ok(broker)
+        Self::start_with(log_dir, None).await
     }
 
     /// Starts the broker behind a [`TlsFront`] serving `tls`: it advertises
     /// the front, so [`addr`](Self::addr) and every address a client learns
     /// from it are the front's.
     pub async fn start_with_tls(log_dir: &Path, tls: &ServerTls) -> Result<Self> {
+        Self::start_with(log_dir, Some(tls)).await
+    }
+
+    async fn start_with(log_dir: &Path, tls: Option<&ServerTls>) -> Result<Self> {
         let bin = tansu_bin();
         if !bin.is_file() {
             bail!("{} not found: scripts/stack up builds it", bin.display());
         }
         let port = free_port()?;
+        let front = match tls {
+            Some(tls) => Some(TlsFront::start(tls, port).await?),
+            None => None,
+        };
         let mut broker = Self {
             bin,
             port,
             log_dir: log_dir.to_path_buf(),
             server: None,
-            front: Some(TlsFront::start(tls, port).await?),
+            front,
         };
         broker.launch().await?;
         Ok(broker)
