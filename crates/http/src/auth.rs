@@ -374,21 +374,30 @@ fn bearer_key(headers: &HeaderMap) -> Result<KeyDigest, AuthFailure> {
 /// Middleware for the `/v1` routes: 401 without a key in force, 403 when
 /// `X-Tenant-Id` names another tenant, 429 past the key's bucket; otherwise
 /// the [`Principal`] goes on as a request extension.
-pub async fn authenticate(State(gate): State<Gatekeeper>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(State(gate): State<Gatekeeper>, request: Request, next: Next) -> Response {
+    match authenticate_request(&gate, request).await {
+        Ok(request) => next.run(request).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// What [`authenticate`] does, for a service that runs it inside a layer of
+/// its own: the request with its [`Principal`], or the refusal to send.
+pub async fn authenticate_request(gate: &Gatekeeper, mut request: Request) -> Result<Request, Response> {
     let digest = match bearer_key(request.headers()) {
         Ok(digest) => digest,
-        Err(failure) => return gate.refuse(failure.as_str(), ApiError::Unauthenticated(failure)),
+        Err(failure) => return Err(gate.refuse(failure.as_str(), ApiError::Unauthenticated(failure))),
     };
     let Some(principal) = gate.keys.principal(digest).await else {
-        return gate.refuse("unknown", ApiError::Unauthenticated(AuthFailure::Unknown));
+        return Err(gate.refuse("unknown", ApiError::Unauthenticated(AuthFailure::Unknown)));
     };
     if let Some(named) = request.headers().get("x-tenant-id")
         && named.as_bytes() != principal.tenant.as_str().as_bytes()
     {
-        return gate.refuse(
+        return Err(gate.refuse(
             "tenant_mismatch",
             ApiError::Forbidden("X-Tenant-Id names a tenant this API key does not belong to".to_owned()),
-        );
+        ));
     }
     if gate.certificate_names_tenant {
         let named = request
@@ -396,17 +405,17 @@ pub async fn authenticate(State(gate): State<Gatekeeper>, mut request: Request, 
             .get::<ClientCertificate>()
             .and_then(|certificate| certificate.common_name.as_deref());
         if named != Some(principal.tenant.as_str()) {
-            return gate.refuse(
+            return Err(gate.refuse(
                 "certificate_tenant",
                 ApiError::Forbidden("the client certificate names another tenant than this API key's".to_owned()),
-            );
+            ));
         }
     }
     if let Err(limited) = gate.limits.check_key(&principal) {
-        return gate.refuse("rate_key", limited);
+        return Err(gate.refuse("rate_key", limited));
     }
     request.extensions_mut().insert(principal);
-    next.run(request).await
+    Ok(request)
 }
 
 /// The request's principal, if it may perform `operation` (403 otherwise).

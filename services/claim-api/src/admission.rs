@@ -6,7 +6,7 @@
 //! must cost next to nothing, or answering it takes the CPU that deciding
 //! needs and goodput collapses: a refusal that parses the body, opens a span
 //! and logs a line costs about as much as a claim. So [`admit_claims`], the
-//! layer right after authentication, looks at the method, the path and two
+//! step right after authentication, looks at the method, the path and two
 //! headers (`Idempotency-Key`, `Turnstile-Ticket`) and nothing else:
 //! - if the database holds more undecided claims than
 //!   `TURNSTILE_MAX_PENDING_CLAIMS`, it answers `429` at once
@@ -54,9 +54,8 @@ use std::{
 
 use axum::{
     body::Body,
-    extract::{Request, State},
+    extract::Request,
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
-    middleware::Next,
     response::Response,
 };
 use bytes::Bytes;
@@ -812,20 +811,20 @@ impl Admission {
     }
 }
 
-/// The layer right after authentication: `POST /v1/claims` gets a slot, a
-/// place in the queue, or an immediate 429 with a ticket; every other
-/// request passes untouched. A claim without a slot is passed on to its
-/// handler only while the door knows a settled answer for some claims:
-/// otherwise its refusal is sent from here, unread.
-pub async fn admit_claims(State(gate): State<AdmissionGate>, mut request: Request, next: Next) -> Response {
+/// Right after authentication: `POST /v1/claims` gets a slot, a place in
+/// the queue, or an immediate 429 with a ticket; every other request passes
+/// untouched. A claim without a slot is passed on to its handler only while
+/// the door knows a settled answer for some claims: otherwise its refusal
+/// is returned (`Err`) to be sent from here, unread.
+pub async fn admit_claims(gate: &AdmissionGate, mut request: Request) -> Result<Request, Response> {
     if request.method() != Method::POST || request.uri().path() != CLAIMS_PATH {
-        return next.run(request).await;
+        return Ok(request);
     }
     let started = Instant::now();
     // Authentication runs first and always sets the principal; without
     // one, the handler refuses the request.
     let Some(tenant) = request.extensions().get::<Principal>().map(|p| p.tenant.clone()) else {
-        return next.run(request).await;
+        return Ok(request);
     };
     let headers = request.headers();
     let key = headers
@@ -840,12 +839,12 @@ pub async fn admit_claims(State(gate): State<AdmissionGate>, mut request: Reques
         _ if gate.0.door.may_answer() => entry,
         Entry::Queued(queued) => match queued.wait().await {
             Ok(slot) => Entry::Slot(slot),
-            Err(refusal) => return gate.shed(&refusal, started),
+            Err(refusal) => return Err(gate.shed(&refusal, started)),
         },
-        Entry::Refused(refusal) => return gate.shed(&refusal, started),
+        Entry::Refused(refusal) => return Err(gate.shed(&refusal, started)),
     };
     request.extensions_mut().insert(Admission::new(entry));
-    next.run(request).await
+    Ok(request)
 }
 
 /// The idempotency key's header, read here before the handler parses it.

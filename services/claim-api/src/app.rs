@@ -16,7 +16,7 @@ use turnstile_lock::backend::tls::{self as redis_tls, RedisTls};
 
 use anyhow::Context;
 use axum::{
-    Extension, Json, Router,
+    Json, Router,
     extract::{MatchedPath, Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -35,6 +35,7 @@ use turnstile_http::{
     routes::V1Routes,
     serve::{ServeLimits, serve},
 };
+use turnstile_claim::{ClaimId, TenantId};
 use turnstile_store::{self as store, StatementTimeouts, cache::ResourceCache};
 use utoipa::OpenApi;
 
@@ -505,12 +506,15 @@ fn router(state: AppState, gate: AdmissionGate, gatekeeper: Gatekeeper, settings
     }
     .into_router()
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-    .layer(middleware::from_fn_with_state(state.clone(), track))
-    .layer(Extension(BodyLimit(settings.max_body_bytes)))
-    // A refused claim costs no span, no log line, no body read.
-    .layer(middleware::from_fn_with_state(gate, admit_claims))
-    // Outermost: who is calling, and whether its key has tokens left.
-    .layer(middleware::from_fn_with_state(gatekeeper, auth::authenticate));
+    .layer(middleware::from_fn_with_state(
+        V1Front {
+            state: state.clone(),
+            gatekeeper,
+            gate,
+            body_limit: BodyLimit(settings.max_body_bytes),
+        },
+        v1_front,
+    ));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
@@ -536,8 +540,8 @@ fn operator_router(state: AppState) -> Router {
 /// access log line can name it.
 #[derive(Debug, Clone)]
 pub(crate) struct ClaimContext {
-    pub(crate) tenant_id: String,
-    pub(crate) claim_id: String,
+    pub(crate) tenant: TenantId,
+    pub(crate) claim_id: ClaimId,
 }
 
 /// The request's correlation id (the trace id, or a random id in the same
@@ -568,6 +572,33 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
+/// What the `/v1` routes' one layer needs.
+#[derive(Clone)]
+struct V1Front {
+    state: AppState,
+    gatekeeper: Gatekeeper,
+    gate: AdmissionGate,
+    body_limit: BodyLimit,
+}
+
+/// The `/v1` routes' layer, three steps in order: who is calling and
+/// whether its key has tokens left (authentication); then, for a claim, a
+/// slot or a refusal that costs no span, no log line and no body read
+/// (admission); then the request, tracked. One layer rather than three:
+/// each layer clones a boxed service and boxes a future per request.
+async fn v1_front(State(front): State<V1Front>, request: Request, next: Next) -> Response {
+    let mut request = match auth::authenticate_request(&front.gatekeeper, request).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    request.extensions_mut().insert(front.body_limit);
+    let request = match admit_claims(&front.gate, request).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    track(State(front.state), request, next).await
+}
+
 /// Per request: the server span (OpenTelemetry HTTP semantic conventions,
 /// continuing an incoming `traceparent`), the correlation id (returned in
 /// `x-correlation-id`), metrics by route template and status class, and one
@@ -577,10 +608,9 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // The template, shared, not copied: this runs for every request.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(request.method());
     let span = tracing::info_span!(
         "HTTP request",
@@ -593,10 +623,14 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
         otel.status_code = Empty,
         correlation_id = Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
-    });
-    let _ = span.set_parent(parent);
+    // A span that no subscriber records (tracing off) has no parent to
+    // take, and its correlation id is a random one.
+    if !span.is_disabled() {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(parent);
+    }
     let correlation_id = turnstile_telemetry::correlation_id(&span);
     span.record("correlation_id", correlation_id.as_str());
     request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
@@ -621,12 +655,12 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     state
         .metrics
         .http_requests
-        .with_label_values(&[&route, method, class])
+        .with_label_values(&[route, method, class])
         .inc();
     state
         .metrics
         .http_duration
-        .with_label_values(&[&route, method])
+        .with_label_values(&[route, method])
         .observe(elapsed.as_secs_f64());
     if let Ok(value) = axum::http::HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(CORRELATION_ID_HEADER, value);
@@ -636,8 +670,8 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     if route.starts_with("/v1/") {
         info!(
             correlation_id,
-            tenant_id = claim.map(|c| c.tenant_id.as_str()),
-            claim_id = claim.map(|c| c.claim_id.as_str()),
+            tenant_id = claim.map(|c| c.tenant.as_str()),
+            claim_id = claim.map(|c| tracing::field::display(c.claim_id)),
             http.request.method = %method,
             http.route = %route,
             http.response.status_code = status,

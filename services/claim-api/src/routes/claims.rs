@@ -73,10 +73,7 @@ pub async fn create_claim(
         return Err(limited);
     }
     let claim_id = ClaimId::for_request(&tenant, &key);
-    let context = ClaimContext {
-        tenant_id: tenant.as_str().to_owned(),
-        claim_id: claim_id.to_string(),
-    };
+    let context = ClaimContext { tenant, claim_id };
     let correlation_id = correlation.map(|Extension(CorrelationId(id))| id).unwrap_or_default();
     let door = state
         .door
