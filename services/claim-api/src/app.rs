@@ -30,12 +30,12 @@ use tracing::info;
 use turnstile_bus::{
     KafkaHealth, ProducerTuning, Publisher, STARTUP_TOPIC_CHECK, TOPIC_CHECK_INTERVAL, TopicKeeper, Topics,
 };
+use turnstile_claim::{ClaimId, TenantId};
 use turnstile_http::{
     auth::{self, CallerLimits, Gatekeeper, KeyRing},
     routes::V1Routes,
     serve::{ServeLimits, serve},
 };
-use turnstile_claim::{ClaimId, TenantId};
 use turnstile_store::{self as store, StatementTimeouts, cache::ResourceCache};
 use utoipa::OpenApi;
 
