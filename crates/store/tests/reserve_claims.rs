@@ -224,3 +224,34 @@ async fn the_pending_count_stops_at_its_cap() {
     assert_eq!(store::pending_claims(&pool, 2).await.unwrap(), 2);
     assert!(store::pending_claims(&pool, 1_000_000).await.unwrap() >= 3);
 }
+
+#[tokio::test]
+async fn a_batch_read_finds_each_recorded_claim_once_and_nothing_else() {
+    let pool = pool().await;
+    let run = format!("{:08x}", rand::random::<u32>());
+    let coupon = coupon(&pool, "READ", 10).await;
+    let (a, b) = (
+        event(&coupon, &format!("a-{run}"), "ua"),
+        event(&coupon, &format!("b-{run}"), "ub"),
+    );
+    let never = event(&coupon, &format!("never-{run}"), "un");
+    assert_eq!(
+        admit(&pool, &[1; 32], &[a.clone(), b.clone()]).await,
+        vec![Reserved::New, Reserved::New]
+    );
+
+    // Asked twice for one claim, once for another, and for one never recorded.
+    let asked = [a.claim_id, never.claim_id, b.claim_id, a.claim_id];
+    let mut rows = store::claims(&pool, &asked).await.unwrap();
+    rows.sort_by_key(|row| row.claim_id);
+    let mut expected = vec![a.claim_id, b.claim_id];
+    expected.sort();
+    assert_eq!(rows.iter().map(|row| row.claim_id).collect::<Vec<_>>(), expected);
+    for row in &rows {
+        assert_eq!(row.tenant_id, coupon.tenant.as_str());
+        assert_eq!(row.status, turnstile_claim::ClaimStatus::Pending);
+        assert_eq!((row.reason, row.fence), (None, None));
+    }
+    assert!(store::claims(&pool, &[never.claim_id]).await.unwrap().is_empty());
+    assert!(store::claims(&pool, &[]).await.unwrap().is_empty());
+}
