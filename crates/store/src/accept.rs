@@ -217,7 +217,11 @@ async fn record_batch(conn: &mut PgConnection, batch: &[Admission<'_>]) -> Resul
              FROM input i
              LEFT JOIN known k ON k.n = i.n
              LEFT JOIN new_claims nc ON nc.claim_id = i.claim_id
-             LEFT JOIN claims c ON c.claim_id = i.claim_id
+             -- One primary-key probe per key (see `crate::claims`), not a
+             -- join Postgres may plan as a scan of the whole table.
+             LEFT JOIN LATERAL (
+               SELECT claims.claim_id, claims.fingerprint FROM claims WHERE claims.claim_id = i.claim_id LIMIT 1
+             ) c ON true
             ORDER BY i.n"#,
         &tenants as &[&str],
         &fingerprints as &[&[u8]],
