@@ -14,7 +14,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use reqwest::{Certificate, Client, Identity, StatusCode, Version};
 use serde_json::json;
 use support::pki::TestCa;
-use support::{Namespace, api_settings, mint_key, unique, until};
+use support::{Namespace, api_settings, mint_key, scratch_dir, unique, until};
 use tokio_util::sync::CancellationToken;
 use turnstile_claim::access::Role;
 use turnstile_http::tls::TlsSettings;
@@ -42,8 +42,7 @@ impl TlsApi {
 
     /// With `client_tenant`, client certificates name their tenants.
     async fn start_with(test: &str, ca: &TestCa, client_ca: Option<&TestCa>, client_tenant: bool) -> Self {
-        let dir = std::env::temp_dir().join(unique(test));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(test);
         let server = ca.server();
         std::fs::write(dir.join("api.pem"), server.cert_pem).unwrap();
         std::fs::write(dir.join("api.key"), server.key_pem).unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, db, unique};
+use support::{Namespace, TestApi, WorkerProcess, api_settings, assert_claim_invariants, db, scratch_dir, unique};
 use support::{owed, until};
 use turnstile_private_stores::PrivateBroker;
 
@@ -39,8 +39,7 @@ struct OwnBrokerPipeline {
 
 impl OwnBrokerPipeline {
     async fn start(name: &str, stock: i64, worker_env: &[(&str, String)]) -> Self {
-        let log_dir = std::env::temp_dir().join(unique(name));
-        std::fs::create_dir_all(&log_dir).unwrap();
+        let log_dir = scratch_dir(name);
         let broker = PrivateBroker::start(&log_dir).await.unwrap();
         let ns = Namespace::new(name);
         let mut settings = api_settings(&ns);

@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Namespace, api_settings, claims_under_keys, unique};
+use support::{Namespace, api_settings, claims_under_keys, scratch_dir, unique};
 use turnstile_private_stores::PrivateBroker;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_are_accepted_at_once_while_the_broker_is_down() {
-    let logs = std::env::temp_dir().join(unique("broker-down"));
-    std::fs::create_dir_all(&logs).unwrap();
+    let logs = scratch_dir("broker-down");
     let mut broker = PrivateBroker::start(&logs).await.unwrap();
     let ns = Namespace::new("broker-down");
     let mut settings = api_settings(&ns);

@@ -16,7 +16,7 @@ use std::{path::PathBuf, time::Duration};
 use reqwest::StatusCode;
 use serde_json::json;
 use support::pki::TestCa;
-use support::{Namespace, TestWorker, api_settings, unique, until, worker_settings};
+use support::{Namespace, TestWorker, api_settings, scratch_dir, unique, until, worker_settings};
 use turnstile_private_stores::PrivateBroker;
 
 /// A CA of the test's own and a broker behind a TLS front it signed.
@@ -27,8 +27,7 @@ struct TlsBroker {
 
 impl TlsBroker {
     async fn start(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique(test));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(test);
         let ca = TestCa::new("turnstile kafka test CA");
         let tls = ca.server();
         let broker = PrivateBroker::start_with_tls(&dir, &tls).await.unwrap();

@@ -19,17 +19,11 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::pki::TestCa;
-use support::{Namespace, TestApi, TestWorker, api_settings, unique, worker_settings};
+use support::{Namespace, TestApi, TestWorker, api_settings, scratch_dir, unique, worker_settings};
 use turnstile_private_stores::PrivatePostgres;
 use turnstile_runtime::settings::DatabaseSettings;
 
 /// A directory of the test's own under the system's temporary directory.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(test));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A Postgres of the test's own that takes TLS connections only, with a
 /// certificate its own CA signed, in a scratch directory of its own.
 struct TlsPostgres {
@@ -41,7 +35,7 @@ struct TlsPostgres {
 
 impl TlsPostgres {
     async fn start(test: &str) -> Self {
-        let dir = scratch(test);
+        let dir = scratch_dir(test);
         let ca = TestCa::new("turnstile postgres test CA");
         let server = PrivatePostgres::start_with_tls(&dir, &ca.server()).await.unwrap();
         let ca_file = dir.join("ca.pem");
@@ -159,7 +153,7 @@ async fn fallbacks(api: &TestApi, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_the_replica_has_not_replayed_yet_is_read_from_the_primary() {
-    let dir = scratch("pg-replica");
+    let dir = scratch_dir("pg-replica");
     let primary = PrivatePostgres::start(&dir.join("primary")).await.unwrap();
     let replica = primary.start_replica(&dir.join("replica")).await.unwrap();
 

@@ -11,7 +11,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde_json::json;
 use support::pki::TestCa;
-use support::{Namespace, TestWorker, api_settings, unique, until, worker_settings};
+use support::{Namespace, TestWorker, api_settings, scratch_dir, unique, until, worker_settings};
 use turnstile_claim::{ResourceId, ResourceKey, TenantId};
 use turnstile_lock::backend::tls::{self, RedisTls};
 use turnstile_private_stores::PrivateRedis;
@@ -28,8 +28,7 @@ struct TlsStack {
 
 impl TlsStack {
     async fn start(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique(test));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(test);
         let ca = TestCa::new("turnstile redis test CA");
         let tls = ca.server();
         let (client_pem, client_key) = ca.client("a claim service");

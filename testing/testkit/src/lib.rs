@@ -57,6 +57,15 @@ pub fn unique(name: &str) -> String {
     format!("{name}-{:x}{:04x}", nanos % 0xffff_ffff_ffff, rand::random::<u16>())
 }
 
+/// A new, empty directory under the system's temporary directory, named
+/// [`unique`]ly after `name`: for a test's logs, certificates and private
+/// servers. Left behind for a look after a failure.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
 /// The names one test's pipeline runs under.
 #[derive(Debug, Clone)]
 pub struct Namespace {
