@@ -276,7 +276,10 @@ async fn stored_claims(
                         AND g.user_id = c.user_id)
                   END AS granted_before
              FROM unnest($5::uuid[]) AS wanted(id)
-             CROSS JOIN LATERAL (SELECT * FROM claims WHERE claim_id = wanted.id LIMIT 1) c"#,
+             CROSS JOIN LATERAL (
+               SELECT claim_id, tenant_id, kind, resource_id, user_id, quantity, status, reason, fence, decided_at
+                 FROM claims WHERE claim_id = wanted.id LIMIT 1
+             ) c"#,
         resource.tenant.as_str(),
         resource.kind.as_str(),
         resource.id.as_str(),
