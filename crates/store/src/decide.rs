@@ -257,9 +257,7 @@ async fn stored_claims(
     per_user_limit: Option<i32>,
     events: &[ClaimRequested],
 ) -> Result<Vec<StoredClaim>, StoreError> {
-    let mut ids: Vec<Uuid> = events.iter().map(|e| e.claim_id.as_uuid()).collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = crate::lookup_keys(events.iter().map(|e| e.claim_id));
     // One primary-key probe per claim (see `crate::claims`): with
     // `claim_id = ANY($5)` the plan Postgres cached while the table was
     // small scanned all of it for every batch once it had grown (520 ms

@@ -280,6 +280,16 @@ pub async fn claim(pool: &PgPool, claim_id: ClaimId) -> Result<Option<ClaimRow>,
     }))
 }
 
+/// The distinct ids of a batch, for a statement that looks each one up
+/// (`unnest` with a `LATERAL` probe returns a row per element, so a
+/// repeated id would come back twice).
+fn lookup_keys(claim_ids: impl Iterator<Item = ClaimId>) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<uuid::Uuid> = claim_ids.map(|id| id.as_uuid()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Reads the claims among `claim_ids` that exist, in one statement.
 ///
 /// One primary-key probe per id, whatever the table's size. With
@@ -291,9 +301,7 @@ pub async fn claim(pool: &PgPool, claim_id: ClaimId) -> Result<Option<ClaimRow>,
 /// batch of keys this way for every claim it answers. The `LIMIT` keeps
 /// the planner from flattening the lookup into a join it could hash.
 pub async fn claims(pool: &PgPool, claim_ids: &[ClaimId]) -> Result<Vec<ClaimRow>, StoreError> {
-    let mut ids: Vec<uuid::Uuid> = claim_ids.iter().map(|id| id.as_uuid()).collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = lookup_keys(claim_ids.iter().copied());
     let rows = sqlx::query!(
         r#"SELECT c.claim_id AS "claim_id!", c.tenant_id AS "tenant_id!", c.status AS "status!", c.reason, c.fence
              FROM unnest($1::uuid[]) AS wanted(id)
