@@ -23,7 +23,6 @@ use support::{Namespace, TestApi, TestWorker, api_settings, scratch_dir, unique,
 use turnstile_private_stores::PrivatePostgres;
 use turnstile_runtime::settings::DatabaseSettings;
 
-/// A directory of the test's own under the system's temporary directory.
 /// A Postgres of the test's own that takes TLS connections only, with a
 /// certificate its own CA signed, in a scratch directory of its own.
 struct TlsPostgres {
